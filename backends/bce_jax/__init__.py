@@ -1,0 +1,1 @@
+"""bce-core's Jax backend (work in progress)."""

@@ -1,0 +1,1 @@
+"""bce-core's TensorFlow backend (work in progress)."""

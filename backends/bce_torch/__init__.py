@@ -1,0 +1,1 @@
+"""bce-core's Torch backend (work in progress)."""

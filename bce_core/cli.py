@@ -1,0 +1,80 @@
+"""The ``bce`` command line.
+
+``bce backends`` is built in; other subcommands (``bce conformance``, ...) are
+contributed by plugins through the ``bce_commands`` hook, so the core never
+imports the packages that own them.
+
+>>> main(["backends", "--json"]) == 0  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, available_backends
+from .registry import get_registry
+from .spec import SPEC_VERSION
+
+STATUS_STYLE = {"ok": "green", "not installed": "yellow", "failed": "red", "conflict": "red"}
+
+
+def _backends_command(args: argparse.Namespace) -> int:
+    infos = available_backends()
+    registry = get_registry()
+    if args.json:
+        payload = {"spec_version": SPEC_VERSION, "backends": [asdict(i) for i in infos],
+                   "plugin_errors": [asdict(e) for e in registry.plugin_errors]}
+        print(json.dumps(payload, indent=2))
+        return 0
+    console = Console()
+    table = Table(title=f"bce-core {__version__} backends (spec {SPEC_VERSION})")
+    for column in ("backend", "status", "version", "devices", "plugin", "detail"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        detail = info.error or ""
+        if info.status == "not installed" and info.extra:
+            detail = f"pip install 'bce-core[{info.extra}]'"
+        style = STATUS_STYLE.get(info.status, "")
+        table.add_row(info.name, f"[{style}]{info.status}[/]", info.version or "",
+                      ", ".join(info.devices), info.distribution or info.plugin or "", detail)
+    console.print(table)
+    for error in registry.plugin_errors:
+        console.print(f"[red]plugin {error.plugin!r} ({error.distribution or 'no distribution'}) "
+                      f"failed to load:[/] {error.error}", markup=True, highlight=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with the subcommands of every loaded plugin."""
+    parser = argparse.ArgumentParser(
+        prog="bce", description="Binary cross-entropy, one specification across frameworks.")
+    parser.add_argument("--version", action="version",
+                        version=f"bce-core {__version__} (spec {SPEC_VERSION})")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    backends = commands.add_parser("backends", help="List registered backends and their status.")
+    backends.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    backends.set_defaults(run=_backends_command)
+    for command in get_registry().commands:
+        sub = commands.add_parser(command.name, help=command.help, aliases=list(command.aliases),
+                                  description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bce`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

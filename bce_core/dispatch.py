@@ -1,0 +1,108 @@
+"""Choosing the backend for a call.
+
+Order: an explicit ``backend=`` (a name or a backend object); else the
+framework of the arrays, detected from their type's module and class name
+without importing any framework; else the innermost ``use_backend`` context;
+else the process default (``set_default_backend``); else ``"numpy"``.
+
+NumPy arrays and Python numbers are the interchange format: every backend
+accepts them next to its own arrays, so they never make a call "mixed".
+Arrays of two other frameworks in one call raise MixedFrameworksError.
+
+>>> import numpy as np
+>>> resolve_backend(None, (np.zeros(2),)).name
+'numpy'
+>>> with use_backend("numpy"):
+...     resolve_backend(None, ([0.0],)).name
+'numpy'
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import MixedFrameworksError
+from .plugin import Backend
+from .registry import get_registry
+
+#: The backend whose arrays every backend accepts as input.
+INTERCHANGE_BACKEND = "numpy"
+
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bce_backend", default=None)
+# The process default; one atomic reference assignment, read without a lock.
+_default_backend: str | None = None
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``, loaded on first use.
+
+    >>> get_backend("numpy").name
+    'numpy'
+    """
+    return get_registry().get(name)
+
+
+def set_default_backend(name: str | None) -> None:
+    """Set the process-wide default backend (None restores ``"numpy"``).
+
+    The name is checked at once, so a typo fails here and not at the first loss.
+
+    >>> set_default_backend("numpy"); set_default_backend(None)
+    """
+    global _default_backend
+    if name is not None:
+        get_registry().record(name)
+    _default_backend = name
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Use backend ``name`` for calls in this block whose arrays do not choose one.
+
+    The choice lives in a context variable, so threads and asyncio tasks each
+    see their own.
+
+    >>> with use_backend("numpy") as backend:
+    ...     backend.name
+    'numpy'
+    """
+    backend = get_registry().get(name)
+    token = _context_backend.set(name)
+    try:
+        yield backend
+    finally:
+        _context_backend.reset(token)
+
+
+def _frameworks_of(arrays: Sequence[Any]) -> dict[str, type]:
+    registry = get_registry()
+    owners: dict[str, type] = {}
+    for array in arrays:
+        if array is not None:
+            owner = registry.owner_of(type(array))  # cached per type after the first call
+            if owner is not None:
+                owners.setdefault(owner, type(array))
+    return owners
+
+
+def resolve_backend(backend: str | Backend | None, arrays: Sequence[Any]) -> Backend:
+    """Pick the backend for a call on ``arrays`` (None entries are ignored)."""
+    if backend is not None:
+        return get_registry().get(backend) if isinstance(backend, str) else backend
+    owners = _frameworks_of(arrays)
+    if len(owners) > 1:
+        owners.pop(INTERCHANGE_BACKEND, None)
+    if len(owners) > 1:
+        described = ", ".join(f"{t.__module__}.{t.__qualname__} ({name})" for name, t in owners.items())
+        raise MixedFrameworksError(
+            f"arrays of different frameworks in one call: {described}; convert them to one "
+            f"framework (NumPy arrays are accepted next to any framework).")
+    if owners:
+        name = next(iter(owners))
+    else:
+        name = _context_backend.get() or _default_backend or INTERCHANGE_BACKEND
+    return get_registry().get(name)

@@ -1,0 +1,169 @@
+"""What a backend plugin needs: the hook markers, the hook specifications and
+the small dataclasses that plugins return.
+
+A plugin is a module exposed through the ``bce`` entry-point group. It must not
+import its framework at module level: it only *describes* its backends, and
+the backend object is imported when first used.
+
+Example plugin module (``my_backend/plugin.py``), registered in its
+``pyproject.toml`` with ``[project.entry-points.bce] mine = "my_backend.plugin"``:
+
+>>> from bce_core.plugin import ArrayType, BackendSpec, hookimpl
+>>> @hookimpl
+... def bce_backends():
+...     return [BackendSpec(
+...         name="mine",
+...         loader="my_backend.backend:MyBackend",
+...         array_types=(ArrayType("my_framework", "Tensor"),),
+...         requires=("my_framework",),
+...         extra="mine",
+...     )]
+>>> bce_backends()[0].name
+'mine'
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import pluggy
+
+#: Name of the pluggy project and of the entry-point group.
+PROJECT = "bce"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class ArrayType:
+    """An array type a backend owns, named without importing its framework.
+
+    ``module`` matches the type's module or any module below it; ``name`` is
+    the class name, or None for every class in that module tree.
+
+    >>> ArrayType("torch", "Tensor").matches("torch", "Tensor")
+    True
+    >>> ArrayType("jax", None).matches("jax._src.core", "Tracer")
+    True
+    """
+
+    module: str
+    name: str | None = None
+
+    def matches(self, module: str, name: str) -> bool:
+        in_module = module == self.module or module.startswith(self.module + ".")
+        return in_module and (self.name is None or self.name == name)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Description of one backend, returned by a plugin's ``bce_backends`` hook.
+
+    ``loader`` is ``"module:attribute"``; the attribute is a class or factory
+    called with no arguments on first use. ``requires`` lists top-level modules
+    that must be importable (checked without importing them); ``extra`` is the
+    pip extra that installs them.
+
+    >>> BackendSpec(name="numpy", loader="bce_numpy.backend:NumpyBackend").priority
+    0
+    """
+
+    name: str
+    loader: str
+    array_types: tuple[ArrayType, ...] = ()
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    description: str = ""
+    #: Higher wins when two backends claim one array type (never for one name).
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A subcommand of the ``bce`` CLI contributed by a plugin.
+
+    >>> spec = CommandSpec("hello", "Say hello.", lambda parser: None, lambda args: 0)
+    >>> spec.name
+    'hello'
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    aliases: tuple[str, ...] = field(default=())
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a loaded backend object provides (see ``bce_numpy.backend`` for a model)."""
+
+    name: str
+
+    def version(self) -> str: ...
+
+    def devices(self) -> list[str]: ...
+
+    def asarray(self, array: Any, device: str | None = None) -> Any:
+        """A native array holding the NumPy ``array`` (same dtype) on ``device``."""
+        ...
+
+    def to_numpy(self, array: Any) -> Any:
+        """A NumPy copy of a native array (bfloat16 as ml_dtypes.bfloat16 or float32)."""
+        ...
+
+    def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any: ...
+
+    def binary_cross_entropy(self, probs: Any, targets: Any, **options: Any) -> Any: ...
+
+    def value_and_grad(self, logits: Any, targets: Any, **options: Any) -> tuple[Any, Any]: ...
+
+    def grad_hess(self, logits: Any, targets: Any, **options: Any) -> tuple[Any, Any]: ...
+
+
+@runtime_checkable
+class AutodiffBackend(Backend, Protocol):
+    """A backend of a framework with automatic differentiation.
+
+    These methods let the conformance suite check that the framework's *own*
+    autodiff (torch.autograd, jax.grad, tf.GradientTape) through the backend's
+    loss gives the spec's derivatives. ``options`` are the keyword options of
+    ``binary_cross_entropy_with_logits`` (weight, pos_weight, label_smoothing,
+    mask, reduction) or of ``binary_cross_entropy`` for the probability form.
+    With ``compiled=True`` the computation runs under the framework's compiler
+    (torch.compile, jax.jit, tf.function(jit_compile=True)).
+    """
+
+    def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
+                                compiled: bool = False, **options: Any) -> tuple[Any, tuple[Any, ...]]:
+        """(loss, gradients of the loss w.r.t. each name in ``wrt``) by autodiff."""
+        ...
+
+    def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
+                                   **options: Any) -> Any:
+        """d/dlogits of sum(d loss / d logits) by nested autodiff: the diagonal of the Hessian."""
+        ...
+
+    def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
+                            **options: Any) -> tuple[Any, Any]:
+        """(loss, d loss / d probs) of the probability form by autodiff."""
+        ...
+
+
+class BceHookSpecs:
+    """The hooks of the ``bce`` namespace."""
+
+    @hookspec
+    def bce_backends(self) -> Sequence[BackendSpec]:  # type: ignore[empty-body]
+        """Describe the backends this plugin provides.
+
+        Called once when the registry is first built. Must not import a framework.
+        """
+
+    @hookspec
+    def bce_commands(self) -> Sequence[CommandSpec]:  # type: ignore[empty-body]
+        """Contribute subcommands to the ``bce`` command line."""

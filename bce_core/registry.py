@@ -1,0 +1,311 @@
+"""The plugin registry: which backends exist, and loading them on demand.
+
+The registry is built on first use (never at ``import bce_core``) from the
+``bce`` entry-point group. Each plugin is loaded and asked for its backends in
+isolation: a plugin that fails is recorded with its error and the others keep
+working. Setting ``BCE_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the backends
+shipped with bce-core.
+
+>>> from bce_core.registry import get_registry
+>>> "numpy" in get_registry().names()
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from .errors import BackendConflictError, BackendUnavailableError, UnknownBackendError
+from .plugin import PROJECT, Backend, BackendSpec, BceHookSpecs, CommandSpec
+from .spec import closest_name
+
+#: Environment variable that turns off loading of third-party plugins.
+DISABLE_AUTOLOAD_ENV = "BCE_DISABLE_PLUGIN_AUTOLOAD"
+
+#: The distribution whose plugins always load.
+CORE_DISTRIBUTION = "bce-core"
+
+
+@dataclass(frozen=True)
+class PluginError:
+    """A plugin that could not be loaded or whose hook raised."""
+
+    plugin: str
+    distribution: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class BackendRecord:
+    """A backend description together with the plugin that registered it."""
+
+    spec: BackendSpec
+    plugin: str
+    distribution: str | None
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``available_backends()`` reports about one backend.
+
+    ``status`` is ``"ok"``, ``"not installed"``, ``"failed"`` or ``"conflict"``.
+    """
+
+    name: str
+    status: str
+    version: str | None = None
+    devices: tuple[str, ...] = ()
+    error: str | None = None
+    extra: str | None = None
+    plugin: str | None = None
+    distribution: str | None = None
+
+
+def _autoload_disabled() -> bool:
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _short_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Registry:
+    """Backends and commands contributed by plugins; thread-safe, lazily loading.
+
+    >>> registry = Registry.from_entry_points()
+    >>> registry.get("numpy").name
+    'numpy'
+    """
+
+    records: dict[str, list[BackendRecord]] = field(default_factory=dict)
+    commands: list[CommandSpec] = field(default_factory=list)
+    plugin_errors: list[PluginError] = field(default_factory=list)
+    _loaded: dict[str, Backend] = field(default_factory=dict)
+    _owner_cache: dict[type, str | None] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # -- building -----------------------------------------------------------
+
+    @classmethod
+    def from_entry_points(cls, *, autoload: bool | None = None) -> Registry:
+        """Build a registry from the ``bce`` entry-point group."""
+        if autoload is None:
+            autoload = not _autoload_disabled()
+        manager = pluggy.PluginManager(PROJECT)
+        manager.add_hookspecs(BceHookSpecs)
+        registry = cls()
+        distributions: dict[str, str | None] = {}
+        for entry_point in importlib.metadata.entry_points(group=PROJECT):
+            dist = entry_point.dist.name if entry_point.dist is not None else None
+            if not autoload and dist != CORE_DISTRIBUTION:
+                continue
+            if manager.has_plugin(entry_point.name):
+                # Two distributions registering the same plugin name: keep the first.
+                registry.plugin_errors.append(PluginError(
+                    entry_point.name, dist,
+                    f"plugin name {entry_point.name!r} is already registered by "
+                    f"{distributions.get(entry_point.name)!r}; this one was skipped"))
+                continue
+            try:
+                manager.register(entry_point.load(), name=entry_point.name)
+            except Exception as exc:  # a broken plugin never takes the others down
+                registry.plugin_errors.append(PluginError(entry_point.name, dist, _short_error(exc)))
+                continue
+            distributions[entry_point.name] = dist
+        registry._collect(manager, distributions)
+        return registry
+
+    @classmethod
+    def from_plugins(cls, *plugins: object) -> Registry:
+        """Build a registry from plugin objects (modules or instances), for tests and embedding.
+
+        >>> import bce_numpy.plugin
+        >>> Registry.from_plugins(bce_numpy.plugin).names()
+        ['numpy']
+        """
+        manager = pluggy.PluginManager(PROJECT)
+        manager.add_hookspecs(BceHookSpecs)
+        names = {}
+        for plugin in plugins:
+            name = getattr(plugin, "__name__", None) or type(plugin).__name__
+            manager.register(plugin, name=name)
+            names[name] = None
+        registry = cls()
+        registry._collect(manager, names)
+        return registry
+
+    def _collect(self, manager: pluggy.PluginManager, distributions: dict[str, str | None]) -> None:
+        # Call each plugin's hooks on its own so one raising plugin cannot hide the rest.
+        for hook_name in ("bce_backends", "bce_commands"):
+            for impl in getattr(manager.hook, hook_name).get_hookimpls():
+                dist = distributions.get(impl.plugin_name)
+                try:
+                    results = list(impl.function() or ())
+                except Exception as exc:
+                    self.plugin_errors.append(PluginError(impl.plugin_name, dist, _short_error(exc)))
+                    continue
+                for item in results:
+                    if hook_name == "bce_commands":
+                        self.commands.append(item)
+                    elif isinstance(item, BackendSpec):
+                        self.records.setdefault(item.name, []).append(
+                            BackendRecord(item, impl.plugin_name, dist))
+                    else:
+                        self.plugin_errors.append(PluginError(
+                            impl.plugin_name, dist,
+                            f"bce_backends returned {item!r}, which is not a BackendSpec"))
+
+    # -- queries ------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Sorted names of every registered backend, installed or not."""
+        return sorted(self.records)
+
+    def record(self, name: str) -> BackendRecord:
+        """The single record of ``name``; raises for unknown or conflicting names."""
+        records = self.records.get(name)
+        if not records:
+            hint = closest_name(name, self.names()) if isinstance(name, str) else None
+            did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+            raise UnknownBackendError(
+                f"no backend named {name!r}; known backends: {', '.join(self.names()) or 'none'}."
+                f"{did_you_mean}")
+        if len(records) > 1:
+            owners = " and ".join(f"plugin {r.plugin!r} ({r.distribution or 'no distribution'})"
+                                  for r in records)
+            raise BackendConflictError(
+                f"backend name {name!r} is registered twice, by {owners}; uninstall one of them.")
+        return records[0]
+
+    def missing_requirement(self, name: str) -> str | None:
+        """The first required module of ``name`` that is not installed, found without importing it."""
+        for module in self.record(name).spec.requires:
+            try:
+                if importlib.util.find_spec(module) is None:
+                    return module
+            except (ImportError, ValueError):
+                return module
+        return None
+
+    def get(self, name: str) -> Backend:
+        """Return the loaded backend ``name``, importing it on first use."""
+        backend = self._loaded.get(name)
+        if backend is not None:
+            return backend
+        with self._lock:
+            backend = self._loaded.get(name)
+            if backend is None:
+                backend = self._load(name)
+                self._loaded[name] = backend
+        return backend
+
+    def _load(self, name: str) -> Backend:
+        record = self.record(name)
+        spec = record.spec
+        missing = self.missing_requirement(name)
+        if missing is not None:
+            install = f"pip install 'bce-core[{spec.extra}]'" if spec.extra else f"pip install {missing}"
+            raise BackendUnavailableError(
+                f"backend {name!r} needs {missing!r}, which is not installed; install it with {install}.")
+        module_name, _, attribute = spec.loader.partition(":")
+        try:
+            factory: Any = importlib.import_module(module_name)
+            for part in attribute.split(".") if attribute else ():
+                factory = getattr(factory, part)
+            backend = factory() if attribute else factory
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"backend {name!r} (plugin {record.plugin!r}) failed to load from "
+                f"{spec.loader!r}: {_short_error(exc)}") from exc
+        if not isinstance(backend, Backend):
+            raise BackendUnavailableError(
+                f"backend {name!r} loaded from {spec.loader!r} is a {type(backend).__name__}, which "
+                f"lacks the methods of bce_core.plugin.Backend.")
+        return backend
+
+    def owner_of(self, array_type: type) -> str | None:
+        """Name of the backend that owns ``array_type`` (by module and class name), or None."""
+        try:
+            return self._owner_cache[array_type]
+        except KeyError:
+            pass
+        owner = self._find_owner(array_type)
+        self._owner_cache[array_type] = owner  # idempotent: a race writes the same value
+        return owner
+
+    def _find_owner(self, array_type: type) -> str | None:
+        for cls in array_type.__mro__:
+            module, cls_name = cls.__module__, cls.__name__
+            claims = [(record.spec.priority, record.distribution == CORE_DISTRIBUTION, name)
+                      for name, records in self.records.items() for record in records
+                      if any(t.matches(module, cls_name) for t in record.spec.array_types)]
+            if claims:
+                # Highest priority first; on a tie the backend shipped with bce-core, then by name.
+                claims.sort(key=lambda claim: (-claim[0], not claim[1], claim[2]))
+                return claims[0][2]
+        return None
+
+    def info(self, name: str) -> BackendInfo:
+        """Status, version and devices of ``name``; loads it if installed."""
+        records = self.records.get(name, [])
+        first = records[0] if records else None
+        base = dict(name=name, extra=first.spec.extra if first else None,
+                    plugin=first.plugin if first else None,
+                    distribution=first.distribution if first else None)
+        try:
+            self.record(name)
+        except BackendConflictError as exc:
+            return BackendInfo(status="conflict", error=str(exc), **base)
+        if self.missing_requirement(name) is not None:
+            try:
+                self.get(name)
+            except BackendUnavailableError as exc:
+                return BackendInfo(status="not installed", error=str(exc), **base)
+        try:
+            backend = self.get(name)
+            return BackendInfo(status="ok", version=backend.version(),
+                               devices=tuple(backend.devices()), **base)
+        except Exception as exc:
+            detail = str(exc) if isinstance(exc, BackendUnavailableError) else _short_error(exc)
+            return BackendInfo(status="failed", error=detail, **base)
+
+
+_registry: Registry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built from entry points on first call."""
+    global _registry
+    registry = _registry
+    if registry is None:
+        with _registry_lock:
+            if _registry is None:
+                _registry = Registry.from_entry_points()
+            registry = _registry
+    return registry
+
+
+def set_registry(registry: Registry | None) -> Registry | None:
+    """Replace the process-wide registry (None rebuilds it on next use); returns the old one.
+
+    Used by tests and by hosts that register plugins by hand:
+
+    >>> import bce_numpy.plugin
+    >>> old = set_registry(Registry.from_plugins(bce_numpy.plugin))
+    >>> _ = set_registry(old)
+    """
+    global _registry
+    with _registry_lock:
+        old, _registry = _registry, registry
+    return old
+

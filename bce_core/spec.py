@@ -1,0 +1,219 @@
+"""The backend-neutral specification: option names, checks and shape rules.
+
+Everything here works on plain Python values and shape tuples, so every
+backend (NumPy, PyTorch, TensorFlow, JAX or a third-party one) validates its
+arguments with the same code and raises the same errors with the same words.
+
+>>> check_reduction("mean")
+'mean'
+>>> check_shapes((4, 3), (4, 3), pos_weight=(3,))
+(4, 3)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+
+#: Version of the specification the backends are held to.
+SPEC_VERSION = "1.0"
+
+#: Valid values of ``reduction``.
+REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean", "weighted_mean", "batch_mean")
+
+#: Valid names in ``value_and_grad(..., wrt=...)``.
+WRT_NAMES: tuple[str, ...] = ("logits", "targets", "weight", "pos_weight")
+
+#: Default lower clamp of ``log p`` and ``log1p(-p)`` in the probability form (PyTorch's value).
+DEFAULT_LOG_CLAMP = -100.0
+
+#: Floor of ``p * (1 - p)`` in the probability-form gradient (PyTorch's value).
+PROBS_GRAD_EPS = 1e-12
+
+#: Floating dtypes a backend accepts for logits and probabilities, by name.
+FLOAT_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+
+#: Dtypes computed in float32 and rounded once.
+HALF_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
+
+
+def closest_name(name: str, known: Sequence[str]) -> str | None:
+    """Return the known name closest to ``name``, or None when none is close.
+
+    >>> closest_name("torhc", ["numpy", "torch", "jax"])
+    'torch'
+    """
+    matches = difflib.get_close_matches(str(name).lower(), list(known), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def check_reduction(reduction: object) -> str:
+    """Return ``reduction`` if it names a valid reduction, else raise ValueError.
+
+    >>> check_reduction("sum")
+    'sum'
+    """
+    if isinstance(reduction, str) and reduction in REDUCTIONS:
+        return reduction
+    hint = closest_name(reduction, REDUCTIONS) if isinstance(reduction, str) else None
+    did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+    raise ValueError(
+        f"reduction={reduction!r} is not a valid reduction; use one of "
+        f"{', '.join(repr(r) for r in REDUCTIONS)}.{did_you_mean}"
+    )
+
+
+def check_label_smoothing(label_smoothing: object) -> float:
+    """Return ``label_smoothing`` as a float in [0, 1], else raise.
+
+    >>> check_label_smoothing(0.1)
+    0.1
+    """
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        # Accept 0-d numbers of any library (NumPy scalars, 0-d arrays) through float().
+        try:
+            value = float(label_smoothing)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"label_smoothing must be a number in [0, 1], got {label_smoothing!r} "
+                f"of type {type(label_smoothing).__name__}."
+            ) from None
+    else:
+        value = float(label_smoothing)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(
+            f"label_smoothing={value!r} is outside [0, 1]; pass a value such as 0.0 (off) or 0.1."
+        )
+    return value
+
+
+def check_log_clamp(log_clamp: object) -> float:
+    """Return ``log_clamp`` as a float that is <= 0 (``-inf`` means no clamp), else raise.
+
+    >>> check_log_clamp(-100)
+    -100.0
+    """
+    try:
+        value = float(log_clamp)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"log_clamp must be a number <= 0 or -inf, got {log_clamp!r}.") from None
+    if math.isnan(value) or value > 0:
+        raise ValueError(
+            f"log_clamp={value!r} must be <= 0; use -100.0 (PyTorch's clamp) or float('-inf') "
+            f"for the exact logarithm."
+        )
+    return value
+
+
+def check_wrt(wrt: object) -> tuple[tuple[str, ...], bool]:
+    """Normalise ``wrt`` to a tuple of names and whether the caller asked for a tuple.
+
+    >>> check_wrt("logits")
+    (('logits',), False)
+    >>> check_wrt(("logits", "weight"))
+    (('logits', 'weight'), True)
+    """
+    as_tuple = isinstance(wrt, (tuple, list))
+    names = tuple(wrt) if as_tuple else (wrt,)  # type: ignore[arg-type]
+    if as_tuple and not names:
+        raise ValueError(f"wrt={wrt!r} is empty; name at least one of {', '.join(WRT_NAMES)}.")
+    for name in names:
+        if not isinstance(name, str) or name not in WRT_NAMES:
+            hint = closest_name(name, WRT_NAMES) if isinstance(name, str) else None
+            did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+            raise ValueError(
+                f"wrt={wrt!r} names {name!r}, which is not differentiable here; use one of "
+                f"{', '.join(repr(n) for n in WRT_NAMES)} or a tuple of them.{did_you_mean}"
+            )
+    return names, as_tuple
+
+
+def check_wrt_given(names: Sequence[str], *, weight: object, pos_weight: object) -> None:
+    """Raise when a gradient is asked for an argument that was not passed.
+
+    >>> check_wrt_given(("logits",), weight=None, pos_weight=None)
+    """
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if name in names and value is None:
+            raise ValueError(
+                f"wrt names {name!r} but {name}=None; pass {name}= explicitly (for example an "
+                f"array of ones) to get its gradient."
+            )
+
+
+def check_float_dtype(argument: str, dtype_name: str) -> None:
+    """Raise TypeError unless ``dtype_name`` is one of the floating dtypes of the spec.
+
+    >>> check_float_dtype("logits", "float32")
+    """
+    if dtype_name not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{argument} must have a floating dtype ({', '.join(FLOAT_DTYPES)}), got {dtype_name}; "
+            f"cast it first, for example with .astype('float32')."
+        )
+
+
+def broadcast_shapes(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, ...] | None:
+    """NumPy broadcasting of two shapes, or None when they do not broadcast.
+
+    >>> broadcast_shapes((3,), (4, 3))
+    (4, 3)
+    """
+    result = []
+    for a, b in zip(reversed((1,) * (len(second) - len(first)) + tuple(first)),
+                    reversed((1,) * (len(first) - len(second)) + tuple(second))):
+        if a == b or b == 1:
+            result.append(a)
+        elif a == 1:
+            result.append(b)
+        else:
+            return None
+    return tuple(reversed(result))
+
+
+def check_shapes(
+    logits_shape: tuple[int, ...],
+    targets_shape: tuple[int, ...],
+    *,
+    input_name: str = "logits",
+    weight: tuple[int, ...] | None = None,
+    pos_weight: tuple[int, ...] | None = None,
+    mask: tuple[int, ...] | None = None,
+) -> tuple[int, ...]:
+    """Check the shape rules of the spec and return the element shape.
+
+    targets must have exactly the input's shape; weight, pos_weight and mask
+    broadcast to it NumPy-style and may not enlarge it.
+
+    >>> check_shapes((2, 3), (2, 3), weight=(2, 1))
+    (2, 3)
+    """
+    shape = tuple(int(d) for d in logits_shape)
+    if tuple(int(d) for d in targets_shape) != shape:
+        raise ValueError(
+            f"targets shape {tuple(targets_shape)} must equal {input_name} shape {shape}; "
+            f"reshape the targets (for example targets.reshape({shape}))."
+        )
+    for name, other in (("weight", weight), ("pos_weight", pos_weight), ("mask", mask)):
+        if other is None:
+            continue
+        other = tuple(int(d) for d in other)
+        if broadcast_shapes(other, shape) != shape:
+            raise ValueError(
+                f"{name} shape {other} does not broadcast to {input_name} shape {shape} without "
+                f"enlarging it; give {name} a shape such as {shape}, {shape[-1:] or ()} or ()."
+            )
+    return shape
+
+
+def check_batch_mean(shape: tuple[int, ...]) -> None:
+    """Raise for reduction='batch_mean' on a 0-d input, which has no batch axis.
+
+    >>> check_batch_mean((8, 2))
+    """
+    if len(shape) == 0:
+        raise ValueError(
+            "reduction='batch_mean' divides by shape[0], but the input is 0-d; "
+            "use reduction='mean' or 'sum', or add a batch axis."
+        )

@@ -1,0 +1,150 @@
+"""The exact oracle: the spec's formulas evaluated in mpmath at high precision.
+
+Every input float is converted exactly (no rounding), the formula is
+evaluated with ``PRECISION_BITS`` bits, and errors are measured in units in
+the last place (ULP) of the dtype under test. Nothing here trusts a backend,
+the reference included.
+
+>>> float(element_loss(0.0, 1.0))
+0.6931471805599453
+>>> ulp_error(0.6931472, element_loss(0.0, 1.0), "float32") <= 0.5
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mpmath
+import numpy as np
+
+#: Working precision of the oracle; far beyond float64's 53 bits.
+PRECISION_BITS = 200
+
+#: (mantissa bits including the implicit one, minimum normal exponent, largest finite) per dtype.
+FORMATS: dict[str, tuple[int, int, float]] = {
+    "float16": (11, -14, 65504.0),
+    "bfloat16": (8, -126, 3.3895313892515355e38),
+    "float32": (24, -126, 3.4028234663852886e38),
+    "float64": (53, -1022, 1.7976931348623157e308),
+}
+
+
+
+def _mp() -> Any:
+    ctx = mpmath.MPContext()
+    ctx.prec = PRECISION_BITS
+    return ctx
+
+
+MP = _mp()  # a private context: never touches mpmath's global precision
+
+
+def exact(value: float) -> Any:
+    """The float ``value`` as an exact mpf (inf and NaN kept)."""
+    return MP.mpf(float(value))
+
+
+def softplus(x: Any) -> Any:
+    """log(1 + exp(x)), exactly (max(x,0) + log1p(exp(-|x|)) is an identity, not an approximation)."""
+    x = MP.mpf(x)
+    if MP.isnan(x):
+        return x
+    if MP.isinf(x):
+        return x if x > 0 else MP.mpf(0)
+    return max(x, 0) + MP.log1p(MP.exp(-abs(x)))
+
+
+def sigmoid(x: Any) -> Any:
+    """1 / (1 + exp(-x)), exactly."""
+    x = MP.mpf(x)
+    if MP.isinf(x):
+        return MP.mpf(1) if x > 0 else MP.mpf(0)
+    return 1 / (1 + MP.exp(-x))
+
+
+def _term(coefficient: Any, value: Any) -> Any:
+    return MP.mpf(0) if coefficient == 0 else coefficient * value
+
+
+def smoothed(y: Any, eps: Any) -> tuple[Any, Any]:
+    """(y', 1 - y') exactly."""
+    y, eps = MP.mpf(y), MP.mpf(eps)
+    yp = y * (1 - eps) + eps / 2
+    return yp, 1 - yp
+
+
+def element_loss(x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0) -> Any:
+    """Exact element loss from a logit."""
+    yp, one_minus = smoothed(y, eps)
+    w, q = MP.mpf(w), MP.mpf(q)
+    return _term(w, _term(one_minus, softplus(x)) + _term(q * yp, softplus(-MP.mpf(x))))
+
+
+def element_grad(x: float, y: float, w: float = 1.0, q: float = 1.0,
+                 eps: float = 0.0) -> tuple[Any, Any]:
+    """Exact d loss / d x and the magnitude of its larger term (the accuracy reference for soft targets)."""
+    yp, one_minus = smoothed(y, eps)
+    w, q = MP.mpf(w), MP.mpf(q)
+    positive = _term(w * one_minus, sigmoid(x))
+    negative = _term(w * q * yp, sigmoid(-MP.mpf(x)))
+    return positive - negative, max(abs(positive), abs(negative))
+
+
+def element_hessian(x: float, y: float, w: float = 1.0, q: float = 1.0) -> Any:
+    """Exact d2 loss / d x2."""
+    yp, one_minus = smoothed(y, 0.0)
+    return MP.mpf(w) * (one_minus + MP.mpf(q) * yp) * sigmoid(x) * sigmoid(-MP.mpf(x))
+
+
+def element_loss_probs(p: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0,
+                       log_clamp: float = -100.0) -> Any:
+    """Exact element loss from a probability (NaN outside [0, 1])."""
+    p = MP.mpf(p)
+    if MP.isnan(p) or p < 0 or p > 1:
+        return MP.nan
+    yp, one_minus = smoothed(y, eps)
+    clamp = MP.mpf(log_clamp)
+    log_p = max(MP.log(p) if p > 0 else MP.ninf, clamp)
+    log_1mp = max(MP.log1p(-p) if p < 1 else MP.ninf, clamp)
+    return _term(MP.mpf(w), -(_term(MP.mpf(q) * yp, log_p) + _term(one_minus, log_1mp)))
+
+
+def ulp_of(value: Any, dtype: str) -> Any:
+    """The spacing of ``dtype`` at the magnitude of ``value`` (the subnormal spacing near 0)."""
+    mantissa, min_exponent, _ = FORMATS[dtype]
+    magnitude = abs(MP.mpf(value))
+    if magnitude == 0:
+        exponent = min_exponent
+    else:
+        exponent = max(int(MP.floor(MP.log(magnitude, 2))), min_exponent)
+    return MP.ldexp(MP.mpf(1), exponent - (mantissa - 1))
+
+
+def ulp_error(got: float, expected: Any, dtype: str, *, reference: Any = None) -> float:
+    """|got - expected| in ULP of ``dtype`` at ``reference`` (default: at ``expected``).
+
+    Matching infinities and NaN give 0; a non-finite result where the exact one
+    is finite (or the other way round) gives inf. An exact value beyond the
+    largest finite number of ``dtype`` is matched by the infinity it rounds to.
+    """
+    got_f = float(got)
+    expected = MP.mpf(expected)
+    if MP.isnan(expected) or math.isnan(got_f):
+        return 0.0 if (MP.isnan(expected) and math.isnan(got_f)) else math.inf
+    _, _, largest = FORMATS[dtype]
+    if MP.isinf(expected) or math.isinf(got_f):
+        if math.isinf(got_f) and (MP.isinf(expected) or abs(expected) > largest):
+            return 0.0 if (got_f > 0) == (expected > 0) else math.inf
+        return math.inf
+    at = expected if reference is None else reference
+    return float(abs(MP.mpf(got_f) - expected) / ulp_of(at, dtype))
+
+
+def ulp_errors(got: np.ndarray, expected: list[Any], dtype: str,
+               references: list[Any] | None = None) -> np.ndarray:
+    """``ulp_error`` over flat lists."""
+    flat = np.asarray(got, dtype=np.float64).ravel()
+    refs = references if references is not None else [None] * len(expected)
+    return np.array([ulp_error(g, e, dtype, reference=r) for g, e, r in zip(flat, expected, refs)])
