@@ -15,12 +15,30 @@ independent where it matters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from .spec import check_batch_mean, check_float_dtype, check_shapes
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_float_errors(function: F) -> F:
+    """Run ``function`` with NumPy's floating-point warnings off.
+
+    Overflow to inf is the correctly rounded result for huge inputs, and an
+    invalid operation only arises in terms that are then replaced, so the
+    warnings carry no information. A new errstate per call keeps this safe
+    across threads (one shared errstate object is not).
+    """
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+            return function(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 class Operands(NamedTuple):

@@ -4,7 +4,7 @@
 contributed by plugins through the ``bce_commands`` hook, so the core never
 imports the packages that own them.
 
->>> main(["backends", "--json"]) == 0  # doctest: +SKIP
+>>> "backends" in build_parser().format_help()
 True
 """
 
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, available_backends
+from .errors import BackendConflictError, BackendUnavailableError, UnknownBackendError
 from .registry import get_registry
 from .spec import SPEC_VERSION
 
@@ -63,9 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     backends.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
     backends.set_defaults(run=_backends_command)
     for command in get_registry().commands:
-        sub = commands.add_parser(command.name, help=command.help, aliases=list(command.aliases),
-                                  description=command.help)
-        command.add_arguments(sub)
+        try:
+            sub = commands.add_parser(command.name, help=command.help,
+                                      aliases=list(command.aliases), description=command.help)
+            command.add_arguments(sub)
+        except Exception as exc:  # a broken plugin command never takes the CLI down
+            print(f"bce: plugin command {command.name!r} is unavailable: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
         sub.set_defaults(run=command.run)
     return parser
 
@@ -75,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except (UnknownBackendError, BackendUnavailableError, BackendConflictError) as exc:
+        print(f"bce: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import (Operands, gradients_of_reduction, prepare_operands, reduce_loss,
-                     validate_operands)
+from .arrays import (Operands, gradients_of_reduction, prepare_operands, quiet_float_errors,
+                     reduce_loss, validate_operands)
 from .spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing, check_log_clamp,
                    check_reduction, check_wrt, check_wrt_given)
 
@@ -102,6 +102,7 @@ def element_grad_probs(p: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, 
 # The public functions, in float64.
 
 
+@quiet_float_errors
 def binary_cross_entropy_with_logits(
     logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
     label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
@@ -123,6 +124,7 @@ def binary_cross_entropy_with_logits(
     return reduce_loss(elements, reduction, mask=ops.mask, weight=v["w"]).loss
 
 
+@quiet_float_errors
 def binary_cross_entropy(
     probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
     label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
@@ -145,12 +147,14 @@ def binary_cross_entropy(
     with np.errstate(invalid="ignore", divide="ignore"):
         log_p = np.maximum(np.log(p), clamp)
         log_1mp = np.maximum(np.log1p(-p), clamp)
-    # np.maximum keeps NaN, so p outside [0, 1] stays NaN.
     bracket = -(term(v["q"] * v["yp"], log_p) + term(v["1-yp"], log_1mp))
+    # p outside [0, 1] (or NaN) is NaN even where its term's coefficient is 0.
+    bracket = np.where((p >= 0) & (p <= 1), bracket, np.nan)
     elements = term(v["w"], bracket)
     return reduce_loss(elements, reduction, mask=ops.mask, weight=v["w"]).loss
 
 
+@quiet_float_errors
 def value_and_grad(
     logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
     label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
@@ -184,6 +188,7 @@ def value_and_grad(
     return reduced.loss, tuple(grads) if as_tuple else grads[0]
 
 
+@quiet_float_errors
 def grad_hess(logits: Any, targets: Any, *, weight: Any = None,
               pos_weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Reference elementwise (d loss/d x, d2 loss/d x2), weights applied (float64).
@@ -201,6 +206,7 @@ def grad_hess(logits: Any, targets: Any, *, weight: Any = None,
             np.array(full(element_hessian_logits(*args), ops.shape)))
 
 
+@quiet_float_errors
 def probs_grad(probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
                label_smoothing: float = 0.0) -> np.ndarray:
     """Reference elementwise d loss / d probs of the probability form (float64).

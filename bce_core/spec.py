@@ -73,6 +73,8 @@ def check_label_smoothing(label_smoothing: object) -> float:
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
         # Accept 0-d numbers of any library (NumPy scalars, 0-d arrays) through float().
         try:
+            if isinstance(label_smoothing, (str, bytes)):
+                raise TypeError
             value = float(label_smoothing)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise TypeError(

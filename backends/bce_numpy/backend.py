@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from bce_core.arrays import (Operands, gradients_of_reduction, prepare_operands, reduce_loss,
-                             validate_operands)
+from bce_core.arrays import (Operands, gradients_of_reduction, prepare_operands,
+                             quiet_float_errors, reduce_loss, validate_operands)
 from bce_core.spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing,
                            check_log_clamp, check_reduction, check_wrt, check_wrt_given)
 
@@ -44,6 +44,8 @@ def _working(ops: Operands, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _cast(value: np.ndarray, like: np.ndarray) -> np.ndarray:
     return np.asarray(value).astype(like.dtype)
+
+
 
 
 class NumpyBackend:
@@ -73,6 +75,7 @@ class NumpyBackend:
             validate_operands(ops, input_name, input_in_unit_interval=input_name == "probs")
         return ops
 
+    @quiet_float_errors
     def binary_cross_entropy_with_logits(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
@@ -88,6 +91,7 @@ class NumpyBackend:
         loss = reduce_loss(zero_safe(w, bracket), reduction, mask=ops.mask, weight=w).loss
         return _cast(loss, ops.inputs)
 
+    @quiet_float_errors
     def binary_cross_entropy(
         self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
@@ -99,13 +103,14 @@ class NumpyBackend:
         ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
         p, yp, one_minus_yp, w, q = _working(ops, eps)
         with np.errstate(invalid="ignore", divide="ignore"):
-            # np.fmax would drop NaN; np.maximum keeps it, as the spec wants for p outside [0, 1].
             positive = np.maximum(np.log(p), clamp)
             negative = np.maximum(np.log1p(-p), clamp)
         bracket = -(zero_safe(q * yp, positive) + zero_safe(one_minus_yp, negative))
+        bracket = np.where((p >= 0) & (p <= 1), bracket, np.nan)  # also where a term was 0
         loss = reduce_loss(zero_safe(w, bracket), reduction, mask=ops.mask, weight=w).loss
         return _cast(loss, ops.inputs)
 
+    @quiet_float_errors
     def value_and_grad(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
@@ -136,6 +141,7 @@ class NumpyBackend:
         cast = tuple(_cast(grad, ops.inputs) for grad in grads)  # every operand has x's dtype
         return _cast(reduced.loss, ops.inputs), cast if as_tuple else cast[0]
 
+    @quiet_float_errors
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
         ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)

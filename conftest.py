@@ -1,0 +1,9 @@
+"""Doctests of backend modules whose framework is not installed are not collected."""
+
+import importlib.util
+
+collect_ignore_glob = [
+    f"backends/bce_{framework}/*"
+    for framework in ("torch", "tensorflow", "jax")
+    if importlib.util.find_spec(framework) is None
+]
