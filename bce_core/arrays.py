@@ -135,7 +135,7 @@ def sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     lead = array.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
                                       if d == 1 and array.shape[lead + i] != 1)
-    return array.sum(axis=axes).reshape(shape) if axes else array.reshape(shape)
+    return np.asarray(array.sum(axis=axes)).reshape(shape) if axes else array.reshape(shape)
 
 
 class Reduced(NamedTuple):
@@ -200,5 +200,6 @@ def gradients_of_reduction(names: Sequence[str], partials: Mapping[str, Callable
             partial = partial - reduced.loss
         with np.errstate(invalid="ignore"):
             grad = np.where(dropped, 0.0, np.broadcast_to(partial * reduced.factor, ops.shape))
-        grads.append(sum_to_shape(grad, shapes.get(name) or ops.shape))
+        shape = shapes.get(name)
+        grads.append(sum_to_shape(grad, ops.shape if shape is None else shape))
     return grads

@@ -388,3 +388,15 @@ def test_grad_hess_matches_finite_differences(api: SimpleNamespace) -> None:
     numeric = np.array([(first(x + h * e)[i] - first(x - h * e)[i]) / (2 * h)
                         for i, e, h in [(i, np.eye(5)[i], 1e-6) for i in range(5)]])
     np.testing.assert_allclose(hess, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_scalar_weight_gets_a_scalar_gradient(api: SimpleNamespace) -> None:
+    x = np.array([[0.5, -1.0], [2.0, 0.0]])
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    for reduction in ("mean", "weighted_mean"):
+        _, (g_w, g_q) = api.value_and_grad(x, y, weight=np.array(2.0), pos_weight=np.array(1.5),
+                                           reduction=reduction, wrt=("weight", "pos_weight"))
+        assert g_w.shape == () and g_q.shape == ()
+    _, g_q = api.value_and_grad(x, y, pos_weight=np.array(1.5), reduction="sum", wrt="pos_weight")
+    expected = float(np.sum(y * np.logaddexp(0, -x)))
+    assert float(g_q) == pytest.approx(expected, rel=1e-14)

@@ -67,6 +67,7 @@ class Case:
     label_smoothing: float = 0.0
     strided: bool = False           # inputs are non-contiguous views
     seed: int = 0
+    #: "compile": also run through the backend's compiler (kept few: compiling is slow).
     tags: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -136,7 +137,8 @@ def _strided_view(array: np.ndarray) -> np.ndarray:
 
 def logits_cases(dtype: str) -> list[Case]:
     """The logits-form grid for one dtype."""
-    cases = [Case("logits", "edge", dtype, (20,), targets=t, reduction=r)
+    cases = [Case("logits", "edge", dtype, (20,), targets=t, reduction=r,
+                  tags=("compile",) if (t, r) == ("hard", "none") else ())
              for t in ("hard", "soft") for r in ("none", "mean")]
     cases += [Case("logits", "edge", dtype, (20,), targets="soft", reduction="sum",
                    label_smoothing=0.1)]
@@ -147,7 +149,8 @@ def logits_cases(dtype: str) -> list[Case]:
                   (3, (2, 1, 3, 2), "soft", "batch_mean"), (1000, (5, 4), "hard", "mean")]]
     for reduction in REDUCTIONS:
         cases.append(Case("logits", "random:4", dtype, (6, 4), targets="soft", reduction=reduction,
-                          weight=(6, 1), pos_weight=(4,), mask=(6, 4), label_smoothing=0.05))
+                          weight=(6, 1), pos_weight=(4,), mask=(6, 4), label_smoothing=0.05,
+                          tags=("compile",) if reduction == "weighted_mean" else ()))
     cases += [
         Case("logits", "random:4", dtype, (6, 4), weight=(), reduction="weighted_mean"),
         Case("logits", "random:4", dtype, (6, 4), targets="soft", mask=(4,), reduction="mean"),
@@ -164,7 +167,7 @@ def probs_cases(dtype: str) -> list[Case]:
              for t in ("hard", "soft")]
     cases += [Case("probs", "random:1", dtype, shape, targets=t, reduction=r, **extra)
               for shape, t, r, extra in [
-                  ((4, 3), "soft", "mean", {"pos_weight": (3,)}),
+                  ((4, 3), "soft", "mean", {"pos_weight": (3,), "tags": ("compile",)}),
                   ((5,), "int", "sum", {"weight": (5,), "label_smoothing": 0.2}),
                   ((2, 3), "soft", "weighted_mean", {"weight": (2, 1), "mask": (2, 3)})]]
     return cases
@@ -182,3 +185,54 @@ def case_by_id(case_id: str) -> Case:
         if case.id == case_id:
             return case
     raise KeyError(f"no conformance case with id {case_id!r}")
+
+
+# -- error cases ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    """A bad call and the exception type every backend must raise for it."""
+
+    name: str
+    function: str                   # "logits", "probs" or "value_and_grad"
+    error: type[Exception]
+    logits: Any = ((0.5, -0.5), (1.0, 2.0))
+    targets: Any = ((0.0, 1.0), (1.0, 0.0))
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    #: Which inputs are converted to the backend's arrays (others stay NumPy or Python values).
+    native: tuple[str, ...] = ("input", "targets")
+
+    def arrays(self) -> dict[str, Any]:
+        dtype = np.int64 if self.name == "integer logits" else np.float32
+        return {"input": np.array(self.logits, dtype=dtype),
+                "targets": np.array(self.targets, dtype=np.float32)}
+
+
+ERROR_CASES: tuple[ErrorCase, ...] = (
+    ErrorCase("targets shape mismatch", "logits", ValueError, targets=((0.0, 1.0),)),
+    ErrorCase("integer logits", "logits", TypeError),
+    ErrorCase("unknown reduction", "logits", ValueError, options={"reduction": "avg"}),
+    ErrorCase("label smoothing above 1", "logits", ValueError, options={"label_smoothing": 1.5}),
+    ErrorCase("label smoothing below 0", "logits", ValueError, options={"label_smoothing": -0.1}),
+    ErrorCase("weight enlarges the shape", "logits", ValueError,
+              options={"weight": np.ones((3, 2, 2), np.float32)}),
+    ErrorCase("pos_weight enlarges the shape", "logits", ValueError,
+              options={"pos_weight": np.ones((2, 2, 2), np.float32)}),
+    ErrorCase("mask enlarges the shape", "logits", ValueError,
+              options={"mask": np.ones((2, 2, 2), bool)}),
+    ErrorCase("integer mask", "logits", TypeError, options={"mask": np.ones((2, 2), np.int64)}),
+    ErrorCase("batch_mean of a 0-d input", "logits", ValueError, logits=0.5, targets=1.0,
+              options={"reduction": "batch_mean"}),
+    ErrorCase("validate: target above 1", "logits", ValueError, targets=((0.0, 1.0), (2.0, 0.0)),
+              options={"validate": True}),
+    ErrorCase("validate: NaN logit", "logits", ValueError, logits=((0.5, np.nan), (1.0, 2.0)),
+              options={"validate": True}),
+    ErrorCase("validate: probability above 1", "probs", ValueError, logits=((0.5, 1.5), (0.1, 0.2)),
+              options={"validate": True}),
+    ErrorCase("positive log_clamp", "probs", ValueError, logits=((0.5, 0.5), (0.1, 0.2)),
+              options={"log_clamp": 1.0}),
+    ErrorCase("unknown wrt", "value_and_grad", ValueError, options={"wrt": "logit"}),
+    ErrorCase("wrt weight without weight", "value_and_grad", ValueError,
+              options={"wrt": "weight"}),
+)

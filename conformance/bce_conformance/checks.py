@@ -112,6 +112,14 @@ def probs_loss_scale(p: np.ndarray, y: np.ndarray, w: Any, q: Any, eps: float,
     return np.abs(w) * (q * yp * log_p + one_minus * log_1mp + q * yp + one_minus)
 
 
+def probs_grad_scale(p: np.ndarray, y: np.ndarray, w: Any, q: Any, eps: float) -> np.ndarray:
+    """Scale of d loss / d p: the magnitudes of the numerator's two terms over the floor."""
+    yp, one_minus = reference.smoothed_targets(y, eps)
+    with np.errstate(invalid="ignore"):
+        return np.abs(w) * (np.abs(p) * (one_minus + q * yp) + q * yp) / np.maximum(
+            np.abs(p * (1 - p)), 1e-12)
+
+
 def reduced_scale(scale: np.ndarray, reduction: str, mask: Any, weight: Any) -> tuple[Any, int]:
     """Scale and number of summed terms of a reduced value with per-element ``scale``."""
     with np.errstate(over="ignore", invalid="ignore"):  # inf scale: exact match required

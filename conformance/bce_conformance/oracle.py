@@ -93,9 +93,30 @@ def element_grad(x: float, y: float, w: float = 1.0, q: float = 1.0,
 
 
 def element_hessian(x: float, y: float, w: float = 1.0, q: float = 1.0) -> Any:
-    """Exact d2 loss / d x2."""
-    yp, one_minus = smoothed(y, 0.0)
-    return MP.mpf(w) * (one_minus + MP.mpf(q) * yp) * sigmoid(x) * sigmoid(-MP.mpf(x))
+    """Exact d2 loss / d x2 (no smoothing)."""
+    return element_hessian_smoothed(x, y, w, q, 0.0)
+
+
+def element_hessian_smoothed(x: float, y: float, w: float = 1.0, q: float = 1.0,
+                             eps: float = 0.0) -> Any:
+    """Exact d2 loss / d x2 with label smoothing: w ((1 - y') + q y') sigma(x) sigma(-x)."""
+    yp, one_minus = smoothed(y, eps)
+    w, q = MP.mpf(w), MP.mpf(q)
+    coefficient = w * (one_minus + q * yp)
+    if coefficient == 0:
+        return MP.mpf(0)
+    return coefficient * sigmoid(x) * sigmoid(-MP.mpf(x))
+
+
+def element_grad_probs(p: float, y: float, w: float = 1.0, q: float = 1.0,
+                       eps: float = 0.0) -> Any:
+    """Exact d loss / d p of the probability form, with the spec's floor on p (1 - p)."""
+    p = MP.mpf(p)
+    if MP.isnan(p) or p < 0 or p > 1:
+        return MP.nan
+    yp, one_minus = smoothed(y, eps)
+    q = MP.mpf(q)
+    return MP.mpf(w) * (p * (one_minus + q * yp) - q * yp) / max(p * (1 - p), MP.mpf(1e-12))
 
 
 def element_loss_probs(p: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0,

@@ -1,4 +1,8 @@
-"""Contributes ``bce conformance`` to the CLI (entry point ``bce: conformance``)."""
+"""Contributes ``bce conformance`` to the CLI (entry point ``bce: conformance``).
+
+>>> [command.name for command in bce_commands()]
+['conformance']
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,18 @@ from bce_core.plugin import CommandSpec, hookimpl
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .runner import add_arguments
+    from .cli import add_arguments  # the suite loads only when the command is used
+
     add_arguments(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import run_from_args
-    return run_from_args(args)
+    from .cli import run
+
+    return run(args)
 
 
 @hookimpl
 def bce_commands() -> list[CommandSpec]:
-    return [CommandSpec("conformance", "Check installed backends against the specification.",
+    return [CommandSpec("conformance", "Check backends against the specification.",
                         _add_arguments, _run)]

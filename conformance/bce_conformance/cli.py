@@ -1,0 +1,150 @@
+"""``bce conformance``: run the suite, show progress, print the table, write reports.
+
+    bce conformance [--backend NAME ...] [--device cpu|gpu|all] [--require-device]
+                    [--dtype ...] [--json out.json] [--html out.html] [--isolate]
+
+Exit code 1 when any case fails (or, with --require-device, when no requested
+device is usable), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bce_core.registry import get_registry
+
+from .cases import DTYPES
+from .report import error_profile, header_lines, print_report, write_html, write_json
+from .runner import CaseResult, Report, run_suite
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bce conformance``."""
+    parser.add_argument("--backend", action="append", metavar="NAME",
+                        help="backend to check (repeatable); default: every installed backend")
+    parser.add_argument("--dtype", action="append", choices=DTYPES,
+                        help="dtype to check (repeatable); default: all four")
+    parser.add_argument("--device", choices=("cpu", "gpu", "all"), default="cpu",
+                        help="which devices to run on (default: cpu)")
+    parser.add_argument("--require-device", action="store_true",
+                        help="fail, rather than skip, when no requested device is usable")
+    parser.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    parser.add_argument("--html", metavar="PATH",
+                        help="write an HTML report with error-versus-logit plots")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each backend in its own process, so one crash or import "
+                             "clash cannot take the others down")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def _run_in_process(args: argparse.Namespace, console: Console) -> Report:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True,
+                  disable=args.worker or not console.is_terminal) as progress:
+        task = progress.add_task("conformance", total=None)
+        return run_suite(args.backend, dtypes=tuple(args.dtype or DTYPES), device=args.device,
+                         on_total=lambda total: progress.update(task, total=total),
+                         on_step=lambda what: progress.update(task, advance=1,
+                                                              description=what))
+
+
+def _run_isolated(args: argparse.Namespace, console: Console) -> Report:
+    registry = get_registry()
+    names = args.backend or registry.names()
+    merged: Report | None = None
+    for name in names:
+        console.print(f"running {name} in its own process", highlight=False)
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "report.json"
+            command = [sys.executable, "-m", "bce_conformance.cli", "--worker", "--backend", name,
+                       "--device", args.device, "--json", str(out)]
+            for dtype in args.dtype or ():
+                command += ["--dtype", dtype]
+            finished = subprocess.run(command, capture_output=True, text=True)
+            if out.exists():
+                part = Report.from_json(json.loads(out.read_text()))
+            else:
+                tail = "\n".join(finished.stderr.strip().splitlines()[-5:])
+                part = Report(_spec_version(), [], [])
+                part.results.append(CaseResult(name, args.device, "-", "process",
+                                               error=f"exited with {finished.returncode}: {tail}"))
+        if merged is None:
+            merged = part
+        else:
+            merged.backends += part.backends
+            merged.results += part.results
+            merged.skipped += part.skipped
+    return merged or Report(_spec_version(), [], [])
+
+
+def _spec_version() -> str:
+    from bce_core import SPEC_VERSION
+
+    return SPEC_VERSION
+
+
+def _device_failures(report: Report, args: argparse.Namespace) -> list[str]:
+    """With --require-device: every named backend, or else at least one, ran on the device."""
+    if not args.require_device or args.device == "cpu":
+        return []
+    ran = {r.backend for r in report.results if r.device.split(":")[0] != "cpu"}
+    wanted = args.backend or []
+    missing = [name for name in wanted if name not in ran]
+    if not wanted and not ran:
+        missing = ["any backend"]
+    return [f"no usable {args.device} device for {name}" for name in missing]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``bce conformance``."""
+    console = Console(stderr=args.worker)
+    report = _run_isolated(args, console) if args.isolate and not args.worker else \
+        _run_in_process(args, console)
+    if args.json:
+        write_json(report, args.json)
+    if args.worker:
+        return 0
+    for line in header_lines(report):
+        console.print(line, highlight=False, markup=False)
+    print_report(report, console)
+    if args.html:
+        profiles = {}
+        registry = get_registry()
+        for row in report.summaries():
+            if row.dtype not in ("errors", "-"):  # only dtypes the backend could run
+                backend = registry.get(row.backend)
+                profiles[f"{row.backend} {row.device} {row.dtype}"] = error_profile(
+                    backend, row.device, row.dtype)
+        write_html(report, args.html, profiles)
+        console.print(f"wrote {args.html}")
+    if args.json:
+        console.print(f"wrote {args.json}")
+    problems = _device_failures(report, args)
+    for problem in problems:
+        console.print(f"[red]FAILED[/] {problem} (--require-device)", highlight=False)
+    if not report.results:
+        console.print("[red]no backend was checked[/]")
+        return 1
+    passed = len(report.results) - len(report.failures)
+    console.print(f"{passed} passed, {len(report.failures)} failed", highlight=False)
+    return 1 if report.failures or problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bce_conformance.cli``: the same command without the ``bce`` front end."""
+    parser = argparse.ArgumentParser(prog="bce conformance")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
