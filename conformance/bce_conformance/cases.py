@@ -157,6 +157,8 @@ def logits_cases(dtype: str) -> list[Case]:
         Case("logits", "random:4", dtype, (3, 5), targets="soft", strided=True, reduction="none",
              weight=(3, 5), pos_weight=(5,)),
         Case("logits", "random:2", dtype, (4,), mask=(4,), reduction="mean", seed=7),
+        # Long enough that accumulating in the input's precision shows in half precision.
+        Case("logits", "random:3", dtype, (64, 32), targets="soft", reduction="sum"),
     ]
     return cases
 
