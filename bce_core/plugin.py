@@ -116,6 +116,9 @@ class Backend(Protocol):
         """A NumPy copy of a native array (bfloat16 as ml_dtypes.bfloat16 or float32)."""
         ...
 
+    # Also expected, and checked by the conformance suite when present:
+    # def device_of(self, array) -> str: the device of a native array, as devices() names it.
+
     def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any: ...
 
     def binary_cross_entropy(self, probs: Any, targets: Any, **options: Any) -> Any: ...

@@ -67,6 +67,9 @@ class NumpyBackend:
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)
 
+    def device_of(self, array: Any) -> str:
+        return "cpu"
+
     def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
                  mask: Any, validate: bool) -> Operands:
         ops = prepare_operands(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
