@@ -93,17 +93,21 @@ def expected(case: Case) -> Expected:
         return _expected(case)
 
 
+def _exact_operands(case: Case, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Input, targets, weight, pos_weight as exact full-shape values, and the kept elements."""
+    dtype, shape = numpy_dtype(case.dtype), case.shape
+    values = tuple(_as_objects(inputs.get(name), shape, dtype)
+                   for name in (case.form, "targets", "weight", "pos_weight"))
+    keep = np.broadcast_to(inputs["mask"], shape) if "mask" in inputs else np.ones(shape, bool)
+    return (*values, keep)
+
+
 def _expected(case: Case) -> Expected:
     inputs = case.inputs()
-    dtype = numpy_dtype(case.dtype)
     if case.form == "probs":
-        return _expected_probs(case, inputs, dtype)
+        return _expected_probs(case, inputs)
     shape = case.shape
-    x = _as_objects(inputs["logits"], shape, dtype)
-    y = _as_objects(inputs["targets"], shape, dtype)
-    w = _as_objects(inputs.get("weight"), shape, dtype)
-    q = _as_objects(inputs.get("pos_weight"), shape, dtype)
-    keep = np.broadcast_to(inputs["mask"], shape) if "mask" in inputs else np.ones(shape, bool)
+    x, y, w, q, keep = _exact_operands(case, inputs)
     eps = case.label_smoothing
 
     def each(function: Any, *arrays: np.ndarray) -> np.ndarray:
@@ -154,13 +158,8 @@ def _expected(case: Case) -> Expected:
         exact_grad_scales=flat(larger_term))
 
 
-def _expected_probs(case: Case, inputs: dict[str, np.ndarray], dtype: np.dtype) -> Expected:
-    shape = case.shape
-    p = _as_objects(inputs["probs"], shape, dtype)
-    y = _as_objects(inputs["targets"], shape, dtype)
-    w = _as_objects(inputs.get("weight"), shape, dtype)
-    q = _as_objects(inputs.get("pos_weight"), shape, dtype)
-    keep = np.broadcast_to(inputs["mask"], shape) if "mask" in inputs else np.ones(shape, bool)
+def _expected_probs(case: Case, inputs: dict[str, np.ndarray]) -> Expected:
+    p, y, w, q, keep = _exact_operands(case, inputs)
     eps = case.label_smoothing
     vectorize = lambda f: np.vectorize(f, otypes=[object])  # noqa: E731
     elements = vectorize(lambda a, b, c, d: oracle.element_loss_probs(a, b, c, d, eps))(p, y, w, q)
