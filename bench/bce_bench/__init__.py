@@ -1,0 +1,1 @@
+"""``bce bench``: bce-core's losses timed against each framework's own, in one process."""
