@@ -1,0 +1,233 @@
+"""The TensorFlow backend object.
+
+Results are tensors of the input's dtype on the input's device; reduced losses
+are 0-d tensors. float32 inputs are computed in float64 and rounded once:
+TensorFlow's float32 log1p is up to 2.5 ULP off, which leaves native float32
+at up to 3.7 ULP, too close to the 4 ULP contract. float16 and bfloat16 are
+computed in float32. ``tf.GradientTape``,
+``tf.function`` and ``tf.function(jit_compile=True)`` differentiate the
+losses to second order with the spec's derivatives.
+
+>>> import tensorflow as tf
+>>> backend = TensorFlowBackend()
+>>> loss = backend.binary_cross_entropy_with_logits(tf.constant([[9.7], [0.0]]),
+...                                                 tf.constant([[0.0], [1.0]]))
+>>> loss.dtype.name, round(float(loss), 4)
+('float32', 5.1966)
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
+                           check_reduction, check_wrt, check_wrt_given)
+
+from . import ops as computations
+from .autodiff import Autodiff
+from .operands import Operands, is_native, on_device_of, prepare, validate
+
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+def _probe_devices() -> list[str]:
+    """'cpu' and 'gpu:N' for each logical device on which a tiny computation succeeds."""
+    usable = []
+    for device in tf.config.list_logical_devices():
+        kind = device.device_type.lower()
+        if kind not in ("cpu", "gpu"):
+            continue
+        index = int(device.name.rsplit(":", 1)[-1])
+        try:
+            with tf.device(device.name):
+                ok = float((tf.constant(1.0) + tf.constant(1.0)).numpy()) == 2.0
+        except Exception:  # a device listed but unusable (driver, memory) is left out
+            ok = False
+        if ok:
+            usable.append("cpu" if kind == "cpu" and index == 0 else f"{kind}:{index}")
+    return usable
+
+
+def _tensorflow_device(device: str) -> str:
+    """'cpu', 'gpu:1', 'cuda:1' (and 'gpu', 'cuda' for index 0) as TensorFlow's '/GPU:1'."""
+    kind, _, index = str(device).lower().partition(":")
+    kind = {"cuda": "gpu"}.get(kind, kind)
+    return f"/{kind.upper()}:{index or 0}"
+
+
+class TensorFlowBackend:
+    """bce-core's specification on TensorFlow tensors."""
+
+    name = "tensorflow"
+
+    def __init__(self) -> None:
+        self._devices: list[str] | None = None
+        self._devices_lock = threading.Lock()
+        self._autodiff = Autodiff(self)
+
+    # -- the framework ------------------------------------------------------------------
+
+    def version(self) -> str:
+        return tf.__version__
+
+    def devices(self) -> list[str]:
+        """Usable devices, probed once per backend object.
+
+        >>> "cpu" in TensorFlowBackend().devices()
+        True
+        """
+        if self._devices is None:
+            with self._devices_lock:
+                if self._devices is None:
+                    self._devices = _probe_devices()
+        return list(self._devices)
+
+    def asarray(self, array: Any, device: str | None = None) -> tf.Tensor:
+        """A tensor holding the NumPy ``array`` (same dtype, bfloat16 included) on ``device``.
+
+        >>> TensorFlowBackend().asarray(np.arange(3.0), "cpu").device.endswith("CPU:0")
+        True
+        """
+        array = np.asarray(array)
+        if device is None:
+            return tf.constant(array)
+        placement = _tensorflow_device(device)
+        available = [_tensorflow_device(d) for d in self.devices()]
+        if placement not in available:
+            raise ValueError(f"device={device!r} is not usable by the tensorflow backend; "
+                             f"usable devices: {', '.join(self.devices())}.")
+        with tf.device(placement):
+            return tf.identity(tf.constant(array))
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """A NumPy copy (bfloat16 as ml_dtypes.bfloat16); needs an eager tensor."""
+        if is_native(array):
+            if not tf.executing_eagerly():
+                raise ValueError("to_numpy needs an eager tensor; it cannot run under "
+                                 "tf.function tracing.")
+            return np.asarray(array.numpy())
+        return np.asarray(array)
+
+    # -- the losses -------------------------------------------------------------------------
+
+    def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
+                 mask: Any, check_data: bool) -> Operands:
+        ops = prepare(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
+                      mask=mask)
+        if check_data:
+            validate(ops, input_name)
+        return ops
+
+    @_no_autograph
+    def binary_cross_entropy_with_logits(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
+        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        validate: bool = False,
+    ) -> tf.Tensor:
+        eps = check_label_smoothing(label_smoothing)
+        reduction = check_reduction(reduction)
+        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        with on_device_of(ops.inputs):
+            return computations.logits_loss(ops, eps=eps, reduction=reduction)
+
+    @_no_autograph
+    def binary_cross_entropy(
+        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
+        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+    ) -> tf.Tensor:
+        eps = check_label_smoothing(label_smoothing)
+        reduction = check_reduction(reduction)
+        clamp = check_log_clamp(log_clamp)
+        ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
+        with on_device_of(ops.inputs):
+            return computations.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp)
+
+    @_no_autograph
+    def value_and_grad(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
+        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+    ) -> tuple[tf.Tensor, Any]:
+        eps = check_label_smoothing(label_smoothing)
+        reduction = check_reduction(reduction)
+        names, as_tuple = check_wrt(wrt)
+        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        with on_device_of(ops.inputs):
+            loss, grads = computations.logits_value_and_grad(ops, eps=eps, reduction=reduction,
+                                                             names=names)
+        return loss, tuple(grads) if as_tuple else grads[0]
+
+    @_no_autograph
+    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
+                  pos_weight: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
+        ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
+        with on_device_of(ops.inputs):
+            return computations.logits_grad_hess(ops)
+
+    # -- TensorFlow's own autodiff (bce_core.plugin.AutodiffBackend) ------------------------
+
+    def _tensors(self, input_name: str, inputs: Any, targets: Any,
+                 options: dict[str, Any]) -> tuple[Operands, dict[str, Any]]:
+        """Operands as tensors (so the tape can watch them) and the remaining options."""
+        options = dict(options)
+        # Checked (and made hashable) here: compiled functions are kept per option set.
+        if "label_smoothing" in options:
+            options["label_smoothing"] = check_label_smoothing(options["label_smoothing"])
+        if "reduction" in options:
+            options["reduction"] = check_reduction(options["reduction"])
+        if "log_clamp" in options:
+            options["log_clamp"] = check_log_clamp(options["log_clamp"])
+        ops = prepare(input_name, inputs, targets, weight=options.pop("weight", None),
+                      pos_weight=options.pop("pos_weight", None), mask=options.pop("mask", None))
+        return ops, options
+
+    def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
+                                compiled: bool = False,
+                                **options: Any) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+        """(loss, gradients w.r.t. each name in ``wrt``) by tf.GradientTape.
+
+        >>> import tensorflow as tf
+        >>> loss, (g,) = TensorFlowBackend().autodiff_value_and_grad(
+        ...     tf.constant([0.0]), tf.constant([1.0]), wrt=("logits",), reduction="sum")
+        >>> g.numpy().tolist()
+        [-0.5]
+        """
+        names, _ = check_wrt(tuple(wrt))
+        check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
+        ops, options = self._tensors("logits", logits, targets, options)
+        with on_device_of(ops.inputs):
+            return self._autodiff.value_and_grad(*ops[:5], wrt=names, compiled=compiled,
+                                                 options=options)
+
+    def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
+                                   **options: Any) -> tf.Tensor:
+        """d/dlogits of sum(d loss/d logits), by nested tf.GradientTape.
+
+        >>> import tensorflow as tf
+        >>> TensorFlowBackend().autodiff_second_derivative(
+        ...     tf.constant([0.0]), tf.constant([1.0]), reduction="sum").numpy().tolist()
+        [0.25]
+        """
+        ops, options = self._tensors("logits", logits, targets, options)
+        with on_device_of(ops.inputs):
+            return self._autodiff.second_derivative(*ops[:5], compiled=compiled, options=options)
+
+    def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
+                            **options: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """(loss, d loss/d probs) of the probability form by tf.GradientTape.
+
+        >>> import tensorflow as tf
+        >>> loss, g = TensorFlowBackend().autodiff_probs_grad(
+        ...     tf.constant([0.25]), tf.constant([1.0]), reduction="sum")
+        >>> g.numpy().tolist()
+        [-4.0]
+        """
+        ops, options = self._tensors("probs", probs, targets, options)
+        with on_device_of(ops.inputs):
+            return self._autodiff.probs_grad(*ops[:5], compiled=compiled, options=options)

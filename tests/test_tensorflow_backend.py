@@ -1,0 +1,656 @@
+"""The TensorFlow backend against the float64 reference and the exact mpmath oracle.
+
+Covers the forward loss, the fused ``value_and_grad``, ``grad_hess`` and
+TensorFlow's own autodiff (tf.GradientTape eager, tf.function and
+tf.function(jit_compile=True), first and second order), the 4 ULP accuracy
+contract over a dense sweep of logits, dtypes and devices, NumPy operands
+next to tensors, error parity with the NumPy backend, and dispatch through
+the public API.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import threading
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import bce_core  # noqa: E402
+from bce_conformance import oracle  # noqa: E402
+from bce_core import reference  # noqa: E402
+from bce_core.registry import get_registry  # noqa: E402
+from bce_core.spec import REDUCTIONS  # noqa: E402
+from bce_numpy.backend import NumpyBackend  # noqa: E402
+from bce_tensorflow.backend import TensorFlowBackend  # noqa: E402
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+BACKEND = TensorFlowBackend()
+NUMPY = NumpyBackend()
+FLOATS = (np.float32, np.float64)
+DTYPE_NAMES = {np.float32: "float32", np.float64: "float64"}
+#: Relative tolerance of a parity check against the float64 reference, per dtype.
+RTOL = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 1e-6, "float64": 1e-12}
+
+GPU_DEVICES = [d for d in BACKEND.devices() if d.startswith("gpu")]
+DEVICES = ["cpu"] + (GPU_DEVICES or ["gpu:0"])
+
+
+def on_device(device: str) -> str:
+    if device not in BACKEND.devices():
+        pytest.skip(f"no TensorFlow device {device!r} here (usable: {BACKEND.devices()})")
+    return device
+
+
+def numpy_dtype(dtype_name: str) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+
+
+def close(got, expected, dtype_name: str, *, atol: float = 0.0) -> None:
+    """got (a result of dtype ``dtype_name``) equals the float64 ``expected`` rounded to it."""
+    got = BACKEND.to_numpy(got) if isinstance(got, (tf.Tensor, tf.Variable)) else got
+    rounded = np.asarray(expected).astype(numpy_dtype(dtype_name))
+    np.testing.assert_allclose(np.asarray(got).astype(np.float64), rounded.astype(np.float64),
+                               rtol=RTOL[dtype_name], atol=atol)
+
+
+# -- the accuracy contract against mpmath ------------------------------------------------
+
+
+def sweep(dtype: type) -> np.ndarray:
+    """Logits from -1e4 to 1e4: dense near 0 and in both tails, tiny, subnormal and extreme."""
+    info = np.finfo(dtype)
+    values = np.concatenate([
+        np.linspace(-110.0, 110.0, 441),      # step 0.5, through ±20, ±50 and ±100
+        np.linspace(-105.0, -86.0, 39),       # float32 losses in the subnormal range
+        np.linspace(-746.0, -700.0, 47),      # float64 losses in the subnormal range
+        np.linspace(700.0, 746.0, 12),
+        np.geomspace(1e-30, 1e4, 161), -np.geomspace(1e-30, 1e4, 161),
+        [0.0, info.tiny, -info.tiny, info.smallest_subnormal, -info.smallest_subnormal,
+         3 * info.smallest_subnormal, info.max, -info.max, 1e30, -1e30]])
+    return np.unique(values.astype(dtype))
+
+
+#: (target, label_smoothing, weight, pos_weight): hard, soft, smoothed, weighted.
+CONFIGS = [(0.0, 0.0, None, None), (1.0, 0.0, None, None), (0.3, 0.0, None, None),
+           (1.0, 0.1, None, None), (0.7, 0.05, None, None), (0.2, 0.0, 2.5, 0.6)]
+
+
+@functools.lru_cache(maxsize=None)
+def exact(dtype: type, config: tuple) -> tuple[np.ndarray, list, list, list | None]:
+    """(logits, exact losses, exact gradients, accuracy references of the gradients)."""
+    y, eps, w, q = config
+    xs = sweep(dtype)
+    cast = lambda v, default: default if v is None else float(np.asarray(v, dtype))  # noqa: E731
+    args = dict(w=cast(w, 1.0), q=cast(q, 1.0), eps=cast(eps, 0.0))
+    y = float(np.asarray(y, dtype))
+    losses = [oracle.element_loss(float(x), y, **args) for x in xs]
+    grads = [oracle.element_grad(float(x), y, **args) for x in xs]
+    hard = y in (0.0, 1.0) and eps == 0.0
+    # Soft targets: within 4 ULP of the larger of the gradient's two terms; hard: of the value.
+    return xs, losses, [g[0] for g in grads], None if hard else [g[1] for g in grads]
+
+
+def options_of(config: tuple, dtype: type) -> dict:
+    _, eps, w, q = config
+    options = dict(reduction="none", label_smoothing=eps)
+    if w is not None:
+        options.update(weight=np.asarray(w, dtype), pos_weight=np.asarray(q, dtype))
+    return options
+
+
+def logits_and_targets(dtype: type, config: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+    xs = exact(dtype, config)[0]
+    return tf.constant(xs), tf.constant(np.full_like(xs, config[0]))
+
+
+def assert_ulp(got: tf.Tensor, expected: list, dtype: type, xs: np.ndarray,
+               references: list | None = None, limit: float = 4.0) -> None:
+    errors = oracle.ulp_errors(np.asarray(got), expected, DTYPE_NAMES[dtype], references)
+    worst = int(np.argmax(errors))
+    assert errors[worst] <= limit, (f"{errors[worst]:.2f} ULP at logit {xs[worst]!r}: got "
+                                    f"{np.asarray(got)[worst]!r}, exact {float(expected[worst])!r}")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "y{}-eps{}-w{}-q{}".format(*c))
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_loss_and_gradient_within_4_ulp_of_exact(dtype, config):
+    xs, losses, grads, grad_refs = exact(dtype, config)
+    x, y = logits_and_targets(dtype, config)
+    options = options_of(config, dtype)
+
+    assert_ulp(BACKEND.binary_cross_entropy_with_logits(x, y, **options), losses, dtype, xs)
+    loss, grad = BACKEND.value_and_grad(x, y, **options)
+    assert_ulp(loss, losses, dtype, xs)
+    assert_ulp(grad, grads, dtype, xs, grad_refs)
+    for compiled in (False, True):
+        loss, (grad,) = BACKEND.autodiff_value_and_grad(x, y, wrt=("logits",), compiled=compiled,
+                                                        **options)
+        assert_ulp(loss, losses, dtype, xs)
+        assert_ulp(grad, grads, dtype, xs, grad_refs)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_tape_inside_tf_function_keeps_the_accuracy(dtype):
+    config = CONFIGS[4]
+    xs, losses, grads, grad_refs = exact(dtype, config)
+    x, y = logits_and_targets(dtype, config)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = BACKEND.binary_cross_entropy_with_logits(x, y, label_smoothing=config[1],
+                                                           reduction="none")
+        return loss, tape.gradient(loss, x)
+
+    loss, grad = step(x, y)
+    assert_ulp(loss, losses, dtype, xs)
+    assert_ulp(grad, grads, dtype, xs, grad_refs)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_subnormal_results_are_not_flushed(dtype):
+    # TensorFlow's CPU kernels flush subnormals; the backend builds them from their bits.
+    x = {np.float32: -100.0, np.float64: -720.0}[dtype]
+    exact_loss = float(oracle.element_loss(x, 0.0))
+    assert float(np.finfo(dtype).smallest_subnormal) < exact_loss < float(np.finfo(dtype).tiny)
+    logits, targets = tf.constant([x, -x], dtype), tf.constant([0.0, 1.0], dtype)
+    loss = BACKEND.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    _, grad = BACKEND.value_and_grad(logits, targets, reduction="none")
+    _, (autodiff,) = BACKEND.autodiff_value_and_grad(logits, targets, wrt=("logits",),
+                                                     reduction="none", compiled=True)
+    expected = np.array([exact_loss, exact_loss], dtype)
+    np.testing.assert_array_equal(loss.numpy(), expected)
+    np.testing.assert_array_equal(grad.numpy(), [expected[0], -expected[1]])
+    np.testing.assert_array_equal(autodiff.numpy(), [expected[0], -expected[1]])
+    _, hess = BACKEND.grad_hess(logits, targets)
+    np.testing.assert_array_equal(hess.numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_infinite_and_nan_logits(dtype):
+    inf, nan = np.inf, np.nan
+    x = np.array([inf, inf, -inf, -inf, nan, inf], dtype)
+    y = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.5], dtype)
+    loss = BACKEND.binary_cross_entropy_with_logits(tf.constant(x), tf.constant(y),
+                                                   reduction="none")
+    np.testing.assert_array_equal(loss.numpy(), [0.0, inf, 0.0, inf, nan, inf])
+    _, grad = BACKEND.value_and_grad(tf.constant(x), tf.constant(y), reduction="none")
+    _, (autodiff,) = BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y),
+                                                     wrt=("logits",), reduction="none")
+    np.testing.assert_array_equal(grad.numpy(), [0.0, 1.0, 0.0, -1.0, nan, 0.5])
+    np.testing.assert_array_equal(autodiff.numpy(), grad.numpy())
+
+
+# -- parity with the reference over shapes and options (hypothesis) -----------------------
+
+
+def _broadcastable(shape: tuple[int, ...]):
+    """Shapes that broadcast to ``shape`` without enlarging it."""
+    suffixes = [shape[i:] for i in range(len(shape) + 1)]
+    return st.sampled_from(suffixes).flatmap(
+        lambda s: st.tuples(*[st.sampled_from([d, 1]) for d in s]))
+
+
+@st.composite
+def calls(draw):
+    dtype = draw(st.sampled_from(FLOATS))
+    shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple))
+    reduction = draw(st.sampled_from(REDUCTIONS if shape else
+                                     [r for r in REDUCTIONS if r != "batch_mean"]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["hard", "soft", "int", "bool"]))
+    x = (rng.normal(size=shape) * draw(st.sampled_from([1.0, 8.0, 60.0]))).astype(dtype)
+    y = {"hard": lambda: (rng.random(shape) > 0.5).astype(dtype),
+         "soft": lambda: rng.random(shape).astype(dtype),
+         "int": lambda: rng.integers(0, 2, shape),
+         "bool": lambda: rng.random(shape) > 0.5}[kind]()
+    options = dict(reduction=reduction, label_smoothing=draw(st.sampled_from([0.0, 0.1])))
+    for name, low in (("weight", 0.0), ("pos_weight", 0.25)):
+        if draw(st.booleans()):
+            options[name] = rng.uniform(low, 3.0, draw(_broadcastable(shape))).astype(dtype)
+    if draw(st.booleans()):
+        options["mask"] = rng.random(draw(_broadcastable(shape))) > 0.3
+    return x, y, kind, options
+
+
+def _native(options: dict) -> dict:
+    return {k: tf.constant(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+
+
+def _atol(x: np.ndarray, options: dict) -> float:
+    """Absolute slack for values that cancel to near 0: both sides compute in float64."""
+    scale = 1.0 + float(np.max(np.abs(x), initial=0.0))
+    for name in ("weight", "pos_weight"):
+        scale *= 1.0 + float(np.max(options.get(name, 1.0), initial=0.0))
+    return 64 * 2.0 ** -53 * scale
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls())
+def test_matches_reference_over_shapes_and_options(call):
+    x, y, kind, options = call
+    dtype = x.dtype.name
+    wrt = ("logits",) + (("targets",) if kind in ("hard", "soft") else ()) + tuple(
+        n for n in ("weight", "pos_weight") if n in options)
+    atol = _atol(x, options)
+    expected_loss, expected_grads = reference.value_and_grad(x, y, wrt=wrt, **options)
+    native = _native(options)
+
+    loss = BACKEND.binary_cross_entropy_with_logits(tf.constant(x), tf.constant(y), **native)
+    assert loss.dtype.name == dtype and loss.shape == np.shape(expected_loss)
+    close(loss, expected_loss, dtype, atol=atol)
+    results = [BACKEND.value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt, **native),
+               BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt,
+                                               **native)]
+    for got_loss, got_grads in results:
+        close(got_loss, expected_loss, dtype, atol=atol)
+        for name, got, want in zip(wrt, got_grads, expected_grads):
+            assert got.dtype.name == dtype and tuple(got.shape) == np.shape(want), name
+            close(got, want, dtype, atol=atol)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_compiled_autodiff_matches_reference_for_every_reduction(reduction):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 3)) * 5
+    y = rng.random((4, 3))
+    options = dict(weight=rng.uniform(0.5, 2.0, (4, 1)), pos_weight=rng.uniform(0.5, 2.0, (3,)),
+                   mask=rng.random((4, 3)) > 0.2, label_smoothing=0.1, reduction=reduction)
+    wrt = ("logits", "targets", "weight", "pos_weight")
+    expected_loss, expected = reference.value_and_grad(x, y, wrt=wrt, **options)
+    loss, grads = BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt,
+                                                  compiled=True, **_native(options))
+    close(loss, expected_loss, "float64", atol=1e-15)
+    for got, want in zip(grads, expected):
+        close(got, want, "float64", atol=1e-15)
+
+
+# -- second order --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_second_derivative_is_the_analytic_hessian(dtype, compiled):
+    x = np.array([-800.0, -50.0, -3.0, -1e-20, 0.0, 0.5, 4.0, 30.0, 200.0], dtype)
+    y = np.array([0.0, 1.0, 0.3, 1.0, 0.5, 0.0, 0.9, 1.0, 0.2], dtype)
+    w, q = np.linspace(0.5, 2.0, 9).astype(dtype), np.asarray(1.7, dtype)
+    _, hess = reference.grad_hess(x, y, weight=w, pos_weight=q)
+    got = BACKEND.autodiff_second_derivative(tf.constant(x), tf.constant(y), weight=w,
+                                             pos_weight=q, reduction="sum", compiled=compiled)
+    assert got.dtype.name == DTYPE_NAMES[dtype]
+    close(got, hess, DTYPE_NAMES[dtype])
+    mean = BACKEND.autodiff_second_derivative(tf.constant(x), tf.constant(y), compiled=compiled,
+                                              reduction="mean")
+    close(mean, reference.grad_hess(x, y)[1] / x.size, DTYPE_NAMES[dtype])
+
+
+def test_mixed_second_derivatives_match_the_spec():
+    x = tf.constant([-4.0, -0.5, 0.0, 2.0, 25.0], tf.float64)
+    y = tf.constant([0.0, 0.3, 1.0, 0.8, 1.0], tf.float64)
+    w = tf.constant([1.5, 0.5, 2.0, 1.0, 3.0], tf.float64)
+    q = tf.constant(0.7, tf.float64)
+    eps = 0.1
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch([x, y, w, q])
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=q,
+                                                           label_smoothing=eps, reduction="sum")
+        dx = inner.gradient(loss, x)
+        total = tf.reduce_sum(dx)
+    xs, ys, ws, qs = (t.numpy() for t in (x, y, w, q))
+    sig, sig_neg = reference.sigmoid(xs), reference.sigmoid(-xs)
+    yp, one_minus = reference.smoothed_targets(ys, eps)
+    np.testing.assert_allclose(outer.gradient(total, y), -ws * (1 - eps) * (sig + qs * sig_neg),
+                               rtol=1e-13)
+    np.testing.assert_allclose(outer.gradient(total, w), one_minus * sig - qs * yp * sig_neg,
+                               rtol=1e-13)
+    np.testing.assert_allclose(outer.gradient(total, q), np.sum(-ws * yp * sig_neg), rtol=1e-13)
+    np.testing.assert_allclose(outer.gradient(total, x),
+                               ws * (one_minus + qs * yp) * sig * sig_neg, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_grad_hess_matches_reference(dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(5, 4)) * 10).astype(dtype)
+    y = rng.random((5, 4)).astype(dtype)
+    w, q = rng.uniform(0.1, 2.0, (5, 1)).astype(dtype), rng.uniform(0.5, 2.0, (4,)).astype(dtype)
+    grad, hess = BACKEND.grad_hess(tf.constant(x), tf.constant(y), weight=w, pos_weight=q)
+    want_grad, want_hess = reference.grad_hess(x, y, weight=w, pos_weight=q)
+    assert grad.dtype.name == hess.dtype.name == DTYPE_NAMES[dtype]
+    close(grad, want_grad, DTYPE_NAMES[dtype], atol=1e-15)
+    close(hess, want_hess, DTYPE_NAMES[dtype])
+
+
+# -- the probability form ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_probability_form_matches_reference(dtype, compiled):
+    p = np.array([0.0, 1e-30, 1e-8, 0.25, 0.5, 0.75, 1 - 1e-7, 1.0], dtype)
+    y = np.array([1.0, 1.0, 0.0, 0.3, 1.0, 0.0, 0.6, 0.0], dtype)
+    w, q = np.asarray(1.5, dtype), np.linspace(0.5, 2.0, 8).astype(dtype)
+    options = dict(weight=w, pos_weight=q, label_smoothing=0.05)
+    for clamp in (-100.0, -np.inf):
+        loss = BACKEND.binary_cross_entropy(tf.constant(p), tf.constant(y), reduction="none",
+                                            log_clamp=clamp, **options)
+        close(loss, reference.binary_cross_entropy(p, y, reduction="none", log_clamp=clamp,
+                                                   **options), DTYPE_NAMES[dtype])
+    loss, grad = BACKEND.autodiff_probs_grad(tf.constant(p), tf.constant(y), reduction="sum",
+                                             compiled=compiled, **options)
+    close(loss, reference.binary_cross_entropy(p, y, reduction="sum", **options),
+          DTYPE_NAMES[dtype])
+    close(grad, reference.probs_grad(p, y, **options), DTYPE_NAMES[dtype])
+
+
+def test_probabilities_outside_the_unit_interval_give_nan():
+    loss = BACKEND.binary_cross_entropy(tf.constant([-0.1, 0.5, 1.5]), [0.0, 0.0, 1.0],
+                                        reduction="none")
+    assert np.isnan(loss.numpy()[[0, 2]]).all() and np.isfinite(loss.numpy()[1])
+
+
+# -- half precision ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_half_precision_parity(dtype_name):
+    dtype = numpy_dtype(dtype_name)
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(6, 5)) * 6).astype(dtype)
+    y = rng.random((6, 5)).astype(dtype)
+    w = rng.uniform(0.5, 2.0, (5,)).astype(dtype)
+    options = dict(weight=w, label_smoothing=0.1, reduction="none")
+    native_x = BACKEND.asarray(x)
+    loss = BACKEND.binary_cross_entropy_with_logits(native_x, y, **options)
+    assert loss.dtype.name == dtype_name
+    close(loss,
+          reference.binary_cross_entropy_with_logits(x, y, **options), dtype_name, atol=1e-3)
+    _, want = reference.value_and_grad(x, y, wrt=("logits", "weight"), **options)
+    for _, grads in (BACKEND.value_and_grad(native_x, y, wrt=("logits", "weight"), **options),
+                     BACKEND.autodiff_value_and_grad(native_x, y, wrt=("logits", "weight"),
+                                                     **options)):
+        for got, expected in zip(grads, want):
+            assert got.dtype.name == dtype_name
+            close(got, expected, dtype_name, atol=2e-2)
+    hess = BACKEND.autodiff_second_derivative(native_x, y, reduction="sum")
+    close(hess, reference.grad_hess(x, y)[1], dtype_name,
+          atol=1e-3)
+
+
+# -- masks, zero weights and zero denominators ---------------------------------------------
+
+
+def test_masked_out_nan_and_inf_inputs_give_zero_loss_and_gradient():
+    x = tf.constant([np.nan, 1.0, np.inf, -2.0])
+    y = tf.constant([0.5, 1.0, np.nan, 0.0])
+    w = tf.constant([np.inf, 2.0, 1.0, 1.0])
+    mask = np.array([False, True, False, True])
+    wrt = ("logits", "targets", "weight")
+    loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, mask=mask, reduction="none")
+    assert loss.numpy()[0] == 0.0 and loss.numpy()[2] == 0.0
+    expected_loss, expected = reference.value_and_grad(
+        np.array([0.0, 1.0, 0.0, -2.0]), [0.0, 1.0, 0.0, 0.0], weight=[0.0, 2.0, 0.0, 1.0],
+        mask=mask, wrt=wrt)
+    for got_loss, grads in (BACKEND.value_and_grad(x, y, weight=w, mask=mask, wrt=wrt),
+                            BACKEND.autodiff_value_and_grad(x, y, weight=w, mask=mask, wrt=wrt),
+                            BACKEND.autodiff_value_and_grad(x, y, weight=w, mask=mask, wrt=wrt,
+                                                            compiled=True)):
+        close(got_loss, expected_loss, "float32")
+        for got, want in zip(grads, expected):
+            assert np.all(np.isfinite(got.numpy()))
+            assert got.numpy()[0] == 0.0 and got.numpy()[2] == 0.0
+            close(got, want, "float32")
+
+
+@pytest.mark.parametrize("case", ["fully masked mean", "zero weights weighted_mean",
+                                  "empty batch_mean", "cancelling weights weighted_mean"])
+def test_zero_denominators_give_zero_loss_and_zero_gradient(case):
+    x, y = tf.constant([[np.inf, -3.0]]), tf.constant([[0.5, 1.0]])
+    options = {
+        "fully masked mean": dict(mask=np.zeros((1, 2), bool), reduction="mean"),
+        "zero weights weighted_mean": dict(weight=np.zeros(2, np.float32),
+                                           reduction="weighted_mean"),
+        "empty batch_mean": dict(reduction="batch_mean"),
+        "cancelling weights weighted_mean": dict(weight=np.array([1.0, -1.0], np.float32),
+                                                 reduction="weighted_mean"),
+    }[case]
+    if case == "empty batch_mean":
+        x, y = tf.zeros((0, 2)), tf.zeros((0, 2))
+    wrt = ("logits", "targets") + (("weight",) if "weight" in options else ())
+    for loss, grads in (BACKEND.value_and_grad(x, y, wrt=wrt, **options),
+                        BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, **options),
+                        BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, compiled=True,
+                                                        **options)):
+        assert float(loss) == 0.0
+        for grad in grads:
+            np.testing.assert_array_equal(grad.numpy(), np.zeros(grad.shape))
+    second = BACKEND.autodiff_second_derivative(x, y, **options)
+    np.testing.assert_array_equal(second.numpy(), np.zeros(second.shape))
+
+
+def test_zero_weight_gives_zero_loss_and_zero_gradients_even_at_infinite_logits():
+    x, y = tf.constant([np.inf, -np.inf, 1.0]), tf.constant([0.0, 1.0, 1.0])
+    w = tf.constant([0.0, 0.0, 1.0])
+    loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, reduction="none")
+    np.testing.assert_array_equal(loss.numpy()[:2], [0.0, 0.0])
+    _, (dx, dy) = BACKEND.autodiff_value_and_grad(x, y, weight=w, wrt=("logits", "targets"),
+                                                  reduction="sum")
+    np.testing.assert_array_equal(dx.numpy()[:2], [0.0, 0.0])
+    np.testing.assert_array_equal(dy.numpy()[:2], [0.0, 0.0])
+
+
+# -- compiled paths ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["tf.function", "jit_compile"])
+def test_losses_and_tapes_inside_user_tf_functions(jit):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    y = (rng.random((3, 4)) > 0.5).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, (4,)).astype(np.float32)
+
+    @tf.function(jit_compile=jit)
+    def step(x, y, w):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w,
+                                                               reduction="weighted_mean")
+            dx, dw = tape.gradient(loss, [x, w])
+            total = tf.reduce_sum(dx)
+        return loss, dx, dw, outer.gradient(total, x)
+
+    loss, dx, dw, second = step(tf.constant(x), tf.constant(y), tf.constant(w))
+    want_loss, (want_dx, want_dw) = reference.value_and_grad(
+        x, y, weight=w, reduction="weighted_mean", wrt=("logits", "weight"))
+    close(loss, want_loss, "float32")
+    close(dx, want_dx, "float32")
+    close(dw, want_dw, "float32", atol=1e-7)
+    denominator = np.sum(np.broadcast_to(w, x.shape), dtype=np.float64)
+    close(second, reference.grad_hess(x, y, weight=w)[1] / denominator, "float32")
+
+
+def test_validate_under_compilation_raises_a_clear_error():
+    step = tf.function(lambda x, y: BACKEND.binary_cross_entropy_with_logits(x, y,
+                                                                            validate=True))
+    with pytest.raises(ValueError, match="validate=True.*cannot run under tf.function"):
+        step(tf.constant([0.0]), tf.constant([1.0]))
+    with pytest.raises(ValueError, match="jit"):
+        BACKEND.autodiff_value_and_grad(tf.constant([0.0]), tf.constant([1.0]), wrt=("logits",),
+                                        validate=True, compiled=True)
+
+
+# -- dtypes, devices, conversion ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32", "float64"])
+def test_dtype_and_device_are_preserved(dtype_name, device):
+    device = on_device(device)
+    dtype = numpy_dtype(dtype_name)
+    x = BACKEND.asarray(np.array([[-1.0, 0.5], [2.0, 0.0]], dtype), device)
+    assert x.dtype.name == dtype_name and BACKEND.to_numpy(x).dtype == dtype
+    suffix = "CPU:0" if device == "cpu" else "GPU:" + device.split(":")[1]
+    y = np.array([[1, 0], [0, 1]])
+    loss = BACKEND.binary_cross_entropy_with_logits(x, y)
+    close(loss, reference.binary_cross_entropy_with_logits(x.numpy(), y), dtype_name)
+    results = [loss,
+               *BACKEND.value_and_grad(x, [[1.0, 0.0], [0.0, 1.0]], weight=np.ones(2),
+                                       wrt=("logits", "weight"))[1],
+               *BACKEND.grad_hess(x, np.ones((2, 2), bool)),
+               *BACKEND.autodiff_value_and_grad(x, y, wrt=("logits",), compiled=True)[1],
+               BACKEND.binary_cross_entropy(BACKEND.asarray(np.full((2,), 0.5, dtype), device),
+                                            [1, 0])]
+    for result in results:
+        assert result.dtype.name == dtype_name
+        assert result.device.endswith(suffix), result.device
+
+
+def test_devices_lists_cpu_and_is_computed_once_across_threads():
+    backend = TensorFlowBackend()
+    seen: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: seen.append(backend.devices())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(devices == seen[0] for devices in seen) and "cpu" in seen[0]
+    assert all(d == "cpu" or d.startswith("gpu:") for d in seen[0])
+
+
+def test_asarray_rejects_unknown_devices():
+    with pytest.raises(ValueError, match="not usable"):
+        BACKEND.asarray(np.zeros(2), "tpu:3")
+
+
+def test_numpy_scalars_lists_and_variables_next_to_tensors():
+    x = tf.Variable([[0.5, -1.0, 3.0]], dtype=tf.float32)
+    expected = reference.binary_cross_entropy_with_logits(
+        np.float32([[0.5, -1.0, 3.0]]), [[1, 0, 1]], weight=2.0, pos_weight=[1.0, 2.0, 3.0],
+        mask=[[True, False, True]], reduction="sum")
+    got = BACKEND.binary_cross_entropy_with_logits(
+        x, [[True, False, True]], weight=2, pos_weight=np.array([1.0, 2.0, 3.0]),
+        mask=np.array([[True, False, True]]), reduction="sum")
+    assert got.dtype == tf.float32
+    close(got, expected, "float32")
+    # targets are cast to the logits' dtype first (float64 targets, float32 logits).
+    close(BACKEND.binary_cross_entropy_with_logits(x, tf.constant([[0.1, 0.2, 0.3]], tf.float64)),
+          reference.binary_cross_entropy_with_logits(np.float32([[0.5, -1.0, 3.0]]),
+                                                     np.float32([[0.1, 0.2, 0.3]])), "float32")
+    # NumPy logits work when the backend is called explicitly.
+    numpy_logits = BACKEND.binary_cross_entropy_with_logits(np.array([0.0, 1.0]), [1.0, 0.0])
+    assert isinstance(numpy_logits, tf.Tensor) and numpy_logits.dtype == tf.float64
+    with tf.GradientTape() as tape:
+        loss = BACKEND.binary_cross_entropy_with_logits(x, [[1.0, 0.0, 1.0]], reduction="sum")
+    close(tape.gradient(loss, x),
+          reference.value_and_grad(np.float32([[0.5, -1.0, 3.0]]), [[1.0, 0.0, 1.0]],
+                                   reduction="sum")[1], "float32")
+
+
+# -- errors: same types and messages as the NumPy backend ---------------------------------
+
+
+def _error_cases():
+    x, y = np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    return {
+        "targets shape": ("binary_cross_entropy_with_logits", (x, np.zeros((3, 2))), {}),
+        "integer logits": ("binary_cross_entropy_with_logits", (x.astype(np.int32), y), {}),
+        "bad reduction": ("binary_cross_entropy_with_logits", (x, y), dict(reduction="avg")),
+        "smoothing above 1": ("binary_cross_entropy_with_logits", (x, y),
+                              dict(label_smoothing=1.5)),
+        "smoothing not a number": ("binary_cross_entropy_with_logits", (x, y),
+                                   dict(label_smoothing="a")),
+        "enlarging weight": ("binary_cross_entropy_with_logits", (x, y),
+                             dict(weight=np.ones((4, 2, 3), np.float32))),
+        "pos_weight mismatch": ("binary_cross_entropy_with_logits", (x, y),
+                                dict(pos_weight=np.ones(2, np.float32))),
+        "integer mask": ("binary_cross_entropy_with_logits", (x, y),
+                         dict(mask=np.ones((2, 3), np.int32))),
+        "complex targets": ("binary_cross_entropy_with_logits", (x, y.astype(np.complex64)), {}),
+        "targets above 1": ("binary_cross_entropy_with_logits",
+                            (x, np.array([[0, 0, 1], [0, 1.5, 0]], np.float32)),
+                            dict(validate=True)),
+        "nan logits": ("binary_cross_entropy_with_logits",
+                       (np.array([[0, np.nan, 0], [0, 0, 0]], np.float32), y),
+                       dict(validate=True)),
+        "nan weight": ("value_and_grad", (x, y),
+                       dict(weight=np.array([1.0, np.nan, 1.0], np.float32), validate=True)),
+        "probs above 1": ("binary_cross_entropy", (np.full((2, 3), 1.25, np.float32), y),
+                          dict(validate=True)),
+        "positive log_clamp": ("binary_cross_entropy", (np.full((2, 3), 0.5, np.float32), y),
+                               dict(log_clamp=1.0)),
+        "batch_mean on 0-d": ("binary_cross_entropy_with_logits", (np.float32(0.0), 1.0),
+                              dict(reduction="batch_mean")),
+        "unknown wrt": ("value_and_grad", (x, y), dict(wrt="logit")),
+        "wrt weight without weight": ("value_and_grad", (x, y), dict(wrt=("logits", "weight"))),
+    }
+
+
+@pytest.mark.parametrize("case", list(_error_cases()))
+def test_errors_match_the_numpy_backend(case):
+    method, args, options = _error_cases()[case]
+    with pytest.raises((ValueError, TypeError)) as from_numpy:
+        getattr(NUMPY, method)(*args, **options)
+    native_args = [tf.constant(a) for a in args]
+    native_options = {k: tf.constant(v) if isinstance(v, np.ndarray) else v
+                      for k, v in options.items()}
+    for call_args, call_options in ((native_args, native_options), (args, options)):
+        with pytest.raises(type(from_numpy.value)) as from_tensorflow:
+            getattr(BACKEND, method)(*call_args, **call_options)
+        assert str(from_tensorflow.value) == str(from_numpy.value)
+
+
+# -- registration and dispatch -------------------------------------------------------------
+
+
+def test_plugin_claims_tensorflow_tensors_but_not_numpy_or_python_numbers():
+    registry = get_registry()
+    symbolic_types = []
+    tf.function(lambda t: symbolic_types.append(type(t)) or t)(tf.constant(1.0))
+    for value_type in (type(tf.constant(1.0)), type(tf.Variable(1.0)), symbolic_types[0]):
+        assert registry.owner_of(value_type) == "tensorflow", value_type
+    assert registry.owner_of(np.ndarray) == "numpy"
+    assert registry.owner_of(float) is None and registry.owner_of(int) is None
+    assert registry.owner_of(list) is None
+
+
+def test_public_api_dispatches_on_the_tensor_type():
+    x = tf.constant([[2.0, -1.0]], tf.float64)
+    loss = bce_core.binary_cross_entropy_with_logits(x, np.array([[1.0, 0.0]]), reduction="sum")
+    assert isinstance(loss, tf.Tensor) and loss.dtype == tf.float64
+    close(loss, reference.binary_cross_entropy_with_logits([[2.0, -1.0]], [[1.0, 0.0]],
+                                                           reduction="sum"), "float64")
+    assert bce_core.get_backend("tensorflow").name == "tensorflow"
+    _, grad = bce_core.value_and_grad(x, [[1.0, 0.0]], wrt="logits")
+    assert isinstance(grad, tf.Tensor)
+    grad, hess = bce_core.grad_hess(x, [[1.0, 0.0]])
+    assert isinstance(hess, tf.Tensor)
+
+    @tf.function
+    def compiled(x):
+        return bce_core.binary_cross_entropy_with_logits(x, [[1.0, 0.0]], reduction="sum")
+    close(compiled(x), loss.numpy(), "float64")
+
+
+def test_registry_and_plugin_do_not_import_tensorflow():
+    code = ("import sys, bce_core, bce_tensorflow.plugin; from bce_core.registry import "
+            "get_registry; assert 'tensorflow' in get_registry().names(); "
+            "assert 'tensorflow' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
