@@ -48,8 +48,8 @@ def summary_table(report: Report) -> Table:
     table = Table(title="bce conformance: parity (pass/fail) and accuracy (worst ULP vs exact)")
     for column in ("backend", "device", "dtype", "passed", "failed", "loss ULP", "grad ULP",
                    "grade"):
-        table.add_column(column, justify="left" if column in ("backend", "device", "dtype")
-                         else "right")
+        label = column in ("backend", "device", "dtype")
+        table.add_column(column, justify="left" if label else "right", no_wrap=label)
     for row in report.summaries():
         grade = "-" if row.dtype == "errors" else row.grade
         if row.dtype == "errors" and row.failed:
