@@ -1,5 +1,6 @@
 # The two set-up commands:
 #   make run    create .venv, install every backend, run the conformance suite
+#               (JAX_ENABLE_X64=1 so that JAX's float64 is checked too)
 #   make test   create .venv, install every backend and the test tools, run the tests
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +20,8 @@ install: $(STAMP)
 run: $(STAMP)
 	mkdir -p reports
 	$(BIN)/bce backends
-	$(BIN)/bce conformance --json reports/conformance.json
+	JAX_ENABLE_X64=1 $(BIN)/bce conformance --json reports/conformance.json \
+		--html reports/conformance.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -147,7 +147,8 @@ def ulp_error(got: float, expected: Any, dtype: str, *, reference: Any = None) -
     """|got - expected| in ULP of ``dtype`` at ``reference`` (default: at ``expected``).
 
     Matching infinities and NaN give 0; a non-finite result where the exact one
-    is finite (or the other way round) gives inf. An exact value beyond the
+    is finite (or the other way round) gives inf. A zero where the exact value is
+    below the smallest normal number gives 0: flush-to-zero is allowed. An exact value beyond the
     largest finite number of ``dtype`` is matched by the infinity it rounds to.
     """
     got_f = float(got)
@@ -159,6 +160,8 @@ def ulp_error(got: float, expected: Any, dtype: str, *, reference: Any = None) -
         if math.isinf(got_f) and (MP.isinf(expected) or abs(expected) > largest):
             return 0.0 if (got_f > 0) == (expected > 0) else math.inf
         return math.inf
+    if got_f == 0.0 and abs(expected) < MP.ldexp(1, FORMATS[dtype][1]):
+        return 0.0  # flushed to zero below the smallest normal number: allowed by the spec
     at = expected if reference is None else reference
     return float(abs(MP.mpf(got_f) - expected) / ulp_of(at, dtype))
 

@@ -1,0 +1,102 @@
+"""Reductions over the elements that count, safe under autodiff.
+
+A ``Reduction`` is planned from the options before any loss is computed, so
+the elements that do not count (masked out, or all of them when the
+denominator is 0) can be replaced by harmless values *before* the loss (the
+"double where"): their gradients are then exactly 0, never 0 * inf = NaN,
+whatever their inputs hold. Empty and fully masked batches give a loss of 0.
+
+>>> import jax.numpy as jnp
+>>> plan = Reduction.plan("mean", (2,), mask=jnp.array([True, False]), weight=None,
+...                       dtype=jnp.float32)
+>>> float(plan.finish(jnp.array([3.0, jnp.nan])))
+3.0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from bce_core.spec import check_batch_mean
+
+
+class Reduction(NamedTuple):
+    """How to turn element losses into the result of one ``reduction``."""
+
+    reduction: str
+    shape: tuple[int, ...]
+    #: Full-shape bool of the elements that count; None when all of them do.
+    keep: jnp.ndarray | None
+    #: The denominator (1 where it is 0: every element is dropped then); None for no division.
+    divisor: jnp.ndarray | None
+
+    @classmethod
+    def plan(cls, reduction: str, shape: tuple[int, ...], *, mask: jnp.ndarray | None,
+             weight: jnp.ndarray | None, dtype: jnp.dtype) -> Reduction:
+        """Work out the counted elements and the denominator of ``reduction``."""
+        keep = None if mask is None else jnp.broadcast_to(mask, shape)
+        if reduction in ("none", "sum"):
+            return cls(reduction, shape, keep, None)
+        if reduction == "batch_mean" or (reduction == "mean" and keep is None):
+            if reduction == "batch_mean":
+                check_batch_mean(shape)
+            count = shape[0] if reduction == "batch_mean" else math.prod(shape)
+            # A count of 0 means there are no elements at all: any divisor will do.
+            return cls(reduction, shape, keep, jnp.asarray(max(count, 1), dtype))
+        if reduction == "mean":
+            # A count of 0 drops every element already: only the divisor needs guarding.
+            return cls(reduction, shape, keep, _nonzero(jnp.sum(keep).astype(dtype)))
+        # weighted_mean: sum(w) can be 0 while elements count; then every element is dropped.
+        full = jnp.broadcast_to(jnp.ones((), dtype) if weight is None else weight, shape)
+        if keep is not None:
+            full = jnp.where(keep, full, jnp.zeros((), dtype))
+        denominator = jnp.sum(full)
+        nonzero = denominator != 0
+        keep = jnp.broadcast_to(nonzero if keep is None else keep & nonzero, shape)
+        return cls(reduction, shape, keep, _nonzero(denominator))
+
+    def guard(self, value: jnp.ndarray | None, safe: float) -> jnp.ndarray | None:
+        """``value`` where an element counts and ``safe`` elsewhere (full shape), for autodiff."""
+        if value is None or self.keep is None:
+            return value
+        return jnp.where(self.keep, jnp.broadcast_to(value, self.shape),
+                         jnp.asarray(safe, value.dtype))
+
+    def finish(self, elements: jnp.ndarray) -> jnp.ndarray:
+        """The reduced loss of the element losses."""
+        if self.keep is not None:
+            elements = jnp.where(self.keep, elements, jnp.zeros((), elements.dtype))
+        if self.reduction == "none":
+            return elements
+        total = jnp.sum(elements)
+        return total if self.divisor is None else total / self.divisor
+
+    def gradient(self, partial: jnp.ndarray, like_shape: tuple[int, ...]) -> jnp.ndarray:
+        """An element partial derivative turned into the gradient of the reduced loss with
+        respect to an argument of shape ``like_shape`` (summed over its broadcast axes)."""
+        # Times 1/divisor, as d(loss)/d(element) is; a sum needs no product (none keeps subnormals).
+        grad = jnp.broadcast_to(partial if self.divisor is None else partial * (1 / self.divisor),
+                                self.shape)
+        if self.keep is not None:
+            grad = jnp.where(self.keep, grad, jnp.zeros((), grad.dtype))
+        return sum_to_shape(grad, like_shape)
+
+
+def sum_to_shape(array: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
+    """Sum a full-shape gradient over the axes along which an argument of ``shape`` was broadcast.
+
+    >>> sum_to_shape(jnp.ones((4, 3)), (3,)).tolist()
+    [4.0, 4.0, 4.0]
+    """
+    lead = array.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
+                                      if d == 1 and array.shape[lead + i] != 1)
+    return array.sum(axis=axes).reshape(shape) if axes else array.reshape(shape)
+
+
+def _nonzero(denominator: jnp.ndarray) -> jnp.ndarray:
+    """The denominator, with 0 replaced by 1 so that neither the loss nor its gradient is NaN."""
+    return jnp.where(denominator != 0, denominator, jnp.ones((), denominator.dtype))

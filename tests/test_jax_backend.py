@@ -1,0 +1,755 @@
+"""The JAX backend against the float64 reference, the exact mpmath oracle and the NumPy
+backend's errors; JAX's own autodiff (grad, jvp, hessian, jit, vmap) through its loss."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)  # float64 exists in JAX only with x64 on
+
+import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
+import mpmath  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import bce_core  # noqa: E402
+from bce_conformance import oracle  # noqa: E402
+from bce_core import reference  # noqa: E402
+from bce_core.arrays import reduce_loss, sum_to_shape  # noqa: E402
+from bce_core.registry import get_registry  # noqa: E402
+from bce_jax import kernels  # noqa: E402
+from bce_jax.backend import JaxBackend  # noqa: E402
+from bce_numpy.backend import NumpyBackend  # noqa: E402
+
+BACKEND = JaxBackend()
+NAMES = ("logits", "targets", "weight", "pos_weight")
+FLOATS = (np.float32, np.float64)
+ULP_LIMIT = 4.0
+#: Unit roundoff per dtype, for parity tolerances.
+EPS = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24, "float64": 2.0 ** -53}
+
+
+def dtype_name(dtype: object) -> str:
+    return np.dtype(dtype).name
+
+
+def host(value: object) -> np.ndarray:
+    return np.asarray(jax.device_get(value), dtype=np.float64)
+
+
+# -- tolerances ------------------------------------------------------------------
+
+
+def ulps(got: np.ndarray, exact: np.ndarray, dtype: object, at: np.ndarray | None = None) -> np.ndarray:
+    """|got - exact| in ULP of ``dtype`` at ``at`` (default: at exact), like the oracle's ulp_of;
+    for values whose exact value is known to far better than ``dtype``'s precision."""
+    info = ml_dtypes.finfo(dtype)
+    at = np.abs(np.asarray(exact if at is None else at, np.float64))
+    exponent = np.floor(np.log2(np.where(at > 0, at, 1.0)))
+    exponent = np.where(at > 0, np.maximum(exponent, info.minexp), info.minexp)
+    spacing = np.ldexp(1.0, (exponent - info.nmant).astype(int))
+    return np.abs(np.asarray(got, np.float64) - exact) / spacing
+
+
+def assert_parity(got: object, expected: object, scale: object, dtype: object,
+                  terms: int = 1, k: float = 8.0) -> None:
+    """|got - expected| <= (k + terms) eps scale (+ the smallest normal number); inf and NaN
+    must match, once ``expected`` is rounded to ``dtype`` (where it may overflow to inf)."""
+    with np.errstate(over="ignore"):
+        expected = np.asarray(expected, np.float64).astype(dtype).astype(np.float64)
+    got = host(got)
+    assert got.shape == expected.shape
+    special = ~np.isfinite(expected)
+    np.testing.assert_array_equal(got[special], expected[special])
+    eps = EPS[dtype_name(dtype)]
+    scale = np.broadcast_to(np.asarray(scale, np.float64), got.shape)
+    # The floor: XLA on CPU flushes subnormal sums and products to zero.
+    allowed = (k + terms) * eps * scale + float(ml_dtypes.finfo(dtype).tiny)
+    error = np.abs(np.where(special, 0.0, got) - np.where(special, 0.0, expected))
+    bad = ~special & ~(error <= allowed)
+    assert not bad.any(), (
+        f"{int(bad.sum())} elements off, worst {error[bad].max():.3g} vs {allowed[bad].min():.3g}: "
+        f"got {got[bad][:4]}, expected {expected[bad][:4]}")
+
+
+def element_scales(x: np.ndarray, y: np.ndarray, w: object, q: object, eps: float) -> dict:
+    """Sums of the magnitudes of the terms each quantity adds, in float64 (the parity scale)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    w = np.abs(np.asarray(1.0 if w is None else w, np.float64))
+    q = np.abs(np.asarray(1.0 if q is None else q, np.float64))
+    yp, one_minus = reference.smoothed_targets(y, eps)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sp_pos, sp_neg = reference.softplus(x), reference.softplus(-x)
+        sig_pos, sig_neg = reference.sigmoid(x), reference.sigmoid(-x)
+        bracket = np.abs(one_minus) * sp_pos + q * np.abs(yp) * sp_neg
+        return {"loss": w * (bracket + np.abs(x)), "bracket": bracket + np.abs(x),
+                "logits": w * (np.abs(one_minus) * sig_pos + q * np.abs(yp) * sig_neg),
+                "targets": w * (1 - eps) * (q * sp_neg + sp_pos + np.abs(x)),
+                "pos_weight": w * np.abs(yp) * sp_neg,
+                "hessian": w * (np.abs(one_minus) + q * np.abs(yp)) * sig_pos * sig_neg}
+
+
+def reduced_scale(scale: np.ndarray, reduction: str, mask: object, weight: object,
+                  shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """The parity scale of a reduced value and the number of terms it sums."""
+    full = np.broadcast_to(scale, shape)
+    if reduction == "none":
+        return full, 1
+    dummy = np.ones(shape)
+    factor = np.broadcast_to(np.abs(reference_factor(dummy, reduction, mask, weight)), shape)
+    return np.asarray(np.sum(np.nan_to_num(full * factor))), max(full.size, 1)
+
+
+def reference_factor(dummy: np.ndarray, reduction: str, mask: object, weight: object) -> object:
+    w = None if weight is None else np.asarray(weight, np.float64)
+    return reduce_loss(dummy, reduction, mask=mask, weight=w).factor
+
+
+def gradient_scale(scale: np.ndarray, factor: object, shape: tuple[int, ...],
+                   full: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    total = np.broadcast_to(np.nan_to_num(np.abs(scale) * np.abs(np.asarray(factor))), full)
+    summed = sum_to_shape(np.array(total), shape)
+    return summed, max(int(np.prod(full)) // max(int(np.prod(shape)), 1), 1)
+
+
+# -- the sweep, measured against the exact oracle -----------------------------------
+
+
+def sweep(dtype: object) -> np.ndarray:
+    """Logits from -1e4 to 1e4 with the tails, tiny and subnormal values, the largest finite
+    ones, +-inf and NaN."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(7)
+    magnitudes = np.concatenate([
+        np.geomspace(1e-30, 1e4, 120), np.linspace(0, 60, 61), np.linspace(60, 110, 26),
+        np.linspace(700, 750, 11), rng.uniform(0, 30, 40),
+        [20, 50, 100, 88, 103, 745, 1e30, info.max, info.tiny, info.smallest_subnormal,
+         3 * info.smallest_subnormal],
+    ])
+    with np.errstate(over="ignore"):
+        finite = magnitudes.astype(dtype)
+    values = np.concatenate([finite, -finite, np.array([np.inf, -np.inf, np.nan], dtype)])
+    return np.unique(values.astype(dtype))  # NaN kept once at the end
+
+
+SOFT_CASES = [(0.0, 0.0), (1.0, 0.0), (0.3, 0.0), (1.0, 0.1), (0.7, 0.05)]
+
+
+@pytest.fixture(scope="module")
+def exact() -> dict:
+    """The mpmath oracle's loss, gradient and the gradient's larger term, per (dtype, y, eps)."""
+    table = {}
+    for dtype in FLOATS:
+        xs = sweep(dtype)
+        for y, eps in SOFT_CASES:
+            y_d, eps_d = float(np.asarray(y, dtype)), float(np.asarray(eps, dtype))
+            losses = [oracle.element_loss(float(x), y_d, eps=eps_d) for x in xs]
+            grads = [oracle.element_grad(float(x), y_d, eps=eps_d) for x in xs]
+            table[dtype_name(dtype), y, eps] = (xs, losses, [g[0] for g in grads],
+                                                [g[1] for g in grads])
+    return table
+
+
+def loss_paths(x: object, y: object, eps: float) -> dict:
+    """The element loss through every entry point."""
+    fn = BACKEND.binary_cross_entropy_with_logits
+    return {
+        "eager": fn(x, y, label_smoothing=eps, reduction="none"),
+        "jit": jax.jit(lambda a, b: fn(a, b, label_smoothing=eps, reduction="none"))(x, y),
+        "api": bce_core.binary_cross_entropy_with_logits(x, y, label_smoothing=eps,
+                                                         reduction="none"),
+        "value_and_grad": BACKEND.value_and_grad(x, y, label_smoothing=eps, reduction="none")[0],
+    }
+
+
+def grad_paths(x: object, y: object, eps: float) -> dict:
+    fn = BACKEND.binary_cross_entropy_with_logits
+
+    def total(a: object) -> object:
+        return jnp.sum(fn(a, y, label_smoothing=eps, reduction="none"))
+
+    return {
+        "value_and_grad": BACKEND.value_and_grad(x, y, label_smoothing=eps, reduction="none")[1],
+        "grad_hess": BACKEND.grad_hess(x, y)[0] if eps == 0 else None,
+        "autodiff": jax.grad(total)(x),
+        "autodiff_jit": jax.jit(jax.grad(total))(x),
+        "autodiff_sum": BACKEND.autodiff_value_and_grad(x, y, wrt=("logits",), label_smoothing=eps,
+                                                        reduction="sum")[1][0],
+        "jvp": jax.jvp(lambda a: fn(a, y, label_smoothing=eps, reduction="none"), (x,),
+                       (jnp.ones_like(x),))[1],
+    }
+
+
+#: Paths whose gradient comes out of a product (the chain rule's), which XLA on CPU flushes
+#: to zero when the result is subnormal: there the error is below the smallest normal number.
+AUTODIFF_PATHS = {"autodiff", "autodiff_jit", "autodiff_sum", "jvp"}
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
+@pytest.mark.parametrize("y,eps", SOFT_CASES)
+def test_loss_within_4_ulp_of_exact_over_the_sweep(exact: dict, dtype: object, y: float,
+                                                   eps: float) -> None:
+    xs, losses, _, _ = exact[dtype_name(dtype), y, eps]
+    x, t = jnp.asarray(xs), jnp.full(xs.shape, y, dtype)
+    for path, got in loss_paths(x, t, eps).items():
+        assert got.dtype == dtype
+        errors = oracle.ulp_errors(np.asarray(got), losses, dtype_name(dtype))
+        worst = int(np.argmax(errors))
+        assert errors[worst] <= ULP_LIMIT, (path, xs[worst], float(got[worst]), errors[worst])
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
+@pytest.mark.parametrize("y,eps", SOFT_CASES)
+def test_gradient_within_4_ulp_of_its_larger_term(exact: dict, dtype: object, y: float,
+                                                  eps: float) -> None:
+    xs, _, grads, larger = exact[dtype_name(dtype), y, eps]
+    x, t = jnp.asarray(xs), jnp.full(xs.shape, y, dtype)
+    tiny = np.finfo(dtype).tiny
+    exact_grads = np.array([float(g) for g in grads])
+    for path, got in grad_paths(x, t, eps).items():
+        if got is None:
+            continue
+        assert got.dtype == dtype
+        errors = oracle.ulp_errors(np.asarray(got), grads, dtype_name(dtype), larger)
+        if path in AUTODIFF_PATHS:
+            flushed = (np.abs(exact_grads) < tiny) & (np.asarray(got) == 0)
+            errors = np.where(flushed, 0.0, errors)
+        worst = int(np.argmax(errors))
+        assert errors[worst] <= ULP_LIMIT, (path, xs[worst], float(got[worst]), errors[worst])
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
+def test_subnormal_results_are_exact_where_the_backend_returns_them(dtype: object) -> None:
+    # XLA on CPU flushes subnormal arithmetic; the backend rebuilds such tails from their bits.
+    x = jnp.asarray(np.array([-100.0, -95.0, -88.5, 100.0] if dtype == np.float32
+                             else [-720.0, -740.0, -709.5, 720.0], dtype))
+    y = jnp.asarray(np.array([0.0, 0.0, 0.0, 1.0], dtype))
+    loss = BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none")
+    _, grad = BACKEND.value_and_grad(x, y, reduction="none")
+    _, hess = BACKEND.grad_hess(x, y)
+    for i, xi in enumerate(np.asarray(x)):
+        expected = oracle.element_loss(float(xi), float(y[i]))
+        assert 0 < float(expected) < np.finfo(dtype).tiny
+        assert oracle.ulp_error(float(loss[i]), expected, dtype_name(dtype)) <= 1
+        assert oracle.ulp_error(float(grad[i]), oracle.element_grad(float(xi), float(y[i]))[0],
+                                dtype_name(dtype)) <= 1
+        assert oracle.ulp_error(float(hess[i]), oracle.element_hessian(float(xi), float(y[i])),
+                                dtype_name(dtype)) <= 1
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
+def test_every_gradient_matches_the_reference_over_the_sweep(dtype: object) -> None:
+    x = sweep(dtype)
+    rng = np.random.default_rng(9)
+    y = np.where(rng.uniform(size=x.size) < 0.5, rng.integers(0, 2, x.size),
+                 rng.uniform(size=x.size)).astype(dtype)
+    w, q = rng.uniform(0, 3, x.size).astype(dtype), rng.uniform(0.2, 4, x.size).astype(dtype)
+    options = dict(weight=w, pos_weight=q, label_smoothing=0.1, reduction="sum")
+    expected_loss, expected = reference.value_and_grad(x, y, wrt=NAMES, **options)
+    scales = element_scales(x, y, w, q, 0.1)
+    scales["weight"] = scales["bracket"]
+    fused = BACKEND.value_and_grad(jnp.asarray(x), y, wrt=NAMES, **options)
+    autodiff = BACKEND.autodiff_value_and_grad(jnp.asarray(x), y, wrt=NAMES, **options)
+    for loss, grads in (fused, autodiff):
+        assert np.isnan(host(loss)) and np.isnan(expected_loss)  # one logit is NaN
+        for name, grad, want in zip(NAMES, grads, expected):
+            assert grad.dtype == dtype
+            assert_parity(grad, want, scales[name], dtype)
+
+
+def test_infinite_and_nan_logits_follow_the_spec() -> None:
+    x = jnp.array([np.inf, -np.inf, np.inf, -np.inf, np.inf, np.nan], jnp.float32)
+    y = jnp.array([1.0, 0.0, 0.0, 1.0, 0.5, 0.5], jnp.float32)
+    loss = np.asarray(BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none"))
+    np.testing.assert_array_equal(loss[:5], [0.0, 0.0, np.inf, np.inf, np.inf])
+    assert np.isnan(loss[5])
+    grad = np.asarray(jax.grad(lambda a: BACKEND.binary_cross_entropy_with_logits(
+        a, y, reduction="sum"))(x))
+    np.testing.assert_array_equal(grad[:5], [0.0, 0.0, 1.0, -1.0, 0.5])
+    assert np.isnan(grad[5])
+
+
+def test_float32_dense_sweep_within_4_ulp() -> None:
+    # float32 is computed natively; the float64 reference is exact enough to grade it.
+    rng = np.random.default_rng(3)
+    n = 60_000
+    x = np.concatenate([rng.uniform(-20, 20, n), rng.uniform(-1.5, 1.5, n),
+                        rng.normal(0, 4, n)]).astype(np.float32)
+    y = rng.uniform(0, 1, x.size).astype(np.float32)
+    loss, grad = jax.jit(lambda a, b: BACKEND.value_and_grad(a, b, reduction="none"))(x, y)
+    autodiff = jax.jit(jax.grad(lambda a: jnp.sum(BACKEND.binary_cross_entropy_with_logits(
+        a, y, reduction="none"))))(x)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    expected = reference.binary_cross_entropy_with_logits(x64, y64, reduction="none")
+    pos, neg = (1 - y64) * reference.sigmoid(x64), y64 * reference.sigmoid(-x64)
+    assert ulps(np.asarray(loss), expected, np.float32).max() <= ULP_LIMIT
+    for got in (grad, autodiff):
+        assert ulps(np.asarray(got), pos - neg, np.float32, np.maximum(pos, neg)).max() <= ULP_LIMIT
+
+
+@pytest.mark.parametrize("option", ["label_smoothing", "weight", "pos_weight"])
+def test_float32_dense_sweep_with_one_option_within_4_ulp(option: str) -> None:
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-20, 20, 40_000), rng.uniform(-1.5, 1.5, 40_000)])
+    x = x.astype(np.float32)
+    y = rng.uniform(0, 1, x.size).astype(np.float32)
+    value = {"label_smoothing": 0.125, "weight": rng.uniform(0.1, 5, x.size).astype(np.float32),
+             "pos_weight": rng.uniform(0.2, 4, x.size).astype(np.float32)}[option]
+    loss, grad = jax.jit(lambda a, b, v: BACKEND.value_and_grad(
+        a, b, reduction="none", **{option: v}), static_argnums=() if option != "label_smoothing"
+        else (2,))(x, y, value)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    w = np.float64(value) if option == "weight" else 1.0
+    q = np.float64(value) if option == "pos_weight" else 1.0
+    yp, one_minus = reference.smoothed_targets(y64, value if option == "label_smoothing" else 0.0)
+    expected = w * (one_minus * reference.softplus(x64) + q * yp * reference.softplus(-x64))
+    pos, neg = w * one_minus * reference.sigmoid(x64), w * q * yp * reference.sigmoid(-x64)
+    assert ulps(np.asarray(loss), expected, np.float32).max() <= ULP_LIMIT
+    assert ulps(np.asarray(grad), pos - neg, np.float32, np.maximum(pos, neg)).max() <= ULP_LIMIT
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant < 63, reason="needs an extended long double")
+def test_float64_dense_sweep_within_4_ulp() -> None:
+    rng = np.random.default_rng(4)
+    n = 20_000
+    x = np.concatenate([rng.uniform(-40, 40, n), rng.uniform(-1.5, 1.5, n)])
+    y = rng.uniform(0, 1, x.size)
+    loss, grad = BACKEND.value_and_grad(x, y, reduction="none")
+    xl, yl = x.astype(np.longdouble), y.astype(np.longdouble)
+    e = np.exp(-np.abs(xl))
+    softplus = np.maximum(xl, 0) + np.log1p(e), np.maximum(-xl, 0) + np.log1p(e)
+    sig_pos = np.where(xl >= 0, 1 / (1 + e), e / (1 + e))
+    sig_neg = np.where(xl >= 0, e / (1 + e), 1 / (1 + e))
+    exact_loss = (1 - yl) * softplus[0] + yl * softplus[1]
+    pos, neg = (1 - yl) * sig_pos, yl * sig_neg
+    assert ulps(np.asarray(loss), exact_loss.astype(np.float64), np.float64).max() <= ULP_LIMIT
+    error = np.abs(np.asarray(grad).astype(np.longdouble) - (pos - neg))
+    assert ulps(error.astype(np.float64), np.zeros(x.size), np.float64,
+                np.maximum(pos, neg).astype(np.float64)).max() <= ULP_LIMIT
+
+
+def test_underflow_constants_are_correctly_rounded() -> None:
+    for dtype, spec in kernels._UNDERFLOW.items():
+        tiniest = np.finfo(dtype).smallest_subnormal
+        with mpmath.workprec(200):
+            exact_scale = mpmath.exp(-spec.threshold) / mpmath.mpf(float(tiniest))
+        assert spec.scale == float(np.asarray(float(exact_scale), dtype))
+
+
+# -- parity with the reference over shapes and options ---------------------------------
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> dict:
+    dtype = draw(st.sampled_from(FLOATS))
+    shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    size = int(np.prod(shape))
+    reduction = draw(st.sampled_from(["none", "sum", "mean", "weighted_mean", "batch_mean"]))
+    if reduction == "batch_mean" and not shape:
+        reduction = "mean"
+    hard = draw(st.booleans())
+
+    def broadcastable() -> tuple[int, ...] | None:
+        choice = draw(st.sampled_from(["none", "scalar", "last", "full"]))
+        if choice == "none":
+            return None
+        return {"scalar": (), "last": shape[-1:], "full": shape}[choice]
+
+    w_shape, q_shape = broadcastable(), broadcastable()
+    targets = rng.integers(0, 2, shape) if hard else rng.uniform(0, 1, shape)
+    return dict(
+        dtype=dtype, reduction=reduction,
+        logits=(rng.normal(0, 6, shape) * rng.choice([1, 1, 1, 10], shape)).astype(dtype),
+        targets=np.asarray(targets, dtype),
+        weight=None if w_shape is None else rng.uniform(0, 2, w_shape).astype(dtype),
+        pos_weight=None if q_shape is None else rng.uniform(0.5, 3, q_shape).astype(dtype),
+        mask=None if not draw(st.booleans()) or size == 0 else rng.uniform(size=shape) < 0.7,
+        label_smoothing=draw(st.sampled_from([0.0, 0.0, 0.1, 0.25])),
+    )
+
+
+def check_against_reference(problem: dict, autodiff: str | None) -> None:
+    """Loss and every gradient (fused, and by JAX's autodiff when ``autodiff`` says
+    "eager" or "compiled") against the float64 reference, within the parity tolerance."""
+    p = dict(problem)
+    dtype, reduction = p.pop("dtype"), p["reduction"]
+    x, y, w, q, mask = (p[k] for k in ("logits", "targets", "weight", "pos_weight", "mask"))
+    options = {k: p[k] for k in ("weight", "pos_weight", "mask", "label_smoothing", "reduction")}
+    native = {k: (None if v is None else jnp.asarray(v)) for k, v in
+              (("weight", w), ("pos_weight", q), ("mask", mask))}
+    native_options = {**options, **native}
+    shape = x.shape
+    scales = element_scales(x, y, w, q, p["label_smoothing"])
+    loss_scale, terms = reduced_scale(scales["loss"], reduction, mask, w, shape)
+    expected_loss = reference.binary_cross_entropy_with_logits(x, y, **options)
+
+    loss = BACKEND.binary_cross_entropy_with_logits(jnp.asarray(x), jnp.asarray(y),
+                                                    **native_options)
+    assert loss.dtype == dtype
+    assert_parity(loss, expected_loss, loss_scale, dtype, terms)
+
+    wrt = tuple(n for n in NAMES if p.get(n) is not None)
+    _, expected_grads = reference.value_and_grad(x, y, wrt=wrt, **options)
+    factor = reference_factor(np.ones(shape), reduction, mask, w)
+    grad_scales = {**scales, "weight": scales["bracket"] + np.abs(expected_loss)}
+    results = {"value_and_grad": BACKEND.value_and_grad(jnp.asarray(x), jnp.asarray(y), wrt=wrt,
+                                                        **native_options)}
+    if autodiff is not None:
+        # NumPy operands next to the JAX logits go through autodiff too.
+        results["autodiff"] = BACKEND.autodiff_value_and_grad(
+            jnp.asarray(x), y, wrt=wrt, compiled=autodiff == "compiled", **options)
+    for path, (got_loss, grads) in results.items():
+        assert_parity(got_loss, expected_loss, loss_scale, dtype, terms)
+        for name, grad, expected in zip(wrt, grads, expected_grads):
+            assert grad.shape == np.shape(expected), (path, name)
+            assert grad.dtype == dtype, (path, name)
+            scale, count = gradient_scale(grad_scales[name], factor, np.shape(expected), shape)
+            assert_parity(grad, expected, scale, dtype, count)
+
+
+@settings(max_examples=20, deadline=None)
+@given(problems())
+def test_loss_and_every_gradient_match_the_reference(problem: dict) -> None:
+    check_against_reference(problem, autodiff=None)
+
+
+@settings(max_examples=8, deadline=None)
+@given(problems(), st.sampled_from(["eager", "compiled"]))
+def test_autodiff_gradients_match_the_reference(problem: dict, mode: str) -> None:
+    check_against_reference(problem, autodiff=mode)
+
+
+def test_second_order_matches_the_reference_hessian() -> None:
+    x = np.linspace(-30, 30, 25)
+    y = np.linspace(0, 1, 25)
+    w, q = np.full(25, 1.5), np.full(25, 2.0)
+    expected_grad, expected_hess = reference.grad_hess(x, y, weight=w, pos_weight=q)
+    scales = element_scales(x, y, w, q, 0.0)
+    fn = BACKEND.binary_cross_entropy_with_logits
+    grad, hess = BACKEND.grad_hess(jnp.asarray(x), y, weight=w, pos_weight=q)
+    assert_parity(grad, expected_grad, scales["logits"], np.float64)
+    full = jax.hessian(lambda a: fn(a, y, weight=w, pos_weight=q, reduction="sum"))(jnp.asarray(x))
+    assert float(jnp.max(jnp.abs(full - jnp.diag(jnp.diag(full))))) == 0.0  # elementwise
+    results = {
+        "grad_hess": hess,
+        "hessian": jnp.diag(full),
+        "eager": BACKEND.autodiff_second_derivative(jnp.asarray(x), y, weight=w, pos_weight=q,
+                                                    reduction="sum"),
+        "compiled": BACKEND.autodiff_second_derivative(jnp.asarray(x), y, weight=w, pos_weight=q,
+                                                       reduction="sum", compiled=True),
+    }
+    for got in results.values():
+        assert_parity(got, expected_hess, scales["hessian"], np.float64)
+
+
+def test_mixed_second_derivatives_are_finite_and_symmetric() -> None:
+    x, y, w = jnp.array([0.3, -2.0]), jnp.array([0.2, 1.0]), jnp.array([1.5, 0.5])
+
+    def loss(a: object, b: object, c: object) -> object:
+        return BACKEND.binary_cross_entropy_with_logits(a, b, weight=c, reduction="sum")
+
+    d_xy = jax.jacfwd(jax.grad(loss, argnums=0), argnums=1)(x, y, w)
+    d_yx = jax.jacrev(jax.grad(loss, argnums=1), argnums=0)(x, y, w)
+    # d/dx = w [(1 - y) sigma(x) - y sigma(-x)], so d2/dx dy = -w (sigma(x) + sigma(-x)) = -w.
+    np.testing.assert_allclose(np.diag(np.asarray(d_xy)), -np.asarray(w), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(d_xy), np.asarray(d_yx).T, rtol=1e-12)
+
+
+def test_vmap_jit_and_grad_compose() -> None:
+    x = np.linspace(-8, 8, 12).reshape(4, 3)
+    y = (np.arange(12).reshape(4, 3) % 3) / 2
+    per_row = jax.jit(jax.vmap(jax.value_and_grad(
+        lambda a, b: BACKEND.binary_cross_entropy_with_logits(a, b, reduction="sum"))))
+    losses, grads = per_row(jnp.asarray(x), jnp.asarray(y))
+    np.testing.assert_allclose(np.asarray(losses),
+                               reference.binary_cross_entropy_with_logits(x, y, reduction="none")
+                               .sum(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(grads), reference.grad_hess(x, y)[0], rtol=1e-14)
+
+
+def test_probability_form_and_its_autodiff_match_the_reference() -> None:
+    p = np.array([0.0, 1e-30, 0.2, 0.5, 0.9, 1 - 1e-9, 1.0])
+    y = np.array([1.0, 1.0, 0.0, 1.0, 0.3, 0.0, 0.0])
+    w, q = np.linspace(0.5, 2, 7), np.float64(1.5)
+    for clamp in (-100.0, -np.inf):
+        for eps in (0.0, 0.1):
+            options = dict(weight=w, pos_weight=q, label_smoothing=eps)
+            expected = reference.binary_cross_entropy(p, y, log_clamp=clamp, reduction="none",
+                                                      **options)
+            got = BACKEND.binary_cross_entropy(jnp.asarray(p), y, log_clamp=clamp,
+                                               reduction="none", **options)
+            np.testing.assert_allclose(host(got), expected, rtol=1e-14)
+            loss, grad = BACKEND.autodiff_probs_grad(jnp.asarray(p), y, log_clamp=clamp,
+                                                     reduction="sum", **options)
+            np.testing.assert_allclose(float(loss), expected.sum(), rtol=1e-14)
+            np.testing.assert_allclose(host(grad), reference.probs_grad(p, y, **options),
+                                       rtol=1e-12)
+    _, grad = BACKEND.autodiff_probs_grad(jnp.asarray(p, jnp.float32), y, compiled=True,
+                                          reduction="none")
+    np.testing.assert_allclose(host(grad), reference.probs_grad(p.astype(np.float32), y),
+                               rtol=1e-5)
+    outside = BACKEND.binary_cross_entropy(jnp.array([-0.1, 1.1]), jnp.array([1.0, 0.0]),
+                                           reduction="none")
+    assert np.isnan(host(outside)).all()
+
+
+# -- dtypes, devices, NumPy operands ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_half_precision_matches_the_reference_rounded_once(dtype: object) -> None:
+    name = np.dtype(dtype).name
+    x = np.linspace(-12, 12, 49).astype(dtype)
+    y = np.asarray(np.linspace(0, 1, 49), dtype)
+    expected = reference.binary_cross_entropy_with_logits(x, y, reduction="none")
+    expected_grad = reference.grad_hess(x, y)[0]
+    loss = BACKEND.binary_cross_entropy_with_logits(jnp.asarray(x), jnp.asarray(y),
+                                                    reduction="none")
+    _, grad = BACKEND.value_and_grad(jnp.asarray(x), jnp.asarray(y), reduction="none")
+    _, (autodiff,) = BACKEND.autodiff_value_and_grad(jnp.asarray(x), y, wrt=("logits",),
+                                                     reduction="none")
+    for got, want in ((loss, expected), (grad, expected_grad), (autodiff, expected_grad)):
+        assert got.dtype == dtype
+        # Rounded once from float32: within one ULP of the dtype (half an ULP plus float32 error).
+        assert ulps(host(got), want, dtype).max() <= 1.0, name
+    total = BACKEND.binary_cross_entropy_with_logits(jnp.asarray(x), jnp.asarray(y))
+    assert total.dtype == dtype
+    np.testing.assert_allclose(float(total), expected.mean(), rtol=2 * EPS[name])
+
+
+def test_numpy_and_python_operands_next_to_jax_logits() -> None:
+    x = jnp.asarray(np.array([[0.5, -1.0, 2.0]], np.float32))
+    expected = reference.binary_cross_entropy_with_logits(
+        np.asarray(x), [[1, 0, 1]], weight=[0.5, 1.0, 2.0], pos_weight=2, mask=[[True, False, True]])
+    loss = BACKEND.binary_cross_entropy_with_logits(
+        x, np.array([[True, False, True]]), weight=[0.5, 1.0, 2.0], pos_weight=2,
+        mask=np.array([[True, False, True]]))
+    assert isinstance(loss, jax.Array) and loss.dtype == jnp.float32
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    # NumPy float64 targets are cast to the logits' float32 first.
+    _, grad = BACKEND.value_and_grad(x, np.array([[1.0, 0.0, 1.0]]), reduction="sum")
+    assert grad.dtype == jnp.float32
+
+
+def test_python_lists_take_jax_default_float_and_float64_needs_x64() -> None:
+    with jax.enable_x64(False):
+        assert BACKEND.binary_cross_entropy_with_logits([0.0, 1.0], [0, 1]).dtype == jnp.float32
+        with pytest.raises(TypeError, match="jax_enable_x64"):
+            BACKEND.binary_cross_entropy_with_logits(np.zeros(2), np.zeros(2))
+        with pytest.raises(TypeError, match="jax_enable_x64"):
+            BACKEND.asarray(np.zeros(2))
+    assert BACKEND.binary_cross_entropy_with_logits([0.0, 1.0], [0, 1]).dtype == jnp.float64
+
+
+def test_asarray_and_to_numpy_keep_dtypes() -> None:
+    for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.bool_):
+        array = np.array([0.0, 1.5]).astype(dtype)
+        native = BACKEND.asarray(array, "cpu")
+        assert isinstance(native, jax.Array) and native.dtype == array.dtype
+        back = BACKEND.to_numpy(native)
+        assert back.dtype == array.dtype
+        np.testing.assert_array_equal(back, array)
+    with pytest.raises(ValueError, match="not a JAX device"):
+        BACKEND.asarray(np.zeros(2), "quantum:0")
+
+
+def test_devices_lists_cpu_once_even_under_threads() -> None:
+    backend = JaxBackend()
+    seen: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: seen.append(backend.devices())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(devices == seen[0] for devices in seen)
+    assert "cpu" in seen[0]
+
+
+def _gpu_devices() -> list[str]:
+    names = [d for d in BACKEND.devices() if not d.startswith("cpu")]
+    return names or ["gpu:0"]
+
+
+@pytest.mark.parametrize("device", ["cpu", *_gpu_devices()])
+def test_results_stay_on_the_input_device(device: str) -> None:
+    if device not in BACKEND.devices():
+        pytest.skip(f"no usable JAX device {device!r} here (devices: {BACKEND.devices()})")
+    x = BACKEND.asarray(np.array([[-100.0, 0.5], [3.0, 20.0]], np.float32), device)
+    target_device = next(iter(x.devices()))
+    y = np.array([[0.0, 1.0], [0.3, 1.0]])  # NumPy: converted onto the logits' device
+    w = np.array([1.0, 2.0])
+    results = [
+        BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, reduction="none"),
+        BACKEND.binary_cross_entropy_with_logits(x, y, weight=w),
+        *BACKEND.value_and_grad(x, y, weight=w, wrt=("logits", "weight")),
+        *BACKEND.grad_hess(x, y, weight=w),
+        jax.grad(lambda a: BACKEND.binary_cross_entropy_with_logits(a, y, weight=w))(x),
+        BACKEND.autodiff_second_derivative(x, y, compiled=True),
+    ]
+    flat = [r for item in results for r in (item if isinstance(item, tuple) else (item,))]
+    expected_loss = reference.binary_cross_entropy_with_logits(np.asarray(x), y, weight=w,
+                                                               reduction="none")
+    for result in flat:
+        assert result.devices() == {target_device}
+        assert result.dtype == jnp.float32
+    assert ulps(host(flat[0]), expected_loss, np.float32).max() <= ULP_LIMIT
+
+
+# -- masks, zero weights and zero denominators ----------------------------------------------
+
+
+@pytest.mark.parametrize("reduction,compiled", [("none", False), ("weighted_mean", False),
+                                                ("mean", True)])
+def test_masked_out_and_zero_weight_elements_give_exact_zeros(reduction: str,
+                                                              compiled: bool) -> None:
+    x = jnp.array([np.nan, np.inf, -np.inf, 0.5, np.nan])
+    y = np.array([0.5, 0.0, 1.0, 1.0, 0.5])
+    mask = np.array([False, False, False, True, True])
+    w = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    names = ("logits", "targets", "weight", "pos_weight")
+    q = np.ones(5)
+    loss, grads = BACKEND.autodiff_value_and_grad(x, y, wrt=names, weight=w, pos_weight=q,
+                                                  mask=mask, reduction=reduction,
+                                                  compiled=compiled)
+    _, fused = BACKEND.value_and_grad(x, y, wrt=names, weight=w, pos_weight=q, mask=mask,
+                                      reduction=reduction)
+    expected_loss, expected = reference.value_and_grad(
+        np.asarray(x), y, wrt=names, weight=w, pos_weight=q, mask=mask, reduction=reduction)
+    np.testing.assert_allclose(host(loss), expected_loss, rtol=1e-15)
+    for name, a, b, want in zip(names, grads, fused, expected):
+        if name == "weight":  # d/dw is the bracket: NaN where w = 0 and x is NaN, as specified
+            np.testing.assert_array_equal(host(a)[:4], want[:4])
+            continue
+        np.testing.assert_array_equal(host(a), want)
+        np.testing.assert_array_equal(host(b), want)
+        assert np.isfinite(host(a)).all()
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_zero_denominators_give_zero_loss_and_zero_gradients(case: int) -> None:
+    x = jnp.array([np.inf, -np.inf, 3.0])
+    y = np.array([0.0, 1.0, 0.5])
+    options = [
+        dict(mask=np.zeros(3, bool), reduction="mean"),
+        dict(weight=np.zeros(3), reduction="weighted_mean"),
+        dict(weight=np.array([1.0, -1.0, 0.0]), reduction="weighted_mean"),
+        dict(mask=np.zeros(3, bool), weight=np.ones(3), reduction="weighted_mean"),
+    ][case]
+    wrt = ("logits", "targets") + (("weight",) if "weight" in options else ())
+    loss, grads = BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, compiled=case % 2 == 1,
+                                                  **options)
+    fused_loss, fused = BACKEND.value_and_grad(x, y, wrt=wrt, **options)
+    assert float(loss) == 0.0 and float(fused_loss) == 0.0
+    for grad in (*grads, *fused):
+        np.testing.assert_array_equal(host(grad), np.zeros(3))
+
+
+def test_an_empty_batch_has_zero_loss() -> None:
+    empty = jnp.zeros((0, 2))
+    assert float(BACKEND.binary_cross_entropy_with_logits(empty, empty)) == 0.0
+    assert jax.grad(BACKEND.binary_cross_entropy_with_logits)(empty, empty).shape == (0, 2)
+
+
+# -- errors: same types and words as the NumPy backend ---------------------------------------
+
+
+X = np.zeros((4, 3), np.float32)
+ERROR_CASES = {
+    "shape mismatch": (X, np.zeros((3, 4), np.float32), {}),
+    "integer logits": (np.zeros((4, 3), np.int32), X, {}),
+    "bad reduction": (X, X, {"reduction": "meen"}),
+    "smoothing above 1": (X, X, {"label_smoothing": 1.5}),
+    "smoothing not a number": (X, X, {"label_smoothing": "a"}),
+    "enlarging weight": (X, X, {"weight": np.ones((2, 4, 3), np.float32)}),
+    "pos_weight on the wrong axis": (X, X, {"pos_weight": np.ones(4, np.float32)}),
+    "integer mask": (X, X, {"mask": np.ones(3, np.int32)}),
+    "complex targets": (X, X.astype(np.complex64), {}),
+    "batch_mean of a 0-d input": (np.float32(0), np.float32(0), {"reduction": "batch_mean"}),
+    "validate targets outside [0, 1]": (X, np.full((4, 3), 2.0, np.float32), {"validate": True}),
+    "validate NaN logits": (np.full((4, 3), np.nan, np.float32), X, {"validate": True}),
+}
+
+
+def _error(call: object) -> tuple[type, str]:
+    with pytest.raises(Exception) as info:
+        call()
+    return type(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_errors_match_the_numpy_backend(case: str) -> None:
+    logits, targets, options = ERROR_CASES[case]
+    expected = _error(lambda: NumpyBackend().binary_cross_entropy_with_logits(
+        logits, targets, **options))
+    assert issubclass(expected[0], (TypeError, ValueError))
+
+    def native(value: object) -> object:
+        return jnp.asarray(value) if isinstance(value, (np.ndarray, np.generic)) else value
+
+    for convert in (lambda v: v, native):
+        converted = {k: convert(v) for k, v in options.items()}
+        assert _error(lambda: BACKEND.binary_cross_entropy_with_logits(
+            convert(logits), convert(targets), **converted)) == expected
+    if case.startswith("validate"):
+        assert _error(lambda: BACKEND.value_and_grad(logits, targets, **options)) == expected
+        # The same data as probabilities: the checks name "probs" instead of "logits".
+        expected = _error(lambda: NumpyBackend().binary_cross_entropy(logits, targets, **options))
+        assert _error(lambda: BACKEND.binary_cross_entropy(logits, targets, **options)) == expected
+
+
+def test_validation_skips_masked_elements_and_refuses_to_run_under_jit() -> None:
+    x, y = jnp.zeros(3), jnp.array([2.0, 0.0, 1.0])
+    loss = BACKEND.binary_cross_entropy_with_logits(x, y, mask=np.array([False, True, True]),
+                                                    validate=True, reduction="sum")
+    assert float(loss) == pytest.approx(2 * np.log(2))
+    traced = jax.jit(lambda a: BACKEND.binary_cross_entropy_with_logits(a, y, validate=True))
+    with pytest.raises(ValueError, match="cannot run under jax.jit"):
+        traced(x)
+    with pytest.raises(ValueError, match="cannot run under jax.jit"):
+        jax.grad(lambda a: BACKEND.binary_cross_entropy_with_logits(a, y, validate=True))(x)
+
+
+def test_wrt_errors_match_the_numpy_backend() -> None:
+    for wrt, options in ((("weight",), {}), ("logit", {}), ((), {})):
+        expected = _error(lambda: NumpyBackend().value_and_grad(X, X, wrt=wrt, **options))
+        assert _error(lambda: BACKEND.value_and_grad(jnp.asarray(X), X, wrt=wrt)) == expected
+
+
+# -- registration and dispatch ------------------------------------------------------------
+
+
+def test_dispatch_picks_jax_from_arrays_and_tracers() -> None:
+    registry = get_registry()
+    x = jnp.array([[9.7], [0.0]], jnp.float32)
+    assert registry.owner_of(type(x)) == "jax"
+    loss = bce_core.binary_cross_entropy_with_logits(x, np.array([[0.0], [1.0]]))
+    assert isinstance(loss, jax.Array) and loss.dtype == jnp.float32
+    assert float(loss) == pytest.approx(5.1966, abs=1e-4)
+    # Inside jit, grad and vmap the arrays are tracers: still the JAX backend.
+    traced = jax.jit(jax.grad(lambda a: bce_core.binary_cross_entropy_with_logits(
+        a, np.array([[0.0], [1.0]]))))(x)
+    np.testing.assert_allclose(np.asarray(traced).ravel(),
+                               reference.grad_hess([9.7, 0.0], [0.0, 1.0])[0] / 2, rtol=1e-6)
+    per_row = jax.vmap(lambda a: bce_core.binary_cross_entropy_with_logits(
+        a, jnp.ones(3), reduction="sum"))(jnp.zeros((2, 3)))
+    np.testing.assert_allclose(np.asarray(per_row), [3 * np.log(2)] * 2, rtol=1e-6)
+    loss, grad = bce_core.value_and_grad(x, np.array([[0.0], [1.0]]), reduction="sum")
+    assert isinstance(grad, jax.Array)
+    grad, hess = bce_core.grad_hess(x, np.array([[0.0], [1.0]]))
+    assert isinstance(hess, jax.Array) and hess.dtype == jnp.float32
+
+
+def test_plugin_module_imports_no_jax() -> None:
+    code = ("import sys, bce_core, bce_jax.plugin; "
+            "spec = bce_jax.plugin.bce_backends()[0]; "
+            "assert spec.name == 'jax' and spec.loader == 'bce_jax.backend:JaxBackend'; "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib')]")
+    subprocess.run([sys.executable, "-c", code], check=True)
