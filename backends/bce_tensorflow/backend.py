@@ -112,6 +112,15 @@ class TensorFlowBackend:
             return np.asarray(array.numpy())
         return np.asarray(array)
 
+    def device_of(self, array: Any) -> str:
+        """The device of an eager tensor, named as ``devices()`` names it.
+
+        >>> TensorFlowBackend().device_of(tf.constant(1.0))
+        'cpu'
+        """
+        kind, _, index = array.device.rsplit("device:", 1)[-1].lower().partition(":")
+        return "cpu" if (kind, index) == ("cpu", "0") else f"{kind}:{index}"
+
     # -- the losses -------------------------------------------------------------------------
 
     def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
