@@ -1,0 +1,171 @@
+"""``bce bench``: time bce-core against each framework's own loss, in one process.
+
+    bce bench [--backend NAME ...] [--sizes 1e3,1e5,1e7] [--dtype float32,bfloat16]
+              [--repeat N] [--json out.json] [--write-readme [--readme README.md]]
+
+Exit code 0 when at least one backend was timed; 1 when none could be, when the
+JSON cannot be written, or when ``--write-readme`` finds no bench markers in the
+README (checked before anything is timed).
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="bce bench")
+>>> add_arguments(parser)
+>>> args = parser.parse_args(["--backend", "numpy", "--sizes", "1e3,100", "--repeat", "3"])
+>>> args.sizes, args.repeat, command_line(args)
+((1000, 100), 3, 'bce bench --backend numpy --sizes 1e3,100 --repeat 3')
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .machine import describe, machine_info
+from .options import (DEFAULT_DTYPES, DEFAULT_SIZES, parse_dtypes, parse_names, parse_sizes,
+                      positive_int)
+from .readme import MarkersMissing, replace_section, write_section
+from .report import legend_lines, markdown, print_report, write_json
+from .suite import Config, run_bench
+from .suite import Progress as ProgressCallbacks
+from .units import fmt_size
+
+DEFAULT_README = "README.md"
+#: Narrower output (a pipe, a file) would wrap the ten-column tables beyond reading.
+MIN_WIDTH_OFF_TERMINAL = 180
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bce bench``."""
+    parser.add_argument("--backend", action="append", type=parse_names, metavar="NAME",
+                        help="backend to time (repeatable, or comma-separated); default: every "
+                             "installed one among numpy, torch, tensorflow and jax")
+    parser.add_argument("--sizes", type=parse_sizes, metavar="N,N,...",
+                        help="element counts, e.g. 1e3,1e5,1e7 (the default)")
+    parser.add_argument("--dtype", type=parse_dtypes, metavar="DTYPE,...",
+                        help="float16, bfloat16, float32, float64, comma-separated "
+                             "(default: float32)")
+    parser.add_argument("--repeat", type=positive_int, metavar="N",
+                        help="timed rounds per comparison; default: adaptive, about 0.3 s per "
+                             "variant, between 5 and 50 rounds")
+    parser.add_argument("--json", metavar="PATH", help="write every number of the run as JSON")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="replace the section between <!-- bench:begin --> and "
+                             "<!-- bench:end --> in the README")
+    parser.add_argument("--readme", metavar="PATH", default=DEFAULT_README,
+                        help=f"the README that --write-readme rewrites (default: {DEFAULT_README} "
+                             "in the current directory)")
+
+
+def _backends(args: argparse.Namespace) -> list[str] | None:
+    if not args.backend:
+        return None
+    return list(dict.fromkeys(name for names in args.backend for name in names))
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as the user would type it again to reproduce the run."""
+    parts = ["bce", "bench"]
+    for name in _backends(args) or ():
+        parts += ["--backend", name]
+    if args.sizes:
+        parts += ["--sizes", ",".join(fmt_size(size) for size in args.sizes)]
+    if args.dtype:
+        parts += ["--dtype", ",".join(args.dtype)]
+    if args.repeat:
+        parts += ["--repeat", str(args.repeat)]
+    if args.json:
+        parts += ["--json", args.json]
+    if args.write_readme:
+        parts.append("--write-readme")
+        if args.readme != DEFAULT_README:
+            parts += ["--readme", args.readme]
+    return shlex.join(parts)
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal and console.width < MIN_WIDTH_OFF_TERMINAL:
+        console = Console(width=MIN_WIDTH_OFF_TERMINAL)
+    return console
+
+
+def _check_readme(path: Path) -> str | None:
+    """Why the README cannot take the bench section, or None when it can."""
+    try:
+        replace_section(path.read_text(encoding="utf-8"), "")
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except MarkersMissing as exc:
+        return f"{path}: {exc}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``bce bench``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ log noise
+    console = _console()
+    readme = Path(args.readme)
+    if args.write_readme:
+        problem = _check_readme(readme)  # before the run, not after minutes of timing
+        if problem is not None:
+            print(f"bce bench: error: {problem}", file=sys.stderr)
+            return 1
+    config = Config(backends=_backends(args), sizes=args.sizes or DEFAULT_SIZES,
+                    dtypes=args.dtype or DEFAULT_DTYPES, repeat=args.repeat)
+    machine = machine_info()
+    command = command_line(args)
+    console.print(f"bce bench on {describe(machine)}", highlight=False, markup=False)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
+        task = progress.add_task("loading backends", total=None)
+        started = []
+
+        def on_step(description: str) -> None:
+            # Called as each step starts: the previous one is then complete.
+            progress.update(task, advance=1 if started else 0, description=description)
+            started.append(description)
+
+        callbacks = ProgressCallbacks(
+            on_total=lambda total: progress.update(task, total=total), on_step=on_step,
+            on_done=lambda: progress.update(task, advance=1))
+        result = run_bench(config, command=command, machine=machine, progress=callbacks)
+    for line in legend_lines(result):
+        console.print(line, highlight=False, markup=False)
+    print_report(result, console)
+    if args.json:
+        try:
+            write_json(result, args.json)
+        except OSError as exc:
+            print(f"bce bench: error: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 1
+        console.print(f"wrote {args.json}", highlight=False, markup=False)
+    if not any(backend.comparisons for backend in result.backends):
+        console.print("[red]no backend was timed[/]")
+        return 1
+    if args.write_readme:
+        try:
+            write_section(readme, markdown(result))
+        except (OSError, MarkersMissing) as exc:
+            print(f"bce bench: error: cannot update {readme}: {exc}", file=sys.stderr)
+            return 1
+        console.print(f"updated {readme}", highlight=False, markup=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bce_bench.cli``: the same command without the ``bce`` front end."""
+    parser = argparse.ArgumentParser(prog="bce bench")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
