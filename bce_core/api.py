@@ -3,6 +3,10 @@
 Each function accepts arrays of any registered framework (or NumPy arrays,
 Python numbers and nested lists) and returns arrays of the input's framework.
 
+Under ``torch.compile(fullgraph=True)`` the registry must exist before the
+first compiled call (any eager call, or ``bce_core.get_backend("torch")``,
+builds it): building it takes a lock, which the compiler cannot trace.
+
 >>> import numpy as np
 >>> loss = binary_cross_entropy_with_logits(np.array([[9.7], [0.0]]), np.array([[0.0], [1.0]]))
 >>> round(float(loss), 5)

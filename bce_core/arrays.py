@@ -21,7 +21,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from .spec import check_batch_mean, check_float_dtype, check_shapes
+from .spec import (check_batch_mean, check_float_dtype, check_mask_dtype, check_operand_dtype,
+                   check_shapes)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,20 +63,15 @@ def as_float_input(name: str, value: Any) -> np.ndarray:
 def as_operand(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """A float, int or bool operand cast to ``dtype``; anything else is a TypeError."""
     array = np.asarray(value)
-    if array.dtype.kind not in "biuf" and array.dtype.name != "bfloat16":
-        raise TypeError(
-            f"{name} must hold real numbers (float, int or bool), got dtype {array.dtype.name}; "
-            f"convert it, for example with np.asarray({name}, dtype=np.float32).")
+    check_operand_dtype(name, array.dtype.name,
+                        is_real=array.dtype.kind in "biuf" or array.dtype.name == "bfloat16")
     return array.astype(dtype, copy=False)
 
 
 def as_mask(value: Any) -> np.ndarray:
     """A boolean mask; integer masks are refused because 0/1 and index arrays look alike."""
     array = np.asarray(value)
-    if array.dtype != np.bool_:
-        raise TypeError(
-            f"mask must be a boolean array (True keeps an element), got dtype {array.dtype.name}; "
-            f"convert it with mask.astype(bool).")
+    check_mask_dtype(array.dtype.name)
     return array
 
 

@@ -156,6 +156,28 @@ def check_float_dtype(argument: str, dtype_name: str) -> None:
         )
 
 
+def check_operand_dtype(argument: str, dtype_name: str, *, is_real: bool) -> None:
+    """Raise TypeError unless targets/weight/pos_weight hold real numbers (float, int, bool).
+
+    >>> check_operand_dtype("targets", "int64", is_real=True)
+    """
+    if not is_real:
+        raise TypeError(
+            f"{argument} must hold real numbers (float, int or bool), got dtype {dtype_name}; "
+            f"convert it, for example with np.asarray({argument}, dtype=np.float32).")
+
+
+def check_mask_dtype(dtype_name: str) -> None:
+    """Raise TypeError unless the mask is boolean (0/1 integers and index arrays look alike).
+
+    >>> check_mask_dtype("bool")
+    """
+    if dtype_name != "bool":
+        raise TypeError(
+            f"mask must be a boolean array (True keeps an element), got dtype {dtype_name}; "
+            f"convert it with mask.astype(bool).")
+
+
 def broadcast_shapes(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, ...] | None:
     """NumPy broadcasting of two shapes, or None when they do not broadcast.
 

@@ -1,0 +1,192 @@
+"""Turning one call's arguments into checked tensors on the input's device.
+
+Torch tensors are used as they are; NumPy arrays (bfloat16 from ml_dtypes
+included), Python numbers and nested lists are converted onto the input's
+device. The dtype, shape and option rules are those of ``bce_core.spec`` and
+``bce_core.arrays``, so the errors read exactly as the NumPy backend's.
+
+>>> import torch
+>>> ops = prepare("logits", torch.zeros(2, 3), [[0, 1, 1]] * 2, weight=None,
+...               pos_weight=[1.0, 2.0, 3.0], mask=None)
+>>> ops.targets.dtype, ops.pos_weight.dtype, ops.shape
+(torch.float32, torch.float32, (2, 3))
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from bce_core.arrays import Operands, as_float_input, as_mask, as_operand, validate_operands
+from bce_core.spec import (HALF_DTYPES, check_float_dtype, check_mask_dtype, check_operand_dtype,
+                           check_shapes)
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+    torch.float64: "float64", torch.bool: "bool", torch.uint8: "uint8", torch.int8: "int8",
+    torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The NumPy-style name of a torch dtype ("float32", "bfloat16", "int64", ...).
+
+    >>> dtype_name(torch.bfloat16)
+    'bfloat16'
+    """
+    return _DTYPE_NAMES.get(dtype) or str(dtype).removeprefix("torch.")
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16 and bfloat16 (computed in float32, rounded once), else ``dtype``."""
+    return torch.float32 if dtype_name(dtype) in HALF_DTYPES else dtype
+
+
+def numpy_to_tensor(array: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """A tensor with ``array``'s values and dtype (ml_dtypes bfloat16 becomes torch.bfloat16).
+
+    Shares memory with a writable CPU array, as ``torch.from_numpy`` does; strided
+    views stay strided.
+
+    >>> numpy_to_tensor(np.arange(3.0)).tolist()
+    [0.0, 1.0, 2.0]
+    """
+    array = np.asarray(array)
+    if not array.flags.writeable or any(stride < 0 for stride in array.strides):
+        array = array.copy()  # torch.from_numpy refuses both
+    if array.dtype.name == "bfloat16":  # unknown to torch.from_numpy; reinterpret the bits
+        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(array)
+    return tensor if device is None else tensor.to(device)
+
+
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A NumPy array of a tensor's values, on the CPU; bfloat16 as ml_dtypes.bfloat16.
+
+    >>> tensor_to_numpy(torch.tensor([1.5], dtype=torch.bfloat16)).dtype.name
+    'bfloat16'
+    """
+    tensor = tensor.detach().cpu().resolve_conj().resolve_neg()
+    if tensor.dtype == torch.bfloat16:
+        try:
+            import ml_dtypes
+        except ImportError:  # torch has bfloat16 without ml_dtypes; float32 holds it exactly
+            return tensor.float().numpy()
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+#: Integer dtypes allowed for targets, weight and pos_weight (cast to the input's dtype).
+_INTEGER_DTYPES = frozenset(
+    getattr(torch, name) for name in ("uint8", "int8", "int16", "int32", "int64", "uint16",
+                                      "uint32", "uint64") if hasattr(torch, name))
+
+
+def _real_dtype(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point or dtype == torch.bool or dtype in _INTEGER_DTYPES
+
+
+def _on_device(name: str, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if tensor.device == device:
+        return tensor
+    if tensor.ndim == 0 and tensor.device.type == "cpu":
+        return tensor.to(device)  # a CPU scalar goes anywhere, as in torch itself
+    raise ValueError(f"{name} is on {tensor.device} but the input is on {device}; move it with "
+                     f"{name}.to({str(device)!r}).")
+
+
+def _traced_array(value: Any, device: torch.device | None) -> torch.Tensor | None:
+    """Under torch.compile, a NumPy array or list as a tensor (Dynamo cannot read an ndarray's
+    dtype, so the NumPy-side checks are skipped and the tensor's dtype is checked instead)."""
+    if not tracing():
+        return None
+    tensor = torch.as_tensor(value)
+    return tensor if device is None else tensor.to(device)
+
+
+def as_input(name: str, value: Any) -> torch.Tensor:
+    """The logits or probabilities as a tensor with a floating dtype of the spec."""
+    if not isinstance(value, torch.Tensor):
+        traced = _traced_array(value, None)
+        if traced is None:
+            return numpy_to_tensor(as_float_input(name, value))
+        value = traced
+    check_float_dtype(name, dtype_name(value.dtype))
+    return value
+
+
+def as_operand_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """targets, weight or pos_weight: float, int or bool, cast to ``like``'s dtype and device."""
+    if not isinstance(value, (torch.Tensor, bool, int, float)) and tracing():
+        value = _traced_array(value, like.device)
+    if isinstance(value, torch.Tensor):
+        check_operand_dtype(name, dtype_name(value.dtype), is_real=_real_dtype(value.dtype))
+        value = _on_device(name, value, like.device)
+        return value if value.dtype == like.dtype else value.to(like.dtype)
+    if isinstance(value, (bool, int, float)):  # straight to the dtype: one rounding, as NumPy's
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
+    array = np.asarray(value)
+    array = as_operand(name, array, array.dtype)  # the dtype check, with NumPy's message
+    return numpy_to_tensor(array, like.device).to(like.dtype)
+
+
+def as_mask_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
+    """A boolean mask on ``like``'s device; integer masks are refused, as in NumPy."""
+    if not isinstance(value, torch.Tensor) and tracing():
+        value = _traced_array(value, like.device)
+    if isinstance(value, torch.Tensor):
+        check_mask_dtype(dtype_name(value.dtype))
+        return _on_device("mask", value, like.device)
+    return numpy_to_tensor(as_mask(value), like.device)
+
+
+class TorchOperands(NamedTuple):
+    """Checked tensors of one call (targets, weight and pos_weight in the input's dtype)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    weight: torch.Tensor | None
+    pos_weight: torch.Tensor | None
+    mask: torch.Tensor | None
+    shape: tuple[int, ...]
+
+
+def prepare(input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any,
+            mask: Any) -> TorchOperands:
+    """Apply the dtype and shape rules of the spec to one call's arguments."""
+    x = as_input(input_name, inputs)
+    y = as_operand_tensor("targets", targets, x)
+    w = None if weight is None else as_operand_tensor("weight", weight, x)
+    q = None if pos_weight is None else as_operand_tensor("pos_weight", pos_weight, x)
+    m = None if mask is None else as_mask_tensor(mask, x)
+    shape = check_shapes(tuple(x.shape), tuple(y.shape), input_name=input_name,
+                         weight=None if w is None else tuple(w.shape),
+                         pos_weight=None if q is None else tuple(q.shape),
+                         mask=None if m is None else tuple(m.shape))
+    return TorchOperands(x, y, w, q, m, shape)
+
+
+def tracing() -> bool:
+    """True under torch.compile, TorchScript or a torch.jit trace (no data to look at)."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def validate(ops: TorchOperands, input_name: str) -> None:
+    """The data checks of ``validate=True``: ``bce_core.arrays.validate_operands`` on NumPy copies.
+
+    Raises ValueError under torch.compile, a jit trace or a torch.func transform,
+    where the data cannot be read.
+    """
+    message = ("validate=True reads the data, which cannot be done under jit (torch.compile, "
+               "torch.jit or a torch.func transform); validate outside the compiled or "
+               "transformed function, or pass validate=False.")
+    if tracing():
+        raise ValueError(message)
+    try:
+        arrays = Operands(*(None if t is None else tensor_to_numpy(t) for t in ops[:5]), ops.shape)
+    except RuntimeError as exc:  # functorch wrappers and fake tensors have no data
+        raise ValueError(message) from exc
+    validate_operands(arrays, input_name, input_in_unit_interval=input_name == "probs")
