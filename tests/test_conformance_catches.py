@@ -20,6 +20,8 @@ import broken_backends
 @hookimpl
 def bce_backends():
     classes = broken_backends.BROKEN + [broken_backends.ClassicFormula]
+    if broken_backends.torch is not None:
+        classes.append(broken_backends.TorchBuiltin)
     return [BackendSpec(cls.name, f"broken_backends:{cls.__name__}") for cls in classes]
 """
 
@@ -47,6 +49,14 @@ def test_the_faithful_classic_formula_passes_with_a_lower_grade(broken_distribut
     assert report.failures == []
     grades = {row.dtype: row.grade for row in report.summaries()}
     assert grades["float32"] == "B"
+
+
+def test_a_wrapper_of_pytorchs_own_loss_passes_with_a_lower_grade(
+        broken_distribution: None) -> None:
+    pytest.importorskip("torch")
+    report = run_suite(["torch_builtin"], dtypes=("float32",))
+    assert report.failures == []
+    assert {row.dtype: row.grade for row in report.summaries()}["float32"] == "B"
 
 
 def test_the_numpy_backend_passes_with_grade_a() -> None:
