@@ -15,7 +15,8 @@ under ``jax.jit`` and ``jax.vmap``) with the spec's derivatives, to any order.
 
 >>> import jax, jax.numpy as jnp
 >>> backend = JaxBackend()
->>> logits, targets = jnp.array([[9.7], [0.0]]), jnp.array([[0.0], [1.0]])
+>>> logits = jnp.array([[9.7], [0.0]], dtype=jnp.float32)
+>>> targets = jnp.array([[0.0], [1.0]], dtype=jnp.float32)
 >>> loss = backend.binary_cross_entropy_with_logits(logits, targets)
 >>> loss.dtype, round(float(loss), 4)
 (dtype('float32'), 5.1966)

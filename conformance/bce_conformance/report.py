@@ -136,6 +136,7 @@ def error_profile(backend: Any, device: str, dtype: str) -> dict[str, np.ndarray
 def _plot(profiles: dict[str, dict[str, np.ndarray]]) -> str:
     """A PNG (base64) of ULP error against logit: one panel per backend/device/dtype."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,6 +154,9 @@ def _plot(profiles: dict[str, dict[str, np.ndarray]]) -> str:
                 ax.plot(profile["logits"], np.maximum(np.minimum(values, 1e9), 1e-3),
                         label=name, linewidth=1, linestyle="-" if "loss" in name else "--")
         ax.set_xscale("symlog", linthresh=1e-2)
+        ticks = [-1e3, -1, 0, 1, 1e3]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_yscale("log")
         ax.axhline(4, color="grey", linewidth=0.5)
         ax.set_title(key, fontsize=9)
