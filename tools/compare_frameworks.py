@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_ENABLE_X64", "1")  # JAX computes float64 only with x64 on
 
 import bce_core  # noqa: E402
 from bce_conformance import oracle  # noqa: E402
