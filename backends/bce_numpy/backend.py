@@ -5,6 +5,11 @@ bfloat16 and float32 inputs gain accuracy from this; float64 inputs are
 evaluated with the stable forms of ``kernels``). Results are NumPy arrays of
 the input's dtype; reduced losses are 0-d arrays.
 
+The logits loss and ``value_and_grad(wrt="logits")`` run as one blocked pass
+over the data (``fused``): no input-sized temporaries, loss and gradient from
+one exponential per element. The other gradients, ``grad_hess`` and the
+probability form use the elementwise forms of ``kernels`` on whole arrays.
+
 >>> import numpy as np
 >>> backend = NumpyBackend()
 >>> loss = backend.binary_cross_entropy_with_logits(np.array([[9.7], [0.0]], np.float32),
@@ -24,6 +29,7 @@ from bce_core.arrays import (Operands, gradients_of_reduction, prepare_operands,
 from bce_core.spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing,
                            check_log_clamp, check_reduction, check_wrt, check_wrt_given)
 
+from .fused import fused_logits, supports_fast_path
 from .kernels import LogitParts, zero_safe
 
 WORKING = np.float64
@@ -87,12 +93,8 @@ class NumpyBackend:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        x, yp, one_minus_yp, w, q = _working(ops, eps)
-        parts = LogitParts.of(x)
-        bracket = zero_safe(one_minus_yp, parts.softplus_pos) + zero_safe(q * yp,
-                                                                          parts.softplus_neg)
-        loss = reduce_loss(zero_safe(w, bracket), reduction, mask=ops.mask, weight=w).loss
-        return _cast(loss, ops.inputs)
+        loss, _ = fused_logits(ops, eps, reduction, want_grad=False)
+        return loss
 
     @quiet_float_errors
     def binary_cross_entropy(
@@ -124,6 +126,9 @@ class NumpyBackend:
         names, as_tuple = check_wrt(wrt)
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        if supports_fast_path(names):
+            loss, grad = fused_logits(ops, eps, reduction, want_grad=True)
+            return loss, (grad,) if as_tuple else grad
         x, yp, one_minus_yp, w, q = _working(ops, eps)
         parts = LogitParts.of(x)
         sp_pos, sp_neg = parts.softplus_pos, parts.softplus_neg
