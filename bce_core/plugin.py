@@ -25,6 +25,7 @@ Example plugin module (``my_backend/plugin.py``), registered in its
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -96,6 +97,22 @@ class CommandSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     aliases: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def lazy(cls, name: str, help: str, module: str) -> CommandSpec:
+        """A command implemented by ``module``'s ``add_arguments(parser)`` and ``run(args)``,
+        imported only when the ``bce`` command line is built.
+
+        >>> CommandSpec.lazy("conformance", "Check backends.", "bce_conformance.cli").name
+        'conformance'
+        """
+        def add_arguments(parser: argparse.ArgumentParser) -> None:
+            importlib.import_module(module).add_arguments(parser)
+
+        def run(args: argparse.Namespace) -> int:
+            return int(importlib.import_module(module).run(args))
+
+        return cls(name, help, add_arguments, run)
 
 
 @runtime_checkable
