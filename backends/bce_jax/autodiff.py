@@ -3,7 +3,9 @@
 Each function is a ``jax.custom_jvp`` whose forward value comes from
 ``kernels`` and whose tangent is the spec's analytic derivative, itself built
 from custom_jvp functions (``sigmoid``, ``softplus``, ``logit_slope``,
-``logit_curvature``). So
+``logit_curvature``). The backend's own operations (``ops``) differentiate
+through these only where no compiled program gives the derivative directly
+(mixed and higher derivatives). So
 ``jax.grad``, ``jax.jvp``, ``jax.hessian``, ``jax.jit`` and ``jax.vmap`` all
 see the exact derivatives, to any order, and never differentiate through the
 stable forms' selects. Tangents that are zero are skipped (symbolic zeros),
@@ -27,10 +29,10 @@ from jax.custom_derivatives import SymbolicZero
 
 from bce_core.spec import PROBS_GRAD_EPS
 
-from .kernels import LogitParts, zero_safe
+from .kernels import Coefficients, LogitParts, zero_safe
 
 
-def _given(tangent: object) -> bool:
+def given(tangent: object) -> bool:
     return tangent is not None and not isinstance(tangent, SymbolicZero)
 
 
@@ -82,15 +84,22 @@ def _softplus_jvp(primals: tuple, tangents: tuple) -> tuple:
 # -- the logit form -----------------------------------------------------------
 
 
-@jax.custom_jvp
-def logit_slope(x: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray,
-                w: jnp.ndarray | None) -> jnp.ndarray:
-    """w [a sigma(x) - b sigma(-x)]: d loss / dx with a = 1 - y', b = q y' (w None means 1).
+def _plain_coefficients(y: jnp.ndarray, q: jnp.ndarray | None,
+                        eps: float) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """(y', 1 - y', q y') rounded once each: enough for derivatives checked by parity."""
+    yp, one_minus = smoothed(y, eps)
+    return yp, one_minus, yp if q is None else q * yp
 
-    >>> float(logit_slope(jnp.float32(0.0), jnp.float32(1.0), jnp.float32(0.0), None))
+
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
+def logit_slope(x: jnp.ndarray, y: jnp.ndarray, w: jnp.ndarray | None, q: jnp.ndarray | None,
+                eps: float) -> jnp.ndarray:
+    """w [(1 - y') sigma(x) - q y' sigma(-x)]: d loss / dx (w, q None mean 1).
+
+    >>> float(logit_slope(jnp.float32(0.0), jnp.float32(0.0), None, None, 0.0))
     0.5
     """
-    return LogitParts.of(x).slope(a, b, w)
+    return LogitParts.of(x).slope(Coefficients.of(y, q, eps), w)
 
 
 @jax.custom_jvp
@@ -107,11 +116,11 @@ def _logit_curvature_jvp(primals: tuple, tangents: tuple) -> tuple:
     (x, c), (dx, dc) = primals, tangents
     out = logit_curvature(x, c)
     tangent = None
-    if _given(dx):
+    if given(dx):
         # d/dx [sigma(x) sigma(-x)] = sigma(x) sigma(-x) (sigma(-x) - sigma(x))
         spread = sigmoid(-x) - sigmoid(x)
         tangent = _accumulate(tangent, zero_safe(c, sigmoid(x) * sigmoid(-x) * spread) * dx)
-    if _given(dc):
+    if given(dc):
         tangent = _accumulate(tangent, sigmoid(x) * sigmoid(-x) * dc)
     return out, jnp.zeros_like(out) if tangent is None else jnp.broadcast_to(tangent, out.shape)
 
@@ -119,18 +128,22 @@ def _logit_curvature_jvp(primals: tuple, tangents: tuple) -> tuple:
 logit_curvature.defjvp(_logit_curvature_jvp, symbolic_zeros=True)
 
 
-def _logit_slope_jvp(primals: tuple, tangents: tuple) -> tuple:
-    (x, a, b, w), (dx, da, db, dw) = primals, tangents
-    out = logit_slope(x, a, b, w)
+def _logit_slope_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
+    (x, y, w, q), (dx, dy, dw, dq) = primals, tangents
+    out = logit_slope(x, y, w, q, eps)
+    yp, one_minus, b = _plain_coefficients(y, q, eps)
     tangent = None
-    if _given(dx):
-        tangent = _accumulate(tangent, logit_curvature(x, _weighted(w, a + b)) * dx)
-    if _given(da):
-        tangent = _accumulate(tangent, _weighted(w, sigmoid(x)) * da)
-    if _given(db):
-        tangent = _accumulate(tangent, -_weighted(w, sigmoid(-x)) * db)
-    if _given(dw):
-        tangent = _accumulate(tangent, logit_slope(x, a, b, None) * dw)
+    if given(dx):
+        tangent = _accumulate(tangent, logit_curvature(x, _weighted(w, one_minus + b)) * dx)
+    if given(dy):
+        # d/dy of w [(1 - y') sigma(x) - q y' sigma(-x)] = -w (1 - eps) [sigma(x) + q sigma(-x)]
+        far = sigmoid(-x) if q is None else zero_safe(q, sigmoid(-x))
+        tangent = _accumulate(tangent, -_weighted(w, zero_safe(jnp.asarray(1 - eps, x.dtype),
+                                                               sigmoid(x) + far)) * dy)
+    if given(dw):
+        tangent = _accumulate(tangent, logit_slope(x, y, None, q, eps) * dw)
+    if given(dq):
+        tangent = _accumulate(tangent, -_weighted(w, zero_safe(yp, sigmoid(-x))) * dq)
     return out, jnp.zeros_like(out) if tangent is None else jnp.broadcast_to(tangent, out.shape)
 
 
@@ -145,29 +158,25 @@ def logit_loss(x: jnp.ndarray, y: jnp.ndarray, w: jnp.ndarray | None, q: jnp.nda
     >>> f"{float(logit_loss(jnp.float32(-20.0), jnp.float32(0.0), None, None, 0.0)):.6e}"
     '2.061154e-09'
     """
-    yp, one_minus = smoothed(y, eps)
-    b = yp if q is None else q * yp
-    parts = LogitParts.of(x)
-    return parts.loss(parts.bracket(one_minus, b), one_minus, b, w)
+    return LogitParts.of(x).loss(Coefficients.of(y, q, eps), w)
 
 
 def _logit_loss_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
     (x, y, w, q), (dx, dy, dw, dq) = primals, tangents
     out = logit_loss(x, y, w, q, eps)
-    yp, one_minus = smoothed(y, eps)
-    b = yp if q is None else q * yp
+    yp, one_minus, b = _plain_coefficients(y, q, eps)
     tangent = None
-    if _given(dx):
-        tangent = _accumulate(tangent, logit_slope(x, one_minus, b, w) * dx)
-    if _given(dy):
+    if given(dx):
+        tangent = _accumulate(tangent, logit_slope(x, y, w, q, eps) * dx)
+    if given(dy):
         # d/dy: w (1 - eps) [q softplus(-x) - softplus(x)]; with q = 1 the bracket is exactly -x.
         diff = -x if q is None else zero_safe(q, softplus(-x)) - softplus(x)
         tangent = _accumulate(tangent, _weighted(w, zero_safe(jnp.asarray(1 - eps, x.dtype),
                                                                diff)) * dy)
-    if _given(dw):
+    if given(dw):
         bracket = zero_safe(one_minus, softplus(x)) + zero_safe(b, softplus(-x))
         tangent = _accumulate(tangent, bracket * dw)
-    if _given(dq):
+    if given(dq):
         tangent = _accumulate(tangent, _weighted(w, zero_safe(yp, softplus(-x))) * dq)
     return out, jnp.zeros_like(out) if tangent is None else jnp.broadcast_to(tangent, out.shape)
 
@@ -221,16 +230,16 @@ def _probs_loss_jvp(eps: float, clamp: float, primals: tuple, tangents: tuple) -
     b = yp if q is None else q * yp
     log_p, log_1mp = probs_logs(p, clamp)
     tangent = None
-    if _given(dp):
+    if given(dp):
         tangent = _accumulate(tangent, probs_slope(p, y, w, q, eps) * dp)
-    if _given(dy):
+    if given(dy):
         # d/dy: w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
         diff = log_1mp - (log_p if q is None else zero_safe(q, log_p))
         tangent = _accumulate(tangent, _weighted(w, zero_safe(jnp.asarray(1 - eps, p.dtype),
                                                                diff)) * dy)
-    if _given(dw):
+    if given(dw):
         tangent = _accumulate(tangent, probs_bracket(p, one_minus, b, clamp) * dw)
-    if _given(dq):
+    if given(dq):
         tangent = _accumulate(tangent, _weighted(w, zero_safe(yp, -log_p)) * dq)
     return out, jnp.zeros_like(out) if tangent is None else jnp.broadcast_to(tangent, out.shape)
 

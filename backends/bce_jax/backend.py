@@ -38,7 +38,7 @@ import numpy as np
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
-from . import compute
+from . import compute, ops
 from .operands import Operands, check_x64, prepare_operands, validate_data
 
 #: Spellings of device platforms that JAX calls "gpu".
@@ -65,6 +65,8 @@ class JaxBackend:
     def __init__(self) -> None:
         self._devices: tuple[str, ...] | None = None
         self._devices_lock = threading.Lock()
+        self._compiled_functions: dict[tuple, Callable[..., Any]] = {}
+        self._compiled_lock = threading.Lock()
 
     # -- arrays and devices -------------------------------------------------
 
@@ -125,11 +127,11 @@ class JaxBackend:
     @staticmethod
     def _prepare(input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
                  mask: Any, check_data: bool) -> Operands:
-        ops = prepare_operands(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
-                               mask=mask)
+        prepared = prepare_operands(input_name, inputs, targets, weight=weight,
+                                    pos_weight=pos_weight, mask=mask)
         if check_data:
-            validate_data(ops, input_name)
-        return ops
+            validate_data(prepared, input_name)
+        return prepared
 
     def binary_cross_entropy_with_logits(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
@@ -138,9 +140,8 @@ class JaxBackend:
     ) -> jax.Array:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        return compute.logits_loss(ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask,
-                                   eps=eps, reduction=reduction)
+        prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        return ops.loss(ops.LOGITS, *prepared[:5], (("eps", eps), ("reduction", reduction)))
 
     def binary_cross_entropy(
         self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
@@ -150,9 +151,9 @@ class JaxBackend:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
         clamp = check_log_clamp(log_clamp)
-        ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        return compute.probs_loss(ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask,
-                                  eps=eps, reduction=reduction, clamp=clamp)
+        prepared = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
+        return ops.loss(ops.PROBS, *prepared[:5],
+                        (("clamp", clamp), ("eps", eps), ("reduction", reduction)))
 
     def value_and_grad(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
@@ -163,39 +164,54 @@ class JaxBackend:
         reduction = check_reduction(reduction)
         names, as_tuple = check_wrt(wrt)
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        loss, grads = compute.logits_value_and_grad(
-            ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, eps=eps,
-            reduction=reduction, names=names)
-        return loss, grads if as_tuple else grads[0]
+        prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        # One program per set of names, whatever their order or repetition.
+        keys = tuple(f"grad:{name}" for name in compute.NAMES if name in names)
+        out = ops.outputs(ops.LOGITS, *prepared[:5], (("eps", eps), ("reduction", reduction)),
+                          ("loss", *keys))
+        grads = tuple(out[f"grad:{name}"] for name in names)
+        return out["loss"], grads if as_tuple else grads[0]
 
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[jax.Array, jax.Array]:
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
-        return compute.logits_grad_hess(ops.inputs, ops.targets, ops.weight, ops.pos_weight)
+        """Elementwise (d loss / dx, d2 loss / dx2), weights applied, in the logits' shape."""
+        prepared = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
+        out = ops.outputs(ops.LOGITS, *prepared[:4], None, (("eps", 0.0), ("reduction", "none")),
+                          ("grad:logits", "curvature"))
+        return out["grad:logits"], out["curvature"]
 
     # -- JAX's own autodiff through the loss ----------------------------------
 
-    def _differentiable(self, form: str, inputs: Any, targets: Any,
-                        options: dict[str, Any]) -> tuple[dict[str, Any], Callable[..., Any]]:
-        """The checked arguments by name, and the loss as a function of them (validated once here,
-        outside any transformation, since validation cannot run on traced values)."""
+    def _differentiable(self, form: str, inputs: Any, targets: Any, options: dict[str, Any]
+                        ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], jax.Array], tuple]:
+        """The checked arrays by name (mask included), the loss as a function of such a dict,
+        and a hashable key of the options. Validated once here, outside any transformation,
+        since validation cannot run on traced values."""
         options = dict(options)
         input_name = "logits" if form == "logits" else "probs"
-        ops = self._prepare(input_name, inputs, targets, options.pop("weight", None),
-                            options.pop("pos_weight", None), options.pop("mask", None),
-                            options.pop("validate", False))
-        args = {input_name: ops.inputs, "targets": ops.targets, "weight": ops.weight,
-                "pos_weight": ops.pos_weight}
+        prepared = self._prepare(input_name, inputs, targets, options.pop("weight", None),
+                                 options.pop("pos_weight", None), options.pop("mask", None),
+                                 options.pop("validate", False))
+        arrays = {input_name: prepared.inputs, "targets": prepared.targets,
+                  "weight": prepared.weight, "pos_weight": prepared.pos_weight,
+                  "mask": prepared.mask}
         method = (self.binary_cross_entropy_with_logits if form == "logits"
                   else self.binary_cross_entropy)
 
-        def loss(**values: Any) -> jax.Array:
-            merged = {**args, **values}
-            return method(merged[input_name], merged["targets"], weight=merged["weight"],
-                          pos_weight=merged["pos_weight"], mask=ops.mask, **options)
+        def loss(values: dict[str, Any]) -> jax.Array:
+            return method(values[input_name], values["targets"], weight=values["weight"],
+                          pos_weight=values["pos_weight"], mask=values["mask"], **options)
 
-        return args, loss
+        return arrays, loss, (form, *sorted(options.items()))
+
+    def _compiled(self, key: tuple, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+        """``jax.jit(build())``, made once per key: a compiled call with the same options and
+        shapes then reuses its compilation instead of tracing a fresh closure each time."""
+        with self._compiled_lock:
+            function = self._compiled_functions.get(key)
+            if function is None:
+                function = self._compiled_functions[key] = jax.jit(build())
+            return function
 
     def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
                                 compiled: bool = False,
@@ -203,36 +219,53 @@ class JaxBackend:
         """(loss, gradients of the summed loss w.r.t. each name in ``wrt``) by ``jax.grad``."""
         names, _ = check_wrt(wrt)
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
-        args, loss = self._differentiable("logits", logits, targets, options)
+        arrays, loss, key = self._differentiable("logits", logits, targets, options)
+        moving = tuple(dict.fromkeys(names))
 
-        def objective(values: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            value = loss(**values)
-            return jnp.sum(value), value
+        def build() -> Callable[..., Any]:
+            def run(diff: dict[str, jax.Array], rest: dict[str, Any]) -> tuple[Any, Any]:
+                def objective(values: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+                    value = loss({**rest, **values})
+                    return jnp.sum(value), value
 
-        run = jax.value_and_grad(objective, has_aux=True)
-        (_, value), grads = (jax.jit(run) if compiled else run)({n: args[n] for n in names})
+                (_, value), grads = jax.value_and_grad(objective, has_aux=True)(diff)
+                return value, grads
+            return run
+
+        run = self._compiled(("value_and_grad", moving, key), build) if compiled else build()
+        value, grads = run({n: arrays[n] for n in moving},
+                           {n: v for n, v in arrays.items() if n not in moving})
         return value, tuple(grads[n] for n in names)
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
                                    **options: Any) -> jax.Array:
         """d/dlogits of sum(d loss / d logits) by nested ``jax.grad``: the Hessian's diagonal."""
-        args, loss = self._differentiable("logits", logits, targets, options)
+        arrays, loss, key = self._differentiable("logits", logits, targets, options)
 
-        def first(x: jax.Array) -> jax.Array:
-            return jax.grad(lambda v: jnp.sum(loss(logits=v)))(x)
+        def build() -> Callable[..., Any]:
+            def second(x: jax.Array, rest: dict[str, Any]) -> jax.Array:
+                def first(v: jax.Array) -> jax.Array:
+                    return jax.grad(lambda u: jnp.sum(loss({**rest, "logits": u})))(v)
+                return jax.grad(lambda v: jnp.sum(first(v)))(x)
+            return second
 
-        second = jax.grad(lambda x: jnp.sum(first(x)))
-        return (jax.jit(second) if compiled else second)(args["logits"])
+        run = self._compiled(("second", key), build) if compiled else build()
+        return run(arrays["logits"], {n: v for n, v in arrays.items() if n != "logits"})
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
                             **options: Any) -> tuple[jax.Array, jax.Array]:
         """(loss, d summed loss / d probs) of the probability form by ``jax.grad``."""
-        args, loss = self._differentiable("probs", probs, targets, options)
+        arrays, loss, key = self._differentiable("probs", probs, targets, options)
 
-        def objective(p: jax.Array) -> tuple[jax.Array, jax.Array]:
-            value = loss(probs=p)
-            return jnp.sum(value), value
+        def build() -> Callable[..., Any]:
+            def run(p: jax.Array, rest: dict[str, Any]) -> tuple[Any, Any]:
+                def objective(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    value = loss({**rest, "probs": v})
+                    return jnp.sum(value), value
 
-        run = jax.value_and_grad(objective, has_aux=True)
-        (_, value), grad = (jax.jit(run) if compiled else run)(args["probs"])
-        return value, grad
+                (_, value), grad = jax.value_and_grad(objective, has_aux=True)(p)
+                return value, grad
+            return run
+
+        run = self._compiled(("probs", key), build) if compiled else build()
+        return run(arrays["probs"], {n: v for n, v in arrays.items() if n != "probs"})

@@ -1,15 +1,23 @@
-"""The backend's computations as compiled functions of checked JAX arrays.
+"""The backend's computations as compiled programs of checked JAX arrays.
 
-Each function takes the operands (already in the input's dtype, see
+Each program takes the operands (already in the input's dtype, see
 ``operands``) plus static options, computes in the working dtype (float32
 for float16, bfloat16 and float32; float64 for float64), and rounds once to
 the input's dtype. ``jax.jit`` makes an eager call one dispatch, and inside a
 caller's own jit it simply inlines.
 
+``logits_program`` computes, in one pass over the elements, whichever of the
+loss, its gradients and its curvature are asked for (``want``): the forward
+loss, ``value_and_grad``, ``grad_hess`` and the derivatives that JAX's own
+autodiff takes through the loss (``ops``) are all outputs of it;
+``probs_program`` does the same for the probability form. They are not
+differentiable themselves; ``differentiable_logits_loss`` and
+``differentiable_probs_loss`` are, with the spec's derivatives to any order.
+
 >>> import jax.numpy as jnp
->>> loss = logits_loss(jnp.array([0.0, 0.0], jnp.bfloat16), jnp.array([1.0, 0.0], jnp.bfloat16),
-...                    None, None, None, eps=0.0, reduction="sum")
->>> loss.dtype, float(loss)
+>>> out = logits_program(jnp.array([0.0, 0.0], jnp.bfloat16), jnp.array([1.0, 0.0], jnp.bfloat16),
+...                      None, None, None, eps=0.0, reduction="sum", want=("loss",))
+>>> out["loss"].dtype, float(out["loss"])
 (dtype(bfloat16), 1.3828125)
 """
 
@@ -22,10 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import autodiff
-from .kernels import LogitParts, zero_safe
+from .kernels import Coefficients, LogitParts, zero_safe
 from .reductions import Reduction
 
 Array = jax.Array
+
+#: The arguments of the logits form that have gradients, in their canonical order.
+NAMES = ("logits", "targets", "weight", "pos_weight")
 
 
 def working_dtype(dtype: np.dtype) -> np.dtype:
@@ -37,10 +48,76 @@ def _up(value: Array | None, dtype: np.dtype) -> Array | None:
     return None if value is None else value.astype(dtype)
 
 
+@partial(jax.jit, static_argnames=("eps", "reduction", "want"))
+def logits_program(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None, *,
+                   eps: float, reduction: str, want: tuple[str, ...]) -> dict[str, Array]:
+    """The outputs named in ``want``, each in the input's dtype:
+
+    - ``"loss"``: the reduced loss;
+    - ``"grad:NAME"``: its gradient with respect to argument NAME, in NAME's shape;
+    - ``"full:NAME"``: the same before the sum over NAME's broadcast axes (element shape);
+    - ``"curvature"``: the derivative of ``grad:logits`` with respect to each logit (the
+      Hessian's diagonal; the loss is elementwise in the logits).
+
+    One exp and one log1p per element serve them all. Not differentiable itself: ``ops``
+    gives the loss its derivatives.
+    """
+    dtype, work, shape = x.dtype, working_dtype(x.dtype), x.shape
+    shapes = {"logits": x.shape, "targets": y.shape,
+              "weight": None if w is None else w.shape,
+              "pos_weight": None if q is None else q.shape}
+    x, y, w, q = (_up(v, work) for v in (x, y, w, q))
+    plan = Reduction.plan(reduction, shape, mask=mask, weight=w, dtype=work)
+    coefficients = Coefficients.of(y, q, eps)
+    parts = LogitParts.of(x)
+    bracket = parts.bracket_pair(coefficients)
+    loss = plan.finish(parts.loss(coefficients, w, bracket))
+
+    def weighted(value: Array) -> Array:
+        return value if w is None else zero_safe(w, value)
+
+    # The loss and its slope carry their coefficients as pairs (they are held to a few ULP);
+    # the other outputs are held to parity only, and single arithmetic keeps the program small.
+    yp, one_minus = autodiff.smoothed(y, eps)
+    b = yp if q is None else zero_safe(q, yp)
+
+    def partial_of(name: str) -> Array:
+        if name == "logits":
+            return parts.slope(coefficients, w)
+        sp_pos, sp_neg = parts.softpluses()
+        if name == "targets":
+            # q softplus(-x) - softplus(x) is exactly -x when q = 1.
+            diff = -x if q is None else zero_safe(q, sp_neg) - sp_pos
+            return weighted(zero_safe(jnp.asarray(1 - eps, work), diff))
+        if name == "weight":
+            # d/dw_i of sum(w B) / sum(w) is (B_i - loss) / sum(w).
+            value = zero_safe(one_minus, sp_pos) + zero_safe(b, sp_neg)
+            return value - loss if reduction == "weighted_mean" else value
+        return weighted(zero_safe(yp, sp_neg))  # pos_weight
+
+    out = {}
+    for key in want:
+        kind, _, name = key.partition(":")
+        if key == "loss":
+            value = loss
+        elif key == "curvature":
+            c = one_minus + b
+            value = plan.gradient(parts.curvature(c if w is None else zero_safe(w, c)), shape)
+        elif kind == "grad":
+            value = plan.gradient(partial_of(name), shapes[name])
+        elif kind == "full":
+            value = plan.gradient(partial_of(name), shape)
+        else:
+            raise ValueError(f"logits_program has no output {key!r}")
+        out[key] = value.astype(dtype)
+    return out
+
+
 @partial(jax.jit, static_argnames=("eps", "reduction"))
-def logits_loss(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None, *,
-                eps: float, reduction: str) -> Array:
-    """The reduced loss from logits; differentiable by JAX with the spec's derivatives."""
+def differentiable_logits_loss(x: Array, y: Array, w: Array | None, q: Array | None,
+                               mask: Array | None, *, eps: float, reduction: str) -> Array:
+    """The reduced loss from logits, differentiable by JAX with the spec's derivatives to any
+    order (``autodiff``): what ``ops`` falls back on for mixed and higher derivatives."""
     dtype, work = x.dtype, working_dtype(x.dtype)
     x, y, w, q = (_up(v, work) for v in (x, y, w, q))
     plan = Reduction.plan(reduction, x.shape, mask=mask, weight=w, dtype=work)
@@ -49,66 +126,59 @@ def logits_loss(x: Array, y: Array, w: Array | None, q: Array | None, mask: Arra
     return plan.finish(elements).astype(dtype)
 
 
+@partial(jax.jit, static_argnames=("eps", "reduction", "clamp", "want"))
+def probs_program(p: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None, *,
+                  eps: float, reduction: str, clamp: float,
+                  want: tuple[str, ...]) -> dict[str, Array]:
+    """``logits_program`` for probabilities (NAMES with "probs" first; no curvature)."""
+    dtype, work, shape = p.dtype, working_dtype(p.dtype), p.shape
+    shapes = {"probs": p.shape, "targets": y.shape,
+              "weight": None if w is None else w.shape,
+              "pos_weight": None if q is None else q.shape}
+    p, y, w, q = (_up(v, work) for v in (p, y, w, q))
+    plan = Reduction.plan(reduction, shape, mask=mask, weight=w, dtype=work)
+    yp, one_minus = autodiff.smoothed(y, eps)
+    b = yp if q is None else q * yp
+    log_p, log_1mp = autodiff.probs_logs(p, clamp)
+    bracket = -(zero_safe(b, log_p) + zero_safe(one_minus, log_1mp))
+
+    def weighted(value: Array) -> Array:
+        return value if w is None else zero_safe(w, value)
+
+    loss = plan.finish(weighted(bracket))
+
+    def partial_of(name: str) -> Array:
+        if name == "probs":
+            return autodiff.probs_slope(p, y, w, q, eps)
+        if name == "targets":
+            # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
+            diff = log_1mp - (log_p if q is None else zero_safe(q, log_p))
+            return weighted(zero_safe(jnp.asarray(1 - eps, work), diff))
+        if name == "weight":
+            return bracket - loss if reduction == "weighted_mean" else bracket
+        return weighted(zero_safe(yp, -log_p))  # pos_weight
+
+    out = {}
+    for key in want:
+        kind, _, name = key.partition(":")
+        if key == "loss":
+            value = loss
+        elif kind in ("grad", "full"):
+            value = plan.gradient(partial_of(name), shapes[name] if kind == "grad" else shape)
+        else:
+            raise ValueError(f"probs_program has no output {key!r}")
+        out[key] = value.astype(dtype)
+    return out
+
+
 @partial(jax.jit, static_argnames=("eps", "reduction", "clamp"))
-def probs_loss(p: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None, *,
-               eps: float, reduction: str, clamp: float) -> Array:
-    """The reduced loss from probabilities; differentiable by JAX with the spec's derivatives."""
+def differentiable_probs_loss(p: Array, y: Array, w: Array | None, q: Array | None,
+                              mask: Array | None, *, eps: float, reduction: str,
+                              clamp: float) -> Array:
+    """The reduced loss from probabilities, differentiable by JAX with the spec's derivatives."""
     dtype, work = p.dtype, working_dtype(p.dtype)
     p, y, w, q = (_up(v, work) for v in (p, y, w, q))
     plan = Reduction.plan(reduction, p.shape, mask=mask, weight=w, dtype=work)
     elements = autodiff.probs_loss(plan.guard(p, 0.5), plan.guard(y, 0.0), plan.guard(w, 1.0),
                                    plan.guard(q, 1.0), eps, clamp)
     return plan.finish(elements).astype(dtype)
-
-
-@partial(jax.jit, static_argnames=("eps", "reduction", "names"))
-def logits_value_and_grad(x: Array, y: Array, w: Array | None, q: Array | None,
-                          mask: Array | None, *, eps: float, reduction: str,
-                          names: tuple[str, ...]) -> tuple[Array, tuple[Array, ...]]:
-    """The reduced loss and its gradients with respect to ``names``, analytically and fused:
-    one exp and one log1p per element serve the loss and every partial derivative."""
-    dtype, work = x.dtype, working_dtype(x.dtype)
-    shapes = {"logits": x.shape, "targets": y.shape,
-              "weight": None if w is None else w.shape,
-              "pos_weight": None if q is None else q.shape}
-    x, y, w, q = (_up(v, work) for v in (x, y, w, q))
-    yp, one_minus = autodiff.smoothed(y, eps)
-    b = yp if q is None else q * yp
-    parts = LogitParts.of(x)
-    bracket = parts.bracket(one_minus, b)
-    plan = Reduction.plan(reduction, x.shape, mask=mask, weight=w, dtype=work)
-    loss = plan.finish(parts.loss(bracket, one_minus, b, w))
-
-    def weighted(value: Array) -> Array:
-        return value if w is None else zero_safe(w, value)
-
-    def partial_of(name: str) -> Array:
-        if name == "logits":
-            return parts.slope(one_minus, b, w)
-        sp_pos, sp_neg = parts.softpluses()
-        if name == "targets":
-            # q softplus(-x) - softplus(x) is exactly -x when q = 1.
-            diff = -x if q is None else zero_safe(q, sp_neg) - sp_pos
-            return weighted(zero_safe(jnp.asarray(1 - eps, work), diff))
-        if name == "weight":
-            # d/dw_i of sum(w B) / sum(w) is (B_i - loss) / sum(w).
-            return bracket - loss if reduction == "weighted_mean" else bracket
-        return weighted(zero_safe(yp, sp_neg))  # pos_weight
-
-    grads = tuple(plan.gradient(partial_of(name), shapes[name]).astype(dtype) for name in names)
-    return loss.astype(dtype), grads
-
-
-@jax.jit
-def logits_grad_hess(x: Array, y: Array, w: Array | None,
-                     q: Array | None) -> tuple[Array, Array]:
-    """Elementwise (d loss / dx, d2 loss / dx2), weights applied, in the full element shape."""
-    dtype, work = x.dtype, working_dtype(x.dtype)
-    x, y, w, q = (_up(v, work) for v in (x, y, w, q))
-    b = y if q is None else q * y
-    one_minus = 1 - y
-    c = one_minus + b  # 1 + (q - 1) y
-    parts = LogitParts.of(x)
-    grad, hess = parts.slope(one_minus, b, w), parts.curvature(c if w is None else w * c)
-    return (jnp.broadcast_to(grad, x.shape).astype(dtype),
-            jnp.broadcast_to(hess, x.shape).astype(dtype))

@@ -64,7 +64,13 @@ def device_of(array: Any) -> jax.Device | None:
 
 
 def _place(array: np.ndarray, device: jax.Device | None) -> jax.Array:
-    return jnp.asarray(array) if device is None else jax.device_put(array, device)
+    """``array`` on ``device``: uncommitted where JAX puts it by default anyway, so that a call
+    with concrete logits and one under ``jax.grad`` (where the device is unknown) pass the same
+    kind of array and share one compiled program; committed to ``device`` otherwise."""
+    placed = jnp.asarray(array)
+    if device is not None and placed.devices() != {device}:
+        placed = jax.device_put(array, device)
+    return placed
 
 
 def as_input(name: str, value: Any) -> jax.Array:
@@ -90,7 +96,8 @@ def as_native_operand(name: str, value: Any, dtype: np.dtype,
     if isinstance(value, jax.Array):
         # bce-core's check on an empty array of the same dtype: same rule, same message.
         as_operand(name, np.empty(0, value.dtype), dtype)
-        return value.astype(dtype)
+        # No cast when the dtype is right: under jax.grad a cast is one more primitive to run.
+        return value if value.dtype == dtype else value.astype(dtype)
     return _place(as_operand(name, value, dtype), device)
 
 
