@@ -35,6 +35,8 @@ import torch
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
+from .compiled import (DEFAULT_MIN_ELEMENTS, CompiledLoss, CompiledPrograms, Kind, applies,
+                       coefficients, compiling_enabled, reduction_scale)
 from .functions import logit_loss_elements, probs_loss_elements
 from .kernels import (LogitParts, logit_grad, logit_hessian, logit_loss, logit_partials,
                       smoothed_targets)
@@ -114,10 +116,15 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self) -> None:
+    def __init__(self, *, one_pass_min_elements: int | None = DEFAULT_MIN_ELEMENTS) -> None:
+        """``one_pass_min_elements``: calls on inputs this large use the compiled one-pass
+        kernel (see ``compiled``); None never does, and neither does any backend created
+        while the environment variable ``BCE_TORCH_COMPILE`` is 0."""
         self._devices: list[str] | None = None
         self._lock = threading.Lock()
         self._compiled: dict[str, Callable[..., Any]] = {}
+        self._programs = CompiledPrograms()
+        self._one_pass_min = one_pass_min_elements if compiling_enabled() else None
 
     # -- the Backend protocol: arrays and devices ------------------------------
 
@@ -165,6 +172,35 @@ class TorchBackend:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        if self._one_pass_applies(ops, (ops.targets, ops.weight, ops.pos_weight)):
+            return self._one_pass_loss(ops, eps, reduction)
+        return self._eager_logits_loss(ops, eps, reduction)
+
+    def _one_pass_applies(self, ops: TorchOperands,
+                          others: tuple[torch.Tensor | None, ...]) -> bool:
+        return self._one_pass_min is not None and applies(ops.inputs, ops.shape, others,
+                                                           self._one_pass_min)
+
+    def _one_pass_loss(self, ops: TorchOperands, eps: float, reduction: str) -> torch.Tensor:
+        """The loss through the compiled kernel, differentiable in the logits."""
+        x = ops.inputs
+        w, q, eps_tensor = coefficients(x, ops.weight, ops.pos_weight, eps)
+        scale, factor = reduction_scale(reduction, ops.shape, ops.mask, ops.weight, x.device)
+
+        if not (x.requires_grad and torch.is_grad_enabled()):  # nothing for autograd to record
+            loss, _ = self._programs.run(Kind(scale, False), x, ops.targets, w, q, eps_tensor,
+                                         ops.mask, factor)
+            return loss.to(x.dtype)
+
+        def recompute(z: torch.Tensor) -> torch.Tensor:
+            return self._eager_logits_loss(ops._replace(inputs=z), eps, reduction)
+
+        return CompiledLoss.apply(x, ops.targets, w, q, eps_tensor, ops.mask, factor,
+                                  self._programs, scale, recompute)
+
+    @staticmethod
+    def _eager_logits_loss(ops: TorchOperands, eps: float, reduction: str) -> torch.Tensor:
+        """The loss through the eager Functions, differentiable in every operand, to any order."""
         x, y, w, q, keep = _working(ops)
         if keep is not None:
             x, y, w, q, keep = _masked_out_made_safe(keep, x, y, w, q, 0.0)
@@ -199,6 +235,14 @@ class TorchBackend:
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         dtype, shape = ops.inputs.dtype, ops.shape
+        if names == ("logits",) and self._one_pass_applies(ops, ()):
+            x = ops.inputs
+            w, q, eps_tensor = coefficients(x, ops.weight, ops.pos_weight, eps)
+            scale, factor = reduction_scale(reduction, shape, ops.mask, ops.weight, x.device)
+            with torch.no_grad():
+                loss, grad = self._programs.run(Kind(scale, True), x, ops.targets, w, q,
+                                                eps_tensor, ops.mask, factor)
+            return loss.to(dtype), (grad,) if as_tuple else grad
         with torch.no_grad():
             x, y, w, q, keep = _working(ops)
             parts = LogitParts.of(x)  # the one exp shared by the loss and every derivative

@@ -1,0 +1,303 @@
+"""The one-pass path for large inputs: loss and gradient from one compiled kernel.
+
+``one_pass`` is the loss from logits written as plain tensor operations on the
+``kernels`` math: it reads x, y (and weight, pos_weight, mask) once and
+writes the reduced loss (summed in float64) and, when asked, d loss / d x,
+from one exponential per element. ``torch.compile`` turns it into a single
+fused loop (C++ with vector instructions on the CPU, Triton on CUDA), which
+is what makes the Torch backend faster than PyTorch's own loss: eager
+PyTorch makes one pass over memory per operation.
+
+``CompiledPrograms`` keeps one compiled program per kind of call (reduced or
+not, with or without the gradient, masked or not), with shapes dynamic, so
+new batch sizes do not recompile. Compiling takes seconds (once per kind and
+process; torch caches the code on disk), so the backend uses this path only
+from ``DEFAULT_MIN_ELEMENTS`` elements. ``BCE_TORCH_COMPILE=0`` turns it off;
+when compiling fails (no C++ compiler, for example) the backend warns once
+and computes eagerly, with the same results.
+
+``CompiledLoss`` is the autograd Function around it: its forward runs the
+program with the gradient when the logits require grad, and its backward
+scales that gradient by the upstream one. Differentiating twice
+(``create_graph=True``) recomputes through the exact eager Functions.
+
+>>> import torch
+>>> x, y = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])
+>>> half = torch.tensor(0.5, dtype=torch.float64)  # d loss / d element sum of a mean of 2
+>>> loss, grad = one_pass(x, y, None, None, None, None, half, scale="total", with_grad=True)
+>>> round(loss.item(), 4), [round(v, 4) for v in grad.tolist()]
+(1.41, [-0.25, 0.4404])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from bce_core.spec import check_batch_mean
+
+from .kernels import LogitParts, logit_grad, logit_loss, zero_safe
+
+#: Inputs with fewer elements are computed eagerly (no compile wait for small calls).
+DEFAULT_MIN_ELEMENTS = 1 << 14
+
+#: Set to 0 (or "off", "false") to never compile.
+COMPILE_ENV = "BCE_TORCH_COMPILE"
+
+
+class CompileFallbackWarning(UserWarning):
+    """The one-pass kernel could not be compiled; the backend computes eagerly instead."""
+
+
+def compiling_enabled() -> bool:
+    """False when ``BCE_TORCH_COMPILE`` is 0, off, false or no.
+
+    >>> isinstance(compiling_enabled(), bool)
+    True
+    """
+    return os.environ.get(COMPILE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def coefficients(x: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch.Tensor | None,
+                 label_smoothing: float) -> tuple[torch.Tensor | None, ...]:
+    """weight, pos_weight and the smoothing in the working dtype; None where absent (or 0).
+
+    The smoothing is a tensor, so one compiled program serves every value (a Python
+    number would be compiled in as a constant).
+
+    >>> coefficients(torch.zeros(2, dtype=torch.float16), None, None, 0.1)
+    (None, None, tensor(0.1000))
+    """
+    dtype = working(x.dtype)
+    return (None if weight is None else weight.to(dtype),
+            None if pos_weight is None else pos_weight.to(dtype),
+            None if label_smoothing == 0 else torch.tensor(label_smoothing, dtype=dtype,
+                                                           device=x.device))
+
+
+def working(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernel computes in: float32 for the half dtypes."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def one_pass(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, q: torch.Tensor | None,
+             eps: torch.Tensor | None, keep: torch.Tensor | None, factor: torch.Tensor | None,
+             *, scale: str, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss, d loss / d x) of w [(1 - y') softplus(x) + q y' softplus(-x)].
+
+    ``scale`` is "none" (per element) or "total": factor * the float64 sum of the
+    element losses (0 where the factor is 0, a zero denominator), returned in
+    float64, with the gradient scaled by the factor. The gradient has x's dtype.
+    Masked-out elements (``keep`` False) get harmless values and contribute exactly 0.
+    """
+    dtype = working(x.dtype)
+    xw, yw = x.to(dtype), y.to(dtype)
+    if keep is not None:
+        xw, yw = torch.where(keep, xw, 0.0), torch.where(keep, yw, 0.0)
+        w = keep.to(dtype) if w is None else torch.where(keep, w, 0.0)
+    if eps is None:
+        yp, one_minus_yp = yw, 1.0 - yw
+    else:  # written without a branch on eps, which is a tensor here
+        shrink = 1.0 - eps
+        yp, one_minus_yp = yw * shrink + eps / 2, (1.0 - yw) * shrink + eps / 2
+    parts = LogitParts(xw)
+    elements = logit_loss(parts, yp, one_minus_yp, w, q)
+    grad = logit_grad(parts, yp, one_minus_yp, w, q) if with_grad else None
+    if keep is not None:
+        elements = torch.where(keep, elements, 0.0)
+        grad = None if grad is None else torch.where(keep, grad, 0.0)
+    if scale == "none":
+        return elements.to(x.dtype), None if grad is None else grad.to(x.dtype)
+    assert factor is not None
+    loss = torch.where(factor == 0, 0.0, elements.to(torch.float64).sum() * factor)
+    if grad is not None:
+        grad = torch.where(factor == 0, 0.0, grad * factor.to(dtype)).to(x.dtype)
+    return loss, grad
+
+
+def transforms_active() -> bool:
+    """True inside torch.compile, a jit trace, a torch.func transform or a forward-AD level,
+    where the eager Functions (which support all of them) must be used."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    if peek is None or peek() is not None:  # unknown torch: assume a transform may be active
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
+def applies(x: torch.Tensor, shape: tuple[int, ...], others: tuple[torch.Tensor | None, ...],
+            min_elements: int) -> bool:
+    """Whether the one-pass path can compute this call: a large enough floating input of
+    the loss's full shape on the CPU or CUDA, no transform active, and no other operand
+    that autograd must differentiate (those calls take the eager Functions).
+
+    >>> applies(torch.zeros(4), (4,), (torch.zeros(4),), min_elements=1)
+    True
+    """
+    if x.numel() < max(min_elements, 1) or tuple(x.shape) != shape or x.device.type not in ("cpu", "cuda"):
+        return False
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in others):
+        return False
+    return not transforms_active()
+
+
+def reduction_scale(reduction: str, shape: tuple[int, ...], keep: torch.Tensor | None,
+                    weight: torch.Tensor | None,
+                    device: torch.device) -> tuple[str, torch.Tensor | None]:
+    """``one_pass``'s scale for ``reduction`` and its factor (d loss / d element sum), a
+    float64 tensor, so that one compiled program serves every reduction and batch size.
+    The factor is 0 for a zero denominator (an empty or fully masked batch, weights
+    summing to 0).
+
+    >>> reduction_scale("mean", (4,), torch.tensor([True, False, True, True]), None, "cpu")
+    ('total', tensor(0.3333, dtype=torch.float64))
+    """
+    if reduction == "none":
+        return "none", None
+    count: int | torch.Tensor
+    if reduction == "sum":
+        count = 1
+    elif reduction == "batch_mean":
+        check_batch_mean(shape)
+        count = shape[0]
+    elif reduction == "mean" or weight is None:  # weighted_mean without weights is mean
+        count = math.prod(shape) if keep is None else keep.expand(shape).sum(dtype=torch.float64)
+    else:  # weighted_mean
+        full = weight.expand(shape).to(torch.float64)
+        count = (full if keep is None else torch.where(keep, full, 0.0)).sum()
+    if not isinstance(count, torch.Tensor):
+        return "total", torch.tensor(1.0 / count if count else 0.0, dtype=torch.float64,
+                                     device=device)
+    zero = count == 0
+    return "total", torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, count))
+
+
+class Kind(NamedTuple):
+    """What a compiled program computes: ``one_pass``'s scale, and whether the gradient."""
+
+    scale: str
+    with_grad: bool
+
+
+def _layout(tensor: torch.Tensor | None) -> tuple[Any, ...] | None:
+    """What the compiler specializes on besides sizes: dtype, device and the dimensions of
+    size 0 or 1 (broadcast dimensions); other sizes stay symbolic."""
+    if tensor is None:
+        return None
+    return (tensor.dtype, tensor.device.type, tuple(s if s < 2 else 2 for s in tensor.shape))
+
+
+def _own_function(kind: Kind, number: int) -> Callable[..., Any]:
+    """``one_pass`` for ``kind`` as a function with a code object of its own.
+
+    torch.compile keeps compiled code, and its limit of recompiles, per code object;
+    closures of one ``def`` share theirs, so every program would count against one limit.
+    """
+    def run(*args: Any) -> Any:
+        return one_pass(*args, scale=kind.scale, with_grad=kind.with_grad)
+
+    code = run.__code__.replace(co_name=f"one_pass_{number}")
+    return types.FunctionType(code, run.__globals__, code.co_name, None, run.__closure__)
+
+
+class CompiledPrograms:
+    """``one_pass`` compiled once per ``Kind``, shared by the threads of one backend.
+
+    A failed compile is remembered (``failure``): later calls go eager, and the
+    warning is given once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._programs: dict[Kind, Callable[..., Any]] = {}
+        self.failure: str | None = None
+
+    def program(self, kind: Kind, args: tuple[Any, ...]) -> Callable[..., Any]:
+        """The program for ``kind`` and the arguments' layouts: one compile each, so the
+        compiler's own limit on recompiles per program is never reached."""
+        key = (kind, *map(_layout, args))
+        program = self._programs.get(key)  # one dict read: no lock once compiled
+        if program is not None:
+            return program
+        with self._lock:
+            if key not in self._programs:
+                # Small size hints must not make the CPU loop single-threaded for good.
+                self._programs[key] = torch.compile(
+                    _own_function(kind, len(self._programs)), fullgraph=True, dynamic=True,
+                    options={"cpp.min_chunk_size": 1})
+            return self._programs[key]
+
+    def run(self, kind: Kind, *args: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The compiled program on ``args``; eager ``one_pass`` once compiling has failed."""
+        # Detached: the program computes values; autograd is CompiledLoss's business.
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a
+                     for a in args)
+        if self.failure is None:
+            try:
+                return self.program(kind, args)(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager path
+                self._fail(exc)
+        return one_pass(*args, scale=kind.scale, with_grad=kind.with_grad)
+
+    def _fail(self, exc: Exception) -> None:
+        with self._lock:
+            first = self.failure is None
+            self.failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+        if first:
+            warnings.warn(f"bce-core could not compile its one-pass Torch kernel "
+                          f"({self.failure}); computing eagerly from now on. Set "
+                          f"{COMPILE_ENV}=0 to skip compiling.", CompileFallbackWarning,
+                          stacklevel=4)
+
+
+class CompiledLoss(torch.autograd.Function):
+    """The reduced (or per-element) loss through ``CompiledPrograms``, differentiable in x.
+
+    ``apply(x, y, w, q, eps, keep, factor, programs, scale, recompute)``: the
+    targets and coefficients must not require grad. ``recompute(x)`` gives the
+    same loss through the eager Functions, for derivatives of the gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
+                eps: torch.Tensor, keep: torch.Tensor | None, factor: torch.Tensor,
+                programs: CompiledPrograms, scale: str,
+                recompute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        with_grad = bool(ctx.needs_input_grad[0])
+        kind = Kind(scale, with_grad)
+        loss, grad = programs.run(kind, x, y, w, q, eps, keep, factor)
+        if with_grad:
+            ctx.save_for_backward(x)
+            # Not a saved tensor: the backward hands it on (or scales it in place), so
+            # autograd can keep it as the gradient instead of copying it.
+            ctx.grad, ctx.total, ctx.recompute = grad, scale != "none", recompute
+        return loss.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[Any, ...]:
+        (x,) = ctx.saved_tensors
+        grad = ctx.__dict__.pop("grad", None)
+        if grad is None or torch.is_grad_enabled():
+            # A second backward (retain_graph=True), or create_graph=True: the eager
+            # Functions give a gradient that can itself be differentiated.
+            with torch.enable_grad():
+                (grad_x,) = torch.autograd.grad(ctx.recompute(x), x, upstream,
+                                                create_graph=torch.is_grad_enabled())
+        elif not ctx.total:
+            grad_x = zero_safe(upstream.to(grad.dtype), grad)  # a zero upstream gives exactly 0
+        elif upstream.device.type == "cpu" and upstream.item() == 1.0:
+            grad_x = grad  # loss.backward(): no pass over the gradient at all
+        else:
+            grad_x = grad.mul_(upstream.to(grad.dtype))
+        return (grad_x,) + (None,) * 9
