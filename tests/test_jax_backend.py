@@ -24,7 +24,7 @@ from bce_conformance import oracle  # noqa: E402
 from bce_core import reference  # noqa: E402
 from bce_core.arrays import reduce_loss, sum_to_shape  # noqa: E402
 from bce_core.registry import get_registry  # noqa: E402
-from bce_jax import kernels  # noqa: E402
+from bce_jax import chunks, compute, kernels  # noqa: E402
 from bce_jax.backend import JaxBackend  # noqa: E402
 from bce_numpy.backend import NumpyBackend  # noqa: E402
 
@@ -573,6 +573,88 @@ def test_probability_form_and_its_autodiff_match_the_reference() -> None:
     outside = BACKEND.binary_cross_entropy(jnp.array([-0.1, 1.1]), jnp.array([1.0, 0.0]),
                                            reduction="none")
     assert np.isnan(host(outside)).all()
+
+
+# -- large inputs, a chunk of rows at a time (CPU) -----------------------------------------
+
+
+LOGITS_OUTPUTS = ("loss", "grad:logits", "grad:targets", "grad:weight", "grad:pos_weight",
+                  "full:weight", "full:pos_weight", "curvature")
+
+
+def chunk_problem(dtype: object, shape: tuple[int, ...]) -> dict:
+    rng = np.random.default_rng(21)
+    x = rng.normal(0, 8, shape) * rng.choice([1.0, 1.0, 12.0], shape)  # and some far tails
+    return dict(x=jnp.asarray(x.astype(dtype)),
+                y=jnp.asarray(np.where(rng.uniform(size=shape) < 0.5, rng.integers(0, 2, shape),
+                                       rng.uniform(size=shape)).astype(dtype)),
+                w=jnp.asarray(rng.uniform(0.25, 2, shape[-1:]).astype(dtype)),  # along the rows
+                q=jnp.asarray(rng.uniform(0.5, 3, (shape[0], 1)).astype(dtype)),  # one per row
+                mask=jnp.asarray(rng.uniform(size=shape) < 0.8))
+
+
+def by_program(problem: dict, reduction: str, probs: bool = False) -> dict:
+    x, y, w, q, mask = (problem[k] for k in ("x", "y", "w", "q", "mask"))
+    if probs:
+        want = tuple(k.replace("logits", "probs") for k in LOGITS_OUTPUTS if k != "curvature")
+        return compute.probs_program(jax.nn.sigmoid(x), y, w, q, mask, eps=0.1,
+                                     reduction=reduction, clamp=-100.0, want=want)
+    return compute.logits_program(x, y, w, q, mask, eps=0.1, reduction=reduction,
+                                  want=LOGITS_OUTPUTS)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> object:
+    """Chunk loops from 16 elements on and chunks of 3 rows: call ``small_chunks()`` after the
+    whole-array results (compiled programs are cached per shape, so caches are cleared)."""
+    def apply() -> None:
+        monkeypatch.setattr(chunks, "MIN_ELEMENTS", 16)
+        monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 3 * 7)
+        jax.clear_caches()
+
+    yield apply
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("probs", [False, True], ids=["logits", "probs"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean", "batch_mean"])
+def test_chunked_programs_match_the_whole_array_programs(small_chunks: object, reduction: str,
+                                                         probs: bool) -> None:
+    problem = chunk_problem(np.float32, (38, 7))  # 12 chunks of 3 rows and 2 rows left over
+    whole = by_program(problem, reduction, probs)
+    small_chunks()
+    x, y = problem["x"], problem["y"]
+    lowered = jax.jit(lambda a, b: compute.logits_program(
+        a, b, None, None, None, eps=0.0, reduction=reduction, want=("loss",))).lower(x, y)
+    assert "while" in lowered.as_text()  # the chunk loop is really there
+    chunked = by_program(problem, reduction, probs)
+    assert set(chunked) == set(whole)
+    for key, value in chunked.items():
+        assert value.shape == whole[key].shape and value.dtype == whole[key].dtype, key
+        # The same elementwise arithmetic; sums only add in another order (and the weight's
+        # gradient under "weighted_mean" subtracts the loss: relative to the largest value).
+        tolerance = 64 * EPS["float32"]
+        np.testing.assert_allclose(host(value), host(whole[key]), rtol=tolerance,
+                                   atol=tolerance * np.abs(host(whole[key])).max(), err_msg=key)
+
+
+def test_chunked_paths_through_autodiff_vmap_and_float64(small_chunks: object) -> None:
+    problem = chunk_problem(np.float64, (40, 5))
+    x, y, w = problem["x"], problem["y"], problem["w"]
+
+    def loss(a: object, b: object) -> object:
+        return BACKEND.binary_cross_entropy_with_logits(a, b, weight=w, label_smoothing=0.1)
+
+    def results() -> list:
+        return [*jax.jit(jax.value_and_grad(loss))(x, y), *BACKEND.value_and_grad(x, y, weight=w),
+                jax.hessian(lambda a: BACKEND.binary_cross_entropy_with_logits(
+                    a, y.ravel(), reduction="sum"))(x.ravel()),
+                *jax.vmap(jax.value_and_grad(loss))(x.reshape(4, 10, 5), y.reshape(4, 10, 5))]
+
+    whole = results()
+    small_chunks()
+    for got, want in zip(results(), whole):
+        np.testing.assert_allclose(host(got), host(want), rtol=64 * EPS["float64"], atol=1e-300)
 
 
 # -- dtypes, devices, NumPy operands ------------------------------------------------------

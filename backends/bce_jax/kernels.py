@@ -259,7 +259,8 @@ class LogitParts(NamedTuple):
     n |x| or, when n = 0, is c exp(-|x|) alone, which may lie near or below the smallest
     normal number while c exp(-|x|) with a large weight does not. There e is carried
     lifted by 2**k (``lifted``, computed from exp(threshold - |x|), whose argument is exact)
-    and the result is scaled back at the end.
+    and the result is scaled back at the end. One exponential per element serves both
+    sides: exp(-|x|) below the threshold, exp(threshold - |x|) past it.
     """
 
     x: jnp.ndarray
@@ -271,24 +272,33 @@ class LogitParts(NamedTuple):
     reciprocal: jnp.ndarray
     #: |x| at or past the underflow threshold (False for NaN).
     tail: jnp.ndarray
+    #: exp(threshold - |x|) in the tail (and exp(-|x|) elsewhere).
+    shifted: jnp.ndarray
     #: exp(-|x|) * 2**k in the tail, as a pair (k: ``_Underflow.lift_bits``).
     lifted: Pair
 
     @classmethod
     def of(cls, x: jnp.ndarray) -> LogitParts:
         ax = jnp.abs(x)
-        e = jnp.exp(-ax)
+        spec = _UNDERFLOW[np.dtype(x.dtype)]
+        tail = ax >= spec.threshold  # False for NaN
+        # threshold - |x| is exact for |x| in [threshold, 2 threshold] (Sterbenz).
+        shifted = jnp.exp(jnp.where(tail, spec.threshold - ax, -ax))
+        scale = constant_pair(spec.lift, x.dtype)  # exp(-threshold) * 2**k
+        product = _partial_products(shifted, scale.hi)
+        lifted = fast_two_sum(product.hi, product.lo + shifted * scale.lo)
+        # In the tail, exp(-|x|) = exp(threshold - |x|) exp(-threshold), one rounding more than
+        # exp(-|x|) itself; it only matters there next to a coefficient below about 1e-24.
+        # (Not from ``lifted``: XLA would then write out that pair to share it with e.)
+        down = np.asarray(float(spec.lift), x.dtype) * np.asarray(2.0 ** -spec.lift_bits, x.dtype)
+        e = jnp.where(tail, shifted * jnp.asarray(down, x.dtype), shifted)
         u = fast_two_sum(opaque(1.0, x.dtype), e)  # 1 + e
         d = fast_two_sum(opaque(2.0, x.dtype), e)  # 2 + e
         # One division serves 1 / (1 + e) and 1 / (2 + e); XLA compiles each division that has
         # several users on its own, so fewer divisions make a smaller program.
         both = 1 / (u.hi * d.hi)
-        spec = _UNDERFLOW[np.dtype(x.dtype)]
-        tail, shifted = _tail_exp(ax, spec)
-        scale = constant_pair(spec.lift, x.dtype)  # exp(-threshold) * 2**k
-        product = _partial_products(shifted, scale.hi)
-        lifted = fast_two_sum(product.hi, product.lo + shifted * scale.lo)
-        return cls(x, e, u.hi, u.lo, log1p_pair(e, d, u.hi * both), d.hi * both, tail, lifted)
+        return cls(x, e, u.hi, u.lo, log1p_pair(e, d, u.hi * both), d.hi * both, tail, shifted,
+                   lifted)
 
     def _lift(self, near: Pair) -> tuple[jnp.ndarray, Pair, Pair]:
         """(down, e, l): where only the exp(-|x|) term is left (the far tail with n = 0), e and
@@ -358,9 +368,11 @@ class LogitParts(NamedTuple):
         tail = underflow_side(self.x, coefficients.one_minus.hi, coefficients.b.hi)
         plain = self.plain_bracket(coefficients)
         if w is None:
-            return exact_underflow(_finite_or(bracket.value(), plain), tail, self.x)
+            return exact_underflow(_finite_or(bracket.value(), plain), tail, self.tail,
+                                   self.shifted)
         weighted = Scaled(_zero_where(w, mul_pair(bracket.pair, w)), bracket.down).value()
-        return exact_underflow(_finite_or(weighted, zero_safe(w, plain)), w * tail, self.x)
+        return exact_underflow(_finite_or(weighted, zero_safe(w, plain)), w * tail, self.tail,
+                               self.shifted)
 
     def slope(self, coefficients: Coefficients, w: jnp.ndarray | None = None) -> jnp.ndarray:
         """w [a sigma(x) - b sigma(-x)], the derivative of ``loss`` with respect to x.
@@ -390,7 +402,7 @@ class LogitParts(NamedTuple):
         if w is not None:
             value = jnp.where(w == 0, jnp.zeros((), value.dtype), value)
         tail = underflow_side(self.x, coefficients.one_minus.hi, -coefficients.b.hi)
-        return exact_underflow(value, tail if w is None else w * tail, self.x)
+        return exact_underflow(value, tail if w is None else w * tail, self.tail, self.shifted)
 
     def curvature(self, c: jnp.ndarray) -> jnp.ndarray:
         """c sigma(x) sigma(-x), the second derivative of ``loss`` when c = w (a + b)."""
@@ -399,7 +411,7 @@ class LogitParts(NamedTuple):
         down = _UNDERFLOW[np.dtype(self.x.dtype)].lift_bits
         value = zero_safe(c, product)
         value = jnp.where(self.tail, value * jnp.asarray(2.0 ** -down, value.dtype), value)
-        return exact_underflow(value, c, self.x)
+        return exact_underflow(value, c, self.tail, self.shifted)
 
 
 class _Underflow(NamedTuple):
@@ -425,27 +437,21 @@ _UNDERFLOW = {
 }
 
 
-def _tail_exp(ax: jnp.ndarray, spec: _Underflow) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(|x| >= threshold, exp(threshold - |x|) there and 1 elsewhere); the argument is exact
-    for |x| in [threshold, 2 threshold], so exp adds its own error only."""
-    tail = ax >= spec.threshold  # False for NaN
-    return tail, jnp.exp(spec.threshold - jnp.where(tail, ax, spec.threshold))
-
-
-def exact_underflow(result: jnp.ndarray, coefficient: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+def exact_underflow(result: jnp.ndarray, coefficient: jnp.ndarray, inside: jnp.ndarray,
+                    shifted: jnp.ndarray) -> jnp.ndarray:
     """``result``, except where it is below the smallest normal number while its exact value is
     ``coefficient * exp(-|x|)`` (the tails of sigma and softplus): there that value is rebuilt
     from the integer bits of a subnormal, since XLA on CPU flushes subnormal arithmetic to zero.
+    ``inside``: |x| at or past the threshold; ``shifted``: exp(threshold - |x|) there.
 
     Only the last operation of a computation can keep such a value: any arithmetic on it (the
     chain rule's product in autodiff, a sum) flushes it again on such a platform.
 
     >>> x = jnp.float32(-100.0)
-    >>> float(exact_underflow(jnp.exp(x), jnp.float32(1.0), x))
+    >>> float(exact_underflow(jnp.exp(x), jnp.float32(1.0), jnp.abs(x) >= 64, jnp.exp(64 + x)))
     3.783505853677006e-44
     """
     spec = _UNDERFLOW[np.dtype(result.dtype)]
-    inside, shifted = _tail_exp(jnp.abs(x), spec)
     units = jnp.abs(coefficient) * shifted * jnp.asarray(spec.scale, result.dtype)
     largest = jnp.asarray(2.0 ** spec.mantissa_bits, result.dtype)
     count = jnp.round(jnp.minimum(units, largest)).astype(spec.int_dtype)

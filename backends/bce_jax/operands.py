@@ -15,6 +15,7 @@ are cast to the input's dtype; the mask stays boolean.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import jax
@@ -73,6 +74,26 @@ def _place(array: np.ndarray, device: jax.Device | None) -> jax.Array:
     return placed
 
 
+# The checks of JAX arrays depend on their dtypes only: made once per dtype (a failed
+# check is not cached and raises again), they cost nothing on an eager call's path.
+
+
+@lru_cache(maxsize=None)
+def _check_input_dtype(name: str, dtype: np.dtype) -> None:
+    check_float_dtype(name, dtype.name)
+
+
+@lru_cache(maxsize=None)
+def _check_operand_dtype(name: str, dtype: np.dtype, to: np.dtype) -> None:
+    # bce-core's check on an empty array of the same dtype: same rule, same message.
+    as_operand(name, np.empty(0, dtype), to)
+
+
+@lru_cache(maxsize=None)
+def _check_mask_dtype(dtype: np.dtype) -> None:
+    as_mask(np.empty(0, dtype))
+
+
 def as_input(name: str, value: Any) -> jax.Array:
     """The logits (or probabilities) as a floating JAX array.
 
@@ -80,7 +101,7 @@ def as_input(name: str, value: Any) -> jax.Array:
     on); a NumPy float64 array needs x64 (else TypeError, never a silent cast).
     """
     if isinstance(value, jax.Array):
-        check_float_dtype(name, np.dtype(value.dtype).name)
+        _check_input_dtype(name, np.dtype(value.dtype))
         return value
     array = np.asarray(value)
     if not isinstance(value, (np.ndarray, np.generic)) and array.dtype == np.float64:
@@ -94,8 +115,7 @@ def as_native_operand(name: str, value: Any, dtype: np.dtype,
                       device: jax.Device | None) -> jax.Array:
     """A float, int or bool operand as a JAX array of ``dtype``; anything else is a TypeError."""
     if isinstance(value, jax.Array):
-        # bce-core's check on an empty array of the same dtype: same rule, same message.
-        as_operand(name, np.empty(0, value.dtype), dtype)
+        _check_operand_dtype(name, np.dtype(value.dtype), np.dtype(dtype))
         # No cast when the dtype is right: under jax.grad a cast is one more primitive to run.
         return value if value.dtype == dtype else value.astype(dtype)
     return _place(as_operand(name, value, dtype), device)
@@ -104,7 +124,7 @@ def as_native_operand(name: str, value: Any, dtype: np.dtype,
 def as_native_mask(value: Any, device: jax.Device | None) -> jax.Array:
     """A boolean mask as a JAX array; integer masks are refused as in bce-core."""
     if isinstance(value, jax.Array):
-        as_mask(np.empty(0, value.dtype))
+        _check_mask_dtype(np.dtype(value.dtype))
         return value
     return _place(as_mask(value), device)
 
@@ -113,7 +133,10 @@ def prepare_operands(input_name: str, inputs: Any, targets: Any, *, weight: Any,
                      pos_weight: Any, mask: Any) -> Operands:
     """Apply the dtype and shape rules of the spec to one call's arguments."""
     x = as_input(input_name, inputs)
-    device = device_of(x)
+    # Only operands that are not JAX arrays yet are placed on a device.
+    others = (targets, weight, pos_weight, mask)
+    device = (None if all(v is None or isinstance(v, jax.Array) for v in others)
+              else device_of(x))
     dtype = np.dtype(x.dtype)
     y = as_native_operand("targets", targets, dtype, device)
     w = None if weight is None else as_native_operand("weight", weight, dtype, device)

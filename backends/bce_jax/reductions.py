@@ -65,14 +65,24 @@ class Reduction(NamedTuple):
         return jnp.where(self.keep, jnp.broadcast_to(value, self.shape),
                          jnp.asarray(safe, value.dtype))
 
-    def finish(self, elements: jnp.ndarray) -> jnp.ndarray:
-        """The reduced loss of the element losses."""
+    def within(self, shape: tuple[int, ...], keep: jnp.ndarray | None) -> Reduction:
+        """This plan for a chunk of rows of ``shape`` (``keep``: its rows of ``self.keep``):
+        the same reduction and denominator, so the chunks' sums add up to the result."""
+        return self._replace(shape=shape, keep=keep)
+
+    def total(self, elements: jnp.ndarray) -> jnp.ndarray:
+        """The sum of the element losses that count; for "none", those losses themselves."""
         if self.keep is not None:
             elements = jnp.where(self.keep, elements, jnp.zeros((), elements.dtype))
-        if self.reduction == "none":
-            return elements
-        total = jnp.sum(elements)
+        return elements if self.reduction == "none" else jnp.sum(elements)
+
+    def scale(self, total: jnp.ndarray) -> jnp.ndarray:
+        """A ``total`` (of the whole input) divided by the denominator, if any."""
         return total if self.divisor is None else total / self.divisor
+
+    def finish(self, elements: jnp.ndarray) -> jnp.ndarray:
+        """The reduced loss of the element losses."""
+        return self.scale(self.total(elements))
 
     def gradient(self, partial: jnp.ndarray, like_shape: tuple[int, ...]) -> jnp.ndarray:
         """An element partial derivative turned into the gradient of the reduced loss with
