@@ -9,8 +9,9 @@ is what makes the Torch backend faster than PyTorch's own loss: eager
 PyTorch makes one pass over memory per operation.
 
 ``CompiledPrograms`` keeps one compiled program per kind of call (reduced or
-not, with or without the gradient, masked or not), with shapes dynamic, so
-new batch sizes do not recompile. Compiling takes seconds (once per kind and
+not, with or without the gradient) and argument layout (dtypes, which options
+are given, broadcast dimensions), with sizes dynamic, so new batch sizes do
+not recompile. Compiling takes seconds (once per kind and
 process; torch caches the code on disk), so the backend uses this path only
 from ``DEFAULT_MIN_ELEMENTS`` elements. ``BCE_TORCH_COMPILE=0`` turns it off;
 when compiling fails (no C++ compiler, for example) the backend warns once
@@ -227,7 +228,8 @@ def _own_function(kind: Kind, number: int) -> Callable[..., Any]:
 
 
 class CompiledPrograms:
-    """``one_pass`` compiled once per ``Kind``, shared by the threads of one backend.
+    """``one_pass`` compiled once per ``Kind`` and argument layout, shared by the threads
+    of one backend.
 
     A failed compile is remembered (``failure``): later calls go eager, and the
     warning is given once.
@@ -235,7 +237,7 @@ class CompiledPrograms:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._programs: dict[Kind, Callable[..., Any]] = {}
+        self._programs: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self.failure: str | None = None
 
     def program(self, kind: Kind, args: tuple[Any, ...]) -> Callable[..., Any]:
@@ -303,12 +305,13 @@ class CompiledLoss(torch.autograd.Function):
     def backward(ctx: Any, upstream: torch.Tensor) -> tuple[Any, ...]:
         (x,) = ctx.saved_tensors
         grad = ctx.__dict__.pop("grad", None)
-        if grad is None or torch.is_grad_enabled():
+        create_graph = torch.is_grad_enabled()
+        if grad is None or create_graph:
             # A second backward (retain_graph=True), or create_graph=True: the eager
             # Functions give a gradient that can itself be differentiated.
             with torch.enable_grad():
                 (grad_x,) = torch.autograd.grad(ctx.recompute(x), x, upstream,
-                                                create_graph=torch.is_grad_enabled())
+                                                create_graph=create_graph)
         elif not ctx.total:
             grad_x = zero_safe(upstream.to(grad.dtype), grad)  # a zero upstream gives exactly 0
         elif upstream.device.type == "cpu" and upstream.item() == 1.0:
