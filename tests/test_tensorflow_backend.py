@@ -654,3 +654,244 @@ def test_registry_and_plugin_do_not_import_tensorflow():
             "get_registry; assert 'tensorflow' in get_registry().names(); "
             "assert 'tensorflow' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- the fused programs: chunks, layouts, retracing, the saved gradient ----------------------
+
+from bce_tensorflow import fast, programs, small  # noqa: E402
+from bce_tensorflow.underflow import scaled_product  # noqa: E402
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Every input takes the large-input program, in chunks of 256 elements (so a sweep spans
+    several chunks, the last one overlapping), as 10**7 elements do in chunks of 2**17."""
+    monkeypatch.setattr(small, "SMALL", -1)
+    monkeypatch.setattr(programs, "CHUNK_ELEMENTS", 256)
+
+
+def _case_id(value) -> str:
+    return getattr(value, "__name__", None) or "y{}-eps{}-w{}-q{}".format(*value)
+
+
+@pytest.mark.parametrize("dtype, config", [(np.float32, CONFIGS[1]), (np.float32, CONFIGS[5]),
+                                           (np.float64, CONFIGS[4])], ids=_case_id)
+def test_chunked_program_within_4_ulp_of_exact(dtype, config, chunked):
+    xs, losses, grads, grad_refs = exact(dtype, config)
+    x, y = logits_and_targets(dtype, config)
+    options = options_of(config, dtype)
+    assert_ulp(BACKEND.binary_cross_entropy_with_logits(x, y, **options), losses, dtype, xs)
+    loss, grad = BACKEND.value_and_grad(x, y, **options)
+    assert_ulp(loss, losses, dtype, xs)
+    assert_ulp(grad, grads, dtype, xs, grad_refs)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y, **options)
+    assert_ulp(loss, losses, dtype, xs)
+    assert_ulp(tape.gradient(loss, x), grads, dtype, xs, grad_refs)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = BACKEND.binary_cross_entropy_with_logits(x, y, **_native(options))
+        return loss, tape.gradient(loss, x)
+
+    loss, grad = step(x, y)
+    assert_ulp(loss, losses, dtype, xs)
+    assert_ulp(grad, grads, dtype, xs, grad_refs)
+
+
+def _chunked_case(layout: str, dtype: type = np.float32):
+    """(logits, targets, options) of 2100 elements with NaN and inf where the mask is False."""
+    rng = np.random.default_rng(17)
+    shape = (300, 7)
+    x = (rng.normal(size=shape) * 8).astype(dtype)
+    y = rng.random(shape).astype(dtype)
+    if layout == "broadcast":
+        options = dict(weight=rng.uniform(0.5, 2.0, (7,)).astype(dtype),
+                       pos_weight=rng.uniform(0.5, 2.0, (300, 1)).astype(dtype),
+                       mask=rng.random((300, 1)) > 0.2)
+        hidden = np.broadcast_to(~options["mask"], shape)
+    else:
+        options = dict(weight=rng.uniform(0.5, 2.0, shape).astype(dtype),
+                       pos_weight=np.asarray(1.5, dtype), mask=rng.random(shape) > 0.2)
+        hidden = ~options["mask"]
+    bad = np.flatnonzero(hidden)[:3]
+    x.flat[bad] = [np.nan, np.inf, -np.inf][:len(bad)]
+    return x, y, options
+
+
+@pytest.mark.parametrize("layout, reduction", [("broadcast", r) for r in REDUCTIONS] + [
+    ("full", r) for r in REDUCTIONS if r != "none"])
+def test_chunked_program_matches_reference_with_masks_weights_and_smoothing(layout, reduction,
+                                                                           chunked):
+    # The reductions share one program (their denominators are arguments): one compilation.
+    x, y, options = _chunked_case(layout)
+    options.update(reduction=reduction, label_smoothing=0.05)
+    clean = np.where(np.broadcast_to(options["mask"], x.shape), x, 0.0)
+    expected_loss, expected_grad = reference.value_and_grad(clean, y, **options)
+    loss = BACKEND.binary_cross_entropy_with_logits(tf.constant(x), tf.constant(y),
+                                                   **_native(options))
+    close(loss, expected_loss, "float32", atol=1e-6)
+    got_loss, grad = BACKEND.value_and_grad(tf.constant(x), tf.constant(y), **_native(options))
+    close(got_loss, expected_loss, "float32", atol=1e-6)
+    assert np.all(np.isfinite(grad.numpy()))
+    # Where the gradient's two terms cancel, it is held to 4 ULP of the larger term (<= 4 here).
+    close(grad, expected_grad, "float32", atol=16 * 2.0 ** -24 * 4 / (
+        1.0 if reduction in ("none", "sum") else 300.0))
+    _, (taped,) = BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y),
+                                                  wrt=("logits",), **_native(options))
+    np.testing.assert_array_equal(taped.numpy(), grad.numpy())
+
+
+@pytest.mark.parametrize("case", ["fully masked mean", "zero weights weighted_mean",
+                                  "empty batch_mean", "infinite logits sum"])
+def test_chunked_program_zero_denominators_and_infinities(case, chunked):
+    x = np.tile(np.float32([np.inf, -3.0, -np.inf, 2.0]), 300).reshape(300, 4)
+    y = np.tile(np.float32([1.0, 1.0, 0.0, 0.5]), 300).reshape(300, 4)
+    options = {
+        "fully masked mean": dict(mask=np.zeros((300, 1), bool), reduction="mean"),
+        "zero weights weighted_mean": dict(weight=np.zeros(4, np.float32),
+                                           reduction="weighted_mean"),
+        "empty batch_mean": dict(reduction="batch_mean"),
+        "infinite logits sum": dict(reduction="sum"),
+    }[case]
+    if case == "empty batch_mean":
+        x, y = x[:0], y[:0]
+    loss, grad = BACKEND.value_and_grad(tf.constant(x), tf.constant(y), **_native(options))
+    if case == "infinite logits sum":
+        # l(+inf, 1) = l(-inf, 0) = 0, with gradient 0; the finite logits count as usual.
+        finite_loss, finite_grad = reference.value_and_grad(np.float32([-3.0, 2.0]), [1.0, 0.5],
+                                                            reduction="sum")
+        close(loss, 300 * finite_loss, "float32")
+        np.testing.assert_array_equal(grad.numpy()[:, [0, 2]], 0.0)
+        close(grad.numpy()[:, [1, 3]], np.broadcast_to(finite_grad, (300, 2)), "float32")
+        return
+    assert float(loss) == 0.0 and grad.shape == x.shape
+    np.testing.assert_array_equal(grad.numpy(), np.zeros(x.shape))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.__name__)
+def test_chunked_program_keeps_subnormal_results(dtype, chunked):
+    x = {np.float32: -100.0, np.float64: -720.0}[dtype]
+    exact_loss = float(oracle.element_loss(x, 0.0))
+    logits = tf.constant(np.tile(np.asarray([x, -x], dtype), 400))
+    targets = tf.constant(np.tile(np.asarray([0.0, 1.0], dtype), 400))
+    expected = np.tile(np.asarray([exact_loss, exact_loss], dtype), 400)
+    loss = BACKEND.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    np.testing.assert_array_equal(loss.numpy(), expected)
+    _, grad = BACKEND.value_and_grad(logits, targets, reduction="none")
+    signs = np.tile(np.asarray([1.0, -1.0], dtype), 400)
+    np.testing.assert_array_equal(grad.numpy(), signs * expected)
+    for compiled in (False, True):
+        _, (taped,) = BACKEND.autodiff_value_and_grad(logits, targets, wrt=("logits",),
+                                                      reduction="none", compiled=compiled)
+        np.testing.assert_array_equal(taped.numpy(), signs * expected)
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_chunked_program_half_precision(dtype_name, chunked):
+    dtype = numpy_dtype(dtype_name)
+    x, y, options = _chunked_case("broadcast")
+    x = np.where(np.isfinite(x), x, 0.0).astype(dtype)
+    y = y.astype(dtype)
+    options = dict(weight=options["weight"].astype(dtype), reduction="none")
+    loss, grad = BACKEND.value_and_grad(BACKEND.asarray(x), y, **options)
+    assert loss.dtype.name == grad.dtype.name == dtype_name
+    want_loss, want_grad = reference.value_and_grad(x.astype(np.float64), y.astype(np.float64),
+                                                    **options)
+    close(loss, want_loss, dtype_name, atol=1e-3)
+    close(grad, want_grad, dtype_name, atol=1e-3)
+
+
+def test_second_derivative_through_the_chunked_program(chunked):
+    rng = np.random.default_rng(23)
+    x, y = rng.normal(size=(40, 9)) * 6, rng.random((40, 9))
+    w = rng.uniform(0.5, 2.0, (9,))
+    got = BACKEND.autodiff_second_derivative(tf.constant(x), tf.constant(y), weight=w,
+                                             reduction="sum")
+    close(got, reference.grad_hess(x, y, weight=w)[1], "float64")
+
+
+def test_the_backward_reuses_the_gradient_of_the_forward(monkeypatch):
+    rng = np.random.default_rng(29)
+    x = tf.constant((rng.normal(size=5000) * 4).astype(np.float32))
+    y = tf.constant((rng.random(5000) > 0.5).astype(np.float32))
+    calls = []
+    fused = fast.loss_and_grad
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["grad"])
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(fast, "loss_and_grad", counted)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y)
+    grad = tape.gradient(loss, x)
+    assert calls == [True]  # one program, in the forward, computed the loss and its gradient
+    _, fused_grad = BACKEND.value_and_grad(x, y)
+    np.testing.assert_array_equal(grad.numpy(), fused_grad.numpy())
+
+
+def test_gradients_without_a_tape_inside_tf_function(chunked):
+    rng = np.random.default_rng(31)
+    x = rng.normal(size=(50, 6)) * 3
+    y = rng.random((50, 6))
+    w = rng.uniform(0.5, 2.0, (6,))
+
+    @tf.function
+    def symbolic(x, y, w):
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w,
+                                                       reduction="weighted_mean")
+        return tf.gradients(loss, [x, w])
+
+    dx, dw = symbolic(tf.constant(x), tf.constant(y), tf.constant(w))
+    _, (want_dx, want_dw) = reference.value_and_grad(x, y, weight=w, reduction="weighted_mean",
+                                                     wrt=("logits", "weight"))
+    close(dx, want_dx, "float64", atol=1e-15)
+    close(dw, want_dw, "float64", atol=1e-15)
+
+
+def test_a_new_batch_size_reuses_the_traced_programs():
+    rng = np.random.default_rng(37)
+
+    def batch(rows: int) -> tuple[tf.Tensor, tf.Tensor]:
+        x = (rng.normal(size=(rows, 8)) * 3).astype(np.float32)
+        return tf.constant(x), tf.constant((rng.random((rows, 8)) > 0.5).astype(np.float32))
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = BACKEND.binary_cross_entropy_with_logits(x, y, label_smoothing=0.1)
+        return loss, tape.gradient(loss, x)
+
+    for rows in (600, 5, 700, 7):  # large then small inputs, each at two batch sizes
+        x, y = batch(rows)
+        loss, grad = step(x, y)
+        value, fused_grad = BACKEND.value_and_grad(x, y, label_smoothing=0.05)
+        if rows in (600, 5):
+            traced = dict(programs._programs)
+    assert programs._programs == traced  # the same programs, traced once, for the new sizes
+    want_loss, want_grad = reference.value_and_grad(x.numpy(), y.numpy(), label_smoothing=0.1)
+    atol = 8 * 2.0 ** -24 / x.shape.num_elements()  # smoothed targets: terms that cancel
+    close(loss, want_loss, "float32")
+    close(grad, want_grad, "float32", atol=atol)
+    close(fused_grad, reference.value_and_grad(x.numpy(), y.numpy(), label_smoothing=0.05)[1],
+          "float32", atol=atol)
+
+
+def test_scaled_product_keeps_subnormals_and_zero_factors():
+    smallest = np.finfo(np.float32).smallest_subnormal
+    saved = np.float32([3 * smallest, -7 * smallest, 1e-39, 2.5e-30, 0.75, 0.0, np.inf])
+    for factor in (1.0, 0.5, 3.0, 1e-3):
+        for run in (scaled_product, tf.function(scaled_product, jit_compile=True)):
+            got = run(tf.constant(saved), tf.constant(np.float32(factor))).numpy()
+            want = (saved.astype(np.float64) * factor).astype(np.float32)  # NumPy keeps them
+            if factor == 1.0:
+                np.testing.assert_array_equal(got, saved)
+            np.testing.assert_allclose(got, want, rtol=1e-7, atol=smallest)
+    zero = scaled_product(tf.constant(saved), tf.constant(np.float32(0.0))).numpy()
+    np.testing.assert_array_equal(zero, np.zeros_like(saved))

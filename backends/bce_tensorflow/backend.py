@@ -1,10 +1,13 @@
 """The TensorFlow backend object.
 
 Results are tensors of the input's dtype on the input's device; reduced losses
-are 0-d tensors. float32 inputs are computed in float64 and rounded once:
-TensorFlow's float32 log1p is up to 2.5 ULP off, which leaves native float32
-at up to 3.7 ULP, too close to the 4 ULP contract. float16 and bfloat16 are
-computed in float32. ``tf.GradientTape``,
+are 0-d tensors. The loss from logits and ``value_and_grad`` with respect to
+the logits run one compiled XLA program (``programs``) that computes float32 in
+float32 (float16 and bfloat16 too) and float64 in float64 with compensated
+arithmetic, rounding each result once; under ``tf.GradientTape`` its forward
+also computes the gradient that the backward then reuses (``differentiable``).
+Other gradients, second derivatives and the probability form use the exact
+kernels of ``ops``, which compute float32 in float64. ``tf.GradientTape``,
 ``tf.function`` and ``tf.function(jit_compile=True)`` differentiate the
 losses to second order with the spec's derivatives.
 
@@ -27,6 +30,7 @@ import tensorflow as tf
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
+from . import differentiable
 from . import ops as computations
 from .autodiff import Autodiff
 from .operands import Operands, is_native, on_device_of, prepare, validate
@@ -141,7 +145,7 @@ class TensorFlowBackend:
         reduction = check_reduction(reduction)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):
-            return computations.logits_loss(ops, eps=eps, reduction=reduction)
+            return differentiable.logits_loss(ops, eps=eps, reduction=reduction)
 
     @_no_autograph
     def binary_cross_entropy(
@@ -168,8 +172,8 @@ class TensorFlowBackend:
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):
-            loss, grads = computations.logits_value_and_grad(ops, eps=eps, reduction=reduction,
-                                                             names=names)
+            loss, grads = differentiable.value_and_grad(ops, eps=eps, reduction=reduction,
+                                                        names=names)
         return loss, tuple(grads) if as_tuple else grads[0]
 
     @_no_autograph

@@ -260,9 +260,10 @@ def probs_loss(ops: Operands, *, eps: float, reduction: str, clamp: float) -> tf
     return from_working(reduced.loss, v.dtype)
 
 
-def logits_value_and_grad(ops: Operands, *, eps: float, reduction: str,
-                          names: Sequence[str]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-    """The reduced loss and its analytic gradients, sharing one exp per element (no autodiff)."""
+def logits_value_and_grad(ops: Operands, *, eps: float, reduction: str, names: Sequence[str],
+                          full: bool = False) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """The reduced loss and its analytic gradients, sharing one exp per element (no autodiff);
+    with ``full``, the gradients of broadcast operands per element, before their sum."""
     v = Working.of(ops, neutral_input=0.0)
     terms = LogitTerms.of(v.inputs, v.targets, v.weight, v.pos_weight, eps,
                           tails=scales_tails(v.dtype))
@@ -281,7 +282,9 @@ def logits_value_and_grad(ops: Operands, *, eps: float, reduction: str,
     grads = []
     for name in names:
         grad = partials[name]().times(reduced.factor).value()
-        grads.append(from_working(sum_to_shape(grad, operands[name]), v.dtype))
+        if not full:
+            grad = sum_to_shape(grad, operands[name])
+        grads.append(from_working(grad, v.dtype))
     return from_working(reduced.loss, v.dtype), grads
 
 

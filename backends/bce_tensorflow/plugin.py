@@ -29,6 +29,6 @@ def bce_backends() -> list[BackendSpec]:
         array_types=(ArrayType("tensorflow", None),),
         requires=("tensorflow",),
         extra="tensorflow",
-        description="TensorFlow; float32 computed in float64, exact to 4 ULP; "
+        description="TensorFlow; fused XLA loss and gradient, exact to 4 ULP; "
                     "tf.GradientTape, tf.function and XLA to second order",
     )]

@@ -1,8 +1,9 @@
-"""Working precision, and the one rounding from it back to the input's dtype.
+"""Working precision of the exact kernels (``kernels``, ``ops``), and the one rounding back.
 
-float32 inputs are computed in float64 and float64 inputs in float64;
+There, float32 inputs are computed in float64 and float64 inputs in float64;
 float16 and bfloat16 inputs are computed in float32, as the spec says. Each
-result is rounded once to the input's dtype.
+result is rounded once to the input's dtype. (The fused programs compute
+float32 in float32 with compensated arithmetic instead: ``compensated``.)
 
 TensorFlow runs its CPU kernels with denormals flushed to zero (results and
 inputs alike), so no arithmetic and no ``tf.cast`` can produce a subnormal
