@@ -38,7 +38,7 @@ import numpy as np
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
-from . import compute, ops
+from . import chunks, compute, ops
 from .operands import Operands, check_x64, prepare_operands, validate_data
 
 #: Spellings of device platforms that JAX calls "gpu".
@@ -123,6 +123,17 @@ class JaxBackend:
         """The device of a JAX array, named as ``devices()`` names it."""
         device = next(iter(array.devices()))
         return _device_name(_PLATFORM_ALIASES.get(device.platform, device.platform), device.id)
+
+    def size_thresholds(self, device: str) -> tuple[int, ...]:
+        """Where the code path changes: one program for every output up to ``ops.SMALL``
+        elements, and on the CPU a loop over chunks from ``chunks.MIN_ELEMENTS``.
+
+        >>> JaxBackend().size_thresholds("cpu")
+        (16385, 2097152)
+        """
+        if device.split(":")[0] == "cpu":
+            return (ops.SMALL + 1, chunks.MIN_ELEMENTS)
+        return (ops.SMALL + 1,)
 
     @staticmethod
     def _prepare(input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,

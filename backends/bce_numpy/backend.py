@@ -29,7 +29,7 @@ from bce_core.arrays import (Operands, gradients_of_reduction, prepare_operands,
 from bce_core.spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing,
                            check_log_clamp, check_reduction, check_wrt, check_wrt_given)
 
-from .fused import fused_logits, supports_fast_path
+from .fused import BLOCK_SIZE, fused_logits, supports_fast_path
 from .kernels import LogitParts, zero_safe
 
 WORKING = np.float64
@@ -75,6 +75,14 @@ class NumpyBackend:
 
     def device_of(self, array: Any) -> str:
         return "cpu"
+
+    def size_thresholds(self, device: str) -> tuple[int, ...]:
+        """Where the code path changes: the fused pass works in blocks of ``BLOCK_SIZE``.
+
+        >>> NumpyBackend().size_thresholds("cpu")
+        (32768,)
+        """
+        return (BLOCK_SIZE,)
 
     def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
                  mask: Any, validate: bool) -> Operands:

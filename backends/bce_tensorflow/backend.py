@@ -30,7 +30,7 @@ import tensorflow as tf
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
-from . import differentiable
+from . import differentiable, programs, small
 from . import ops as computations
 from .autodiff import Autodiff
 from .operands import Operands, is_native, on_device_of, prepare, validate
@@ -124,6 +124,28 @@ class TensorFlowBackend:
         """
         kind, _, index = array.device.rsplit("device:", 1)[-1].lower().partition(":")
         return "cpu" if (kind, index) == ("cpu", "0") else f"{kind}:{index}"
+
+    def size_thresholds(self, device: str) -> tuple[int, ...]:
+        """Where the code path changes: inputs up to ``small.SMALL`` elements are padded into a
+        few shapes; on the CPU larger ones run a chunk of ``programs.CHUNK_ELEMENTS`` at a time.
+
+        >>> TensorFlowBackend().size_thresholds("cpu")
+        (4097, 131073)
+        """
+        first = small.SMALL + 1
+        return (first, programs.CHUNK_ELEMENTS + 1) if device.split(":")[0] == "cpu" else (first,)
+
+    def as_parameter(self, array: Any, device: str | None = None) -> tf.Variable:
+        """``array`` as a user's parameter: a ``tf.Variable`` (which a call must not assign).
+
+        >>> TensorFlowBackend().as_parameter(np.zeros(2, np.float32)).shape
+        TensorShape([2])
+        """
+        return tf.Variable(self.asarray(array, device), trainable=True)
+
+    def parameter_state(self, parameter: tf.Variable) -> dict[str, np.ndarray]:
+        """What a call must leave alone: the variable's values."""
+        return {"values": self.to_numpy(tf.convert_to_tensor(parameter))}
 
     # -- the losses -------------------------------------------------------------------------
 

@@ -154,6 +154,32 @@ class TorchBackend:
             return device.type
         return f"{device.type}:{0 if device.index is None else device.index}"
 
+    def size_thresholds(self, device: str) -> tuple[int, ...]:
+        """Where the code path changes: the compiled one-pass kernel from
+        ``one_pass_min_elements`` elements (nothing when compiling is off).
+
+        >>> TorchBackend().size_thresholds("cpu")
+        (16384,)
+        """
+        return () if self._one_pass_min is None else (self._one_pass_min,)
+
+    def as_parameter(self, array: Any, device: str | None = None) -> torch.Tensor:
+        """``array`` as a user's parameter: a leaf requiring grad, with a gradient already
+        accumulated (which a forward must leave alone).
+
+        >>> TorchBackend().as_parameter(np.zeros(2, np.float32)).grad.tolist()
+        [0.25, 0.25]
+        """
+        leaf = self.asarray(array, device).requires_grad_(True)
+        leaf.grad = torch.full_like(leaf, 0.25)
+        return leaf
+
+    def parameter_state(self, parameter: torch.Tensor) -> dict[str, np.ndarray | None]:
+        """What a call must leave alone: the parameter's values and accumulated gradient."""
+        grad = parameter.grad
+        return {"values": self.to_numpy(parameter.detach()),
+                "grad": None if grad is None else self.to_numpy(grad)}
+
     # -- the losses ---------------------------------------------------------------
 
     @staticmethod

@@ -145,7 +145,8 @@ def reduced_scale(scale: np.ndarray, reduction: str, mask: Any, weight: Any) -> 
 def gradient_scale(scale: np.ndarray, factor: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
     """Scale of a reduced gradient summed back to ``shape``, and the number of terms per entry."""
     with np.errstate(over="ignore", invalid="ignore"):
-        scaled = np.abs(scale * factor)
+        # A dropped element (factor 0) adds nothing, even where its scale is NaN or inf.
+        scaled = np.where(np.equal(factor, 0), 0.0, np.abs(scale * factor))
     full = np.broadcast_to(scaled, np.broadcast_shapes(np.shape(scale),
                                                                         np.shape(factor)))
     if full.shape == shape:

@@ -3,8 +3,14 @@
 The suite never trusts a backend, the float64 reference included, for an
 expected value: each case's element losses and derivatives are evaluated in
 mpmath from the inputs as the backend sees them (cast to the case's dtype),
-and reduced exactly (object arrays of mpf values). Results are rounded to
-float64 for parity checks and kept exact for ULP grading.
+and reduced exactly. Results are rounded to float64 for parity checks and
+kept as double-double pairs (a float64 and the float64 of what it left out)
+for ULP grading.
+
+The oracle runs once per distinct tuple of operand values, not once per
+element: a large case tiles a few dozen values over millions of elements, so
+its exact sum is a weighted count of a few dozen exact values, and its golden
+values cost what a small case's do.
 
 >>> from bce_conformance.cases import case_by_id
 >>> golden = expected(case_by_id("logits/edge/f32/(20,)/hard/mean"))
@@ -14,18 +20,41 @@ float64 for parity checks and kept exact for ULP grading.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from bce_core.arrays import sum_to_shape
-
 from . import oracle
 from .cases import Case, numpy_dtype
 
 MP = oracle.MP
+
+
+@dataclass(frozen=True)
+class DoubleDouble:
+    """Exact values as hi + lo: hi the nearest float64, lo the nearest float64 of the rest."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+
+    @classmethod
+    def of(cls, values: list[Any]) -> DoubleDouble:
+        """The pairs of a list of mpf values.
+
+        >>> pair = DoubleDouble.of([MP.mpf(1) / 3])
+        >>> float(pair.hi[0]), abs(float(pair.lo[0])) < 1e-16
+        (0.3333333333333333, True)
+        """
+        hi = np.array([float(v) for v in values], dtype=np.float64)
+        lo = np.array([float(v - MP.mpf(h)) if np.isfinite(h) else 0.0
+                       for v, h in zip(values, hi)], dtype=np.float64)
+        return cls(hi, lo)
+
+    def take(self, index: np.ndarray) -> DoubleDouble:
+        return DoubleDouble(self.hi[index], self.lo[index])
 
 
 @dataclass(frozen=True)
@@ -38,135 +67,174 @@ class Expected:
     grad_hess: tuple[np.ndarray, np.ndarray] | None = None
     #: d(sum of element losses)/d logits, diagonal of the Hessian (logits form).
     second_derivative: np.ndarray | None = None
-    #: Exact element losses and d loss/d x with its larger term, for ULP grades (flat lists).
-    exact_elements: list[Any] = field(default_factory=list)
-    exact_grads: list[Any] = field(default_factory=list)
-    exact_grad_scales: list[Any] = field(default_factory=list)
+    #: Exact element losses, d loss/d x and its larger term, flat, for ULP grades.
+    exact_elements: DoubleDouble | None = None
+    exact_grads: DoubleDouble | None = None
+    exact_grad_scales: DoubleDouble | None = None
 
 
-def _as_objects(value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Broadcast ``value`` (None means 1) to ``shape`` as exact mpf values after the dtype cast."""
-    if value is None:
-        return np.full(shape, MP.mpf(1), dtype=object)
-    as_float = np.asarray(value).astype(dtype).astype(np.float64)
-    objects = np.vectorize(lambda v: MP.mpf(float(v)), otypes=[object])(as_float) \
-        if as_float.size else as_float.astype(object)
-    return np.broadcast_to(objects, shape)
-
-
-def _float64(values: np.ndarray) -> np.ndarray:
-    return np.vectorize(float, otypes=[np.float64])(values) if values.size else \
-        np.zeros(values.shape)
-
-
-def _sum_to_shape(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Exact sum of an object array over the axes an argument of ``shape`` was broadcast along."""
-    if values.shape == shape:
-        return values
-    if values.size == 0:
-        return np.full(shape, MP.mpf(0), dtype=object)
-    return np.asarray(sum_to_shape(values, shape), dtype=object).reshape(shape)
-
-
-def _reduce(elements: np.ndarray, reduction: str, keep: np.ndarray, weight: np.ndarray
-            ) -> tuple[Any, Any]:
-    """Exact (loss, denominator or None for no reduction); a zero denominator is reported as 0."""
-    kept = np.where(keep, elements, MP.mpf(0))
-    if reduction == "none":
-        return kept, None
-    total = sum(kept.ravel().tolist(), MP.mpf(0))
-    denominators = {"sum": MP.mpf(1), "mean": MP.mpf(int(keep.sum())),
-                    "batch_mean": MP.mpf(elements.shape[0] if elements.ndim else 1),
-                    "weighted_mean": sum(np.where(keep, weight, MP.mpf(0)).ravel().tolist(),
-                                         MP.mpf(0))}
-    denominator = denominators[reduction]
-    if denominator == 0:
-        return MP.mpf(0), MP.mpf(0)
-    return total / denominator, denominator
-
-
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=512)
 def expected(case: Case) -> Expected:
     """Exact expected values of ``case`` (cached: cases are immutable)."""
     # NumPy's object loops report the NaN that mpmath returns as an invalid operation.
     with np.errstate(invalid="ignore", over="ignore"):
-        return _expected(case)
+        return _expected(case, case.inputs())
 
 
-def _exact_operands(case: Case, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Input, targets, weight, pos_weight as exact full-shape values, and the kept elements."""
+@dataclass(frozen=True)
+class _Distinct:
+    """The case's elements grouped by their tuple of operand values."""
+
+    #: Per distinct tuple: exact x, y, w, q (mpf).
+    x: list[Any]
+    y: list[Any]
+    w: list[Any]
+    q: list[Any]
+    #: Per element (flat): which distinct tuple it holds.
+    inverse: np.ndarray
+    #: Per element (flat): kept by the mask.
+    keep: np.ndarray
+    #: Per distinct tuple: how many kept elements hold it.
+    kept_counts: np.ndarray
+
+    def each(self, function: Callable[..., Any]) -> list[Any]:
+        """``function(x, y, w, q)`` once per distinct tuple."""
+        return [function(*values) for values in zip(self.x, self.y, self.w, self.q)]
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values (NaN by its bits) and each element's index among them."""
+    bits = np.ascontiguousarray(values).view(np.int64)
+    distinct, inverse = np.unique(bits, return_inverse=True)
+    return distinct.view(np.float64), inverse.ravel()
+
+
+def _distinct(case: Case, inputs: dict[str, np.ndarray]) -> _Distinct:
     dtype, shape = numpy_dtype(case.dtype), case.shape
-    values = tuple(_as_objects(inputs.get(name), shape, dtype)
-                   for name in (case.form, "targets", "weight", "pos_weight"))
-    keep = np.broadcast_to(inputs["mask"], shape) if "mask" in inputs else np.ones(shape, bool)
-    return (*values, keep)
+    columns = []
+    for name in (case.form, "targets", "weight", "pos_weight"):
+        value = inputs.get(name)
+        as_float = np.ones(shape) if value is None else \
+            np.broadcast_to(np.asarray(value).astype(dtype).astype(np.float64), shape)
+        columns.append(_codes(as_float.ravel()))
+    code = np.zeros(int(np.prod(shape)), dtype=np.int64)
+    for distinct, inverse in columns:
+        code = code * len(distinct) + inverse
+    tuples, inverse = np.unique(code, return_inverse=True)
+    inverse = inverse.ravel()
+    exact = []
+    for distinct, _ in reversed(columns):
+        exact.append([MP.mpf(float(distinct[c % len(distinct)])) for c in tuples])
+        tuples = tuples // len(distinct)
+    q, w, y, x = exact
+    keep = np.broadcast_to(inputs["mask"], shape).ravel() if "mask" in inputs else \
+        np.ones(inverse.size, bool)
+    counts = np.bincount(inverse[keep], minlength=len(x))
+    return _Distinct(x, y, w, q, inverse, np.asarray(keep), counts)
 
 
-def _expected(case: Case) -> Expected:
-    inputs = case.inputs()
+def _denominator(case: Case, groups: _Distinct) -> Any:
+    """The reduction's exact denominator (None for no reduction)."""
+    if case.reduction == "none":
+        return None
+    if case.reduction == "sum":
+        return MP.mpf(1)
+    if case.reduction == "mean":
+        return MP.mpf(int(groups.keep.sum()))
+    if case.reduction == "batch_mean":
+        return MP.mpf(case.shape[0] if case.shape else 1)
+    return MP.fsum(int(n) * w for n, w in zip(groups.kept_counts, groups.w) if n)
+
+
+def _total(groups: _Distinct, elements: list[Any]) -> Any:
+    """The exact sum of the kept elements: a weighted count of the distinct values."""
+    return MP.fsum(int(n) * e for n, e in zip(groups.kept_counts, elements) if n)
+
+
+def _zero_safe(factor: Any, value: Any) -> Any:
+    return MP.mpf(0) if factor == 0 else factor * value
+
+
+def _spread(groups: _Distinct, values: list[Any], shape: tuple[int, ...]) -> np.ndarray:
+    """Per-element float64 of per-tuple exact values, 0 where masked out."""
+    rounded = np.array([float(v) for v in values], dtype=np.float64)
+    return np.where(groups.keep, rounded[groups.inverse] if rounded.size else 0.0,
+                    0.0).reshape(shape)
+
+
+def _summed(groups: _Distinct, values: list[Any], shape: tuple[int, ...],
+            arg_shape: tuple[int, ...]) -> np.ndarray:
+    """Exact sums of per-element values over the axes an argument of ``arg_shape`` was
+    broadcast along (kept elements only), rounded to float64."""
+    if tuple(arg_shape) == tuple(shape):
+        return _spread(groups, values, shape)
+    entries = int(np.prod(arg_shape))
+    entry = np.broadcast_to(np.arange(entries).reshape(arg_shape), shape).ravel()
+    pair = entry[groups.keep].astype(np.int64) * max(len(values), 1) + groups.inverse[groups.keep]
+    pairs, counts = np.unique(pair, return_counts=True)
+    sums = [MP.mpf(0)] * entries
+    for code, count in zip(pairs.tolist(), counts.tolist()):
+        sums[code // len(values)] += int(count) * values[code % len(values)]
+    return np.array([float(s) for s in sums], dtype=np.float64).reshape(arg_shape)
+
+
+def _expected(case: Case, inputs: dict[str, np.ndarray]) -> Expected:
+    groups = _distinct(case, inputs)
     if case.form == "probs":
-        return _expected_probs(case, inputs)
-    shape = case.shape
-    x, y, w, q, keep = _exact_operands(case, inputs)
-    eps = case.label_smoothing
+        return _expected_probs(case, inputs, groups)
+    shape, eps = case.shape, case.label_smoothing
+    elements = groups.each(lambda a, b, c, d: oracle.element_loss(a, b, c, d, eps))
+    grads_and_terms = groups.each(lambda a, b, c, d: oracle.element_grad(a, b, c, d, eps))
+    partial_x = [g[0] for g in grads_and_terms]
 
-    def each(function: Any, *arrays: np.ndarray) -> np.ndarray:
-        return np.vectorize(function, otypes=[object])(*arrays) if x.size else \
-            np.zeros(shape, dtype=object)
-
-    elements = each(lambda a, b, c, d: oracle.element_loss(a, b, c, d, eps), x, y, w, q)
-    grads_and_terms = each(lambda a, b, c, d: oracle.element_grad(a, b, c, d, eps), x, y, w, q)
-    partial_x = each(lambda g: g[0], grads_and_terms)
-    larger_term = each(lambda g: g[1], grads_and_terms)
-    brackets = each(lambda a, b, d: oracle.element_loss(a, b, 1.0, d, eps), x, y, q)
-
-    def partial_y(a: Any, c: Any, d: Any) -> Any:
+    def partial_y(a: Any, b: Any, c: Any, d: Any) -> Any:
         positive = MP.mpf(0) if d == 0 else d * oracle.softplus(-a)
-        return MP.mpf(0) if c * (1 - eps) == 0 else c * (1 - MP.mpf(eps)) * (positive - oracle.softplus(a))
+        return _zero_safe(c * (1 - MP.mpf(eps)), positive - oracle.softplus(a))
 
-    def partial_q(a: Any, b: Any, c: Any) -> Any:
-        coefficient = c * oracle.smoothed(b, eps)[0]
-        return MP.mpf(0) if coefficient == 0 else coefficient * oracle.softplus(-a)
+    def partial_q(a: Any, b: Any, c: Any, d: Any) -> Any:
+        return _zero_safe(c * oracle.smoothed(b, eps)[0], oracle.softplus(-a))
 
-    partials = {"logits": partial_x, "targets": each(partial_y, x, w, q), "weight": brackets,
-                "pos_weight": each(partial_q, x, y, w)}
-    loss, denominator = _reduce(elements, case.reduction, keep, w)
-    factor = np.where(keep, MP.mpf(1), MP.mpf(0)) if denominator is None else \
-        np.where(keep, MP.mpf(0) if denominator == 0 else 1 / denominator, MP.mpf(0))
-    shapes = {"weight": np.shape(inputs.get("weight", ())),
-              "pos_weight": np.shape(inputs.get("pos_weight", ()))}
+    partials = {"logits": partial_x, "targets": groups.each(partial_y),
+                "weight": groups.each(lambda a, b, c, d: oracle.element_loss(a, b, 1.0, d, eps)),
+                "pos_weight": groups.each(partial_q)}
+    denominator = _denominator(case, groups)
+    if denominator is None:
+        loss = _spread(groups, elements, shape)
+        factor = MP.mpf(1)
+    else:
+        factor = MP.mpf(0) if denominator == 0 else 1 / denominator
+        loss = np.array(float(_total(groups, elements) * factor))
+    reduced_loss = None if denominator is None else _total(groups, elements) * factor
     grads = {}
     for name, partial in partials.items():
         if name in ("weight", "pos_weight") and name not in inputs:
             continue
         if name == "weight" and case.reduction == "weighted_mean":
-            partial = each(lambda p: p - loss, partial)
-        grad = each(lambda f, p: MP.mpf(0) if f == 0 else f * p, factor, partial)
-        grads[name] = _float64(_sum_to_shape(grad, shapes.get(name, shape)))
+            partial = [p - reduced_loss for p in partial]
+        scaled = [_zero_safe(factor, p) for p in partial]
+        grads[name] = _summed(groups, scaled, shape,
+                               np.shape(inputs[name]) if name in inputs else shape)
+    hessians = groups.each(lambda a, b, c, d: oracle.element_hessian_smoothed(a, b, c, d, eps))
+    second = _spread(groups, [_zero_safe(factor, h) for h in hessians], shape)
     grad_hess = None
-    second = each(lambda a, b, c, d: oracle.element_hessian_smoothed(a, b, c, d, eps), x, y, w, q)
-    second = np.where(keep, second, MP.mpf(0)) if denominator is None else \
-        each(lambda f, h: MP.mpf(0) if f == 0 else f * h, factor, second)
     if "mask" not in inputs and not eps:
-        hess = each(lambda a, b, c, d: oracle.element_hessian(a, b, c, d), x, y, w, q)
-        grad_hess = (_float64(partial_x), _float64(hess))
-    flat = lambda values: list(values.ravel())  # noqa: E731
-    return Expected(
-        loss=_float64(np.asarray(loss, dtype=object)), grads=grads, grad_hess=grad_hess,
-        second_derivative=_float64(second),
-        exact_elements=flat(elements), exact_grads=flat(partial_x),
-        exact_grad_scales=flat(larger_term))
+        grad_hess = (_spread(groups, partial_x, shape), _spread(groups, hessians, shape))
+    pairs = lambda values: DoubleDouble.of(values).take(groups.inverse)  # noqa: E731
+    return Expected(loss=loss, grads=grads, grad_hess=grad_hess, second_derivative=second,
+                    exact_elements=pairs(elements), exact_grads=pairs(partial_x),
+                    exact_grad_scales=pairs([g[1] for g in grads_and_terms]))
 
 
-def _expected_probs(case: Case, inputs: dict[str, np.ndarray]) -> Expected:
-    p, y, w, q, keep = _exact_operands(case, inputs)
-    eps = case.label_smoothing
-    vectorize = lambda f: np.vectorize(f, otypes=[object])  # noqa: E731
-    elements = vectorize(lambda a, b, c, d: oracle.element_loss_probs(a, b, c, d, eps))(p, y, w, q)
-    grads = vectorize(lambda a, b, c, d: oracle.element_grad_probs(a, b, c, d, eps))(p, y, w, q)
-    loss, denominator = _reduce(elements, case.reduction, keep, w)
-    factor = np.where(keep, MP.mpf(1), MP.mpf(0)) if denominator is None else \
-        np.where(keep, MP.mpf(0) if denominator == 0 else 1 / denominator, MP.mpf(0))
-    grad = vectorize(lambda f, g: MP.mpf(0) if f == 0 else f * g)(factor, grads)
-    return Expected(loss=_float64(np.asarray(loss, dtype=object)),
-                    grads={"probs": _float64(grad)}, exact_elements=list(elements.ravel()))
+def _expected_probs(case: Case, inputs: dict[str, np.ndarray], groups: _Distinct) -> Expected:
+    eps, clamp = case.label_smoothing, case.log_clamp_value
+    elements = groups.each(lambda a, b, c, d: oracle.element_loss_probs(a, b, c, d, eps, clamp))
+    partial = groups.each(lambda a, b, c, d: oracle.element_grad_probs(a, b, c, d, eps))
+    denominator = _denominator(case, groups)
+    if denominator is None:
+        loss, factor = _spread(groups, elements, case.shape), MP.mpf(1)
+    else:
+        factor = MP.mpf(0) if denominator == 0 else 1 / denominator
+        loss = np.array(float(_total(groups, elements) * factor))
+    grad = _spread(groups, [_zero_safe(factor, g) for g in partial], case.shape)
+    return Expected(loss=loss, grads={"probs": grad},
+                    exact_elements=DoubleDouble.of(elements).take(groups.inverse))

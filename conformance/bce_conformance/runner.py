@@ -15,6 +15,7 @@ with elementwise results are also graded in ULP against the oracle.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,10 +26,11 @@ import bce_core
 from bce_core.registry import get_registry
 
 from . import oracle
-from .cases import DTYPES, ERROR_CASES, Case, ErrorCase, all_cases, case_by_id, numpy_dtype
+from .cases import (DTYPE_ABBREVIATIONS, DTYPES, ERROR_CASES, Case, ErrorCase, ThreadCase,
+                    all_cases, case_by_id, numpy_dtype, regime_sizes, size_cases, thread_cases)
 from .checks import (Comparison, compare, gradient_scale, logit_scales, probs_grad_scale,
                      probs_loss_scale, reduced_scale)
-from .golden import Expected, expected
+from .golden import DoubleDouble, Expected, expected
 
 #: A backend graded A is within this many ULP of exact everywhere it is graded.
 GRADE_A_ULP = 4.0
@@ -153,11 +155,50 @@ class CaseRunner:
             inputs = case.inputs()
             native = {name: self.backend.asarray(value, self.device)
                       for name, value in inputs.items()}
+            before = {name: self._snapshot(value) for name, value in native.items()}
+            golden = expected(case)
             check = self._check_logits if case.form == "logits" else self._check_probs
-            check(case, inputs, native, expected(case), result)
+            check(case, inputs, native, golden, result)
+            # Every call above got the caller's arrays: none may have written into them.
+            result.comparisons += [_unchanged(f"unchanged[{name}]", before[name],
+                                              self._snapshot(value), "the caller's " + name)
+                                   for name, value in native.items()]
+            result.comparisons += self._parameters(case, inputs, native, golden)
         except Exception as exc:  # a backend that raises fails the case, with its error
             result.error = f"{type(exc).__name__}: {exc}"
         return result
+
+    def _snapshot(self, value: Any) -> np.ndarray:
+        return np.array(self.backend.to_numpy(value), copy=True)
+
+    def _parameters(self, case: Case, inputs: dict[str, np.ndarray], native: dict[str, Any],
+                    golden: Expected) -> list[Comparison]:
+        """The input as a user's trainable parameter (a torch leaf with a gradient already
+        accumulated, a tf.Variable), for backends that can make one: the loss is the same,
+        and neither the forward nor ``value_and_grad`` touches the parameter or its gradient."""
+        b = self.backend
+        if not (hasattr(b, "as_parameter") and hasattr(b, "parameter_state")):
+            return []
+        parameter = b.as_parameter(inputs[case.form], self.device)
+        before = {k: np.array(v, copy=True) for k, v in b.parameter_state(parameter).items()}
+        options = self._options(case, native)
+        v = _float64(inputs, numpy_dtype(case.dtype))
+        if case.form == "logits":
+            scales = logit_scales(v["x"], v["y"], v["w"], v["q"], case.label_smoothing)
+            loss = b.binary_cross_entropy_with_logits(parameter, native["targets"], **options)
+            b.value_and_grad(parameter, native["targets"], **options)
+            scale = scales.loss
+        else:
+            loss = b.binary_cross_entropy(parameter, native["targets"], **options)
+            scale = probs_loss_scale(v["x"], v["y"], v["w"], v["q"], case.label_smoothing,
+                                     case.log_clamp_value)
+        loss_scale, terms = reduced_scale(scale, case.reduction, inputs.get("mask"), v["w"])
+        out = [compare("parameter loss", self._numpy(loss), golden.loss, loss_scale, case.dtype,
+                       terms)]
+        after = b.parameter_state(parameter)
+        out += [_unchanged(f"unchanged[parameter {key}]", before[key], after.get(key),
+                           f"the parameter's {key}") for key in before]
+        return out
 
     # -- helpers --
 
@@ -226,6 +267,18 @@ class CaseRunner:
         loss, grads = b.value_and_grad(x, y, wrt=tuple(wrt), **options)
         check_grads("value_and_grad ", loss, grads)
         grad_sources = [("value_and_grad", grads[0])]
+        # Each name alone, as a string (a single gradient, not a tuple), and the default wrt.
+        singles = [(name, b.value_and_grad(x, y, wrt=name, **options)[1]) for name in wrt[1:]]
+        singles.append(("logits", b.value_and_grad(x, y, **options)[1]))
+        for name, grad in singles:
+            expected_grad = golden.grads[name]
+            scale, count = gradient_scale(element_scales[name], factor, expected_grad.shape)
+            if isinstance(grad, (tuple, list)):
+                out.append(Comparison(f"value_and_grad wrt={name!r}", False, np.inf,
+                                      f"a single name gave a {type(grad).__name__}, not an array"))
+                continue
+            out.append(compare(f"value_and_grad wrt={name!r} grad[{name}]", self._numpy(grad),
+                               expected_grad, scale, case.dtype, count))
 
         if golden.grad_hess is not None and case.reduction == "none":
             grad, hess = b.grad_hess(x, y, weight=native.get("weight"),
@@ -254,14 +307,18 @@ class CaseRunner:
     def _grade(self, case: Case, v: dict[str, Any], golden: Expected, loss_value: Any,
                grads: list[Any], result: CaseResult) -> None:
         """Worst ULP error against the oracle, elementwise."""
-        loss_ulps = oracle.ulp_errors(self._numpy(loss_value).astype(np.float64),
-                                      golden.exact_elements, case.dtype)
+        exact, exact_grads = golden.exact_elements, golden.exact_grads
+        loss_ulps = oracle.ulp_errors_pairs(self._numpy(loss_value), exact.hi, exact.lo,
+                                            case.dtype)
         hard = np.broadcast_to((v["y"] == 0) | (v["y"] == 1), case.shape).ravel() & \
             (case.label_smoothing == 0)
         # Hard targets are graded against the exact gradient, soft ones against the larger term.
-        references = [None if h else s for h, s in zip(hard, golden.exact_grad_scales)]
-        grad_ulps = [oracle.ulp_errors(self._numpy(g).astype(np.float64), golden.exact_grads,
-                                       case.dtype, references) for g in grads]
+        larger = golden.exact_grad_scales
+        reference = DoubleDouble(np.where(hard, exact_grads.hi, larger.hi),
+                                 np.where(hard, exact_grads.lo, larger.lo))
+        grad_ulps = [oracle.ulp_errors_pairs(self._numpy(g), exact_grads.hi, exact_grads.lo,
+                                             case.dtype, reference.hi, reference.lo)
+                     for g in grads]
         result.ulps = {"loss": float(np.max(loss_ulps, initial=0.0)),
                        "grad": float(max((np.max(u, initial=0.0) for u in grad_ulps),
                                          default=0.0))}
@@ -273,7 +330,8 @@ class CaseRunner:
         b, out = self.backend, result.comparisons
         options = self._options(case, native)
         v = _float64(inputs, numpy_dtype(case.dtype))
-        scale = probs_loss_scale(v["x"], v["y"], v["w"], v["q"], case.label_smoothing, -100.0)
+        scale = probs_loss_scale(v["x"], v["y"], v["w"], v["q"], case.label_smoothing,
+                                 case.log_clamp_value)
         loss_scale, terms = reduced_scale(scale, case.reduction, inputs.get("mask"), v["w"])
         p, y = native["probs"], native["targets"]
         loss = b.binary_cross_entropy(p, y, **options)
@@ -292,6 +350,53 @@ class CaseRunner:
                                 case.dtype, terms),
                         compare(f"{label}grad[probs]", self._numpy(grad), golden.grads["probs"],
                                 grad_scale, case.dtype, count)]
+
+    # -- threads --
+
+    def run_threads(self, case: ThreadCase) -> CaseResult:
+        """Two threads, each calling the loss and ``value_and_grad`` ``case.rounds`` times on
+        its own data, started together: every result must have the single-threaded bits."""
+        result = CaseResult(self.backend.name, self.device, case.dtype, case.id)
+        b = self.backend
+
+        def call(native: dict[str, Any], options: dict[str, Any]) -> bytes:
+            loss = b.binary_cross_entropy_with_logits(native["logits"], native["targets"],
+                                                      **options)
+            _, grad = b.value_and_grad(native["logits"], native["targets"], **options)
+            return self._numpy(loss).tobytes() + self._numpy(grad).tobytes()
+
+        try:
+            calls = []
+            for single in case.cases:
+                native = {k: b.asarray(v, self.device) for k, v in single.inputs().items()}
+                calls.append((native, self._options(single, native)))
+            alone = [call(*c) for c in calls]
+            start = threading.Barrier(len(calls), timeout=60)
+            problems: list[str] = []
+
+            def worker(index: int) -> None:
+                try:
+                    start.wait()
+                    for round_ in range(case.rounds):
+                        if call(*calls[index]) != alone[index]:
+                            problems.append(f"thread {index}, round {round_}: results differ "
+                                            f"from the single-threaded call on the same data")
+                except Exception as exc:  # reported as the case's failure
+                    problems.append(f"thread {index}: {type(exc).__name__}: {exc}")
+
+            threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+                       for i in range(len(calls))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=300)
+            if any(thread.is_alive() for thread in threads):
+                problems.append("a thread did not finish within 300 s")
+            result.comparisons.append(Comparison(
+                "threads", not problems, np.inf if problems else 0.0, "; ".join(problems[:3])))
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+        return result
 
     # -- error cases --
 
@@ -317,6 +422,27 @@ class CaseRunner:
         return result
 
 
+def _unchanged(quantity: str, before: np.ndarray, after: Any, what: str) -> Comparison:
+    """Whether ``after`` holds exactly the bits of ``before`` (NaN payloads included)."""
+    if after is None and before is not None:
+        return Comparison(quantity, False, np.inf, f"the call removed {what}")
+    after = np.asarray(after)
+    if before.shape == after.shape and before.dtype == after.dtype and \
+            before.tobytes() == after.tobytes():
+        return Comparison(quantity, True, 0.0)
+    if before.shape != after.shape or before.dtype != after.dtype:
+        return Comparison(quantity, False, np.inf,
+                          f"the call changed {what} from {before.dtype}{before.shape} to "
+                          f"{after.dtype}{after.shape}")
+    a, b = before.astype(np.float64).ravel(), after.astype(np.float64).ravel()
+    changed = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
+    first = int(changed[0]) if changed.size else 0
+    index = tuple(int(i) for i in np.unravel_index(first, before.shape)) if before.ndim else ()
+    return Comparison(quantity, False, np.inf,
+                      f"the call wrote into {what}: {changed.size} element(s) changed, first at "
+                      f"index {index}: {a[first]!r} became {b[first]!r}")
+
+
 def _factor(case: Case, inputs: dict[str, np.ndarray], v: dict[str, Any]) -> Any:
     """d(reduced loss)/d(element loss) per element."""
     from bce_core.arrays import reduce_loss
@@ -332,6 +458,11 @@ def reproduce(backend: str, case_id: str, device: str = "cpu") -> CaseResult:
     if case_id.startswith("error/"):
         name = case_id.split("/", 1)[1]
         result = runner.run_error(next(c for c in ERROR_CASES if c.name == name))
+    elif case_id.startswith("threads/"):
+        _, abbreviation, size = case_id.split("/")
+        dtype = {v: k for k, v in DTYPE_ABBREVIATIONS.items()}[abbreviation]
+        result = runner.run_threads(next(c for c in thread_cases(dtype, [int(size.strip("(,)"))])
+                                         if c.id == case_id))
     else:
         result = runner.run(case_by_id(case_id))
     print(f"{backend} on {device}, case {case_id}: {'passed' if result.passed else 'FAILED'}")
@@ -359,6 +490,23 @@ def supports(backend: Any, dtype: str, device: str) -> str | None:
     if np.asarray(converted).dtype.name != dtype:
         return f"{dtype} arrays come back as {np.asarray(converted).dtype.name} (not enabled)"
     return None
+
+
+def backend_sizes(backend: Any, device: str) -> tuple[int, ...]:
+    """The large sizes to run on ``backend``: around the thresholds it declares through the
+    optional ``size_thresholds(device)``, else ``DEFAULT_LARGE_SIZES``."""
+    declared = getattr(backend, "size_thresholds", None)
+    return regime_sizes(declared(device) if declared is not None else None)
+
+
+def cases_for(backend: Any, device: str, dtype: str) -> list[Case | ThreadCase]:
+    """Every case one backend runs on one device in one dtype: the grid, the size regimes and
+    the thread checks."""
+    sizes = backend_sizes(backend, device)
+    plan: list[Case | ThreadCase] = list(all_cases((dtype,)))
+    for size in sizes:
+        plan += size_cases(dtype, size)
+    return plan + thread_cases(dtype, sizes)
 
 
 def select_devices(backend: Any, which: str) -> list[str]:
@@ -402,7 +550,7 @@ def run_suite(backend_names: Sequence[str] | None = None, *, dtypes: Sequence[st
                     report.skipped.append({"backend": info.name, "device": dev, "dtype": dtype,
                                            "reason": reason})
                     continue
-                plan += [(runner, case) for case in all_cases((dtype,))]
+                plan += [(runner, case) for case in cases_for(backend, dev, dtype)]
     if on_total:
         on_total(len(plan))
     for runner, case in plan:
@@ -410,6 +558,8 @@ def run_suite(backend_names: Sequence[str] | None = None, *, dtypes: Sequence[st
             on_step(f"{runner.backend.name} {runner.device}")
         if isinstance(case, ErrorCase):
             report.results.append(runner.run_error(case))
+        elif isinstance(case, ThreadCase):
+            report.results.append(runner.run_threads(case))
         else:
             report.results.append(runner.run(case))
     return report
