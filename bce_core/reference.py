@@ -92,10 +92,12 @@ def element_hessian_logits(x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarr
 
 def element_grad_probs(p: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray,
                        w: np.ndarray) -> np.ndarray:
-    """d loss / d p = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12)."""
+    """d loss / d p = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12); NaN where p is
+    outside [0, 1], as the loss is."""
     with np.errstate(invalid="ignore"):
-        return w * (p * (one_minus_yp + q * yp) - q * yp) / np.maximum(p * (1.0 - p),
-                                                                        PROBS_GRAD_EPS)
+        slope = w * (p * (one_minus_yp + q * yp) - q * yp) / np.maximum(p * (1.0 - p),
+                                                                         PROBS_GRAD_EPS)
+    return np.where((p >= 0) & (p <= 1), slope, np.nan)
 
 
 # ---------------------------------------------------------------------------

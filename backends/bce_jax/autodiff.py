@@ -207,7 +207,8 @@ def probs_slope(p: jnp.ndarray, y: jnp.ndarray, w: jnp.ndarray | None, q: jnp.nd
     b = yp if q is None else q * yp
     floor = jnp.asarray(PROBS_GRAD_EPS, p.dtype)
     slope = (p * (one_minus + b) - b) / jnp.maximum(p * (1 - p), floor)
-    return _weighted(w, slope)
+    # Where p is outside [0, 1] the loss is NaN, and so is its slope.
+    return jnp.where((p >= 0) & (p <= 1), _weighted(w, slope), jnp.nan)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4, 5))

@@ -286,8 +286,11 @@ class ProbsTerms:
     def grad_probs(self) -> tf.Tensor:
         """w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12), the spec's normative form."""
         numerator = self.p * (self.one_minus + self.b) - self.b
-        value = numerator / tf.maximum(self.p * (1.0 - self.p), PROBS_GRAD_EPS)
-        return weighted(self.w, value)
+        value = weighted(self.w, numerator / tf.maximum(self.p * (1.0 - self.p), PROBS_GRAD_EPS))
+        # Where p is outside [0, 1] the loss is NaN, and so is its slope.
+        valid = (self.p >= 0) & (self.p <= 1)
+        return tf.where(valid, value, tf.fill(tf.shape(value), tf.constant(float("nan"),
+                                                                           value.dtype)))
 
     def grad_targets(self) -> tf.Tensor:
         """-w (1 - eps) [ q max(log p, c) - max(log1p(-p), c) ]."""

@@ -249,4 +249,6 @@ def probs_grad(p: torch.Tensor, yp: torch.Tensor, one_minus_yp: torch.Tensor, w:
     """d loss / d p = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), floor), as torch's BCELoss."""
     qy = times(q, yp)
     numerator = p * (one_minus_yp + qy) - qy
-    return zero_safe(w, numerator / (p * (1.0 - p)).clamp_min(floor))
+    slope = zero_safe(w, numerator / (p * (1.0 - p)).clamp_min(floor))
+    # Where p is outside [0, 1] the loss is NaN, and so is its slope.
+    return torch.where((p >= 0) & (p <= 1), slope, float("nan"))
