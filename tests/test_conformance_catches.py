@@ -21,7 +21,7 @@ import broken_backends
 def bce_backends():
     classes = broken_backends.BROKEN + [broken_backends.ClassicFormula]
     if broken_backends.torch is not None:
-        classes.append(broken_backends.TorchBuiltin)
+        classes += [broken_backends.TorchBuiltin] + broken_backends.BROKEN_TORCH
     return [BackendSpec(cls.name, f"broken_backends:{cls.__name__}") for cls in classes]
 """
 
@@ -32,7 +32,13 @@ def broken_distribution(make_distribution, monkeypatch: pytest.MonkeyPatch) -> N
     make_distribution("broken-backends", {"broken": "broken_plugin"}, {"broken_plugin": PLUGIN})
 
 
-@pytest.mark.parametrize("cls", broken_backends.BROKEN, ids=lambda c: c.name)
+NEEDS_TORCH = pytest.mark.skipif(broken_backends.torch is None, reason="needs torch")
+
+WRONG = broken_backends.BROKEN + [
+    pytest.param(broken_backends.TorchTouchesGrad, id="torch_touches_grad", marks=NEEDS_TORCH)]
+
+
+@pytest.mark.parametrize("cls", WRONG, ids=lambda c: c.name)
 def test_each_wrong_backend_fails_with_a_named_case(cls: type, broken_distribution: None) -> None:
     report = run_suite([cls.name])
     assert report.failures, f"{cls.name} passed conformance"
