@@ -319,21 +319,25 @@ def next_prime(n: int) -> int:
 #: Sizes run on a backend that declares no thresholds: primes above 2^12, 2^16 and 2^20.
 DEFAULT_LARGE_SIZES = (4099, 65537, 1048583)
 
+#: A large prime size run on every backend, whatever it declares: a path it did not declare
+#: (or a bug past every threshold) shows here.
+LARGE_PRIME = 1048583
+
 
 def regime_sizes(thresholds: Sequence[int] | None) -> tuple[int, ...]:
     """The sizes that exercise a backend's paths: for each threshold t (the first size of a
     new path), t - 1 (the old path's last size) and the first prime above t (the new path, with
-    a remainder that no power-of-two block divides); the largest is the large prime size.
-    Without thresholds, ``DEFAULT_LARGE_SIZES``.
+    a remainder that no power-of-two block divides), and ``LARGE_PRIME``. Without thresholds,
+    ``DEFAULT_LARGE_SIZES``.
 
     >>> regime_sizes([16384])
-    (16383, 16411)
+    (16383, 16411, 1048583)
     >>> regime_sizes(None) == DEFAULT_LARGE_SIZES
     True
     """
     if not thresholds:
         return DEFAULT_LARGE_SIZES
-    sizes = set()
+    sizes = {LARGE_PRIME}
     for threshold in thresholds:
         sizes |= {int(threshold) - 1, next_prime(int(threshold) + 1)}
     return tuple(sorted(s for s in sizes if s > 0))
