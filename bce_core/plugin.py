@@ -135,6 +135,9 @@ class Backend(Protocol):
 
     # Also expected, and checked by the conformance suite when present:
     # def device_of(self, array) -> str: the device of a native array, as devices() names it.
+    # Optional, drawn by `bce conformance --html` next to the backend's own error curves:
+    # def framework_loss(self, logits, targets) -> (losses, d losses / d logits): the
+    #     framework's own loss on the same native arrays, elementwise (reduction none).
 
     def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any: ...
 

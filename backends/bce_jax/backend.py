@@ -280,3 +280,28 @@ class JaxBackend:
 
         run = self._compiled(("probs", key), build) if compiled else build()
         return run(arrays["probs"], {n: v for n, v in arrays.items() if n != "probs"})
+
+    # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
+
+    def framework_loss(self, logits: Any, targets: Any) -> tuple[jax.Array, jax.Array]:
+        """optax.sigmoid_binary_cross_entropy, its gradient by jax.grad (ImportError without optax).
+
+        Elementwise (reduction none), in the input's dtype and on its device; jitted, as
+        training code runs it, and compiled once per shape and dtype.
+
+        >>> loss, grad = JaxBackend().framework_loss(jnp.array([0.0, jnp.inf]), jnp.ones(2))
+        >>> loss.tolist()  # optax gives NaN at x = +inf; the exact loss is 0
+        [0.6931471824645996, nan]
+        """
+        import optax  # optional: only this method needs it
+
+        def build() -> Callable[..., Any]:
+            def run(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+                loss = optax.sigmoid_binary_cross_entropy(x, y)
+                grad = jax.grad(lambda v: jnp.sum(optax.sigmoid_binary_cross_entropy(v, y)))(x)
+                return loss, grad
+            return run
+
+        x = logits if isinstance(logits, jax.Array) else jnp.asarray(logits)
+        y = (targets if isinstance(targets, jax.Array) else jnp.asarray(targets)).astype(x.dtype)
+        return self._compiled(("framework_loss",), build)(x, y)

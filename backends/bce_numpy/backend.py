@@ -168,3 +168,24 @@ class NumpyBackend:
         shape = ops.shape
         return (_cast(np.broadcast_to(grad, shape), ops.inputs),
                 _cast(np.broadcast_to(hess, shape), ops.inputs))
+
+    # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
+
+    def framework_loss(self, logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The textbook max(x, 0) - x y + log1p(exp(-|x|)) and sigmoid(x) - y, in the input's dtype.
+
+        NumPy has no loss of its own, so this is the formula most code writes by hand:
+        elementwise (reduction none), every step rounded to the input's dtype.
+
+        >>> loss, grad = NumpyBackend().framework_loss(np.array([0.0, 20.0], np.float32),
+        ...                                            np.array([1.0, 1.0], np.float32))
+        >>> loss.dtype.name, grad.tolist()  # at x = 20 sigmoid rounds to 1: the gradient is lost
+        ('float32', [-0.5, 0.0])
+        """
+        x = np.asarray(logits)
+        y = np.asarray(targets).astype(x.dtype)
+        one = x.dtype.type(1)
+        with np.errstate(all="ignore"):  # inf - inf at x = +-inf is part of what is shown
+            loss = np.maximum(x, x.dtype.type(0)) - x * y + np.log1p(np.exp(-np.abs(x)))
+            grad = one / (one + np.exp(-x)) - y
+        return loss.astype(x.dtype), grad.astype(x.dtype)

@@ -266,3 +266,23 @@ class TensorFlowBackend:
         ops, options = self._tensors("probs", probs, targets, options)
         with on_device_of(ops.inputs):
             return self._autodiff.probs_grad(*ops[:5], compiled=compiled, options=options)
+
+    # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
+
+    def framework_loss(self, logits: Any, targets: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """tf.nn.sigmoid_cross_entropy_with_logits, its gradient by tf.GradientTape.
+
+        Elementwise (reduction none), in the input's dtype and on its device.
+
+        >>> import tensorflow as tf
+        >>> loss, grad = TensorFlowBackend().framework_loss(tf.constant([0.0, np.inf]),
+        ...                                                 tf.constant([1.0, 1.0]))
+        >>> loss.numpy().tolist()  # inf - inf at x = +inf; the exact loss is 0
+        [0.6931471824645996, nan]
+        """
+        x = logits if is_native(logits) else self.asarray(logits)
+        y = tf.cast(targets if is_native(targets) else self.asarray(targets), x.dtype)
+        with on_device_of(x), tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)
+        return loss, tape.gradient(loss, x)

@@ -416,3 +416,23 @@ class TorchBackend:
             return self.binary_cross_entropy_with_logits(z, targets, **options).sum()
 
         return torch.func.grad(lambda z: torch.func.grad(total)(z).sum())(x)
+
+    # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
+
+    def framework_loss(self, logits: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch.nn.functional.binary_cross_entropy_with_logits, its gradient by torch.autograd.
+
+        Elementwise (reduction none), in the input's dtype and on its device.
+
+        >>> loss, grad = TorchBackend().framework_loss(torch.tensor([0.0, 20.0]),
+        ...                                            torch.tensor([1.0, 1.0]))
+        >>> grad.tolist()  # at x = 20 PyTorch's gradient rounds to 0; exact is -2.06e-9
+        [-0.5, 0.0]
+        """
+        x = as_input("logits", logits).detach().requires_grad_(True)
+        y = targets if isinstance(targets, torch.Tensor) else self.asarray(np.asarray(targets))
+        y = y.detach().to(dtype=x.dtype, device=x.device)
+        with torch.enable_grad():  # the caller may be under torch.no_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad

@@ -22,7 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bce_core.registry import get_registry
 
 from .cases import DTYPES
-from .report import error_profile, header_lines, print_report, write_html, write_json
+from .profiles import error_profile
+from .report import header_lines, print_report, write_html, write_json
 from .runner import CaseResult, Report, run_suite
 
 
@@ -117,13 +118,10 @@ def run(args: argparse.Namespace) -> int:
         console.print(line, highlight=False, markup=False)
     print_report(report, console)
     if args.html:
-        profiles = {}
         registry = get_registry()
-        for row in report.summaries():
-            if row.dtype not in ("errors", "-"):  # only dtypes the backend could run
-                backend = registry.get(row.backend)
-                profiles[f"{row.backend} {row.device} {row.dtype}"] = error_profile(
-                    backend, row.device, row.dtype)
+        profiles = [error_profile(registry.get(row.backend), row.device, row.dtype)
+                    for row in report.summaries()
+                    if row.dtype not in ("errors", "-")]  # only dtypes the backend could run
         write_html(report, args.html, profiles)
         console.print(f"wrote {args.html}")
     if args.json:
