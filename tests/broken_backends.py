@@ -523,9 +523,15 @@ class ClassicFormula(NumpyBackend):
         if options.get("reduction", "mean") != "none" or options.get("mask") is not None or \
                 not np.all(np.isfinite(np.asarray(logits, np.float64))):
             return loss, grads
+        names = _names(options.get("wrt", "logits"))
+        if "logits" not in names:
+            return loss, grads
         _, grad = self._classic(logits, targets, options)
         grad = np.broadcast_to(grad, np.shape(logits)).astype(np.asarray(logits).dtype)
-        return loss, (grad,) + grads[1:] if isinstance(grads, tuple) else grad
+        if not isinstance(grads, tuple):
+            return loss, grad
+        where = names.index("logits")
+        return loss, grads[:where] + (grad,) + grads[where + 1:]
 
 
 BROKEN = [UnstableSoftplus, PosWeightOnNegatives, WeightMissingFromGradient, MeanIgnoresMask,
@@ -555,14 +561,16 @@ class TorchBuiltin(TorchBackend):  # type: ignore[misc, valid-type]
         exact = super().binary_cross_entropy_with_logits(logits, targets, **options)  # checks
         reduction = options.get("reduction", "mean")
         # Where PyTorch departs from the spec (NaN for an empty mean, NaN at infinite logits,
-        # no gradient for weight) or cannot express the call, use the exact backend.
+        # a finite second derivative for NaN targets, no gradient for weight) or cannot express
+        # the call, use the exact backend.
+        work = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
         weights_need_grad = any(isinstance(options.get(k), torch.Tensor) and
                                 options[k].requires_grad for k in ("weight", "pos_weight"))
         if (torch.compiler.is_compiling() or options.get("mask") is not None
                 or reduction not in ("none", "sum", "mean") or logits.numel() == 0
-                or weights_need_grad or not bool(torch.isfinite(logits).all())):
+                or weights_need_grad or not bool(torch.isfinite(logits).all())
+                or not bool(torch.isfinite(torch.as_tensor(targets, dtype=work)).all())):
             return exact
-        work = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
         eps = options.get("label_smoothing", 0.0)
         y = targets.to(work) * (1 - eps) + eps / 2
         weight, pos_weight = (None if options.get(k) is None else
