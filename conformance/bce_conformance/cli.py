@@ -2,6 +2,7 @@
 
     bce conformance [--backend NAME ...] [--device cpu|gpu|all] [--require-device]
                     [--dtype ...] [--json out.json] [--html out.html] [--isolate]
+                    [--jobs N]
 
 Exit code 1 when any case fails (or, with --require-device, when no requested
 device is usable), 0 otherwise.
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from rich.console import Console
@@ -22,8 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bce_core.registry import get_registry
 
 from .cases import DTYPES
-from .profiles import error_profile
-from .report import header_lines, print_report, write_html, write_json
+from .profiles import ErrorProfile, error_profile
+from .report import jsonable, header_lines, print_report, write_html, write_json
 from .runner import CaseResult, Report, run_suite
 
 
@@ -43,7 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolate", action="store_true",
                         help="run each backend in its own process, so one crash or import "
                              "clash cannot take the others down")
+    parser.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                        help="run up to N backends at once, each in its own process "
+                             "(implies --isolate; default 1)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profiles", action="store_true", help=argparse.SUPPRESS)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--jobs {text!r}: give a whole number of processes, "
+                                         f"1 or more (this machine has {os.cpu_count()} CPUs)")
+    return value
 
 
 def _run_in_process(args: argparse.Namespace, console: Console) -> Report:
@@ -58,33 +76,62 @@ def _run_in_process(args: argparse.Namespace, console: Console) -> Report:
                                                               description=what))
 
 
-def _run_isolated(args: argparse.Namespace, console: Console) -> Report:
-    registry = get_registry()
-    names = args.backend or registry.names()
-    merged: Report | None = None
+def _worker(name: str, args: argparse.Namespace) -> tuple[Report, list[ErrorProfile]]:
+    """Run one backend in a child process; its report (and profiles) come back as JSON."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "report.json"
+        command = [sys.executable, "-m", "bce_conformance.cli", "--worker", "--backend", name,
+                   "--device", args.device, "--json", str(out)]
+        if args.html:
+            command.append("--profiles")
+        for dtype in args.dtype or ():
+            command += ["--dtype", dtype]
+        finished = subprocess.run(command, capture_output=True, text=True)
+        if out.exists():
+            data = json.loads(out.read_text())
+            return (Report.from_json(data),
+                    [ErrorProfile.from_json(p) for p in data.get("profiles", [])])
+    tail = "\n".join(finished.stderr.strip().splitlines()[-5:])
+    part = Report(_spec_version(), [], [])
+    part.results.append(CaseResult(name, args.device, "-", "process",
+                                   error=f"exited with {finished.returncode}: {tail}"))
+    return part, []
+
+
+def _run_isolated(args: argparse.Namespace, console: Console
+                  ) -> tuple[Report, list[ErrorProfile]]:
+    """Each backend in its own process, up to ``--jobs`` at once; reports merged in order."""
+    names = args.backend or get_registry().names()
+    parts: dict[str, tuple[Report, list[ErrorProfile]]] = {}
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as progress, \
+            ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        task = progress.add_task("backends, each in its own process", total=len(names))
+        futures = {pool.submit(_worker, name, args): name for name in names}
+        for future in as_completed(futures):
+            name = futures[future]
+            parts[name] = future.result()
+            progress.update(task, advance=1)
+            console.print(f"{name}: done in its own process", highlight=False)
+    merged = Report(_spec_version(), [], [])
+    profiles: list[ErrorProfile] = []
     for name in names:
-        console.print(f"running {name} in its own process", highlight=False)
-        with tempfile.TemporaryDirectory() as folder:
-            out = Path(folder) / "report.json"
-            command = [sys.executable, "-m", "bce_conformance.cli", "--worker", "--backend", name,
-                       "--device", args.device, "--json", str(out)]
-            for dtype in args.dtype or ():
-                command += ["--dtype", dtype]
-            finished = subprocess.run(command, capture_output=True, text=True)
-            if out.exists():
-                part = Report.from_json(json.loads(out.read_text()))
-            else:
-                tail = "\n".join(finished.stderr.strip().splitlines()[-5:])
-                part = Report(_spec_version(), [], [])
-                part.results.append(CaseResult(name, args.device, "-", "process",
-                                               error=f"exited with {finished.returncode}: {tail}"))
-        if merged is None:
-            merged = part
-        else:
-            merged.backends += part.backends
-            merged.results += part.results
-            merged.skipped += part.skipped
-    return merged or Report(_spec_version(), [], [])
+        part, part_profiles = parts[name]
+        merged.backends += part.backends
+        merged.results += part.results
+        merged.skipped += part.skipped
+        merged.plugin_errors = merged.plugin_errors or part.plugin_errors
+        profiles += part_profiles
+    return merged, profiles
+
+
+def _profiles(report: Report) -> list[ErrorProfile]:
+    registry = get_registry()
+    return [error_profile(registry.get(row.backend), row.device, row.dtype)
+            for row in report.summaries()
+            if row.dtype not in ("errors", "-")]  # only dtypes the backend could run
 
 
 def _spec_version() -> str:
@@ -108,21 +155,24 @@ def _device_failures(report: Report, args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``bce conformance``."""
     console = Console(stderr=args.worker)
-    report = _run_isolated(args, console) if args.isolate and not args.worker else \
-        _run_in_process(args, console)
+    profiles: list[ErrorProfile] | None = None
+    if (args.isolate or args.jobs > 1) and not args.worker:
+        report, profiles = _run_isolated(args, console)
+    else:
+        report = _run_in_process(args, console)
+    if args.worker:
+        data = report.to_json()
+        if args.profiles:
+            data["profiles"] = [p.to_json() for p in _profiles(report)]
+        Path(args.json).write_text(json.dumps(data, default=jsonable))
+        return 0
     if args.json:
         write_json(report, args.json)
-    if args.worker:
-        return 0
     for line in header_lines(report):
         console.print(line, highlight=False, markup=False)
     print_report(report, console)
     if args.html:
-        registry = get_registry()
-        profiles = [error_profile(registry.get(row.backend), row.device, row.dtype)
-                    for row in report.summaries()
-                    if row.dtype not in ("errors", "-")]  # only dtypes the backend could run
-        write_html(report, args.html, profiles)
+        write_html(report, args.html, _profiles(report) if profiles is None else profiles)
         console.print(f"wrote {args.html}")
     if args.json:
         console.print(f"wrote {args.json}")

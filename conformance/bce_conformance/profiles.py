@@ -158,6 +158,36 @@ class ErrorProfile:
     framework_label: str = ""
     note: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain lists and numbers (inf as a string), for a worker process to send back.
+
+        >>> from bce_numpy.backend import NumpyBackend
+        >>> profile = error_profile(NumpyBackend(), "cpu", "float32")
+        >>> again = ErrorProfile.from_json(profile.to_json())
+        >>> bool(np.array_equal(again.ours["loss y=1"], profile.ours["loss y=1"], equal_nan=True))
+        True
+        """
+        curves = lambda c: None if c is None else {k: _listed(v) for k, v in c.items()}  # noqa
+        return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
+                "logits": _listed(self.logits), "ours": curves(self.ours),
+                "framework": curves(self.framework), "framework_label": self.framework_label,
+                "note": self.note}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorProfile:
+        curves = lambda c: None if c is None else {k: _unlisted(v) for k, v in c.items()}  # noqa
+        return cls(data["backend"], data["device"], data["dtype"], _unlisted(data["logits"]),
+                   curves(data["ours"]), curves(data["framework"]), data["framework_label"],
+                   data["note"])
+
+
+def _listed(values: np.ndarray) -> list[float | str]:
+    return [v if math.isfinite(v) else repr(v) for v in np.asarray(values, np.float64).tolist()]
+
+
+def _unlisted(values: list[float | str]) -> np.ndarray:
+    return np.array([float(v) for v in values], dtype=np.float64)
+
 
 def _curves(sweep: ExactSweep, loss: Any, grad: Any) -> dict[str, np.ndarray]:
     size = sweep.logits.size

@@ -97,10 +97,10 @@ def render_text(report: Report) -> str:
 
 
 def write_json(report: Report, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report.to_json(), indent=2, default=_jsonable))
+    Path(path).write_text(json.dumps(report.to_json(), indent=2, default=jsonable))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return str(value)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bce_conformance.cases import DTYPES, ERROR_CASES, Case, ErrorCase, all_cases
-from bce_conformance.runner import CaseRunner, select_devices, supports
+from bce_conformance.cases import DTYPES, ERROR_CASES, Case, ErrorCase, ThreadCase
+from bce_conformance.runner import CaseRunner, cases_for, select_devices, supports
 
 
 def _backend(config: pytest.Config) -> Any:
@@ -39,7 +39,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             continue
         for dtype in config.getoption("--bce-dtype") or DTYPES:
             reason = supports(backend, dtype, device)
-            for case in all_cases((dtype,)):
+            for case in cases_for(backend, device, dtype):
                 marks = [pytest.mark.skip(reason=reason)] if reason else []
                 params.append(pytest.param(device, case, id=f"{device}-{case.id}", marks=marks))
     metafunc.parametrize(("bce_device", "bce_case"), params)
@@ -54,8 +54,11 @@ def _explain(result: Any) -> str:
     return "\n".join(lines)
 
 
-def test_case(request: pytest.FixtureRequest, bce_device: str, bce_case: Case) -> None:
-    result = CaseRunner(_backend(request.config), bce_device).run(bce_case)
+def test_case(request: pytest.FixtureRequest, bce_device: str,
+              bce_case: Case | ThreadCase) -> None:
+    runner = CaseRunner(_backend(request.config), bce_device)
+    result = runner.run_threads(bce_case) if isinstance(bce_case, ThreadCase) else \
+        runner.run(bce_case)
     assert result.passed, _explain(result)
 
 
