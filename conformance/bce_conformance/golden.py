@@ -4,8 +4,8 @@ The suite never trusts a backend, the float64 reference included, for an
 expected value: each case's element losses and derivatives are evaluated in
 mpmath from the inputs as the backend sees them (cast to the case's dtype),
 and reduced exactly. Results are rounded to float64 for parity checks and
-kept as double-double pairs (a float64 and the float64 of what it left out)
-for ULP grading.
+kept as ``oracle.ExactValues`` (a float64, the float64 of what it left out,
+and the dtype's ULP there) for ULP grading.
 
 The oracle runs once per distinct tuple of operand values, not once per
 element: a large case tiles a few dozen values over millions of elements, so
@@ -29,32 +29,9 @@ import numpy as np
 
 from . import oracle
 from .cases import Case, numpy_dtype
+from .oracle import ExactValues
 
 MP = oracle.MP
-
-
-@dataclass(frozen=True)
-class DoubleDouble:
-    """Exact values as hi + lo: hi the nearest float64, lo the nearest float64 of the rest."""
-
-    hi: np.ndarray
-    lo: np.ndarray
-
-    @classmethod
-    def of(cls, values: list[Any]) -> DoubleDouble:
-        """The pairs of a list of mpf values.
-
-        >>> pair = DoubleDouble.of([MP.mpf(1) / 3])
-        >>> float(pair.hi[0]), abs(float(pair.lo[0])) < 1e-16
-        (0.3333333333333333, True)
-        """
-        hi = np.array([float(v) for v in values], dtype=np.float64)
-        lo = np.array([float(v - MP.mpf(h)) if np.isfinite(h) else 0.0
-                       for v, h in zip(values, hi)], dtype=np.float64)
-        return cls(hi, lo)
-
-    def take(self, index: np.ndarray) -> DoubleDouble:
-        return DoubleDouble(self.hi[index], self.lo[index])
 
 
 @dataclass(frozen=True)
@@ -67,10 +44,10 @@ class Expected:
     grad_hess: tuple[np.ndarray, np.ndarray] | None = None
     #: d(sum of element losses)/d logits, diagonal of the Hessian (logits form).
     second_derivative: np.ndarray | None = None
-    #: Exact element losses, d loss/d x and its larger term, flat, for ULP grades.
-    exact_elements: DoubleDouble | None = None
-    exact_grads: DoubleDouble | None = None
-    exact_grad_scales: DoubleDouble | None = None
+    #: Exact element losses and d loss / d x, flat, for ULP grades. The gradient's ULP is
+    #: taken at its exact value for hard targets and at its larger term for soft ones.
+    exact_elements: ExactValues | None = None
+    exact_grads: ExactValues | None = None
 
 
 @lru_cache(maxsize=512)
@@ -219,10 +196,13 @@ def _expected(case: Case, inputs: dict[str, np.ndarray]) -> Expected:
     grad_hess = None
     if "mask" not in inputs and not eps:
         grad_hess = (_spread(groups, partial_x, shape), _spread(groups, hessians, shape))
-    pairs = lambda values: DoubleDouble.of(values).take(groups.inverse)  # noqa: E731
+    # Hard targets are graded against the exact gradient, soft ones against the larger term.
+    references = [None if (y == 0 or y == 1) and not eps else g[1]
+                  for y, g in zip(groups.y, grads_and_terms)]
+    dtype = case.dtype
     return Expected(loss=loss, grads=grads, grad_hess=grad_hess, second_derivative=second,
-                    exact_elements=pairs(elements), exact_grads=pairs(partial_x),
-                    exact_grad_scales=pairs([g[1] for g in grads_and_terms]))
+                    exact_elements=ExactValues.of(elements, dtype).take(groups.inverse),
+                    exact_grads=ExactValues.of(partial_x, dtype, references).take(groups.inverse))
 
 
 def _expected_probs(case: Case, inputs: dict[str, np.ndarray], groups: _Distinct) -> Expected:
@@ -237,4 +217,4 @@ def _expected_probs(case: Case, inputs: dict[str, np.ndarray], groups: _Distinct
         loss = np.array(float(_total(groups, elements) * factor))
     grad = _spread(groups, [_zero_safe(factor, g) for g in partial], case.shape)
     return Expected(loss=loss, grads={"probs": grad},
-                    exact_elements=DoubleDouble.of(elements).take(groups.inverse))
+                    exact_elements=ExactValues.of(elements, case.dtype).take(groups.inverse))

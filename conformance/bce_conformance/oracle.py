@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import mpmath
@@ -174,41 +175,72 @@ def ulp_errors(got: np.ndarray, expected: list[Any], dtype: str,
     return np.array([ulp_error(g, e, dtype, reference=r) for g, e, r in zip(flat, expected, refs)])
 
 
-def ulp_errors_pairs(got: np.ndarray, exact_hi: np.ndarray, exact_lo: np.ndarray, dtype: str,
-                     reference_hi: np.ndarray | None = None,
-                     reference_lo: np.ndarray | None = None) -> np.ndarray:
-    """``ulp_error`` elementwise, vectorised, with each exact value given as hi + lo.
 
-    hi is the float64 nearest the exact value and lo the float64 nearest the
-    rest, so |got - exact| is measured to far better than a float64 ULP.
-    The rules for NaN, infinities, overflow and flush-to-zero are those of
-    ``ulp_error``.
+@dataclass(frozen=True)
+class ExactValues:
+    """Exact results on a sweep, stored so that ULP errors are computed in NumPy.
 
-    >>> exact = element_loss(0.0, 1.0)
-    >>> hi = np.array([float(exact)]); lo = np.array([float(exact - MP.mpf(hi[0]))])
-    >>> float(ulp_errors_pairs(np.array([0.6931472], np.float32), hi, lo, "float32")[0]) <= 0.5
-    True
+    ``high + low`` is the exact value to about 106 bits, ``spacing`` the ULP of the
+    dtype at the reference magnitude; ``errors`` follows ``ulp_error`` rule for
+    rule (NaN, infinities, values beyond the dtype's range, flush to zero).
     """
-    mantissa, min_exponent, largest = FORMATS[dtype]
-    got = np.asarray(got, dtype=np.float64).ravel()
-    hi, lo = np.asarray(exact_hi, np.float64).ravel(), np.asarray(exact_lo, np.float64).ravel()
-    with np.errstate(invalid="ignore", over="ignore"):
-        ref_hi = hi if reference_hi is None else np.asarray(reference_hi, np.float64).ravel()
-        ref_lo = lo if reference_lo is None else np.asarray(reference_lo, np.float64).ravel()
-        # The exponent of |reference|: frexp's, one lower when hi is a power of two that the
-        # exact value falls just short of.
-        fraction, exponent = np.frexp(np.abs(ref_hi))
-        short = (fraction == 0.5) & (ref_lo != 0) & (np.sign(ref_lo) != np.sign(ref_hi))
-        exponent = np.where(ref_hi == 0, min_exponent, np.maximum(exponent - 1 - short,
-                                                                   min_exponent))
-        ulp = np.ldexp(1.0, (exponent - (mantissa - 1)).astype(np.int64))
-        errors = np.abs((got - hi) - lo) / ulp
-        exact_nan, got_nan = np.isnan(hi), np.isnan(got)
-        beyond = (np.abs(hi) > largest) | ((np.abs(hi) == largest) & (lo != 0)
-                                           & (np.sign(lo) == np.sign(hi)))
-        infinite = np.isinf(hi) | np.isinf(got)
-        same_sign_inf = np.isinf(got) & beyond & (np.sign(got) == np.sign(hi))
-        flushed = (got == 0) & (np.abs(hi) < 2.0 ** min_exponent)
-    errors = np.where(infinite, np.where(same_sign_inf, 0.0, np.inf), errors)
-    errors = np.where(flushed & ~infinite, 0.0, errors)
-    return np.where(exact_nan | got_nan, np.where(exact_nan & got_nan, 0.0, np.inf), errors)
+
+    dtype: str
+    high: np.ndarray
+    low: np.ndarray
+    spacing: np.ndarray
+    nan: np.ndarray
+    #: The exact value is infinite or beyond the dtype's largest finite number.
+    overflows: np.ndarray
+    #: The exact value is below the dtype's smallest normal number (a result of 0 is allowed).
+    tiny: np.ndarray
+
+    @classmethod
+    def of(cls, exact: list[Any], dtype: str, references: list[Any] | None = None
+           ) -> ExactValues:
+        """From mpmath values (and the magnitudes their ULP is taken at; default themselves).
+
+        >>> values = ExactValues.of([element_loss(0.0, 1.0)], "float32")
+        >>> got = np.float32(0.6931472)
+        >>> values.errors(np.array([got])).round(4).tolist()
+        [0.032]
+        >>> round(ulp_error(got, element_loss(0.0, 1.0), "float32"), 4)
+        0.032
+        """
+        _, min_exponent, largest = FORMATS[dtype]
+        smallest_normal = MP.ldexp(1, min_exponent)
+        high, low, spacing, nan, overflows, tiny = [], [], [], [], [], []
+        for i, value in enumerate(exact):
+            value = MP.mpf(value)
+            finite = MP.isfinite(value)
+            at = value if references is None or references[i] is None else references[i]
+            high.append(float(value))
+            low.append(float(value - MP.mpf(high[-1])) if finite and
+                       math.isfinite(high[-1]) else 0.0)
+            spacing.append(float(ulp_of(at, dtype)) if finite else math.nan)
+            nan.append(bool(MP.isnan(value)))
+            overflows.append(not nan[-1] and (not finite or abs(value) > largest))
+            tiny.append(finite and abs(value) < smallest_normal)
+        arrays = [np.array(a, np.float64) for a in (high, low, spacing)]
+        return cls(dtype, *arrays, *(np.array(a, bool) for a in (nan, overflows, tiny)))
+
+    def take(self, index: np.ndarray) -> ExactValues:
+        """The values at ``index`` (to spread per-tuple values over a case's elements)."""
+        return ExactValues(self.dtype, *(getattr(self, name)[index] for name in (
+            "high", "low", "spacing", "nan", "overflows", "tiny")))
+
+    def errors(self, got: Any) -> np.ndarray:
+        """|got - exact| in ULP, elementwise; inf where got is NaN or inf and exact is not."""
+        got = np.asarray(got).astype(np.float64).ravel()
+        with np.errstate(all="ignore"):
+            # got - high is exact when the two are close (Sterbenz); far apart, the error is
+            # large and a rounding of 1e-16 relative does not matter.
+            errors = np.abs((got - self.high) - self.low) / self.spacing
+            errors = np.where((got == 0) & self.tiny, 0.0, errors)
+            got_inf = np.isinf(got)
+            same_sign = (got > 0) == (self.high > 0)
+            infinite = np.where(got_inf & self.overflows & same_sign, 0.0, np.inf)
+            errors = np.where(got_inf | np.isinf(self.high), infinite, errors)
+            got_nan = np.isnan(got)
+            return np.where(got_nan | self.nan, np.where(got_nan & self.nan, 0.0, np.inf),
+                            errors)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import oracle
+from .oracle import ExactValues
 from .cases import numpy_dtype
 
 #: The targets of the sweep: both hard labels and a soft one.
@@ -36,71 +37,6 @@ def sweep_logits(dtype: str) -> np.ndarray:
     magnitudes = np.geomspace(1e-3, 1e3, 61)
     values = np.concatenate([[-np.inf], -magnitudes[::-1], [0.0], magnitudes, [np.inf]])
     return values.astype(numpy_dtype(dtype))
-
-
-@dataclass(frozen=True)
-class ExactValues:
-    """Exact results on a sweep, stored so that ULP errors are computed in NumPy.
-
-    ``high + low`` is the exact value to about 106 bits, ``spacing`` the ULP of the
-    dtype at the reference magnitude; ``errors`` follows ``oracle.ulp_error`` rule for
-    rule (NaN, infinities, values beyond the dtype's range, flush to zero).
-    """
-
-    dtype: str
-    high: np.ndarray
-    low: np.ndarray
-    spacing: np.ndarray
-    nan: np.ndarray
-    #: The exact value is infinite or beyond the dtype's largest finite number.
-    overflows: np.ndarray
-    #: The exact value is below the dtype's smallest normal number (a result of 0 is allowed).
-    tiny: np.ndarray
-
-    @classmethod
-    def of(cls, exact: list[Any], dtype: str, references: list[Any] | None = None
-           ) -> ExactValues:
-        """From mpmath values (and the magnitudes their ULP is taken at; default themselves).
-
-        >>> values = ExactValues.of([oracle.element_loss(0.0, 1.0)], "float32")
-        >>> got = np.float32(0.6931472)
-        >>> values.errors(np.array([got])).round(4).tolist()
-        [0.032]
-        >>> round(oracle.ulp_error(got, oracle.element_loss(0.0, 1.0), "float32"), 4)
-        0.032
-        """
-        _, min_exponent, largest = oracle.FORMATS[dtype]
-        smallest_normal = oracle.MP.ldexp(1, min_exponent)
-        high, low, spacing, nan, overflows, tiny = [], [], [], [], [], []
-        for i, value in enumerate(exact):
-            value = oracle.MP.mpf(value)
-            finite = oracle.MP.isfinite(value)
-            at = value if references is None or references[i] is None else references[i]
-            high.append(float(value))
-            low.append(float(value - oracle.MP.mpf(high[-1])) if finite and
-                       math.isfinite(high[-1]) else 0.0)
-            spacing.append(float(oracle.ulp_of(at, dtype)) if finite else math.nan)
-            nan.append(bool(oracle.MP.isnan(value)))
-            overflows.append(not nan[-1] and (not finite or abs(value) > largest))
-            tiny.append(finite and abs(value) < smallest_normal)
-        arrays = [np.array(a, np.float64) for a in (high, low, spacing)]
-        return cls(dtype, *arrays, *(np.array(a, bool) for a in (nan, overflows, tiny)))
-
-    def errors(self, got: Any) -> np.ndarray:
-        """|got - exact| in ULP, elementwise; inf where got is NaN or inf and exact is not."""
-        got = np.asarray(got).astype(np.float64).ravel()
-        with np.errstate(all="ignore"):
-            # got - high is exact when the two are close (Sterbenz); far apart, the error is
-            # large and a rounding of 1e-16 relative does not matter.
-            errors = np.abs((got - self.high) - self.low) / self.spacing
-            errors = np.where((got == 0) & self.tiny, 0.0, errors)
-            got_inf = np.isinf(got)
-            same_sign = (got > 0) == (self.high > 0)
-            infinite = np.where(got_inf & self.overflows & same_sign, 0.0, np.inf)
-            errors = np.where(got_inf | np.isinf(self.high), infinite, errors)
-            got_nan = np.isnan(got)
-            return np.where(got_nan | self.nan, np.where(got_nan & self.nan, 0.0, np.inf),
-                            errors)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,11 @@ import numpy as np
 import bce_core
 from bce_core.registry import get_registry
 
-from . import oracle
 from .cases import (DTYPE_ABBREVIATIONS, DTYPES, ERROR_CASES, Case, ErrorCase, ThreadCase,
                     all_cases, case_by_id, numpy_dtype, regime_sizes, size_cases, thread_cases)
 from .checks import (Comparison, compare, gradient_scale, logit_scales, probs_grad_scale,
                      probs_loss_scale, reduced_scale)
-from .golden import DoubleDouble, Expected, expected
+from .golden import Expected, expected
 
 #: A backend graded A is within this many ULP of exact everywhere it is graded.
 GRADE_A_ULP = 4.0
@@ -309,18 +308,8 @@ class CaseRunner:
     def _grade(self, case: Case, v: dict[str, Any], golden: Expected, loss_value: Any,
                grads: list[Any], result: CaseResult) -> None:
         """Worst ULP error against the oracle, elementwise."""
-        exact, exact_grads = golden.exact_elements, golden.exact_grads
-        loss_ulps = oracle.ulp_errors_pairs(self._numpy(loss_value), exact.hi, exact.lo,
-                                            case.dtype)
-        hard = np.broadcast_to((v["y"] == 0) | (v["y"] == 1), case.shape).ravel() & \
-            (case.label_smoothing == 0)
-        # Hard targets are graded against the exact gradient, soft ones against the larger term.
-        larger = golden.exact_grad_scales
-        reference = DoubleDouble(np.where(hard, exact_grads.hi, larger.hi),
-                                 np.where(hard, exact_grads.lo, larger.lo))
-        grad_ulps = [oracle.ulp_errors_pairs(self._numpy(g), exact_grads.hi, exact_grads.lo,
-                                             case.dtype, reference.hi, reference.lo)
-                     for g in grads]
+        loss_ulps = golden.exact_elements.errors(self._numpy(loss_value))
+        grad_ulps = [golden.exact_grads.errors(self._numpy(g)) for g in grads]
         result.ulps = {"loss": float(np.max(loss_ulps, initial=0.0)),
                        "grad": float(max((np.max(u, initial=0.0) for u in grad_ulps),
                                          default=0.0))}
