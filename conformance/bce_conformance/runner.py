@@ -431,7 +431,7 @@ def _unchanged(quantity: str, before: np.ndarray, after: Any, what: str) -> Comp
     index = tuple(int(i) for i in np.unravel_index(first, before.shape)) if before.ndim else ()
     return Comparison(quantity, False, np.inf,
                       f"the call wrote into {what}: {changed.size} element(s) changed, first at "
-                      f"index {index}: {a[first]!r} became {b[first]!r}")
+                      f"index {index}: {float(a[first])!r} became {float(b[first])!r}")
 
 
 def _factor(case: Case, inputs: dict[str, np.ndarray], v: dict[str, Any]) -> Any:
