@@ -138,6 +138,13 @@ class Backend(Protocol):
     # Optional, drawn by `bce conformance --html` next to the backend's own error curves:
     # def framework_loss(self, logits, targets) -> (losses, d losses / d logits): the
     #     framework's own loss on the same native arrays, elementwise (reduction none).
+    # Optional, used by the conformance suite to choose and check more cases:
+    # def size_thresholds(self, device) -> tuple[int, ...]: the sizes (elements) from which
+    #     the backend takes another code path; the suite runs sizes on both sides of each.
+    # def as_parameter(self, numpy_array, device) -> a user's trainable parameter holding it
+    #     (a torch leaf with an accumulated .grad, a tf.Variable);
+    # def parameter_state(self, parameter) -> dict[str, np.ndarray | None]: everything a call
+    #     must leave alone on the parameter (its values, its accumulated gradient).
 
     def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any: ...
 
