@@ -374,14 +374,16 @@ class ThreadCase:
 
 
 def thread_cases(dtype: str, sizes: Sequence[int]) -> list[ThreadCase]:
-    """A small pair of calls with every option, and a pair of the smallest large size.
+    """A small pair of calls with every option, and a pair of the second smallest of
+    ``sizes`` (from ``regime_sizes``: the first past the lowest threshold).
 
-    >>> [case.id for case in thread_cases("float32", [16411])]
+    >>> [case.id for case in thread_cases("float32", [16383, 16411, 1048583])]
     ['threads/f32/(2048,)', 'threads/f32/(16411,)']
     """
+    large_size = sorted(sizes)[1] if len(sizes) > 1 else sizes[0]
     small = [Case("logits", "random:4", dtype, (2048,), targets="soft", weight=(2048,),
                   pos_weight=(), mask=(2048,), label_smoothing=0.1, seed=seed) for seed in (1, 2)]
-    large = [Case("logits", "tiled", dtype, (min(sizes),), targets="soft", seed=seed)
+    large = [Case("logits", "tiled", dtype, (large_size,), targets="soft", seed=seed)
              for seed in (1, 2)]
     return [ThreadCase(dtype, (small[0], small[1]), rounds=8),
             ThreadCase(dtype, (large[0], large[1]), rounds=2)]
