@@ -1,11 +1,15 @@
 # The two set-up commands:
-#   make run    create .venv, install every backend, run the conformance suite
-#               (JAX_ENABLE_X64=1 so that JAX's float64 is checked too)
+#   make run    create .venv, install every backend, run the conformance suite, two
+#               backends at a time (JAX_ENABLE_X64=1 so that JAX's float64 is checked too)
 #   make test   create .venv, install every backend and the test tools, run the tests
+# Both keep JAX's compiled programs in .venv/cache/jax, so each run compiles a program once.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+export JAX_COMPILATION_CACHE_DIR ?= $(abspath $(VENV))/cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
 
 .PHONY: run test install clean
 
@@ -20,7 +24,7 @@ install: $(STAMP)
 run: $(STAMP)
 	mkdir -p reports
 	$(BIN)/bce backends
-	JAX_ENABLE_X64=1 $(BIN)/bce conformance --json reports/conformance.json \
+	JAX_ENABLE_X64=1 $(BIN)/bce conformance --jobs 2 --json reports/conformance.json \
 		--html reports/conformance.html
 
 test: $(STAMP)

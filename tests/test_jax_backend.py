@@ -815,6 +815,9 @@ class CompiledPrograms:
 
     def __enter__(self) -> CompiledPrograms:
         self.names: list[str] = []
+        # A program found in the persistent cache (make sets one) is loaded, not compiled.
+        self._cache = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
         jax.monitoring.register_event_duration_secs_listener(self._record)
         return self
 
@@ -824,6 +827,7 @@ class CompiledPrograms:
 
     def __exit__(self, *exc: object) -> None:
         jax.monitoring.unregister_event_duration_listener(self._record)
+        jax.config.update("jax_enable_compilation_cache", self._cache)
 
 
 @pytest.mark.parametrize("options", [dict(reduction="none"),
