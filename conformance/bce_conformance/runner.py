@@ -179,7 +179,8 @@ class CaseRunner:
         if not (hasattr(b, "as_parameter") and hasattr(b, "parameter_state")):
             return []
         parameter = b.as_parameter(inputs[case.form], self.device)
-        before = {k: np.array(v, copy=True) for k, v in b.parameter_state(parameter).items()}
+        before = {k: None if v is None else np.array(v, copy=True)
+                  for k, v in b.parameter_state(parameter).items()}
         options = self._options(case, native)
         v = _float64(inputs, numpy_dtype(case.dtype))
         if case.form == "logits":
@@ -413,10 +414,14 @@ class CaseRunner:
         return result
 
 
-def _unchanged(quantity: str, before: np.ndarray, after: Any, what: str) -> Comparison:
-    """Whether ``after`` holds exactly the bits of ``before`` (NaN payloads included)."""
-    if after is None and before is not None:
-        return Comparison(quantity, False, np.inf, f"the call removed {what}")
+def _unchanged(quantity: str, before: np.ndarray | None, after: Any, what: str) -> Comparison:
+    """Whether ``after`` holds exactly the bits of ``before`` (NaN payloads included); None
+    stands for an absent value (a parameter without a gradient)."""
+    if before is None or after is None:
+        if before is None and after is None:
+            return Comparison(quantity, True, 0.0)
+        return Comparison(quantity, False, np.inf,
+                          f"the call {'removed' if after is None else 'set'} {what}")
     after = np.asarray(after)
     if before.shape == after.shape and before.dtype == after.dtype and \
             before.tobytes() == after.tobytes():
