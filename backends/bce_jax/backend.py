@@ -289,7 +289,8 @@ class JaxBackend:
         Elementwise (reduction none), in the input's dtype and on its device; jitted, as
         training code runs it, and compiled once per shape and dtype.
 
-        >>> loss, grad = JaxBackend().framework_loss(jnp.array([0.0, jnp.inf]), jnp.ones(2))
+        >>> loss, grad = JaxBackend().framework_loss(jnp.array([0.0, jnp.inf], jnp.float32),
+        ...                                        jnp.ones(2, jnp.float32))
         >>> loss.tolist()  # optax gives NaN at x = +inf; the exact loss is 0
         [0.6931471824645996, nan]
         """
