@@ -81,14 +81,39 @@ def _all_outputs(form: Form, x: Array, w: Array | None, q: Array | None,
     return (*keys, "curvature") if form.curvature else tuple(keys)
 
 
+def _rounded_up(form: Form, want: tuple[str, ...], everything: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs a large eager call computes for ``want``: a gradient other than the input's
+    brings every gradient (and the loss), and the curvature the input's gradient. Those calls
+    are rare next to the loss and the input's gradient, which keep programs of their own; so
+    JAX's eager derivatives and ``grad_hess`` share the compilations of ``value_and_grad``.
+
+    >>> _rounded_up(LOGITS, ("loss", "grad:targets"), _all_outputs(LOGITS, np.zeros(3), None,
+    ...                                                            None, "sum"))
+    ('loss', 'grad:logits', 'grad:targets')
+    >>> _rounded_up(LOGITS, ("curvature",), _all_outputs(LOGITS, np.zeros(3), None, None, "none"))
+    ('grad:logits', 'curvature')
+    """
+    own = f"grad:{form.names[0]}"
+    chosen = set(want)
+    if any(key.startswith(("grad:", "full:")) and key != own for key in want):
+        chosen.update(key for key in everything if key == "loss" or key.startswith("grad:"))
+    if "curvature" in want:
+        chosen.add(own)
+    # In the order of ``everything``, so that the same outputs make the same program.
+    return (*(k for k in everything if k in chosen), *(k for k in want if k not in everything))
+
+
 def outputs(form: Form, x: Array, y: Array, w: Array | None, q: Array | None,
             mask: Array | None, options: Options, want: tuple[str, ...]) -> dict[str, Array]:
-    """The program's outputs ``want`` (and for small inputs, every output)."""
+    """The program's outputs ``want`` (and for small inputs, every output; for large eager
+    ones, see ``_rounded_up``)."""
     kwargs = dict(options)
+    everything = _all_outputs(form, x, w, q, kwargs["reduction"])
     if np.size(x) <= SMALL:
-        everything = _all_outputs(form, x, w, q, kwargs["reduction"])
         if all(key in everything for key in want):
             want = everything
+    elif not any(isinstance(a, jax.core.Tracer) for a in (x, y, w, q, mask)):
+        want = _rounded_up(form, want, everything)
     return form.program(x, y, w, q, mask, want=want, **kwargs)
 
 
