@@ -41,6 +41,7 @@ from jax import lax
 from . import compute
 from .autodiff import given
 from .compute import working_dtype
+from .reductions import SCALED, SCALED_REDUCTIONS, denominator
 
 Array = jax.Array
 
@@ -108,13 +109,18 @@ def outputs(form: Form, x: Array, y: Array, w: Array | None, q: Array | None,
     """The program's outputs ``want`` (and for small inputs, every output; for large eager
     ones, see ``_rounded_up``)."""
     kwargs = dict(options)
-    everything = _all_outputs(form, x, w, q, kwargs["reduction"])
+    reduction = kwargs["reduction"]
+    everything = _all_outputs(form, x, w, q, reduction)
     if np.size(x) <= SMALL:
         if all(key in everything for key in want):
             want = everything
     elif not any(isinstance(a, jax.core.Tracer) for a in (x, y, w, q, mask)):
         want = _rounded_up(form, want, everything)
-    return form.program(x, y, w, q, mask, want=want, **kwargs)
+    runtime = ()
+    if reduction in SCALED_REDUCTIONS:  # one program for the three, the denominator an input
+        kwargs["reduction"] = SCALED
+        runtime = (denominator(reduction, np.shape(x), masked=mask is not None),)
+    return form.program(x, y, w, q, mask, *runtime, want=want, **kwargs)
 
 
 def _key(name: str, value: Array, x: Array, full: bool) -> str:
