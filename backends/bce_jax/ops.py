@@ -41,6 +41,7 @@ from jax import lax
 from . import compute
 from .autodiff import given
 from .compute import working_dtype
+from .operands import device_of
 from .reductions import SCALED, SCALED_REDUCTIONS, denominator
 
 Array = jax.Array
@@ -144,7 +145,7 @@ def _contract(grads: tuple[Array, ...], tangents: tuple[Array, ...], reduction: 
             lead = np.ndim(grad) - np.ndim(tangent)  # NumPy broadcasting aligns trailing axes
             tangent = lax.broadcast_in_dim(tangent, np.shape(grad),
                                            tuple(range(lead, np.ndim(grad))))
-        term = lax.mul(_cast(grad, work), tangent)
+        term = lax.mul(_widened(grad, work), tangent)
         if reduction != "none":
             term = lax.reduce_sum(term, tuple(range(np.ndim(term))))
         total = term if total is None else lax.add(total, term)
@@ -153,6 +154,22 @@ def _contract(grads: tuple[Array, ...], tangents: tuple[Array, ...], reduction: 
 
 def _cast(value: Array, dtype: np.dtype) -> Array:
     return value if value.dtype == dtype else lax.convert_element_type(value, dtype)
+
+
+def _widened(value: Array, dtype: np.dtype) -> Array | np.ndarray:
+    """``value`` cast to the wider ``dtype``: for a concrete array on the CPU (a gradient under
+    an eager ``jax.grad``) by NumPy, in place of an eager conversion that compiles a program
+    per shape; the widening is exact either way.
+
+    >>> _widened(jnp.ones(2, jnp.float16), np.dtype(np.float32)).dtype
+    dtype('float32')
+    """
+    if value.dtype == dtype:
+        return value
+    device = None if isinstance(value, jax.core.Tracer) else device_of(value)
+    if device is not None and device.platform == "cpu":
+        return np.asarray(value).astype(dtype)
+    return lax.convert_element_type(value, dtype)
 
 
 def _moving(form: Form, primals: tuple, tangents: tuple) -> tuple[str, ...]:
