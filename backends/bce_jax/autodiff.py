@@ -187,7 +187,7 @@ logit_loss.defjvp(_logit_loss_jvp, symbolic_zeros=True)
 # -- the probability form -------------------------------------------------------
 
 
-def probs_logs(p: jnp.ndarray, clamp: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+def probs_logs(p: jnp.ndarray, clamp: float | jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(max(log p, clamp), max(log1p(-p), clamp)); NaN stays NaN (p outside [0, 1])."""
     c = jnp.asarray(clamp, p.dtype)
     return jnp.maximum(jnp.log(p), c), jnp.maximum(jnp.log1p(-p), c)

@@ -49,6 +49,19 @@ def _device_name(platform: str, index: int) -> str:
     return "cpu" if (platform, index) == ("cpu", 0) else f"{platform}:{index}"
 
 
+def _ones(value: jax.Array, traced: bool) -> Any:
+    """A cotangent of ones like ``value``, as ``jax.grad`` of a sum gives: inside a jit, part of
+    the trace; otherwise a NumPy array, since an eager ``jnp.ones`` (and ``jnp.sum``, whose
+    transpose it is) compiles a program for each new shape.
+
+    >>> _ones(jnp.zeros((2,), jnp.bfloat16), traced=False).dtype.name
+    'bfloat16'
+    """
+    if traced:
+        return jnp.ones_like(value)
+    return np.ones(np.shape(value), value.dtype)
+
+
 def _works(device: jax.Device) -> bool:
     """A device counts only when a tiny computation on it gives the right answer."""
     try:
@@ -227,7 +240,8 @@ class JaxBackend:
     def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
                                 compiled: bool = False,
                                 **options: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-        """(loss, gradients of the summed loss w.r.t. each name in ``wrt``) by ``jax.grad``."""
+        """(loss, gradients of the summed loss w.r.t. each name in ``wrt``) by JAX's reverse
+        mode: ``jax.vjp`` with a cotangent of ones, which is ``jax.grad`` of the sum."""
         names, _ = check_wrt(wrt)
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
         arrays, loss, key = self._differentiable("logits", logits, targets, options)
@@ -235,12 +249,8 @@ class JaxBackend:
 
         def build() -> Callable[..., Any]:
             def run(diff: dict[str, jax.Array], rest: dict[str, Any]) -> tuple[Any, Any]:
-                def objective(values: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-                    value = loss({**rest, **values})
-                    return jnp.sum(value), value
-
-                (_, value), grads = jax.value_and_grad(objective, has_aux=True)(diff)
-                return value, grads
+                value, pullback = jax.vjp(lambda values: loss({**rest, **values}), diff)
+                return value, pullback(_ones(value, compiled))[0]
             return run
 
         run = self._compiled(("value_and_grad", moving, key), build) if compiled else build()
@@ -250,14 +260,17 @@ class JaxBackend:
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
                                    **options: Any) -> jax.Array:
-        """d/dlogits of sum(d loss / d logits) by nested ``jax.grad``: the Hessian's diagonal."""
+        """d/dlogits of sum(d loss / d logits) by nested reverse mode (``jax.vjp`` with
+        cotangents of ones, as nested ``jax.grad`` of sums): the Hessian's diagonal."""
         arrays, loss, key = self._differentiable("logits", logits, targets, options)
 
         def build() -> Callable[..., Any]:
             def second(x: jax.Array, rest: dict[str, Any]) -> jax.Array:
                 def first(v: jax.Array) -> jax.Array:
-                    return jax.grad(lambda u: jnp.sum(loss({**rest, "logits": u})))(v)
-                return jax.grad(lambda v: jnp.sum(first(v)))(x)
+                    value, pullback = jax.vjp(lambda u: loss({**rest, "logits": u}), v)
+                    return pullback(_ones(value, compiled))[0]
+                gradient, pullback = jax.vjp(first, x)
+                return pullback(_ones(gradient, compiled))[0]
             return second
 
         run = self._compiled(("second", key), build) if compiled else build()
@@ -265,17 +278,13 @@ class JaxBackend:
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
                             **options: Any) -> tuple[jax.Array, jax.Array]:
-        """(loss, d summed loss / d probs) of the probability form by ``jax.grad``."""
+        """(loss, d summed loss / d probs) of the probability form by JAX's reverse mode."""
         arrays, loss, key = self._differentiable("probs", probs, targets, options)
 
         def build() -> Callable[..., Any]:
             def run(p: jax.Array, rest: dict[str, Any]) -> tuple[Any, Any]:
-                def objective(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-                    value = loss({**rest, "probs": v})
-                    return jnp.sum(value), value
-
-                (_, value), grad = jax.value_and_grad(objective, has_aux=True)(p)
-                return value, grad
+                value, pullback = jax.vjp(lambda v: loss({**rest, "probs": v}), p)
+                return value, pullback(_ones(value, compiled))[0]
             return run
 
         run = self._compiled(("probs", key), build) if compiled else build()

@@ -147,8 +147,9 @@ def _logits_outputs(eps: float, keys: tuple[str, ...], loss: Array | None, plan:
 
 
 @partial(jax.jit, static_argnames=("eps", "reduction", "want"))
-def logits_program(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None, *,
-                   eps: float, reduction: str, want: tuple[str, ...]) -> dict[str, Array]:
+def logits_program(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None,
+                   denominator: float | Array | None = None, *, eps: float, reduction: str,
+                   want: tuple[str, ...]) -> dict[str, Array]:
     """The outputs named in ``want``, each in the input's dtype:
 
     - ``"loss"``: the reduced loss;
@@ -159,11 +160,13 @@ def logits_program(x: Array, y: Array, w: Array | None, q: Array | None, mask: A
 
     One exp and one log1p per element serve them all, in one pass over the elements
     (``chunks``). Not differentiable itself: ``ops`` gives the loss its derivatives.
+    ``reduction`` may be ``SCALED``, with its runtime ``denominator`` (see ``reductions``).
     """
     _check_outputs("logits_program", want, NAMES, curvature=True)
     dtype, work = x.dtype, working_dtype(x.dtype)
     operands = tuple(_up(v, work) for v in (x, y, w, q))
-    plan = Reduction.plan(reduction, x.shape, mask=mask, weight=operands[2], dtype=work)
+    plan = Reduction.plan(reduction, x.shape, mask=mask, weight=operands[2], dtype=work,
+                          denominator=denominator)
     return _evaluate(partial(_logits_outputs, eps), NAMES, operands, plan, want, dtype)
 
 
@@ -180,7 +183,7 @@ def differentiable_logits_loss(x: Array, y: Array, w: Array | None, q: Array | N
     return plan.finish(elements).astype(dtype)
 
 
-def _probs_outputs(eps: float, clamp: float, keys: tuple[str, ...], loss: Array | None,
+def _probs_outputs(eps: float, clamp: float | Array, keys: tuple[str, ...], loss: Array | None,
                    plan: Reduction, p: Array, y: Array, w: Array | None,
                    q: Array | None) -> dict[str, Array]:
     """The outputs ``keys`` of ``probs_program`` on (a chunk of) its operands."""
@@ -216,16 +219,18 @@ def _probs_outputs(eps: float, clamp: float, keys: tuple[str, ...], loss: Array 
     return out
 
 
-@partial(jax.jit, static_argnames=("eps", "reduction", "clamp", "want"))
-def probs_program(p: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None, *,
-                  eps: float, reduction: str, clamp: float,
-                  want: tuple[str, ...]) -> dict[str, Array]:
-    """``logits_program`` for probabilities (NAMES with "probs" first; no curvature)."""
+@partial(jax.jit, static_argnames=("eps", "reduction", "want"))
+def probs_program(p: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None,
+                  denominator: float | Array | None = None, *, eps: float, reduction: str,
+                  clamp: float | Array, want: tuple[str, ...]) -> dict[str, Array]:
+    """``logits_program`` for probabilities (NAMES with "probs" first; no curvature). The log
+    clamp is a runtime value: one compilation serves every clamp."""
     names = ("probs", *NAMES[1:])
     _check_outputs("probs_program", want, names, curvature=False)
     dtype, work = p.dtype, working_dtype(p.dtype)
     operands = tuple(_up(v, work) for v in (p, y, w, q))
-    plan = Reduction.plan(reduction, p.shape, mask=mask, weight=operands[2], dtype=work)
+    plan = Reduction.plan(reduction, p.shape, mask=mask, weight=operands[2], dtype=work,
+                          denominator=denominator)
     return _evaluate(partial(_probs_outputs, eps, clamp), names, operands, plan, want, dtype)
 
 

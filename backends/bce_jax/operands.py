@@ -19,7 +19,6 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bce_core.arrays import Operands as NumpyOperands
@@ -67,8 +66,10 @@ def device_of(array: Any) -> jax.Device | None:
 def _place(array: np.ndarray, device: jax.Device | None) -> jax.Array:
     """``array`` on ``device``: uncommitted where JAX puts it by default anyway, so that a call
     with concrete logits and one under ``jax.grad`` (where the device is unknown) pass the same
-    kind of array and share one compiled program; committed to ``device`` otherwise."""
-    placed = jnp.asarray(array)
+    kind of array and share one compiled program; committed to ``device`` otherwise.
+    (``jax.device_put`` rather than ``jnp.asarray``, which compiles a copy for each new shape.)
+    """
+    placed = jax.device_put(array)
     if device is not None and placed.devices() != {device}:
         placed = jax.device_put(array, device)
     return placed
@@ -108,7 +109,7 @@ def as_input(name: str, value: Any) -> jax.Array:
         array = array.astype(jax.dtypes.canonicalize_dtype(np.float64))
     check_float_dtype(name, array.dtype.name)
     check_x64(name, array.dtype)
-    return jnp.asarray(array)
+    return jax.device_put(array)  # uncommitted, as jnp.asarray would be, and compiles nothing
 
 
 def as_native_operand(name: str, value: Any, dtype: np.dtype,
@@ -117,7 +118,14 @@ def as_native_operand(name: str, value: Any, dtype: np.dtype,
     if isinstance(value, jax.Array):
         _check_operand_dtype(name, np.dtype(value.dtype), np.dtype(dtype))
         # No cast when the dtype is right: under jax.grad a cast is one more primitive to run.
-        return value if value.dtype == dtype else value.astype(dtype)
+        if value.dtype == dtype:
+            return value
+        here = device_of(value)
+        if here is not None and here.platform == "cpu":
+            # The data is on the host already: NumPy casts it, where an eager cast would
+            # compile a program for each new shape.
+            return _place(np.asarray(value).astype(dtype), here)
+        return value.astype(dtype)
     return _place(as_operand(name, value, dtype), device)
 
 

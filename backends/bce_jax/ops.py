@@ -41,6 +41,8 @@ from jax import lax
 from . import compute
 from .autodiff import given
 from .compute import working_dtype
+from .operands import device_of
+from .reductions import SCALED, SCALED_REDUCTIONS, denominator
 
 Array = jax.Array
 
@@ -81,15 +83,45 @@ def _all_outputs(form: Form, x: Array, w: Array | None, q: Array | None,
     return (*keys, "curvature") if form.curvature else tuple(keys)
 
 
+def _rounded_up(form: Form, want: tuple[str, ...], everything: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs a large eager call computes for ``want``: a gradient other than the input's
+    brings every gradient (and the loss), and the curvature the input's gradient. Those calls
+    are rare next to the loss and the input's gradient, which keep programs of their own; so
+    JAX's eager derivatives and ``grad_hess`` share the compilations of ``value_and_grad``.
+
+    >>> _rounded_up(LOGITS, ("loss", "grad:targets"), _all_outputs(LOGITS, np.zeros(3), None,
+    ...                                                            None, "sum"))
+    ('loss', 'grad:logits', 'grad:targets')
+    >>> _rounded_up(LOGITS, ("curvature",), _all_outputs(LOGITS, np.zeros(3), None, None, "none"))
+    ('grad:logits', 'curvature')
+    """
+    own = f"grad:{form.names[0]}"
+    chosen = set(want)
+    if any(key.startswith(("grad:", "full:")) and key != own for key in want):
+        chosen.update(key for key in everything if key == "loss" or key.startswith("grad:"))
+    if "curvature" in want:
+        chosen.add(own)
+    # In the order of ``everything``, so that the same outputs make the same program.
+    return (*(k for k in everything if k in chosen), *(k for k in want if k not in everything))
+
+
 def outputs(form: Form, x: Array, y: Array, w: Array | None, q: Array | None,
             mask: Array | None, options: Options, want: tuple[str, ...]) -> dict[str, Array]:
-    """The program's outputs ``want`` (and for small inputs, every output)."""
+    """The program's outputs ``want`` (and for small inputs, every output; for large eager
+    ones, see ``_rounded_up``)."""
     kwargs = dict(options)
+    reduction = kwargs["reduction"]
+    everything = _all_outputs(form, x, w, q, reduction)
     if np.size(x) <= SMALL:
-        everything = _all_outputs(form, x, w, q, kwargs["reduction"])
         if all(key in everything for key in want):
             want = everything
-    return form.program(x, y, w, q, mask, want=want, **kwargs)
+    elif not any(isinstance(a, jax.core.Tracer) for a in (x, y, w, q, mask)):
+        want = _rounded_up(form, want, everything)
+    runtime = ()
+    if reduction in SCALED_REDUCTIONS:  # one program for the three, the denominator an input
+        kwargs["reduction"] = SCALED
+        runtime = (denominator(reduction, np.shape(x), masked=mask is not None),)
+    return form.program(x, y, w, q, mask, *runtime, want=want, **kwargs)
 
 
 def _key(name: str, value: Array, x: Array, full: bool) -> str:
@@ -113,7 +145,7 @@ def _contract(grads: tuple[Array, ...], tangents: tuple[Array, ...], reduction: 
             lead = np.ndim(grad) - np.ndim(tangent)  # NumPy broadcasting aligns trailing axes
             tangent = lax.broadcast_in_dim(tangent, np.shape(grad),
                                            tuple(range(lead, np.ndim(grad))))
-        term = lax.mul(_cast(grad, work), tangent)
+        term = lax.mul(_widened(grad, work), tangent)
         if reduction != "none":
             term = lax.reduce_sum(term, tuple(range(np.ndim(term))))
         total = term if total is None else lax.add(total, term)
@@ -122,6 +154,22 @@ def _contract(grads: tuple[Array, ...], tangents: tuple[Array, ...], reduction: 
 
 def _cast(value: Array, dtype: np.dtype) -> Array:
     return value if value.dtype == dtype else lax.convert_element_type(value, dtype)
+
+
+def _widened(value: Array, dtype: np.dtype) -> Array | np.ndarray:
+    """``value`` cast to the wider ``dtype``: for a concrete array on the CPU (a gradient under
+    an eager ``jax.grad``) by NumPy, in place of an eager conversion that compiles a program
+    per shape; the widening is exact either way.
+
+    >>> _widened(jnp.ones(2, jnp.float16), np.dtype(np.float32)).dtype
+    dtype('float32')
+    """
+    if value.dtype == dtype:
+        return value
+    device = None if isinstance(value, jax.core.Tracer) else device_of(value)
+    if device is not None and device.platform == "cpu":
+        return np.asarray(value).astype(dtype)
+    return lax.convert_element_type(value, dtype)
 
 
 def _moving(form: Form, primals: tuple, tangents: tuple) -> tuple[str, ...]:
