@@ -2,13 +2,15 @@
 
 An XLA compilation costs a few tenths of a second per program and shape, and a
 small input's call is dominated by fixed costs anyway. So up to ``SMALL``
-elements every call runs the same program per working dtype and output set:
-a front (a plain ``tf.function``, traced once per operand layout) broadcasts
+elements every call runs one of two programs per working dtype, reduced or
+per element, which always computes the gradient too (a call that does not ask
+for it costs little more, and needs no program of its own). A front (a plain
+``tf.function``, traced once per operand layout and reduction) broadcasts
 every operand to the logits' shape (an absent weight, pos_weight or mask as 1,
-1 and True), flattens them and pads them to a power of two, calls the program,
-and cuts its outputs back to the logits' shape and dtype. A handful of
-compilations then serve every small call, and an eager call is one function
-call rather than a dozen eager operations.
+1 and True), flattens them and pads them to a power of two, calls the
+program, and cuts its outputs back to the logits' shape and dtype. A handful
+of compilations then serve every small call, and an eager call is one
+function call rather than a dozen eager operations.
 
 >>> import tensorflow as tf
 >>> from bce_tensorflow.operands import prepare
@@ -56,8 +58,8 @@ def _original_layout(ops: Operands) -> Layout:
                   pattern_of(ops.pos_weight), pattern_of(ops.mask), False, False)
 
 
-def _build_front(layout: Layout, reduced: bool,
-                 grad: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
+def _build_front(layout: Layout,
+                 reduced: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
     dtype = tf.as_dtype(layout.dtype)
     work = working_dtype(dtype)
     names = ["logits", "targets", *(name for name, _ in layout.optional)]
@@ -77,18 +79,17 @@ def _build_front(layout: Layout, reduced: bool,
                 value = tf.cast(value, work)
             return tf.pad(tf.reshape(tf.broadcast_to(value, shape), [-1]), [[0, size - count]])
 
-        program = compiled(("fused", padded, reduced, grad, True, None),
-                           lambda: build_fused(padded, reduced, grad, True))
-        out = program(flat("logits", 0.0), flat("targets", 0.0), flat("weight", 1.0),
-                      flat("pos_weight", 1.0), flat("mask", True), count, *extras)
+        program = compiled(("fused", padded, reduced, True, True, None),
+                           lambda: build_fused(padded, reduced, True, True))
+        loss, grad = program(flat("logits", 0.0), flat("targets", 0.0), flat("weight", 1.0),
+                             flat("pos_weight", 1.0), flat("mask", True), count, *extras)
 
         def restore(value: tf.Tensor, elementwise: bool = True) -> tf.Tensor:
             if elementwise:
                 value = tf.reshape(value[:count], shape)
             return value if value.dtype == dtype else tf.cast(value, dtype)
 
-        results = [restore(out[0], elementwise=not reduced)]
-        return tuple(results + ([restore(out[-1])] if grad else []))
+        return restore(loss, elementwise=not reduced), restore(grad)
 
     signature = layout.signature() + [tf.TensorSpec([], tf.int32)]
     if reduced:
@@ -102,12 +103,13 @@ def loss_and_grad(ops: Operands, *, eps: float, reduction: str,
     """(the reduced loss, d loss / d logits or None) of a small input."""
     layout = _original_layout(ops)
     reduced = reduction != "none"
-    front = compiled(("small", layout, reduced, grad), lambda: _build_front(layout, reduced, grad),
+    # The gradient is always computed: one front and one program serve both kinds of call.
+    front = compiled(("small", layout, reduced), lambda: _build_front(layout, reduced),
                      jit=False)
     work = working_dtype(ops.inputs.dtype)
     extras = [tf.constant(bucket(ops.inputs.shape.num_elements()), tf.int32)]
     if reduced:
         extras.append(denominator(reduction, ops))
     extras.append(tf.constant(Smoothing.values(eps, work), work))  # one program for every eps
-    out = front(*[t for t in ops[:5] if t is not None], *extras)
-    return out[0], (out[1] if grad else None)
+    loss, gradient = front(*[t for t in ops[:5] if t is not None], *extras)
+    return loss, (gradient if grad else None)
