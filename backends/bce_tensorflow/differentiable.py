@@ -157,7 +157,9 @@ def _second_order(ops: Operands, names: tuple[str, ...], eps: float, reduction: 
         with tf.GradientTape() as inner:
             inner.watch(list(inputs))
             replaced = ops._replace(**{_FIELDS[n]: t for n, t in zip(names, inputs)})
-            loss = exact.logits_loss(replaced, eps=eps, reduction=reduction)
+            # Derivatives in the other operands are neither asked for nor evaluated.
+            loss = exact.logits_loss(replaced, eps=eps, reduction=reduction,
+                                     wrt=[exact.OPERANDS[NAMES.index(n)] for n in names])
         firsts = inner.gradient(loss, list(inputs), output_gradients=upstream,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return outer.gradient(firsts, sources, output_gradients=cotangents,

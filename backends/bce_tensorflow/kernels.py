@@ -45,6 +45,29 @@ TAILS: dict[str, tuple[float, int]] = {
 Coefficient = Union[tf.Tensor, float, int, None]
 
 
+def _zero(like: tf.Tensor) -> tf.Tensor:
+    """A scalar 0 of ``like``'s dtype, which ``tf.where`` broadcasts (no zeros_like to run)."""
+    return tf.constant(0, like.dtype)
+
+
+def _is_number(coefficient: Coefficient) -> bool:
+    return coefficient is None or isinstance(coefficient, (int, float))
+
+
+def terms(coefficient: Coefficient, *values: tf.Tensor) -> list[tf.Tensor]:
+    """``term(coefficient, value)`` for each value, testing the coefficient for 0 once.
+
+    >>> import tensorflow as tf
+    >>> [float(t) for t in terms(tf.constant(0.0), tf.constant(float("inf")), tf.constant(2.0))]
+    [0.0, 0.0]
+    """
+    if _is_number(coefficient):
+        return [term(coefficient, value) for value in values]
+    zero = tf.equal(coefficient, 0)
+    products = [coefficient * value for value in values]
+    return [tf.where(zero, _zero(product), product) for product in products]
+
+
 def term(coefficient: Coefficient, value: tf.Tensor) -> tf.Tensor:
     """coefficient * value, where a coefficient of exactly 0 (or None) gives exactly 0.
 
@@ -58,8 +81,7 @@ def term(coefficient: Coefficient, value: tf.Tensor) -> tf.Tensor:
         if coefficient == 0:
             return tf.zeros_like(value)
         return value if coefficient == 1 else value * coefficient
-    product = coefficient * value
-    return tf.where(tf.equal(coefficient, 0), tf.zeros_like(product), product)
+    return terms(coefficient, value)[0]
 
 
 def weighted(weight: tf.Tensor | None, value: tf.Tensor) -> tf.Tensor:
@@ -89,7 +111,7 @@ class Split:
         """This value times ``factor`` (zero-safe); None means no factor (an absent weight)."""
         if factor is None or (isinstance(factor, (int, float)) and factor == 1):
             return self
-        return Split(term(factor, self.big), term(factor, self.small), self.tail, self.shift)
+        return Split(*terms(factor, self.big, self.small), self.tail, self.shift)
 
     def plus(self, offset: tf.Tensor) -> Split:
         """This value plus a normal-range ``offset``."""
@@ -138,16 +160,28 @@ class LogitParts:
             scaled = half * half  # e x 2**shift; log1p(e) = e/(1+e) = e there
             log1p_e = tf.where(tail, scaled, log1p_e)
             sigmoid_small = tf.where(tail, scaled, sigmoid_small)
-            big_softplus = magnitude + tf.where(tail, tf.zeros_like(e), log1p_e)
+            big_softplus = magnitude + tf.where(tail, _zero(e), log1p_e)
         else:
             big_softplus = magnitude + log1p_e
         return cls(x >= 0, big_softplus, log1p_e, 1.0 / one_plus_e, sigmoid_small, tail, shift)
 
     def _combo(self, at_x: Coefficient, at_minus_x: Coefficient, big: tf.Tensor,
                small: tf.Tensor) -> Split:
-        on_big = tf.where(self.positive, term(at_x, big), term(at_minus_x, big))
-        on_small = tf.where(self.positive, term(at_minus_x, small), term(at_x, small))
+        if _is_number(at_x) and _is_number(at_minus_x):  # each term a product at most
+            on_big = tf.where(self.positive, term(at_x, big), term(at_minus_x, big))
+            on_small = tf.where(self.positive, term(at_minus_x, small), term(at_x, small))
+        else:
+            # Element by element, where(p, term(a, v), term(b, v)) is term(where(p, a, b), v):
+            # picking the coefficient first leaves one zero-safe product per side.
+            on_big = term(self._pick(at_x, at_minus_x, big), big)
+            on_small = term(self._pick(at_minus_x, at_x, small), small)
         return Split(on_big, on_small, self.tail, self.shift)
+
+    def _pick(self, at_x: Coefficient, at_minus_x: Coefficient, like: tf.Tensor) -> tf.Tensor:
+        """``at_x`` where x >= 0, else ``at_minus_x`` (None as 0), in ``like``'s dtype."""
+        def tensor(c: Coefficient) -> tf.Tensor:
+            return tf.constant(0 if c is None else c, like.dtype) if _is_number(c) else c
+        return tf.where(self.positive, tensor(at_x), tensor(at_minus_x))
 
     def softplus_combo(self, at_x: Coefficient, at_minus_x: Coefficient) -> Split:
         """at_x * softplus(x) + at_minus_x * softplus(-x)."""

@@ -131,45 +131,46 @@ def reduce_elements(elements: tf.Tensor, reduction: str, *, keep: tf.Tensor | No
 # -- the element loss from logits, differentiable to second order ----------------------
 
 
-def logit_elements(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None, *,
-                   eps: float, tails: bool) -> tf.Tensor:
-    """Element losses from logits (working precision, full shape), with the spec's gradients."""
-    has_w, has_q = w is not None, q is not None
+#: The operands of the element loss from logits, in argument order.
+OPERANDS = ("x", "y", "w", "q")
 
-    def terms_of(args: Sequence[tf.Tensor]) -> LogitTerms:
-        x, y, *rest = args
-        w = rest.pop(0) if has_w else None
-        q = rest.pop(0) if has_q else None
-        return LogitTerms.of(x, y, w, q, eps, tails=tails)
+
+def logit_elements(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None, *,
+                   eps: float, tails: bool, wrt: Sequence[str] | None = None) -> tf.Tensor:
+    """Element losses from logits (working precision, full shape), with the spec's gradients.
+
+    ``wrt`` names the operands (of ``OPERANDS``) that get gradients, by default every one
+    given; the others are constants of the operation, which then evaluates no derivative with
+    respect to them (the second derivative in the logits alone needs a quarter of the terms).
+    """
+    given = dict(zip(OPERANDS, (x, y, w, q)))
+    present = tuple(name for name in OPERANDS if given[name] is not None)
+    names = present if wrt is None else tuple(name for name in present if name in wrt)
+    dropped = len(names) < len(present)
 
     @tf.custom_gradient
     def elements(*args: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
-        terms = terms_of(args)
+        values = {**given, **dict(zip(names, args))}
+        terms = LogitTerms.of(values["x"], values["y"], values["w"], values["q"], eps,
+                              tails=tails)
 
         def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
-            return _logit_vjp(terms, upstream, *args)
+            return _logit_vjp(terms, names, dropped, upstream, *args)
         return terms.loss().value(), grad
 
-    return elements(*[t for t in (x, y, w, q) if t is not None])
+    return elements(*[given[name] for name in names])
 
 
-def _first_order(terms: LogitTerms) -> list[Split]:
-    """d loss/d (x, y[, w][, q]) per element."""
-    splits = [terms.grad_logits(), terms.grad_targets()]
-    if terms.w is not None:
-        splits.append(terms.bracket())
-    if terms.q is not None:
-        splits.append(terms.grad_pos_weight())
-    return splits
+def _first_order(terms: LogitTerms, names: Sequence[str]) -> list[Split]:
+    """d loss/d operand per element, for the operands ``names``."""
+    partials = {"x": terms.grad_logits, "y": terms.grad_targets, "w": terms.bracket,
+                "q": terms.grad_pos_weight}
+    return [partials[name]() for name in names]
 
 
-def _second_order(terms: LogitTerms) -> dict[tuple[int, int], Split]:
-    """The nonzero entries (i <= j) of the Hessian in (x, y[, w][, q]), by operand index."""
-    index = {"x": 0, "y": 1}
-    if terms.w is not None:
-        index["w"] = len(index)
-    if terms.q is not None:
-        index["q"] = len(index)
+def _second_order(terms: LogitTerms, names: Sequence[str]) -> dict[tuple[int, int], Split]:
+    """The nonzero entries (i <= j) of the Hessian in the operands ``names``, by their index."""
+    index = {name: i for i, name in enumerate(names)}
     table = {("x", "x"): terms.hessian, ("x", "y"): terms.logits_targets,
              ("x", "w"): lambda: terms.grad_logits(weighted=False),
              ("x", "q"): terms.logits_pos_weight,
@@ -180,31 +181,39 @@ def _second_order(terms: LogitTerms) -> dict[tuple[int, int], Split]:
             if a in index and b in index}
 
 
-def _accumulate(splits: Sequence[tuple[Split, tf.Tensor | None]]) -> Split | None:
+def _accumulate(splits: Sequence[tuple[Split, tf.Tensor | None]], dropped: bool) -> Split | None:
+    """The sum of split * factor. With ``dropped``, terms of operands left out of the operation
+    would have been added as exactly +0 (their cotangents are zeros): adding +0 once keeps the
+    sign that a zero total then had."""
     total = None
     for split, factor in splits:
         if factor is None:
             continue
         part = split.times(factor)
         total = part if total is None else total + part
+    if dropped and total is not None:
+        zero = tf.constant(0, total.big.dtype)
+        total = Split(total.big + zero, total.small + zero, total.tail, total.shift)
     return total
 
 
-def _logit_vjp(terms: LogitTerms, upstream: tf.Tensor, *args: tf.Tensor) -> list[tf.Tensor]:
-    """upstream * d loss/d operand for each operand, as a custom-gradient op (for second order)."""
+def _logit_vjp(terms: LogitTerms, names: Sequence[str], dropped: bool, upstream: tf.Tensor,
+               *args: tf.Tensor) -> list[tf.Tensor]:
+    """upstream * d loss/d operand for each operand ``names`` (``args``), as a custom-gradient
+    op (for second order); ``dropped``: some given operands are not among them."""
 
     @tf.custom_gradient
     def vjp(upstream: tf.Tensor, *args: tf.Tensor) -> tuple[list[tf.Tensor], Callable[..., Any]]:
-        firsts = _first_order(terms)
+        firsts = _first_order(terms, names)
 
         def grad(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
-            hessian = _second_order(terms)
-            d_upstream = _accumulate(list(zip(firsts, cotangents)))
+            hessian = _second_order(terms, names)
+            d_upstream = _accumulate(list(zip(firsts, cotangents)), dropped)
             grads = [tf.zeros_like(upstream) if d_upstream is None else d_upstream.value()]
             for i, operand in enumerate(args):
                 row = [(hessian[min(i, j), max(i, j)], cotangents[j])
                        for j in range(len(args)) if (min(i, j), max(i, j)) in hessian]
-                total = _accumulate(row)
+                total = _accumulate(row, dropped)
                 grads.append(tf.zeros_like(operand) if total is None
                              else total.times(upstream).value())
             return grads
@@ -243,11 +252,13 @@ def probs_elements(p: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor
 # -- the public computations ------------------------------------------------------------
 
 
-def logits_loss(ops: Operands, *, eps: float, reduction: str) -> tf.Tensor:
-    """The reduced loss from logits, in the input's dtype, differentiable by tf.GradientTape."""
+def logits_loss(ops: Operands, *, eps: float, reduction: str,
+                wrt: Sequence[str] | None = None) -> tf.Tensor:
+    """The reduced loss from logits, in the input's dtype, differentiable by tf.GradientTape
+    with respect to the operands ``wrt`` (of ``OPERANDS``; default: all of them)."""
     v = Working.of(ops, neutral_input=0.0)
     elements = logit_elements(v.inputs, v.targets, v.weight, v.pos_weight, eps=eps,
-                              tails=scales_tails(v.dtype))
+                              tails=scales_tails(v.dtype), wrt=wrt)
     reduced = reduce_elements(elements, reduction, keep=v.keep, weight=v.weight)
     return from_working(reduced.loss, v.dtype)
 

@@ -9,8 +9,8 @@ chunk of rows at a time (``chunks``).
 Each program is a ``tf.function(jit_compile=True)`` with a shape-polymorphic
 input signature, traced once per ``Layout`` and a few static choices (reduced
 or per element, with or without the gradient, with or without label
-smoothing); the smoothing constants and the reduction's denominator are
-runtime arguments. A call with another batch size, eps or reduction therefore
+smoothing; the programs of small inputs always compute the gradient); the
+smoothing constants and the reduction's denominator are runtime arguments. A call with another batch size, eps or reduction therefore
 runs the same trace, and XLA compiles each new shape once. Inside a caller's
 ``tf.function`` a program is one call op; inside a caller's XLA cluster it is
 inlined. ``fast`` chooses the program for a call.

@@ -2,13 +2,16 @@
 
 An XLA compilation costs a few tenths of a second per program and shape, and a
 small input's call is dominated by fixed costs anyway. So up to ``SMALL``
-elements every call runs the same program per working dtype and output set:
-a front (a plain ``tf.function``, traced once per operand layout) broadcasts
-every operand to the logits' shape (an absent weight, pos_weight or mask as 1,
-1 and True), flattens them and pads them to a power of two, calls the program,
-and cuts its outputs back to the logits' shape and dtype. A handful of
-compilations then serve every small call, and an eager call is one function
-call rather than a dozen eager operations.
+elements every call runs one of two programs per working dtype, reduced or
+per element, which always computes the gradient too (a call that does not ask
+for it costs little more, and needs no program of its own). A front (a plain
+``tf.function`` of operands of any shape, traced once per dtype and
+reduction) broadcasts every operand to the logits' shape (an absent weight,
+pos_weight or mask is passed as 1, 1 and True), flattens them and pads them to
+a power of two, calls the program, and cuts its outputs back to the logits'
+shape and dtype. A handful of traces and compilations then serve every small
+call, and an eager call is one function call rather than a dozen eager
+operations.
 
 >>> import tensorflow as tf
 >>> from bce_tensorflow.operands import prepare
@@ -30,7 +33,7 @@ import tensorflow as tf
 
 from .canonical import working_dtype
 from .compensated import Smoothing
-from .layout import Layout, pattern_of
+from .layout import Layout
 from .operands import Operands
 from .programs import build_fused, compiled, denominator
 
@@ -51,46 +54,35 @@ def bucket(size: int) -> int:
     return max(_MIN_SIZE, 1 << max(size - 1, 0).bit_length())
 
 
-def _original_layout(ops: Operands) -> Layout:
-    return Layout(ops.inputs.dtype.name, ops.inputs.shape.rank, pattern_of(ops.weight),
-                  pattern_of(ops.pos_weight), pattern_of(ops.mask), False, False)
-
-
-def _build_front(layout: Layout, reduced: bool,
-                 grad: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
-    dtype = tf.as_dtype(layout.dtype)
+def _build_front(dtype: tf.DType,
+                 reduced: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
     work = working_dtype(dtype)
-    names = ["logits", "targets", *(name for name, _ in layout.optional)]
     padded = Layout(work.name, 1, (True,), (True,), (True,), chunked=False, padded=True)
 
-    def run(*args: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        given = dict(zip(names, args))
-        size, extras = args[len(names)], list(args[len(names) + 1:])
-        x = given["logits"]
+    def run(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, q: tf.Tensor, m: tf.Tensor,
+            size: tf.Tensor, *extras: tf.Tensor) -> tuple[tf.Tensor, ...]:
         shape, count = tf.shape(x), tf.size(x)
 
-        def flat(name: str, absent: float | bool) -> tf.Tensor:
-            value = given.get(name)
-            if value is None:
-                return tf.fill([size], tf.constant(absent, tf.bool if name == "mask" else work))
+        def flat(value: tf.Tensor) -> tf.Tensor:
             if value.dtype not in (work, tf.bool):
                 value = tf.cast(value, work)
+            # Padded elements are left out by the program (``valid``), whatever their values.
             return tf.pad(tf.reshape(tf.broadcast_to(value, shape), [-1]), [[0, size - count]])
 
-        program = compiled(("fused", padded, reduced, grad, True, None),
-                           lambda: build_fused(padded, reduced, grad, True))
-        out = program(flat("logits", 0.0), flat("targets", 0.0), flat("weight", 1.0),
-                      flat("pos_weight", 1.0), flat("mask", True), count, *extras)
+        program = compiled(("fused", padded, reduced, True, True, None),
+                           lambda: build_fused(padded, reduced, True, True))
+        loss, grad = program(*[flat(t) for t in (x, y, w, q, m)], count, *extras)
 
         def restore(value: tf.Tensor, elementwise: bool = True) -> tf.Tensor:
             if elementwise:
                 value = tf.reshape(value[:count], shape)
             return value if value.dtype == dtype else tf.cast(value, dtype)
 
-        results = [restore(out[0], elementwise=not reduced)]
-        return tuple(results + ([restore(out[-1])] if grad else []))
+        return restore(loss, elementwise=not reduced), restore(grad)
 
-    signature = layout.signature() + [tf.TensorSpec([], tf.int32)]
+    # Any rank and shape: one trace serves every layout of the operands.
+    signature = [tf.TensorSpec(None, dtype)] * 4 + [tf.TensorSpec(None, tf.bool),
+                                                    tf.TensorSpec([], tf.int32)]
     if reduced:
         signature.append(tf.TensorSpec([], tf.float64))
     signature.append(tf.TensorSpec([4], work))
@@ -100,14 +92,19 @@ def _build_front(layout: Layout, reduced: bool,
 def loss_and_grad(ops: Operands, *, eps: float, reduction: str,
                   grad: bool) -> tuple[tf.Tensor, tf.Tensor | None]:
     """(the reduced loss, d loss / d logits or None) of a small input."""
-    layout = _original_layout(ops)
+    dtype = ops.inputs.dtype
     reduced = reduction != "none"
-    front = compiled(("small", layout, reduced, grad), lambda: _build_front(layout, reduced, grad),
+    # The gradient is always computed: one front and one program serve both kinds of call.
+    front = compiled(("small", dtype.name, reduced), lambda: _build_front(dtype, reduced),
                      jit=False)
-    work = working_dtype(ops.inputs.dtype)
+    work = working_dtype(dtype)
+    one = tf.constant(1, dtype)
+    operands = [ops.inputs, ops.targets, one if ops.weight is None else ops.weight,
+                one if ops.pos_weight is None else ops.pos_weight,
+                tf.constant(True) if ops.mask is None else ops.mask]
     extras = [tf.constant(bucket(ops.inputs.shape.num_elements()), tf.int32)]
     if reduced:
         extras.append(denominator(reduction, ops))
     extras.append(tf.constant(Smoothing.values(eps, work), work))  # one program for every eps
-    out = front(*[t for t in ops[:5] if t is not None], *extras)
-    return out[0], (out[1] if grad else None)
+    loss, gradient = front(*operands, *extras)
+    return loss, (gradient if grad else None)
