@@ -24,7 +24,7 @@ from bce_conformance import oracle  # noqa: E402
 from bce_core import reference  # noqa: E402
 from bce_core.arrays import reduce_loss, sum_to_shape  # noqa: E402
 from bce_core.registry import get_registry  # noqa: E402
-from bce_jax import chunks, compute, kernels  # noqa: E402
+from bce_jax import chunks, compute, kernels, ops  # noqa: E402
 from bce_jax.backend import JaxBackend  # noqa: E402
 from bce_numpy.backend import NumpyBackend  # noqa: E402
 
@@ -853,6 +853,69 @@ def test_the_loss_and_its_derivatives_share_one_compilation(options: dict) -> No
         BACKEND.autodiff_second_derivative(x, y, **options)
         jax.grad(lambda a: jnp.sum(BACKEND.binary_cross_entropy_with_logits(a, y, **options)))(x)
     assert [name for name in compiled.names if "logits" in name] == ["jit(logits_program)"]
+
+
+def test_reductions_and_log_clamps_share_their_programs() -> None:
+    # "sum", "mean" and "batch_mean" differ only in the denominator, the probability form's
+    # calls only in the clamp: runtime inputs of one program each (shapes no other test uses).
+    rng = np.random.default_rng(22)
+    x = jnp.asarray(rng.uniform(-4, 4, (3, 7)).astype(np.float32))
+    y = jnp.asarray(rng.uniform(0, 1, (3, 7)).astype(np.float32))
+    p = jnp.asarray(rng.uniform(0, 1, (3, 7)).astype(np.float32))
+    with CompiledPrograms() as compiled:
+        for reduction in ("sum", "mean", "batch_mean"):
+            BACKEND.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+            BACKEND.value_and_grad(x, y, reduction=reduction)
+        for clamp in (-100.0, -10.0, 0.0, -np.inf):
+            BACKEND.binary_cross_entropy(p, y, log_clamp=clamp, reduction="none")
+    assert compiled.names == ["jit(logits_program)", "jit(probs_program)"]
+    # The runtime denominator divides as a compiled-in one does: the same bits as under jit.
+    for reduction in ("sum", "mean", "batch_mean"):
+        eager = BACKEND.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+        traced = jax.jit(lambda a, b, r=reduction: BACKEND.binary_cross_entropy_with_logits(
+            a, b, reduction=r))(x, y)
+        assert host(eager).tobytes() == host(traced).tobytes(), reduction
+
+
+def test_eager_calls_compile_only_the_programs() -> None:
+    # NumPy operands, JAX operands of another dtype and JAX's eager reverse mode through the
+    # loss compile nothing per shape beyond the programs, but for the chain rule's products.
+    rng = np.random.default_rng(23)
+    x = jnp.asarray(rng.uniform(-4, 4, (5, 3)).astype(np.float32))
+    y, ints = rng.uniform(0, 1, (5, 3)), jnp.asarray(rng.integers(0, 2, (5, 3)))
+    with CompiledPrograms() as compiled:
+        BACKEND.binary_cross_entropy_with_logits(x, y, weight=np.ones(3),
+                                                 mask=np.ones((5, 3), bool))
+        BACKEND.binary_cross_entropy_with_logits(x, ints, reduction="sum")
+    assert compiled.names == ["jit(logits_program)"] * 2
+    x, y = (jnp.asarray(rng.uniform(0, 1, (4, 9)).astype(np.float32)) for _ in range(2))
+    with CompiledPrograms() as compiled:
+        BACKEND.autodiff_value_and_grad(x, y, wrt=("logits", "targets"), reduction="none")
+        BACKEND.autodiff_second_derivative(x, y, reduction="none")
+        BACKEND.autodiff_probs_grad(x, y, reduction="none")
+    assert compiled.names == ["jit(logits_program)", "jit(mul)", "jit(probs_program)"]
+
+
+def test_large_eager_calls_share_the_gradient_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Above ops.SMALL (here 8), a gradient other than the logits' brings every gradient, and
+    # the curvature the logits' gradient: value_and_grad for one name or all and JAX's eager
+    # gradients take one program, grad_hess and the eager second derivative two more (the
+    # second one the logits' gradient's, as value_and_grad's default); the loss its own.
+    monkeypatch.setattr(ops, "SMALL", 8)
+    rng = np.random.default_rng(24)
+    x, y = (jnp.asarray(rng.uniform(0, 1, (6, 5)).astype(np.float32)) for _ in range(2))
+    with CompiledPrograms() as compiled:
+        _, everything = BACKEND.value_and_grad(x, y, wrt=("logits", "targets"), reduction="none")
+        _, alone = BACKEND.value_and_grad(x, y, wrt="targets", reduction="none")
+        BACKEND.autodiff_value_and_grad(x, y, wrt=("targets",), reduction="none")
+        BACKEND.grad_hess(x, y)
+        BACKEND.autodiff_second_derivative(x, y, reduction="none")
+    assert compiled.names.count("jit(logits_program)") == 3
+    assert host(alone).tobytes() == host(everything[1]).tobytes()
+    with CompiledPrograms() as compiled:
+        BACKEND.value_and_grad(x, y, reduction="none")
+        BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none")
+    assert compiled.names == ["jit(logits_program)"]
 
 
 def test_an_empty_batch_has_zero_loss() -> None:

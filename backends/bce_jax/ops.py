@@ -13,7 +13,9 @@ differentiate (and compile anew) the program itself:
   logits runs it once more for the curvature: for small inputs (up to
   ``SMALL`` elements) one program per option set computes every output, so
   the loss, ``value_and_grad``, ``grad_hess`` and JAX's first and second
-  derivatives share a single compilation;
+  derivatives share a single compilation; above that, the rarer calls share
+  theirs too (``_rounded_up``); "sum", "mean" and "batch_mean" share one
+  program, their denominator a runtime input (``reductions.SCALED``);
 - any other derivative (mixed second derivatives, third order, second
   derivatives of the probability form) is taken by JAX through the form's
   differentiable loss (``compute.differentiable_*``), with the spec's
