@@ -141,6 +141,9 @@ def _times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor,
         return upstream_times(saved, upstream, operand)
     if tf.executing_eagerly():
         return saved if float(upstream) == 1.0 else upstream_times(saved, upstream, operand)
+    known = tf.get_static_value(upstream)  # tape.gradient of a loss seeds a constant 1
+    if known is not None:
+        return tf.identity(saved) if known == 1 else upstream_times(saved, upstream, operand)
     return tf.cond(tf.equal(upstream, 1), lambda: tf.identity(saved),
                    lambda: upstream_times(saved, upstream, operand))
 

@@ -77,6 +77,10 @@ def round_to(value: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     _, min_exponent, mantissa = _FORMATS["float32"]
     magnitude = tf.abs(value)
     subnormal = magnitude < 2.0 ** min_exponent  # False for NaN
+    if tf.executing_eagerly() and not bool(tf.reduce_any(subnormal & (magnitude > 0))):
+        # Nothing below the normal range but zeros (the usual case): no bits to build, and
+        # the zeros come out as +0, as the bits would give them. Half the eager operations.
+        return tf.where(subnormal, tf.constant(0, dtype), tf.cast(value, dtype))
     scaled = tf.where(subnormal, magnitude, tf.zeros_like(magnitude)) * 2.0 ** (
         mantissa - min_exponent)
     return tf.where(subnormal, _from_bits(scaled, value < 0, dtype), tf.cast(value, dtype))
