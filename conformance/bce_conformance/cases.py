@@ -68,10 +68,10 @@ class Case:
     """One conformance case: everything needed to build its inputs deterministically."""
 
     form: str                       # "logits" or "probs"
-    values: str                     # "edge" or "random:<scale>"
+    values: str                     # "edge", "random:<scale>", "outside" (probs) or "tiled"
     dtype: str
     shape: tuple[int, ...]
-    targets: str = "hard"           # "hard", "soft", "int" or "bool"
+    targets: str = "hard"           # "hard", "soft", "int", "bool" or "outside" ([0, 1])
     reduction: str = "mean"
     weight: tuple[int, ...] | None = None
     pos_weight: tuple[int, ...] | None = None
