@@ -1,10 +1,8 @@
-"""NumPy plumbing shared by the float64 reference and the NumPy backend.
+"""NumPy's side of the shared rules: its array operations, its argument
+conversion and the data checks of ``validate=True``.
 
-Argument preparation (dtype and shape rules), validation with the first bad
-index, masked reductions with zero-denominator handling, and reducing a
-broadcast gradient back to its argument's shape. The loss formulas themselves
-live in the modules that use this one, so the reference and the backend stay
-independent where it matters.
+The float64 reference and the NumPy backend use these; the other backends
+reuse the data checks on NumPy copies, so every error reads the same.
 
 >>> import numpy as np
 >>> ops = prepare_operands("logits", np.zeros((2, 3), np.float32), [[0, 1, 1]] * 2,
@@ -17,14 +15,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from .spec import (check_batch_mean, check_float_dtype, check_mask_dtype, check_operand_dtype,
-                   check_shapes)
+from . import rules
+from .rules import Operands, Reduced
+from .spec import check_float_dtype, check_mask_dtype, check_operand_dtype
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["NUMPY_CONVERTER", "NUMPY_OPS", "Operands", "Reduced", "as_float_input", "as_mask",
+           "as_operand", "gradients_of_reduction", "prepare_operands", "quiet_float_errors",
+           "raise_first_bad", "reduce_loss", "sum_to_shape", "validate_operands"]
 
 
 def quiet_float_errors(function: F) -> F:
@@ -42,15 +45,33 @@ def quiet_float_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class Operands(NamedTuple):
-    """Checked inputs of one call, as NumPy arrays (targets and weights in the input's dtype)."""
+class NumpyOps:
+    """The array operations of ``bce_core.rules``, for NumPy arrays."""
 
-    inputs: np.ndarray
-    targets: np.ndarray
-    weight: np.ndarray | None
-    pos_weight: np.ndarray | None
-    mask: np.ndarray | None
-    shape: tuple[int, ...]
+    where = staticmethod(np.where)
+    broadcast_to = staticmethod(np.broadcast_to)
+    reshape = staticmethod(np.reshape)
+    zeros_like = staticmethod(np.zeros_like)
+
+    @staticmethod
+    def total(array: Any) -> np.ndarray:
+        array = np.asarray(array)
+        return np.asarray(np.sum(array, dtype=array.dtype))
+
+    @staticmethod
+    def count(keep: Any, shape: tuple[int, ...], like: Any) -> np.ndarray:
+        return np.asarray(np.count_nonzero(np.broadcast_to(keep, shape)), np.asarray(like).dtype)
+
+    @staticmethod
+    def sum_axes(array: Any, axes: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(np.sum(array, axis=axes))
+
+    @staticmethod
+    def cast_like(array: Any, like: Any) -> np.ndarray:
+        return np.asarray(array).astype(np.asarray(like).dtype)
+
+
+NUMPY_OPS = NumpyOps()
 
 
 def as_float_input(name: str, value: Any) -> np.ndarray:
@@ -75,19 +96,29 @@ def as_mask(value: Any) -> np.ndarray:
     return array
 
 
+class NumpyConverter:
+    """The ``rules.Converter`` of NumPy arrays (and of lists and Python numbers)."""
+
+    as_input = staticmethod(as_float_input)
+    as_mask = staticmethod(as_mask)
+
+    @staticmethod
+    def as_operand(name: str, value: Any, like: np.ndarray) -> np.ndarray:
+        return as_operand(name, value, like.dtype)
+
+    @staticmethod
+    def shape_of(array: np.ndarray) -> tuple[int, ...]:
+        return tuple(array.shape)
+
+
+NUMPY_CONVERTER = NumpyConverter()
+
+
 def prepare_operands(input_name: str, inputs: Any, targets: Any, *, weight: Any,
-                     pos_weight: Any, mask: Any) -> Operands:
-    """Apply the dtype and shape rules of the spec to one call's arguments."""
-    x = as_float_input(input_name, inputs)
-    y = as_operand("targets", targets, x.dtype)
-    w = None if weight is None else as_operand("weight", weight, x.dtype)
-    q = None if pos_weight is None else as_operand("pos_weight", pos_weight, x.dtype)
-    m = None if mask is None else as_mask(mask)
-    shape = check_shapes(x.shape, y.shape, input_name=input_name,
-                         weight=None if w is None else w.shape,
-                         pos_weight=None if q is None else q.shape,
-                         mask=None if m is None else m.shape)
-    return Operands(x, y, w, q, m, shape)
+                     pos_weight: Any, mask: Any) -> Operands[np.ndarray]:
+    """``rules.prepare_operands`` for NumPy."""
+    return rules.prepare_operands(NUMPY_CONVERTER, input_name, inputs, targets, weight=weight,
+                                  pos_weight=pos_weight, mask=mask)
 
 
 def raise_first_bad(name: str, values: np.ndarray, bad: np.ndarray, why: str) -> None:
@@ -99,7 +130,8 @@ def raise_first_bad(name: str, values: np.ndarray, bad: np.ndarray, why: str) ->
             f"fix the data or pass mask= to exclude it.")
 
 
-def validate_operands(ops: Operands, input_name: str, *, input_in_unit_interval: bool) -> None:
+def validate_operands(ops: Operands[np.ndarray], input_name: str, *,
+                      input_in_unit_interval: bool) -> None:
     """The data checks of ``validate=True``; masked-out elements are not checked.
 
     >>> import numpy as np
@@ -123,79 +155,34 @@ def validate_operands(ops: Operands, input_name: str, *, input_in_unit_interval:
 
 
 def sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sum a full-shape gradient over the axes along which an argument of ``shape`` was broadcast.
+    """``rules.sum_to_shape`` for NumPy.
 
     >>> sum_to_shape(np.ones((4, 3)), (3,))
     array([4., 4., 4.])
     """
-    lead = array.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
-                                      if d == 1 and array.shape[lead + i] != 1)
-    return np.asarray(array.sum(axis=axes)).reshape(shape) if axes else array.reshape(shape)
-
-
-class Reduced(NamedTuple):
-    """A reduced loss and the factor that turns an element's derivative into the loss's."""
-
-    loss: np.ndarray
-    #: Per-element factor d(loss)/d(element loss): 0 where masked out, 1/denominator otherwise.
-    factor: np.ndarray | float
+    return np.asarray(rules.sum_to_shape(NUMPY_OPS, np.asarray(array), tuple(shape)))
 
 
 def reduce_loss(elements: np.ndarray, reduction: str, *, mask: np.ndarray | None,
-                weight: np.ndarray | None) -> Reduced:
-    """Apply ``reduction`` to element losses (already weighted), honouring the mask.
-
-    A zero denominator gives a loss of 0 and a factor of 0.
+                weight: Any) -> Reduced[np.ndarray]:
+    """``rules.reduce_elements`` for NumPy, the loss as a 0-d array of the elements' dtype.
 
     >>> reduce_loss(np.array([1.0, 3.0]), "mean", mask=None, weight=None).loss
     array(2.)
     """
-    keep = None if mask is None else np.broadcast_to(mask, elements.shape)
-    if keep is not None:
-        elements = np.where(keep, elements, 0.0)
-    if reduction == "none":
-        return Reduced(elements, 1.0 if keep is None else keep.astype(elements.dtype))
-    total = np.sum(elements, dtype=elements.dtype)
-    if reduction == "sum":
-        denominator = 1.0
-    elif reduction == "mean":
-        denominator = float(elements.size if keep is None else np.count_nonzero(keep))
-    elif reduction == "batch_mean":
-        check_batch_mean(elements.shape)
-        denominator = float(elements.shape[0])
-    else:  # weighted_mean
-        full_weight = np.broadcast_to(1.0 if weight is None else weight, elements.shape)
-        if keep is not None:
-            full_weight = np.where(keep, full_weight, 0.0)
-        denominator = float(np.sum(full_weight, dtype=np.float64))
-    if denominator == 0.0:
-        return Reduced(np.zeros((), elements.dtype), 0.0)
-    scale = 1.0 / denominator
-    factor: np.ndarray | float = scale if keep is None else keep * scale
-    return Reduced(np.asarray(total / denominator, elements.dtype), factor)
+    elements = np.asarray(elements)
+    weight = None if weight is None or np.ndim(weight) == 0 and weight == 1.0 else weight
+    reduced = rules.reduce_elements(NUMPY_OPS, elements, reduction, keep=mask, weight=weight)
+    loss = reduced.loss if reduction == "none" else np.asarray(reduced.loss, elements.dtype)
+    return Reduced(loss, reduced.factor)
 
 
 def gradients_of_reduction(names: Sequence[str], partials: Mapping[str, Callable[[], np.ndarray]],
-                           ops: Operands, reduction: str, reduced: Reduced) -> list[np.ndarray]:
-    """Turn elementwise partial derivatives into gradients of the reduced loss.
-
-    ``partials[name]()`` gives d(element loss)/d(name) per element; for
-    ``"weight"`` that is the bracket (the loss before the weight). Masked-out
-    elements and zero denominators give exactly 0; a broadcast argument gets
-    its gradient summed back to its own shape.
-    """
-    shapes = {"weight": None if ops.weight is None else ops.weight.shape,
-              "pos_weight": None if ops.pos_weight is None else ops.pos_weight.shape}
-    dropped = np.broadcast_to(np.equal(reduced.factor, 0), ops.shape)
-    grads = []
-    for name in names:
-        partial = partials[name]()
-        if name == "weight" and reduction == "weighted_mean":
-            # d/dw_i of sum(w B) / sum(w) = (B_i - loss) / sum(w).
-            partial = partial - reduced.loss
-        with np.errstate(invalid="ignore"):
-            grad = np.where(dropped, 0.0, np.broadcast_to(partial * reduced.factor, ops.shape))
-        shape = shapes.get(name)
-        grads.append(sum_to_shape(grad, ops.shape if shape is None else shape))
-    return grads
+                           ops: Operands[np.ndarray], reduction: str,
+                           reduced: Reduced[np.ndarray]) -> list[np.ndarray]:
+    """``rules.reduction_gradients`` for NumPy operands."""
+    shapes = {"weight": None if ops.weight is None else tuple(ops.weight.shape),
+              "pos_weight": None if ops.pos_weight is None else tuple(ops.pos_weight.shape)}
+    return [np.asarray(g) for g in rules.reduction_gradients(
+        NUMPY_OPS, names, partials, shape=ops.shape, arg_shapes=shapes, reduction=reduction,
+        reduced=reduced)]

@@ -28,9 +28,14 @@ import argparse
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
 import pluggy
+
+from .spec import DEFAULT_LOG_CLAMP
+
+if TYPE_CHECKING:  # Unpack is in typing from Python 3.11
+    from typing_extensions import Unpack
 
 #: Name of the pluggy project and of the entry-point group.
 PROJECT = "bce"
@@ -115,15 +120,39 @@ class CommandSpec:
         return cls(name, help, add_arguments, run)
 
 
+class LogitOptions(TypedDict, total=False):
+    """The keyword options of ``binary_cross_entropy_with_logits`` that shape the loss."""
+
+    weight: Any
+    pos_weight: Any
+    label_smoothing: float
+    mask: Any
+    reduction: str
+
+
+class ProbsOptions(LogitOptions, total=False):
+    """The keyword options of ``binary_cross_entropy``: those of the logits form and the clamp."""
+
+    log_clamp: float
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """What a loaded backend object provides (see ``bce_numpy.backend`` for a model)."""
+    """What a loaded backend object provides (``bce_numpy.backend.NumpyBackend`` is the model).
+
+    The conformance suite calls every method here; ``isinstance(obj, Backend)``
+    checks that an object has them all.
+    """
 
     name: str
 
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """The framework's version."""
+        ...
 
-    def devices(self) -> list[str]: ...
+    def devices(self) -> list[str]:
+        """The devices this backend can run on here, as ``asarray`` names them ("cpu" first)."""
+        ...
 
     def asarray(self, array: Any, device: str | None = None) -> Any:
         """A native array holding the NumPy ``array`` (same dtype) on ``device``."""
@@ -133,26 +162,43 @@ class Backend(Protocol):
         """A NumPy copy of a native array (bfloat16 as ml_dtypes.bfloat16 or float32)."""
         ...
 
-    # Also expected, and checked by the conformance suite when present:
-    # def device_of(self, array) -> str: the device of a native array, as devices() names it.
-    # Optional, drawn by `bce conformance --html` next to the backend's own error curves:
-    # def framework_loss(self, logits, targets) -> (losses, d losses / d logits): the
-    #     framework's own loss on the same native arrays, elementwise (reduction none).
-    # Optional, used by the conformance suite to choose and check more cases:
-    # def size_thresholds(self, device) -> tuple[int, ...]: the sizes (elements) from which
-    #     the backend takes another code path; the suite runs sizes on both sides of each.
-    # def as_parameter(self, numpy_array, device) -> a user's trainable parameter holding it
-    #     (a torch leaf with an accumulated .grad, a tf.Variable);
-    # def parameter_state(self, parameter) -> dict[str, np.ndarray | None]: everything a call
-    #     must leave alone on the parameter (its values, its accumulated gradient).
+    def device_of(self, array: Any) -> str:
+        """The device of a native array, as ``devices()`` names it."""
+        ...
 
-    def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any: ...
+    def size_thresholds(self, device: str) -> tuple[int, ...]:
+        """The sizes (in elements) from which the backend takes another code path on
+        ``device``; the suite runs sizes on both sides of each (``()`` for none)."""
+        ...
 
-    def binary_cross_entropy(self, probs: Any, targets: Any, **options: Any) -> Any: ...
+    def binary_cross_entropy_with_logits(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
+        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        validate: bool = False,
+    ) -> Any:
+        """``bce_core.binary_cross_entropy_with_logits`` on native arrays."""
+        ...
 
-    def value_and_grad(self, logits: Any, targets: Any, **options: Any) -> tuple[Any, Any]: ...
+    def binary_cross_entropy(
+        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
+        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+    ) -> Any:
+        """``bce_core.binary_cross_entropy`` on native arrays."""
+        ...
 
-    def grad_hess(self, logits: Any, targets: Any, **options: Any) -> tuple[Any, Any]: ...
+    def value_and_grad(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
+        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+    ) -> tuple[Any, Any]:
+        """``bce_core.value_and_grad`` on native arrays."""
+        ...
+
+    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
+                  pos_weight: Any = None) -> tuple[Any, Any]:
+        """``bce_core.grad_hess`` on native arrays."""
+        ...
 
 
 @runtime_checkable
@@ -161,26 +207,50 @@ class AutodiffBackend(Backend, Protocol):
 
     These methods let the conformance suite check that the framework's *own*
     autodiff (torch.autograd, jax.grad, tf.GradientTape) through the backend's
-    loss gives the spec's derivatives. ``options`` are the keyword options of
-    ``binary_cross_entropy_with_logits`` (weight, pos_weight, label_smoothing,
-    mask, reduction) or of ``binary_cross_entropy`` for the probability form.
-    With ``compiled=True`` the computation runs under the framework's compiler
-    (torch.compile, jax.jit, tf.function(jit_compile=True)).
+    loss gives the spec's derivatives. With ``compiled=True`` the computation
+    runs under the framework's compiler (torch.compile, jax.jit,
+    tf.function(jit_compile=True)). The suite checks a backend this way when
+    ``isinstance(backend, AutodiffBackend)``.
     """
 
     def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
-                                compiled: bool = False, **options: Any) -> tuple[Any, tuple[Any, ...]]:
+                                compiled: bool = False,
+                                **options: Unpack[LogitOptions]) -> tuple[Any, tuple[Any, ...]]:
         """(loss, gradients of the loss w.r.t. each name in ``wrt``) by autodiff."""
         ...
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Any) -> Any:
+                                   **options: Unpack[LogitOptions]) -> Any:
         """d/dlogits of sum(d loss / d logits) by nested autodiff: the diagonal of the Hessian."""
         ...
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Any) -> tuple[Any, Any]:
+                            **options: Unpack[ProbsOptions]) -> tuple[Any, Any]:
         """(loss, d loss / d probs) of the probability form by autodiff."""
+        ...
+
+
+@runtime_checkable
+class ParameterBackend(Backend, Protocol):
+    """A backend whose users train parameters (a torch leaf with ``.grad``, a ``tf.Variable``):
+    the suite checks that no call touches one."""
+
+    def as_parameter(self, array: Any, device: str) -> Any:
+        """A trainable parameter holding the NumPy ``array`` on ``device``."""
+        ...
+
+    def parameter_state(self, parameter: Any) -> dict[str, Any]:
+        """Everything a call must leave alone on the parameter (its values, its accumulated
+        gradient), as NumPy arrays or None."""
+        ...
+
+
+@runtime_checkable
+class FrameworkLossBackend(Backend, Protocol):
+    """A backend that can show its framework's own loss beside its own in the HTML report."""
+
+    def framework_loss(self, logits: Any, targets: Any) -> tuple[Any, Any]:
+        """The framework's own loss and its derivative on the same native arrays, elementwise."""
         ...
 
 

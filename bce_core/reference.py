@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import (Operands, gradients_of_reduction, prepare_operands, quiet_float_errors,
-                     reduce_loss, validate_operands)
+from .arrays import (NUMPY_OPS, Operands, gradients_of_reduction, prepare_operands,
+                     quiet_float_errors, reduce_loss, validate_operands)
+from .rules import pack_gradients, smoothed_targets, zero_safe
 from .spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing, check_log_clamp,
                    check_reduction, check_wrt, check_wrt_given)
 
@@ -46,19 +47,8 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def term(coefficient: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """coefficient * value, except that a coefficient of exactly 0 contributes exactly 0 (even
-    when value is infinite)."""
-    with np.errstate(invalid="ignore"):
-        return np.where(coefficient == 0, 0.0, coefficient * value)
-
-
-def smoothed_targets(y: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(y', 1 - y') with y' = y(1 - eps) + eps/2; 1 - y' is computed as (1 - y)(1 - eps) + eps/2
-    so that it keeps its relative accuracy when y' is close to 1."""
-    if eps == 0.0:
-        return y, 1.0 - y
-    return y * (1.0 - eps) + eps / 2, (1.0 - y) * (1.0 - eps) + eps / 2
-
+    """``rules.zero_safe`` on NumPy arrays: a coefficient of exactly 0 contributes exactly 0."""
+    return np.asarray(zero_safe(NUMPY_OPS, coefficient, value))
 
 
 def _float64_operands(ops: Operands, eps: float) -> dict[str, np.ndarray]:
@@ -187,7 +177,7 @@ def value_and_grad(
         "pos_weight": lambda: term(w * yp, softplus(-x)),
     }
     grads = gradients_of_reduction(names, partials, ops, reduction, reduced)
-    return reduced.loss, tuple(grads) if as_tuple else grads[0]
+    return reduced.loss, pack_gradients(grads, as_tuple)
 
 
 @quiet_float_errors

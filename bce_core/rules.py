@@ -1,0 +1,402 @@
+"""The spec's rules on arrays, written once for every backend.
+
+Each rule here is the only statement of it in the package: the smoothed
+targets, the zero-coefficient rule, the working and result dtypes, the
+reduction denominators with the zero-denominator rule, the gradient of a
+weighted mean with respect to its weights, the sum of a broadcast gradient
+back to its argument's shape, and the packing of ``wrt`` gradients. Backends
+differ only in their array operations, which they pass in as an
+:class:`ArrayOps`: a handful of functions named the way the framework names
+them (``bce_core.arrays.NUMPY_OPS`` is the NumPy one).
+
+The rules trace: under ``jax.jit``, ``tf.function`` or ``torch.compile``
+they emit the same operations as hand-written code, and a denominator that
+does not depend on the data stays a Python number (no device round trip).
+
+>>> import numpy as np
+>>> from bce_core.arrays import NUMPY_OPS
+>>> smoothed_targets(np.array([1.0, 0.0]), 0.2)
+(array([0.9, 0.1]), array([0.1, 0.9]))
+>>> reduced = reduce_elements(NUMPY_OPS, np.array([1.0, 3.0]), "mean", keep=None, weight=None)
+>>> float(reduced.loss), reduced.factor
+(2.0, 0.5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Generic, Protocol, TypeVar
+
+from .spec import HALF_DTYPES, check_batch_mean, check_shapes
+
+A = TypeVar("A")
+
+#: A coefficient or factor: an array, a Python number, or None for exactly 1.
+Coefficient = Any
+
+
+class ArrayOps(Protocol):
+    """The array operations the rules need, in one framework's spelling.
+
+    Every function takes and returns that framework's arrays (Python numbers
+    are accepted where an array is, as every framework's arithmetic does).
+    """
+
+    def where(self, condition: Any, if_true: Any, if_false: Any) -> Any:
+        """Elementwise choice, broadcasting the three arguments."""
+        ...
+
+    def total(self, array: Any) -> Any:
+        """The sum of every element, 0-d, in the backend's accumulation dtype."""
+        ...
+
+    def count(self, keep: Any, shape: tuple[int, ...], like: Any) -> Any:
+        """How many elements ``keep`` (broadcast to ``shape``) keeps, 0-d in ``like``'s dtype."""
+        ...
+
+    def broadcast_to(self, array: Any, shape: tuple[int, ...]) -> Any:
+        """``array`` broadcast to ``shape`` (a view where the framework has them)."""
+        ...
+
+    def sum_axes(self, array: Any, axes: tuple[int, ...]) -> Any:
+        """``array`` summed over ``axes`` (keeping none of them)."""
+        ...
+
+    def reshape(self, array: Any, shape: tuple[int, ...]) -> Any:
+        """``array`` with a new shape of the same size."""
+        ...
+
+    def cast_like(self, array: Any, like: Any) -> Any:
+        """``array`` in ``like``'s dtype."""
+        ...
+
+    def zeros_like(self, array: Any) -> Any:
+        """Zeros of ``array``'s shape and dtype."""
+        ...
+
+
+# -- dtypes -----------------------------------------------------------------------------------
+
+
+def working_dtype_name(dtype_name: str) -> str:
+    """The dtype a fast path computes in: float16 and bfloat16 in float32, others as they are.
+
+    The result is always returned in the input's dtype (rounded once).
+
+    >>> working_dtype_name("bfloat16"), working_dtype_name("float32")
+    ('float32', 'float32')
+    """
+    return "float32" if dtype_name in HALF_DTYPES else dtype_name
+
+
+# -- the coefficients -------------------------------------------------------------------------
+
+
+def smoothing_constants(eps: float) -> tuple[Fraction, Fraction]:
+    """(1 - eps, eps / 2) exactly: y' = y (1 - eps) + eps / 2, the spec's smoothed target.
+
+    eps is the caller's float, exactly: a backend rounds these once, to its own precision.
+
+    >>> smoothing_constants(0.5)
+    (Fraction(1, 2), Fraction(1, 4))
+    """
+    exact = Fraction(eps)
+    return 1 - exact, exact / 2
+
+
+def smoothed_targets(y: A, eps: float, *,
+                     affine: Callable[[Any, Fraction, Fraction], Any] | None = None,
+                     complement: Callable[[Any], Any] | None = None) -> tuple[A, A]:
+    """(y', 1 - y') for targets ``y`` and label smoothing ``eps``.
+
+    1 - y' is (1 - y)(1 - eps) + eps / 2, not 1 - y', so that it keeps its
+    relative accuracy where y' is close to 1. ``affine(v, keep, half)``
+    computes v keep + half and ``complement(y)`` 1 - y in the caller's own
+    arithmetic (compensated pairs, say); by default both are plain.
+
+    >>> smoothed_targets(0.25, 0.0)
+    (0.25, 0.75)
+    """
+    one_minus = complement(y) if complement is not None else 1.0 - y  # type: ignore[operator]
+    if eps == 0.0:
+        return y, one_minus
+    keep, half = smoothing_constants(eps)
+    if affine is None:
+        keep_f, half_f = float(keep), float(half)
+        return y * keep_f + half_f, one_minus * keep_f + half_f  # type: ignore[operator]
+    return affine(y, keep, half), affine(one_minus, keep, half)
+
+
+def zero_safe(ops: ArrayOps, coefficient: Coefficient, value: Any) -> Any:
+    """coefficient * value, where a coefficient of exactly 0 contributes exactly 0 (even times
+    an infinite or NaN value); None means a coefficient of 1.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> with np.errstate(invalid="ignore"):  # NumPy warns of the 0 * inf it then replaces
+    ...     print(zero_safe(NUMPY_OPS, np.array([0.0, 2.0]), np.array([np.inf, 3.0])))
+    [0. 6.]
+    """
+    if coefficient is None:
+        return value
+    if isinstance(coefficient, (int, float)):
+        return value * coefficient if coefficient != 0 else ops.zeros_like(value)
+    return ops.where(coefficient == 0, 0.0, coefficient * value)
+
+
+def times(first: Coefficient, second: Coefficient) -> Coefficient:
+    """The product of two coefficients, where None (exactly 1) costs nothing.
+
+    >>> times(None, 2.0), times(3.0, None), times(None, None)
+    (2.0, 3.0, None)
+    """
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first * second
+
+
+# -- reductions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reduced(Generic[A]):
+    """A reduced loss and the factor that turns an element's derivative into the loss's."""
+
+    loss: A
+    #: d(loss)/d(element loss): 0 where masked out or where the denominator is 0, else
+    #: 1/denominator (a Python number when the denominator does not depend on the data).
+    factor: Any
+
+
+def denominator(ops: ArrayOps, reduction: str, shape: tuple[int, ...], *, keep: Any,
+                weight: Any, like: Any) -> Any:
+    """What ``reduction`` divides the sum of element losses by.
+
+    ``sum`` divides by 1 and ``batch_mean`` by shape[0]; ``mean`` by the number
+    of kept elements, and ``weighted_mean`` by the sum of the kept elements'
+    weights (the count, when there is no weight). A Python number where it does
+    not depend on the data, else a 0-d array of ``like``'s dtype.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> denominator(NUMPY_OPS, "batch_mean", (4, 3), keep=None, weight=None, like=np.zeros(1))
+    4
+    """
+    if reduction == "sum":
+        return 1
+    if reduction == "batch_mean":
+        check_batch_mean(shape)
+        return shape[0]
+    if reduction == "weighted_mean" and weight is not None:
+        full_weight = ops.broadcast_to(weight, shape)
+        if keep is not None:
+            full_weight = ops.where(keep, full_weight, 0.0)
+        return ops.total(full_weight)
+    if keep is None:
+        return math.prod(shape)
+    return ops.count(keep, shape, like)
+
+
+def divide_or_zero(ops: ArrayOps, total: A, by: Any) -> tuple[A, Any]:
+    """(total / by, 1 / by), or (0, 0) where ``by`` is 0: an empty or fully masked batch, or
+    weights summing to 0, give a loss of 0 and a zero gradient, never NaN.
+
+    For an array denominator the quotient is taken with 0 replaced by 1 and the
+    result replaced by 0 after ("double where"), so autodiff sees finite values.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> divide_or_zero(NUMPY_OPS, np.float64(3.0), 0)
+    (np.float64(0.0), 0.0)
+    >>> [float(v) for v in divide_or_zero(NUMPY_OPS, np.asarray(3.0), np.asarray(0.0))]
+    [0.0, 0.0]
+    """
+    if isinstance(by, (int, float)):
+        if by == 0:
+            return total * 0.0, 0.0  # type: ignore[operator]
+        return (total if by == 1 else total / by), 1.0 / by  # type: ignore[operator]
+    zero = by == 0
+    safe = ops.where(zero, 1.0, by)
+    scale = ops.where(zero, 0.0, 1.0 / safe)
+    return ops.where(zero, 0.0, total / safe), scale
+
+
+def reduce_elements(ops: ArrayOps, elements: A, reduction: str, *, keep: Any,
+                    weight: Any) -> Reduced[A]:
+    """Apply ``reduction`` to (already weighted) element losses over the elements ``keep`` keeps
+    (None keeps all); ``weight`` is the weight, for ``weighted_mean``'s denominator.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> reduce_elements(NUMPY_OPS, np.array([1.0, 3.0]), "mean",
+    ...                 keep=np.array([True, False]), weight=None).loss
+    array(1.)
+    """
+    shape = tuple(elements.shape)  # type: ignore[attr-defined]
+    if keep is not None:
+        elements = ops.where(keep, elements, 0.0)
+    if reduction == "none":
+        return Reduced(elements, 1.0 if keep is None
+                       else ops.cast_like(ops.broadcast_to(keep, shape), elements))
+    by = denominator(ops, reduction, shape, keep=keep, weight=weight, like=elements)
+    loss, scale = divide_or_zero(ops, ops.total(elements), by)
+    factor = scale if keep is None else ops.where(keep, scale, 0.0)
+    return Reduced(loss, factor)
+
+
+def weight_partial(bracket: A, reduction: str, loss: Any) -> A:
+    """d(element contribution)/d(weight): the bracket, less the loss for ``weighted_mean``
+    (d/dw_i of sum(w B) / sum(w) is (B_i - loss) / sum(w)).
+
+    >>> weight_partial(3.0, "weighted_mean", 1.0), weight_partial(3.0, "sum", 1.0)
+    (2.0, 3.0)
+    """
+    return bracket - loss if reduction == "weighted_mean" else bracket  # type: ignore[operator]
+
+
+# -- gradients --------------------------------------------------------------------------------
+
+
+def broadcast_axes(full: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes of ``full`` along which an argument of ``shape`` was broadcast.
+
+    >>> broadcast_axes((4, 3), (3,)), broadcast_axes((4, 3), (4, 1)), broadcast_axes((2,), (2,))
+    ((0,), (1,), ())
+    """
+    lead = len(full) - len(shape)
+    return tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
+                                      if d == 1 and full[lead + i] != 1)
+
+
+def sum_to_shape(ops: ArrayOps, array: A, shape: tuple[int, ...]) -> A:
+    """A full-shape gradient summed back to the shape of the argument it belongs to.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> sum_to_shape(NUMPY_OPS, np.ones((4, 3)), (3,))
+    array([4., 4., 4.])
+    """
+    full = tuple(array.shape)  # type: ignore[attr-defined]
+    if full == tuple(shape):
+        return array
+    axes = broadcast_axes(full, shape)
+    summed = ops.sum_axes(array, axes) if axes else array
+    return ops.reshape(summed, tuple(shape))  # type: ignore[no-any-return]
+
+
+def reduction_gradients(ops: ArrayOps, names: Sequence[str],
+                        partials: Mapping[str, Callable[[], Any]], *, shape: tuple[int, ...],
+                        arg_shapes: Mapping[str, tuple[int, ...] | None], reduction: str,
+                        reduced: Reduced[Any]) -> list[Any]:
+    """Elementwise partial derivatives turned into gradients of the reduced loss.
+
+    ``partials[name]()`` is d(element loss)/d(name) per element (for ``"weight"``
+    the bracket, the loss before the weight). Masked-out elements and zero
+    denominators give exactly 0; an argument that was broadcast gets its
+    gradient summed back to its own shape (``arg_shapes[name]``, None for the
+    element shape).
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> reduced = Reduced(np.float64(2.0), np.array([0.5, 0.0]))
+    >>> reduction_gradients(NUMPY_OPS, ["weight"], {"weight": lambda: np.array([1.0, 7.0])},
+    ...                     shape=(2,), arg_shapes={"weight": (1,)}, reduction="weighted_mean",
+    ...                     reduced=reduced)
+    [array([-0.5])]
+    """
+    factor = reduced.factor
+    grads = []
+    for name in names:
+        partial = partials[name]()
+        if name == "weight":
+            partial = weight_partial(partial, reduction, reduced.loss)
+        full = ops.broadcast_to(partial, shape)
+        if isinstance(factor, (int, float)):
+            grad = ops.zeros_like(full) if factor == 0 else (full if factor == 1 else full * factor)
+        else:
+            grad = ops.where(factor == 0, 0.0, full * factor)
+        own = arg_shapes.get(name)
+        grads.append(sum_to_shape(ops, grad, shape if own is None else own))
+    return grads
+
+
+def pack_gradients(grads: Sequence[A], as_tuple: bool) -> A | tuple[A, ...]:
+    """The gradients in ``wrt``'s order: a tuple if ``wrt`` was one, else the single gradient.
+
+    >>> pack_gradients([1.0], False), pack_gradients([1.0, 2.0], True)
+    (1.0, (1.0, 2.0))
+    """
+    return tuple(grads) if as_tuple else grads[0]
+
+
+# -- operands ---------------------------------------------------------------------------------
+
+
+class Converter(Protocol):
+    """How one backend turns a caller's arguments into its native arrays (its ``operands.py``).
+
+    Each method checks the dtype rule of its argument with ``bce_core.spec``, so
+    that the errors read the same in every backend.
+    """
+
+    def as_input(self, name: str, value: Any) -> Any:
+        """logits or probs: a native array of a floating dtype of the spec."""
+        ...
+
+    def as_operand(self, name: str, value: Any, like: Any) -> Any:
+        """targets, weight or pos_weight: real numbers, cast to ``like``'s dtype."""
+        ...
+
+    def as_mask(self, value: Any) -> Any:
+        """A native boolean mask."""
+        ...
+
+    def shape_of(self, array: Any) -> tuple[int, ...]:
+        """The static shape of a native array."""
+        ...
+
+
+@dataclass(frozen=True)
+class Operands(Generic[A]):
+    """The checked arguments of one call, as native arrays of one backend.
+
+    ``targets``, ``weight`` and ``pos_weight`` are in the input's dtype;
+    ``shape`` is the element shape (the input's).
+    """
+
+    inputs: A
+    targets: A
+    weight: A | None
+    pos_weight: A | None
+    mask: A | None
+    shape: tuple[int, ...]
+
+
+def prepare_operands(convert: Converter, input_name: str, inputs: Any, targets: Any, *,
+                     weight: Any, pos_weight: Any, mask: Any) -> Operands[Any]:
+    """Apply the spec's dtype and shape rules to one call's arguments, in the spec's order:
+    the input's dtype, then each operand's, then the shapes (``spec.check_shapes``).
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_CONVERTER
+    >>> ops = prepare_operands(NUMPY_CONVERTER, "logits", np.zeros((2, 3), np.float32),
+    ...                        [[0, 1, 1]] * 2, weight=None, pos_weight=np.ones(3), mask=None)
+    >>> ops.targets.dtype, ops.shape
+    (dtype('float32'), (2, 3))
+    """
+    x = convert.as_input(input_name, inputs)
+    y = convert.as_operand("targets", targets, x)
+    w = None if weight is None else convert.as_operand("weight", weight, x)
+    q = None if pos_weight is None else convert.as_operand("pos_weight", pos_weight, x)
+    m = None if mask is None else convert.as_mask(mask)
+    shape_of = convert.shape_of
+    shape = check_shapes(shape_of(x), shape_of(y), input_name=input_name,
+                         weight=None if w is None else shape_of(w),
+                         pos_weight=None if q is None else shape_of(q),
+                         mask=None if m is None else shape_of(m))
+    return Operands(x, y, w, q, m, shape)
