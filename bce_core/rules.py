@@ -107,15 +107,17 @@ def smoothing_constants(eps: float) -> tuple[Fraction, Fraction]:
     return 1 - exact, exact / 2
 
 
-def smoothed_targets(y: A, eps: float, *,
-                     affine: Callable[[Any, Fraction, Fraction], Any] | None = None,
+def smoothed_targets(y: A, eps: float | None, *,
+                     affine: Callable[[Any], Any] | None = None,
                      complement: Callable[[Any], Any] | None = None) -> tuple[A, A]:
     """(y', 1 - y') for targets ``y`` and label smoothing ``eps``.
 
     1 - y' is (1 - y)(1 - eps) + eps / 2, not 1 - y', so that it keeps its
-    relative accuracy where y' is close to 1. ``affine(v, keep, half)``
-    computes v keep + half and ``complement(y)`` 1 - y in the caller's own
-    arithmetic (compensated pairs, say); by default both are plain.
+    relative accuracy where y' is close to 1. A backend with its own arithmetic
+    (compensated pairs, say) passes ``complement(y)`` = 1 - y and ``affine(v)`` =
+    v (1 - eps) + eps / 2 computed from ``smoothing_constants``; ``eps=None``
+    then means a smoothing whose value only ``affine`` holds (a run-time input
+    of a compiled program). By default both are plain arithmetic.
 
     >>> smoothed_targets(0.25, 0.0)
     (0.25, 0.75)
@@ -123,11 +125,12 @@ def smoothed_targets(y: A, eps: float, *,
     one_minus = complement(y) if complement is not None else 1.0 - y  # type: ignore[operator]
     if eps == 0.0:
         return y, one_minus
-    keep, half = smoothing_constants(eps)
     if affine is None:
-        keep_f, half_f = float(keep), float(half)
-        return y * keep_f + half_f, one_minus * keep_f + half_f  # type: ignore[operator]
-    return affine(y, keep, half), affine(one_minus, keep, half)
+        if eps is None:
+            raise ValueError("smoothed_targets: eps=None needs an affine that holds the smoothing.")
+        keep, half = (float(c) for c in smoothing_constants(eps))
+        return y * keep + half, one_minus * keep + half  # type: ignore[operator]
+    return affine(y), affine(one_minus)
 
 
 def zero_safe(ops: ArrayOps, coefficient: Coefficient, value: Any) -> Any:
