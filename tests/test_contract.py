@@ -267,6 +267,11 @@ BAD_CALLS: dict[str, tuple[str, Any, Any, dict[str, Any]]] = {
                                                      np.float32), Y, {"validate": True}),
     "validate probability below 0": (PROBS, np.array([[0.5, -0.5, 0.5], [0, 1, 0.5]],
                                                      np.float32), Y, {"validate": True}),
+    "validate NaN probability": (PROBS, np.array([[0.5, 0.5, 0.5], [np.nan, 1, 0.5]],
+                                                 np.float32), Y, {"validate": True}),
+    "validate probs target above 1": (PROBS, np.full((2, 3), 0.5, np.float32),
+                                      np.array([[0, 0, 1], [0, 2, 0]], np.float32),
+                                      {"validate": True}),
 }
 REFERENCE = {LOGITS: reference.binary_cross_entropy_with_logits,
              PROBS: reference.binary_cross_entropy, GRADIENT: reference.value_and_grad}
@@ -314,7 +319,7 @@ def test_numpy_and_python_operands_give_the_native_result(backend: Backend) -> N
         _, expected_grad = to_numpy(backend, backend.value_and_grad(
             nx, native(y), weight=native(w), pos_weight=native(q), wrt=("logits", "weight"),
             **options))
-        for targets in (y, y.astype(bool), y.tolist()):
+        for targets in (y, y.astype(bool), y.astype(np.float64), y.tolist()):
             mixed = backend.binary_cross_entropy_with_logits(nx, targets, weight=w,
                                                              pos_weight=q.tolist(), mask=m,
                                                              reduction="none")
@@ -326,10 +331,12 @@ def test_numpy_and_python_operands_give_the_native_result(backend: Backend) -> N
                 assert got.dtype == np.float32
                 np.testing.assert_array_equal(got, want)
         # A Python number is rounded once to the logits' dtype, as a 0-d array of it is.
-        with_float = backend.binary_cross_entropy_with_logits(nx, y, weight=0.1, pos_weight=0.7)
-        with_array = backend.binary_cross_entropy_with_logits(
-            nx, y, weight=native(0.1), pos_weight=native(0.7))
-        assert backend.to_numpy(with_float) == backend.to_numpy(with_array)
+        for weight, pos_weight in ((0.1, 0.7), (2, 3)):
+            with_number = backend.binary_cross_entropy_with_logits(nx, y, weight=weight,
+                                                                   pos_weight=pos_weight)
+            with_array = backend.binary_cross_entropy_with_logits(
+                nx, y, weight=native(weight), pos_weight=native(pos_weight))
+            assert backend.to_numpy(with_number) == backend.to_numpy(with_array)
     all_numpy = backend.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=q, mask=m,
                                                          reduction="none")
     assert isinstance(all_numpy, type(backend.asarray(x)))

@@ -193,9 +193,12 @@ def test_zero_denominator_gives_zero_with_zero_gradient(api: SimpleNamespace, re
     assert g_x.shape == x.shape
 
 
-def test_weighted_mean_with_zero_total_weight_is_zero(api: SimpleNamespace) -> None:
-    loss, (g_x, g_w) = api.value_and_grad(np.array([1.0, 2.0]), np.ones(2), weight=np.zeros(2),
-                                          reduction="weighted_mean", wrt=("logits", "weight"))
+@pytest.mark.parametrize("weight", [[0.0, 0.0], [1.0, -1.0]], ids=["zeros", "cancelling"])
+def test_weighted_mean_with_zero_total_weight_is_zero(api: SimpleNamespace,
+                                                      weight: list[float]) -> None:
+    loss, (g_x, g_w) = api.value_and_grad(np.array([1.0, 2.0]), np.ones(2),
+                                          weight=np.array(weight), reduction="weighted_mean",
+                                          wrt=("logits", "weight"))
     assert float(loss) == 0.0 and np.all(g_x == 0.0) and np.all(g_w == 0.0)
     # Under "mean" a zero weight zeroes the logits gradient, but the loss still depends on w.
     loss, (g_x, g_w) = api.value_and_grad(np.array([1.0, 2.0]), np.ones(2), weight=np.zeros(2),
