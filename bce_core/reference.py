@@ -16,11 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import (NUMPY_OPS, Operands, gradients_of_reduction, prepare_operands,
-                     quiet_float_errors, reduce_loss, validate_operands)
+from .arrays import (
+    NUMPY_OPS,
+    Operands,
+    gradients_of_reduction,
+    prepare_operands,
+    quiet_float_errors,
+    reduce_loss,
+    validate_operands,
+)
 from .rules import pack_gradients, smoothed_targets, zero_safe
-from .spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing, check_log_clamp,
-                   check_reduction, check_wrt, check_wrt_given)
+from .spec import (
+    DEFAULT_LOG_CLAMP,
+    PROBS_GRAD_EPS,
+    check_label_smoothing,
+    check_log_clamp,
+    check_reduction,
+    check_wrt,
+    check_wrt_given,
+)
 
 # ---------------------------------------------------------------------------
 # Elementwise building blocks (float64 in, float64 out).
@@ -51,7 +65,7 @@ def term(coefficient: np.ndarray, value: np.ndarray) -> np.ndarray:
     return np.asarray(zero_safe(NUMPY_OPS, coefficient, value))
 
 
-def _float64_operands(ops: Operands, eps: float) -> dict[str, np.ndarray]:
+def _float64_operands(ops: Operands[np.ndarray], eps: float) -> dict[str, np.ndarray]:
     y = ops.targets.astype(np.float64)
     yp, one_minus_yp = smoothed_targets(y, eps)
     return {

@@ -128,7 +128,7 @@ def check_wrt(wrt: object) -> tuple[tuple[str, ...], bool]:
                 f"wrt={wrt!r} names {name!r}, which is not differentiable here; use one of "
                 f"{', '.join(repr(n) for n in WRT_NAMES)} or a tuple of them.{did_you_mean}"
             )
-    return names, as_tuple
+    return tuple(str(name) for name in names), as_tuple
 
 
 def check_wrt_given(names: Sequence[str], *, weight: object, pos_weight: object) -> None:

@@ -9,9 +9,18 @@ import pytest
 
 import bce_core
 from bce_conformance import oracle
-from bce_conformance.cases import (DEFAULT_LARGE_SIZES, LARGE_PRIME, TILE, Case, all_cases,
-                                   case_by_id, is_prime, regime_sizes, size_cases,
-                                   thread_cases)
+from bce_conformance.cases import (
+    DEFAULT_LARGE_SIZES,
+    LARGE_PRIME,
+    TILE,
+    Case,
+    all_cases,
+    case_by_id,
+    is_prime,
+    regime_sizes,
+    size_cases,
+    thread_cases,
+)
 from bce_conformance.golden import expected
 from bce_conformance.runner import _unchanged, backend_sizes, cases_for
 from bce_core import reference
