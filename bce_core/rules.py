@@ -107,6 +107,15 @@ def smoothing_constants(eps: float) -> tuple[Fraction, Fraction]:
     return 1 - exact, exact / 2
 
 
+def smoothed_target_slope(eps: float) -> float:
+    """d y' / d y = 1 - eps, the factor the targets' gradient carries.
+
+    >>> smoothed_target_slope(0.25)
+    0.75
+    """
+    return float(smoothing_constants(eps)[0])
+
+
 def smoothed_targets(y: Any, eps: float | None, *,
                      affine: Callable[[Any], Any] | None = None,
                      complement: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
