@@ -21,15 +21,16 @@ import bce_core
 from bce_core.plugin import Backend
 
 #: The built-in backends and the framework each needs.
-BACKEND_FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "tensorflow",
-                      "jax": "jax"}
+BACKEND_FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
 #: Where a backend disagrees with the specification today, by (test function, backend): what
 #: differs. Those tests are marked xfail(strict=True), so a fix shows up as a failure here.
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    ("test_without_validation_bad_probabilities_give_nan", "jax"):
-        "a probability outside [0, 1] gives a finite loss where the other term's coefficient "
-        "is 0 (p=1.5, y=1 gives -0.405 and p=-0.5, y=0 too), not NaN as the spec and every "
-        "other backend",
+    (
+        "test_without_validation_bad_probabilities_give_nan",
+        "jax",
+    ): "a probability outside [0, 1] gives a finite loss where the other term's coefficient "
+    "is 0 (p=1.5, y=1 gives -0.405 and p=-0.5, y=0 too), not NaN as the spec and every "
+    "other backend"
 }
 #: The operands a call converts to native arrays.
 OPERANDS = ("logits", "probs", "targets", "weight", "pos_weight", "mask")
@@ -59,6 +60,7 @@ def float64_enabled(name: str) -> Iterator[None]:
         yield
         return
     import jax
+
     with jax.enable_x64(True):
         yield
 
@@ -88,8 +90,9 @@ class NativeCalls:
 
     def _call(self, method: Callable[..., Any], *arrays: Any, **options: Any) -> Any:
         native = [native_operand(self.backend, a) for a in arrays]
-        options = {k: native_operand(self.backend, v) if k in OPERANDS else v
-                   for k, v in options.items()}
+        options = {
+            k: native_operand(self.backend, v) if k in OPERANDS else v for k, v in options.items()
+        }
         return to_numpy(self.backend, method(*native, **options))
 
     def loss(self, *arrays: Any, **options: Any) -> Any:

@@ -12,11 +12,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from native_backends import (
+    BACKEND_FRAMEWORKS,
+    NativeCalls,
+    float64_enabled,
+    installed_backend,
+    mark_known_difference,
+)
 
 import bce_core
 from bce_core import reference
-from native_backends import (BACKEND_FRAMEWORKS, NativeCalls, float64_enabled, installed_backend,
-                             mark_known_difference)
 
 
 def reference_api() -> SimpleNamespace:
