@@ -331,7 +331,9 @@ def reduction_gradients(ops: ArrayOps, names: Sequence[str],
         if isinstance(factor, (int, float)):
             grad = ops.zeros_like(full) if factor == 0 else (full if factor == 1 else full * factor)
         else:
-            grad = ops.where(factor == 0, 0.0, full * factor)
+            # A factor of exactly 1 leaves the partial as it is: XLA on CPU flushes a subnormal
+            # product to 0, even times 1.
+            grad = ops.where(factor == 0, 0.0, ops.where(factor == 1, full, full * factor))
         own = arg_shapes.get(name)
         grads.append(sum_to_shape(ops, grad, shape if own is None else own))
     return grads
