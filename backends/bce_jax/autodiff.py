@@ -405,9 +405,11 @@ def _grads_by_autodiff(form: Form, options: Options, names: tuple[str, ...], ful
         args = {n: jnp.broadcast_to(v, np.shape(x)) if n in names and n in ("weight", "pos_weight")
                 else v for n, v in args.items()}
 
+    differentiable = DIFFERENTIABLE[form.names[0]]
+
     def reduced(*values: Array) -> Array:
         merged = {**args, **dict(zip(names, values))}
-        return DIFFERENTIABLE[form.names[0]](*(merged[n] for n in form.names), mask, **dict(options))
+        return differentiable(*(merged[n] for n in form.names), mask, **dict(options))
 
     value, pullback = jax.vjp(reduced, *(args[n] for n in names))
     return value, pullback(jnp.ones_like(value))
