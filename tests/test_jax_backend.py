@@ -23,8 +23,8 @@ import bce_core  # noqa: E402
 from bce_conformance import oracle  # noqa: E402
 from bce_core import reference  # noqa: E402
 from bce_core.arrays import reduce_loss, sum_to_shape  # noqa: E402
-from bce_core.registry import get_registry  # noqa: E402
 from bce_core.compensated import UNDERFLOW  # noqa: E402
+from bce_core.registry import get_registry  # noqa: E402
 from bce_jax import chunks, fused  # noqa: E402
 from bce_jax.backend import JaxBackend  # noqa: E402
 from bce_numpy.backend import NumpyBackend  # noqa: E402

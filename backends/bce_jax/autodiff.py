@@ -147,8 +147,8 @@ def _logit_slope_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
     if given(dy):
         # d/dy of w [(1 - y') sigma(x) - q y' sigma(-x)] = -w (1 - eps) [sigma(x) + q sigma(-x)]
         far = rules.zero_safe(OPS, q, sigmoid(-x))
-        tangent = _accumulate(tangent, -weighted(w, rules.zero_safe(OPS, 1 - eps,
-                                                                    sigmoid(x) + far)) * dy)
+        slope = rules.zero_safe(OPS, rules.smoothed_target_slope(eps), sigmoid(x) + far)
+        tangent = _accumulate(tangent, -weighted(w, slope) * dy)
     if given(dw):
         tangent = _accumulate(tangent, logit_slope(x, y, None, q, eps) * dw)
     if given(dq):

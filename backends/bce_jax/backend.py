@@ -37,8 +37,7 @@ import numpy as np
 
 from bce_core import rules
 from bce_core.rules import Operands
-from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
-                           check_reduction, check_wrt, check_wrt_given)
+from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
 from . import autodiff, chunks, fused
 from .operands import check_x64, prepare_operands, validate_data
@@ -170,39 +169,38 @@ class JaxBackend:
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False,
     ) -> jax.Array:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction)
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        return autodiff.loss(fused.LOGITS, *prepared, (("eps", eps), ("reduction", reduction)))
+        return autodiff.loss(fused.LOGITS, *prepared,
+                             (("eps", options.eps), ("reduction", options.reduction)))
 
     def binary_cross_entropy(
         self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
     ) -> jax.Array:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        clamp = check_log_clamp(log_clamp)
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction,
+                                log_clamp=log_clamp)
         prepared = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        return autodiff.loss(fused.PROBS, *prepared,
-                             (("clamp", clamp), ("eps", eps), ("reduction", reduction)))
+        return autodiff.loss(fused.PROBS, *prepared, (("clamp", options.log_clamp),
+                                                      ("eps", options.eps),
+                                                      ("reduction", options.reduction)))
 
     def value_and_grad(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False, wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[jax.Array, Any]:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        names, as_tuple = check_wrt(wrt)
-        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
+                                weight=weight, pos_weight=pos_weight)
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         # One program per set of names, whatever their order or repetition.
-        keys = tuple(f"grad:{name}" for name in fused.NAMES if name in names)
-        out = fused.outputs(fused.LOGITS, *prepared, (("eps", eps), ("reduction", reduction)),
+        keys = tuple(f"grad:{name}" for name in fused.NAMES if name in options.wrt)
+        out = fused.outputs(fused.LOGITS, *prepared,
+                            (("eps", options.eps), ("reduction", options.reduction)),
                             ("loss", *keys))
-        return out["loss"], rules.pack_gradients([out[f"grad:{name}"] for name in names],
-                                                 as_tuple)
+        return out["loss"], rules.pack_gradients([out[f"grad:{name}"] for name in options.wrt],
+                                                 options.wrt_as_tuple)
 
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[jax.Array, jax.Array]:
@@ -254,8 +252,8 @@ class JaxBackend:
         >>> g.tolist()
         [0.5, -0.5]
         """
-        names, _ = check_wrt(wrt)
-        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        names = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
+                              weight=weight, pos_weight=pos_weight).wrt
         arrays, loss, key = self._differentiable(
             "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask,
             validate=validate, label_smoothing=label_smoothing, reduction=reduction)

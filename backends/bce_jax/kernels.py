@@ -42,7 +42,7 @@ def logit_partial(name: str, x: Array, softpluses: tuple[Array, Array], y: Array
     if name == "targets":
         # w (1 - eps) [q softplus(-x) - softplus(x)], exactly -x when q = 1.
         diff = -x if q is None else rules.zero_safe(OPS, q, sp_neg) - sp_pos
-        return weighted(w, rules.zero_safe(OPS, 1 - eps, diff))
+        return weighted(w, rules.zero_safe(OPS, rules.smoothed_target_slope(eps), diff))
     if name == "weight":
         b = rules.zero_safe(OPS, q, smoothed)
         return rules.zero_safe(OPS, one_minus, sp_pos) + rules.zero_safe(OPS, b, sp_neg)
@@ -72,7 +72,7 @@ def probs_partial(name: str, logs: tuple[Array, Array], y: Array, w: Array | Non
     if name == "targets":
         # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
         diff = log_1mp - rules.zero_safe(OPS, q, log_p)
-        return weighted(w, rules.zero_safe(OPS, 1 - eps, diff))
+        return weighted(w, rules.zero_safe(OPS, rules.smoothed_target_slope(eps), diff))
     if name == "weight":
         return probs_bracket(log_p, log_1mp, one_minus, rules.times(q, smoothed))
     return weighted(w, rules.zero_safe(OPS, smoothed, -log_p))  # pos_weight

@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import jax
@@ -169,18 +169,18 @@ def _place(array: np.ndarray, device: jax.Device | None) -> Array:
 # check is not cached and raises again), they cost nothing on an eager call's path.
 
 
-@lru_cache(maxsize=None)
+@cache
 def _check_input_dtype(name: str, dtype: np.dtype[Any]) -> None:
     check_float_dtype(name, dtype.name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _check_operand_dtype(name: str, dtype: np.dtype[Any], to: np.dtype[Any]) -> None:
     # bce-core's check on an empty array of the same dtype: same rule, same message.
     as_operand(name, np.empty(0, dtype), to)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _check_mask_dtype(dtype: np.dtype[Any]) -> None:
     as_mask(np.empty(0, dtype))
 
