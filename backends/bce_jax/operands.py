@@ -42,10 +42,13 @@ Array = jax.Array
 class JaxOps:
     """``bce_core.rules.ArrayOps`` in ``jnp``: they trace, so the rules run inside programs."""
 
-    where = staticmethod(jnp.where)
     broadcast_to = staticmethod(jnp.broadcast_to)
     reshape = staticmethod(jnp.reshape)
     zeros_like = staticmethod(jnp.zeros_like)
+
+    @staticmethod
+    def where(condition: Any, if_true: Any, if_false: Any) -> Array:
+        return jnp.where(condition, if_true, if_false)
 
     @staticmethod
     def total(array: Array) -> Array:
@@ -76,7 +79,7 @@ class JaxPrimitives:
     [0.0, 0.693147, 30.0]
     """
 
-    where = staticmethod(jnp.where)
+    where = staticmethod(JaxOps.where)
     isfinite = staticmethod(jnp.isfinite)
     abs = staticmethod(jnp.abs)
     exp = staticmethod(jnp.exp)
