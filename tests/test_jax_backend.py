@@ -20,8 +20,9 @@ import bce_core  # noqa: E402
 from bce_conformance import oracle  # noqa: E402
 from bce_core import reference  # noqa: E402
 from bce_core.arrays import reduce_loss, sum_to_shape  # noqa: E402
+from bce_core.compensated import UNDERFLOW  # noqa: E402
 from bce_core.registry import get_registry  # noqa: E402
-from bce_jax import chunks, compute, kernels, ops  # noqa: E402
+from bce_jax import chunks, fused  # noqa: E402
 from bce_jax.backend import JaxBackend  # noqa: E402
 from bce_numpy.backend import NumpyBackend  # noqa: E402
 
@@ -312,7 +313,7 @@ def test_float32_dense_sweep_with_one_option_within_4_ulp(option: str) -> None:
     assert ulps(np.asarray(grad), pos - neg, np.float32, np.maximum(pos, neg)).max() <= ULP_LIMIT
 
 
-#: The kernels carry every coefficient product as a pair and round once (``kernels.Pair``):
+#: The kernels carry every coefficient product as a pair and round once (``compensated.Pair``):
 #: the float32 sweep below measures 1.1 ULP (1.6 over denser sweeps), the float64 one 1.7.
 #: Rounding each product in the working dtype measured 3.8 and 3.5 there (4.2 and 4.6 over
 #: denser sweeps): this target catches a return to that before it reaches the spec's 4.
@@ -407,7 +408,7 @@ def test_float64_dense_sweep_within_4_ulp(with_options: bool) -> None:
 
 
 def test_underflow_constants_are_correctly_rounded() -> None:
-    for dtype, spec in kernels._UNDERFLOW.items():
+    for dtype, spec in UNDERFLOW.items():
         tiniest = np.finfo(dtype).smallest_subnormal
         with mpmath.workprec(200):
             exact_scale = mpmath.exp(-spec.threshold) / mpmath.mpf(float(tiniest))
@@ -594,9 +595,9 @@ def by_program(problem: dict, reduction: str, probs: bool = False) -> dict:
     x, y, w, q, mask = (problem[k] for k in ("x", "y", "w", "q", "mask"))
     if probs:
         want = tuple(k.replace("logits", "probs") for k in LOGITS_OUTPUTS if k != "curvature")
-        return compute.probs_program(jax.nn.sigmoid(x), y, w, q, mask, eps=0.1,
+        return fused.probs_program(jax.nn.sigmoid(x), y, w, q, mask, eps=0.1,
                                      reduction=reduction, clamp=-100.0, want=want)
-    return compute.logits_program(x, y, w, q, mask, eps=0.1, reduction=reduction,
+    return fused.logits_program(x, y, w, q, mask, eps=0.1, reduction=reduction,
                                   want=LOGITS_OUTPUTS)
 
 
@@ -621,7 +622,7 @@ def test_chunked_programs_match_the_whole_array_programs(small_chunks: object, r
     whole = by_program(problem, reduction, probs)
     small_chunks()
     x, y = problem["x"], problem["y"]
-    lowered = jax.jit(lambda a, b: compute.logits_program(
+    lowered = jax.jit(lambda a, b: fused.logits_program(
         a, b, None, None, None, eps=0.0, reduction=reduction, want=("loss",))).lower(x, y)
     assert "while" in lowered.as_text()  # the chunk loop is really there
     chunked = by_program(problem, reduction, probs)
@@ -847,11 +848,11 @@ def test_eager_calls_compile_only_the_programs() -> None:
 
 
 def test_large_eager_calls_share_the_gradient_programs(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Above ops.SMALL (here 8), a gradient other than the logits' brings every gradient, and
+    # Above fused.SMALL (here 8), a gradient other than the logits' brings every gradient, and
     # the curvature the logits' gradient: value_and_grad for one name or all and JAX's eager
     # gradients take one program, grad_hess and the eager second derivative two more (the
     # second one the logits' gradient's, as value_and_grad's default); the loss its own.
-    monkeypatch.setattr(ops, "SMALL", 8)
+    monkeypatch.setattr(fused, "SMALL", 8)
     rng = np.random.default_rng(24)
     x, y = (jnp.asarray(rng.uniform(0, 1, (6, 5)).astype(np.float32)) for _ in range(2))
     with CompiledPrograms() as compiled:
