@@ -131,19 +131,10 @@ class Plan(NamedTuple):
         an argument of ``like_shape`` (None: the element shape); ``loss`` is the whole input's
         reduced loss, which the weight's gradient under "weighted_mean" needs."""
         factor = self.scale if self.keep is None else jnp.where(self.keep, self.scale, 0.0)
-        if isinstance(factor, (int, float)):
-            return rules.reduction_gradients(
-                OPS, [name], {name: lambda: element_partial}, shape=self.shape,
-                arg_shapes={name: like_shape}, reduction=self.reduction,
-                reduced=rules.Reduced(loss, factor))[0]
-        # TODO(core): rules.reduction_gradients multiplies by an array factor also where it is
-        # exactly 1 (a mask under "none", a runtime sum), and XLA on CPU flushes a subnormal
-        # gradient to 0 in that product; this is its proposed form, which keeps the partial.
-        if name == "weight":
-            element_partial = rules.weight_partial(element_partial, self.reduction, loss)
-        full = jnp.broadcast_to(element_partial, self.shape)
-        grad = jnp.where(factor == 0, 0.0, jnp.where(factor == 1, full, full * factor))
-        return rules.sum_to_shape(OPS, grad, self.shape if like_shape is None else like_shape)
+        return rules.reduction_gradients(
+            OPS, [name], {name: lambda: element_partial}, shape=self.shape,
+            arg_shapes={name: like_shape}, reduction=self.reduction,
+            reduced=rules.Reduced(loss, factor))[0]
 
 
 # -- the programs ---------------------------------------------------------------------------
