@@ -111,7 +111,10 @@ class NumpyConverter:
     """The ``rules.Converter`` of NumPy arrays (and of lists and Python numbers)."""
 
     as_input = staticmethod(as_float_input)
-    as_mask = staticmethod(as_mask)
+
+    @staticmethod
+    def as_mask(value: Any, like: np.ndarray) -> np.ndarray:
+        return as_mask(value)
 
     @staticmethod
     def as_operand(name: str, value: Any, like: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ does not depend on the data stays a Python number (no device round trip).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,13 +108,21 @@ def smoothing_constants(eps: float) -> tuple[Fraction, Fraction]:
     return 1 - exact, exact / 2
 
 
+@functools.lru_cache(maxsize=256)
+def _smoothing_floats(eps: float) -> tuple[float, float]:
+    """``smoothing_constants(eps)`` as floats, once per eps (an eager call pays for Fractions
+    otherwise; ``lru_cache`` is safe across threads)."""
+    keep, half = smoothing_constants(eps)
+    return float(keep), float(half)
+
+
 def smoothed_target_slope(eps: float) -> float:
     """d y' / d y = 1 - eps, the factor the targets' gradient carries.
 
     >>> smoothed_target_slope(0.25)
     0.75
     """
-    return float(smoothing_constants(eps)[0])
+    return _smoothing_floats(eps)[0]
 
 
 def smoothed_targets(y: Any, eps: float | None, *,
@@ -137,7 +146,7 @@ def smoothed_targets(y: Any, eps: float | None, *,
     if affine is None:
         if eps is None:
             raise ValueError("smoothed_targets: eps=None needs an affine that holds the smoothing.")
-        keep, half = (float(c) for c in smoothing_constants(eps))
+        keep, half = _smoothing_floats(eps)
         return y * keep + half, one_minus * keep + half
     return affine(y), affine(one_minus)
 
@@ -175,9 +184,13 @@ def times(first: Coefficient, second: Coefficient) -> Coefficient:
 # -- reductions -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reduced(Generic[A]):
-    """A reduced loss and the factor that turns an element's derivative into the loss's."""
+    """A reduced loss and the factor that turns an element's derivative into the loss's.
+
+    (Read-only by convention: not frozen, since a frozen dataclass costs a few
+    microseconds more per call, which eager frameworks pay on every step.)
+    """
 
     loss: A
     #: d(loss)/d(element loss): 0 where masked out or where the denominator is 0, else
@@ -257,7 +270,12 @@ def reduce_elements(ops: ArrayOps, elements: Any, reduction: str, *, keep: Any,
                        else ops.cast_like(ops.broadcast_to(keep, shape), elements))
     by = denominator(ops, reduction, shape, keep=keep, weight=weight, like=elements)
     loss, scale = divide_or_zero(ops, ops.total(elements), by)
-    factor = scale if keep is None else ops.where(keep, scale, 0.0)
+    if keep is None:
+        factor = scale
+    elif isinstance(scale, (int, float)):  # where() of two Python numbers may lose precision
+        factor = ops.cast_like(ops.broadcast_to(keep, shape), elements) * scale
+    else:
+        factor = ops.where(keep, scale, 0.0)
     return Reduced(loss, factor)
 
 
@@ -366,8 +384,8 @@ class Converter(Protocol):
         """targets, weight or pos_weight: real numbers, cast to ``like``'s dtype."""
         ...
 
-    def as_mask(self, value: Any) -> Any:
-        """A native boolean mask."""
+    def as_mask(self, value: Any, like: Any) -> Any:
+        """A native boolean mask, where ``like`` (the input) lives."""
         ...
 
     def shape_of(self, array: Any) -> tuple[int, ...]:
@@ -375,12 +393,13 @@ class Converter(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Operands(Generic[A]):
     """The checked arguments of one call, as native arrays of one backend.
 
     ``targets``, ``weight`` and ``pos_weight`` are in the input's dtype;
-    ``shape`` is the element shape (the input's).
+    ``shape`` is the element shape (the input's). Read-only by convention, like
+    :class:`Reduced`.
     """
 
     inputs: A
@@ -407,7 +426,7 @@ def prepare_operands(convert: Converter, input_name: str, inputs: Any, targets: 
     y = convert.as_operand("targets", targets, x)
     w = None if weight is None else convert.as_operand("weight", weight, x)
     q = None if pos_weight is None else convert.as_operand("pos_weight", pos_weight, x)
-    m = None if mask is None else convert.as_mask(mask)
+    m = None if mask is None else convert.as_mask(mask, x)
     shape_of = convert.shape_of
     shape = check_shapes(shape_of(x), shape_of(y), input_name=input_name,
                          weight=None if w is None else shape_of(w),

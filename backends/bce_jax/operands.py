@@ -189,15 +189,11 @@ def _check_mask_dtype(dtype: np.dtype[Any]) -> None:
 
 
 class JaxConverter:
-    """The ``bce_core.rules.Converter`` of one call: it keeps the input, whose device the
-    operands that are not JAX arrays yet (the mask too) are placed on. One per call."""
+    """The ``bce_core.rules.Converter`` of JAX: operands that are not JAX arrays yet (the mask
+    too) are placed on the input's device."""
 
-    __slots__ = ("_input",)
-
-    def __init__(self) -> None:
-        self._input: Array | None = None
-
-    def as_input(self, name: str, value: Any) -> Array:
+    @staticmethod
+    def as_input(name: str, value: Any) -> Array:
         """The logits (or probabilities) as a floating JAX array.
 
         Python numbers and lists take JAX's default float (float32 unless x64 is
@@ -205,7 +201,6 @@ class JaxConverter:
         """
         if isinstance(value, jax.Array):
             _check_input_dtype(name, np.dtype(value.dtype))
-            self._input = value
             return value
         array = np.asarray(value)
         if not isinstance(value, (np.ndarray, np.generic)) and array.dtype == np.float64:
@@ -213,10 +208,10 @@ class JaxConverter:
         check_float_dtype(name, array.dtype.name)
         check_x64(name, array.dtype)
         # Uncommitted, as jnp.asarray would be, and compiles nothing.
-        self._input = placed = jax.device_put(array)
-        return placed
+        return jax.device_put(array)
 
-    def as_operand(self, name: str, value: Any, like: Array) -> Array:
+    @staticmethod
+    def as_operand(name: str, value: Any, like: Array) -> Array:
         """A float, int or bool operand as a JAX array of ``like``'s dtype; anything else is a
         TypeError."""
         dtype = np.dtype(like.dtype)
@@ -233,22 +228,26 @@ class JaxConverter:
             return value.astype(dtype)
         return _place(as_operand(name, value, dtype), device_of(like))
 
-    def as_mask(self, value: Any) -> Array:
+    @staticmethod
+    def as_mask(value: Any, like: Array) -> Array:
         """A boolean mask as a JAX array; integer masks are refused as in bce-core."""
         if isinstance(value, jax.Array):
             _check_mask_dtype(np.dtype(value.dtype))
             return value
-        return _place(as_mask(value), device_of(self._input))
+        return _place(as_mask(value), device_of(like))
 
     @staticmethod
     def shape_of(array: Array) -> tuple[int, ...]:
         return tuple(array.shape)
 
 
+CONVERTER = JaxConverter()
+
+
 def prepare_operands(input_name: str, inputs: Any, targets: Any, *, weight: Any,
                      pos_weight: Any, mask: Any) -> Operands[Array]:
     """``bce_core.rules.prepare_operands`` with JAX's converter."""
-    return rules.prepare_operands(JaxConverter(), input_name, inputs, targets, weight=weight,
+    return rules.prepare_operands(CONVERTER, input_name, inputs, targets, weight=weight,
                                   pos_weight=pos_weight, mask=mask)
 
 
