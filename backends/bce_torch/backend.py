@@ -331,7 +331,7 @@ class TorchBackend:
         """
         names, _ = check_wrt(wrt)
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
-        return self._autodiff("logits", logits, targets, names, compiled, dict(options))
+        return self._autodiff("logits", logits, targets, names, compiled, {**options})
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
                             **options: Unpack[ProbsOptions]
@@ -343,7 +343,7 @@ class TorchBackend:
         [-4.0]
         """
         loss, (grad,) = self._autodiff("probs", probs, targets, ("probs",), compiled,
-                                       dict(options))
+                                       {**options})
         return loss, grad
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
@@ -359,10 +359,10 @@ class TorchBackend:
         """
         x = as_input("logits", logits).detach()
         if compiled:
-            targets, tensors = as_tensors(x, targets, dict(options))
+            targets, tensors = as_tensors(x, targets, {**options})
             return self._compiled_function("second")(x, targets, **tensors)
         return autograd_second_derivative(self.binary_cross_entropy_with_logits, x, targets,
-                                          dict(options))
+                                          {**options})
 
     def _second_derivative(self, x: torch.Tensor, targets: Any, **options: Any) -> torch.Tensor:
         """What ``autodiff_second_derivative(compiled=True)`` compiles."""

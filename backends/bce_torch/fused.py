@@ -146,7 +146,9 @@ def applies(x: torch.Tensor, shape: tuple[int, ...], others: tuple[torch.Tensor 
     >>> applies(torch.zeros(4), (4,), (torch.zeros(4),), min_elements=1)
     True
     """
-    if x.numel() < max(min_elements, 1) or tuple(x.shape) != shape or x.device.type not in ("cpu", "cuda"):
+    if x.numel() < max(min_elements, 1) or tuple(x.shape) != shape:
+        return False
+    if x.device.type not in ("cpu", "cuda"):
         return False
     if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return False
@@ -305,7 +307,8 @@ class CompiledLoss(torch.autograd.Function):
                 (grad_x,) = torch.autograd.grad(ctx.recompute(x), x, upstream,
                                                 create_graph=create_graph)
         elif not ctx.total:
-            grad_x = zero_safe(OPS, upstream.to(grad.dtype), grad)  # a zero upstream gives exactly 0
+            # A zero upstream gives exactly 0.
+            grad_x = zero_safe(OPS, upstream.to(grad.dtype), grad)
         elif upstream.device.type == "cpu" and upstream.item() == 1.0:
             grad_x = grad  # loss.backward(): no pass over the gradient at all
         else:
