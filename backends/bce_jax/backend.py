@@ -1,8 +1,8 @@
 """The JAX backend object.
 
 Results are JAX arrays of the input's dtype on the input's device; reduced
-losses are 0-d arrays. float32 is computed natively (see ``kernels`` for how
-it stays within a few ULP); float16 and bfloat16 are computed in float32 and
+losses are 0-d arrays. float32 is computed natively (see ``bce_core.compensated``
+for how it stays within a few ULP); float16 and bfloat16 are computed in float32 and
 rounded once. float64 needs JAX's x64 mode
 (``jax.config.update("jax_enable_x64", True)``): without it JAX has no
 float64, so a float64 NumPy input is refused with a TypeError rather than
@@ -35,11 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
-                           check_reduction, check_wrt, check_wrt_given)
+from bce_core import rules
+from bce_core.rules import Operands
+from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
-from . import chunks, compute, ops
-from .operands import Operands, check_x64, prepare_operands, validate_data
+from . import autodiff, chunks, fused
+from .operands import check_x64, prepare_operands, validate_data
 
 #: Spellings of device platforms that JAX calls "gpu".
 _PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
@@ -60,6 +61,11 @@ def _ones(value: jax.Array, traced: bool) -> Any:
     if traced:
         return jnp.ones_like(value)
     return np.ones(np.shape(value), value.dtype)
+
+
+def _arrays(prepared: Operands[jax.Array]) -> tuple[Any, ...]:
+    return (prepared.inputs, prepared.targets, prepared.weight, prepared.pos_weight,
+            prepared.mask)
 
 
 def _works(device: jax.Device) -> bool:
@@ -138,87 +144,83 @@ class JaxBackend:
         return _device_name(_PLATFORM_ALIASES.get(device.platform, device.platform), device.id)
 
     def size_thresholds(self, device: str) -> tuple[int, ...]:
-        """Where the code path changes: one program for every output up to ``ops.SMALL``
+        """Where the code path changes: one program for every output up to ``fused.SMALL``
         elements, and on the CPU a loop over chunks from ``chunks.MIN_ELEMENTS``.
 
         >>> JaxBackend().size_thresholds("cpu")
         (16385, 2097152)
         """
         if device.split(":")[0] == "cpu":
-            return (ops.SMALL + 1, chunks.MIN_ELEMENTS)
-        return (ops.SMALL + 1,)
+            return (fused.SMALL + 1, chunks.MIN_ELEMENTS)
+        return (fused.SMALL + 1,)
 
     @staticmethod
     def _prepare(input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, check_data: bool) -> Operands:
+                 mask: Any, check_data: bool) -> tuple[Any, ...]:
+        """(inputs, targets, weight, pos_weight, mask) checked and converted (``operands``)."""
         prepared = prepare_operands(input_name, inputs, targets, weight=weight,
                                     pos_weight=pos_weight, mask=mask)
         if check_data:
             validate_data(prepared, input_name)
-        return prepared
+        return _arrays(prepared)
 
     def binary_cross_entropy_with_logits(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False,
     ) -> jax.Array:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction)
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        return ops.loss(ops.LOGITS, *prepared[:5], (("eps", eps), ("reduction", reduction)))
+        return autodiff.loss(fused.LOGITS, *prepared,
+                             (("eps", options.eps), ("reduction", options.reduction)))
 
     def binary_cross_entropy(
         self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
     ) -> jax.Array:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        clamp = check_log_clamp(log_clamp)
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction,
+                                log_clamp=log_clamp)
         prepared = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        return ops.loss(ops.PROBS, *prepared[:5],
-                        (("clamp", clamp), ("eps", eps), ("reduction", reduction)))
+        return autodiff.loss(fused.PROBS, *prepared, (("clamp", options.log_clamp),
+                                                      ("eps", options.eps),
+                                                      ("reduction", options.reduction)))
 
     def value_and_grad(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False, wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[jax.Array, Any]:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        names, as_tuple = check_wrt(wrt)
-        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
+                                weight=weight, pos_weight=pos_weight)
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         # One program per set of names, whatever their order or repetition.
-        keys = tuple(f"grad:{name}" for name in compute.NAMES if name in names)
-        out = ops.outputs(ops.LOGITS, *prepared[:5], (("eps", eps), ("reduction", reduction)),
-                          ("loss", *keys))
-        grads = tuple(out[f"grad:{name}"] for name in names)
-        return out["loss"], grads if as_tuple else grads[0]
+        keys = tuple(f"grad:{name}" for name in fused.NAMES if name in options.wrt)
+        out = fused.outputs(fused.LOGITS, *prepared,
+                            (("eps", options.eps), ("reduction", options.reduction)),
+                            ("loss", *keys))
+        return out["loss"], rules.pack_gradients([out[f"grad:{name}"] for name in options.wrt],
+                                                 options.wrt_as_tuple)
 
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[jax.Array, jax.Array]:
         """Elementwise (d loss / dx, d2 loss / dx2), weights applied, in the logits' shape."""
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
-        out = ops.outputs(ops.LOGITS, *prepared[:4], None, (("eps", 0.0), ("reduction", "none")),
-                          ("grad:logits", "curvature"))
+        out = fused.outputs(fused.LOGITS, *prepared[:4], None,
+                            (("eps", 0.0), ("reduction", "none")), ("grad:logits", "curvature"))
         return out["grad:logits"], out["curvature"]
 
     # -- JAX's own autodiff through the loss ----------------------------------
 
-    def _differentiable(self, form: str, inputs: Any, targets: Any, options: dict[str, Any]
+    def _differentiable(self, form: str, inputs: Any, targets: Any, *, weight: Any,
+                        pos_weight: Any, mask: Any, validate: bool, **options: Any
                         ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], jax.Array], tuple]:
         """The checked arrays by name (mask included), the loss as a function of such a dict,
-        and a hashable key of the options. Validated once here, outside any transformation,
-        since validation cannot run on traced values."""
-        options = dict(options)
+        and a hashable key of the other ``options``. Validated once here, outside any
+        transformation, since validation cannot run on traced values."""
         input_name = "logits" if form == "logits" else "probs"
-        prepared = self._prepare(input_name, inputs, targets, options.pop("weight", None),
-                                 options.pop("pos_weight", None), options.pop("mask", None),
-                                 options.pop("validate", False))
-        arrays = {input_name: prepared.inputs, "targets": prepared.targets,
-                  "weight": prepared.weight, "pos_weight": prepared.pos_weight,
-                  "mask": prepared.mask}
+        prepared = self._prepare(input_name, inputs, targets, weight, pos_weight, mask, validate)
+        arrays = dict(zip((input_name, "targets", "weight", "pos_weight", "mask"), prepared))
         method = (self.binary_cross_entropy_with_logits if form == "logits"
                   else self.binary_cross_entropy)
 
@@ -237,14 +239,24 @@ class JaxBackend:
                 function = self._compiled_functions[key] = jax.jit(build())
             return function
 
-    def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
-                                compiled: bool = False,
-                                **options: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    def autodiff_value_and_grad(
+        self, logits: Any, targets: Any, *, wrt: tuple[str, ...], compiled: bool = False,
+        weight: Any = None, pos_weight: Any = None, label_smoothing: float = 0.0,
+        mask: Any = None, reduction: str = "mean", validate: bool = False,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """(loss, gradients of the summed loss w.r.t. each name in ``wrt``) by JAX's reverse
-        mode: ``jax.vjp`` with a cotangent of ones, which is ``jax.grad`` of the sum."""
-        names, _ = check_wrt(wrt)
-        check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
-        arrays, loss, key = self._differentiable("logits", logits, targets, options)
+        mode: ``jax.vjp`` with a cotangent of ones, which is ``jax.grad`` of the sum.
+
+        >>> loss, (g,) = JaxBackend().autodiff_value_and_grad(
+        ...     jnp.array([0.0, 0.0]), [0.0, 1.0], wrt=("logits",), reduction="sum")
+        >>> g.tolist()
+        [0.5, -0.5]
+        """
+        names = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
+                              weight=weight, pos_weight=pos_weight).wrt
+        arrays, loss, key = self._differentiable(
+            "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask,
+            validate=validate, label_smoothing=label_smoothing, reduction=reduction)
         moving = tuple(dict.fromkeys(names))
 
         def build() -> Callable[..., Any]:
@@ -258,11 +270,21 @@ class JaxBackend:
                            {n: v for n, v in arrays.items() if n not in moving})
         return value, tuple(grads[n] for n in names)
 
-    def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Any) -> jax.Array:
+    def autodiff_second_derivative(
+        self, logits: Any, targets: Any, *, compiled: bool = False, weight: Any = None,
+        pos_weight: Any = None, label_smoothing: float = 0.0, mask: Any = None,
+        reduction: str = "mean", validate: bool = False,
+    ) -> jax.Array:
         """d/dlogits of sum(d loss / d logits) by nested reverse mode (``jax.vjp`` with
-        cotangents of ones, as nested ``jax.grad`` of sums): the Hessian's diagonal."""
-        arrays, loss, key = self._differentiable("logits", logits, targets, options)
+        cotangents of ones, as nested ``jax.grad`` of sums): the Hessian's diagonal.
+
+        >>> JaxBackend().autodiff_second_derivative(jnp.array([0.0]), [1.0],
+        ...                                         reduction="sum").tolist()
+        [0.25]
+        """
+        arrays, loss, key = self._differentiable(
+            "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask,
+            validate=validate, label_smoothing=label_smoothing, reduction=reduction)
 
         def build() -> Callable[..., Any]:
             def second(x: jax.Array, rest: dict[str, Any]) -> jax.Array:
@@ -276,10 +298,21 @@ class JaxBackend:
         run = self._compiled(("second", key), build) if compiled else build()
         return run(arrays["logits"], {n: v for n, v in arrays.items() if n != "logits"})
 
-    def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Any) -> tuple[jax.Array, jax.Array]:
-        """(loss, d summed loss / d probs) of the probability form by JAX's reverse mode."""
-        arrays, loss, key = self._differentiable("probs", probs, targets, options)
+    def autodiff_probs_grad(
+        self, probs: Any, targets: Any, *, compiled: bool = False, weight: Any = None,
+        pos_weight: Any = None, label_smoothing: float = 0.0, mask: Any = None,
+        reduction: str = "mean", log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+    ) -> tuple[jax.Array, jax.Array]:
+        """(loss, d summed loss / d probs) of the probability form by JAX's reverse mode.
+
+        >>> loss, grad = JaxBackend().autodiff_probs_grad(jnp.array([0.25]), [1.0])
+        >>> grad.tolist()
+        [-4.0]
+        """
+        arrays, loss, key = self._differentiable(
+            "probs", probs, targets, weight=weight, pos_weight=pos_weight, mask=mask,
+            validate=validate, label_smoothing=label_smoothing, reduction=reduction,
+            log_clamp=log_clamp)
 
         def build() -> Callable[..., Any]:
             def run(p: jax.Array, rest: dict[str, Any]) -> tuple[Any, Any]:

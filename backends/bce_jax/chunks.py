@@ -37,7 +37,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .kernels import Pair, two_sum
+from bce_core.compensated import Pair, two_sum
+
+from .operands import PRIMITIVES
 
 Array = jax.Array
 Outputs = dict[str, Array]
@@ -105,7 +107,7 @@ def _looped(fn: Callable[..., Outputs], shape: tuple[int, ...], rows: int,
     if count * rows < shape[0]:
         carry = add(carry, chunk(count * rows, shape[0] - count * rows), count * rows)
     arrays, low = carry
-    return {k: v if k in placed else Pair(v, low[k]).value() for k, v in arrays.items()}
+    return {k: v if k in placed else Pair(v, low[k]).value(PRIMITIVES) for k, v in arrays.items()}
 
 
 def by_chunks(fn: Callable[..., Outputs], operands: Sequence[Array | None],

@@ -1,10 +1,15 @@
-"""Turning one call's arguments into checked JAX arrays.
+"""JAX's side of the core's rules: its converter, its array operations, its primitives.
 
-JAX arrays and tracers are used as they are. NumPy arrays, NumPy scalars,
-Python numbers and nested lists are converted with bce-core's own rules (so
-errors read exactly as the NumPy backend's) and placed on the device of the
-logits; nothing reads a device from a tracer. Targets, weight and pos_weight
-are cast to the input's dtype; the mask stays boolean.
+- :class:`JaxConverter` is the ``bce_core.rules.Converter``: JAX arrays and
+  tracers are used as they are; NumPy arrays, NumPy scalars, Python numbers and
+  nested lists are converted with bce-core's own rules (so errors read exactly
+  as the NumPy backend's) and placed on the device of the logits; nothing reads
+  a device from a tracer. Targets, weight and pos_weight are cast to the
+  input's dtype; the mask stays boolean.
+- ``OPS`` is the ``bce_core.rules.ArrayOps`` and ``PRIMITIVES`` the
+  ``bce_core.compensated.Primitives`` of JAX (``jnp`` and ``lax`` functions;
+  ``opaque`` is an optimization barrier, which XLA's simplifier cannot fold).
+- devices, x64 and the working dtype.
 
 >>> import numpy as np
 >>> ops = prepare_operands("logits", np.zeros((2, 3), np.float32), [[0, 1, 1]] * 2,
@@ -15,26 +20,112 @@ are cast to the input's dtype; the mask stays boolean.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, NamedTuple
+from functools import cache
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from bce_core.arrays import Operands as NumpyOperands
+from bce_core import rules
 from bce_core.arrays import as_mask, as_operand, validate_operands
-from bce_core.spec import check_float_dtype, check_shapes
+from bce_core.rules import Operands
+from bce_core.spec import check_float_dtype
+
+Array = jax.Array
 
 
-class Operands(NamedTuple):
-    """Checked inputs of one call as JAX arrays (targets and weights in the input's dtype)."""
+# -- the array operations of the core's rules and its compensated arithmetic ------------------
 
-    inputs: jax.Array
-    targets: jax.Array
-    weight: jax.Array | None
-    pos_weight: jax.Array | None
-    mask: jax.Array | None
-    shape: tuple[int, ...]
+
+class JaxOps:
+    """``bce_core.rules.ArrayOps`` in ``jnp``: they trace, so the rules run inside programs."""
+
+    broadcast_to = staticmethod(jnp.broadcast_to)
+    reshape = staticmethod(jnp.reshape)
+    zeros_like = staticmethod(jnp.zeros_like)
+
+    @staticmethod
+    def where(condition: Any, if_true: Any, if_false: Any) -> Array:
+        return jnp.where(condition, if_true, if_false)
+
+    @staticmethod
+    def total(array: Array) -> Array:
+        return jnp.sum(array)
+
+    @staticmethod
+    def count(keep: Array, shape: tuple[int, ...], like: Array) -> Array:
+        return jnp.sum(jnp.broadcast_to(keep, shape)).astype(like.dtype)
+
+    @staticmethod
+    def sum_axes(array: Array, axes: tuple[int, ...]) -> Array:
+        return jnp.sum(array, axis=axes)
+
+    @staticmethod
+    def cast_like(array: Array, like: Array) -> Array:
+        return jnp.asarray(array).astype(like.dtype)
+
+
+OPS = JaxOps()
+
+
+class JaxPrimitives:
+    """``bce_core.compensated.Primitives`` in ``jnp`` and ``lax`` (dtypes as NumPy dtypes).
+
+    >>> from bce_core.compensated import LogitParts
+    >>> parts = LogitParts.of(PRIMITIVES, jnp.array([-30.0, 0.0, 30.0]))
+    >>> [round(float(v), 6) for v in parts.softpluses()[0]]
+    [0.0, 0.693147, 30.0]
+    """
+
+    where = staticmethod(JaxOps.where)
+    isfinite = staticmethod(jnp.isfinite)
+    abs = staticmethod(jnp.abs)
+    exp = staticmethod(jnp.exp)
+    maximum = staticmethod(jnp.maximum)
+    minimum = staticmethod(jnp.minimum)
+    round = staticmethod(jnp.round)
+    zeros_like = staticmethod(jnp.zeros_like)
+    ones_like = staticmethod(jnp.ones_like)
+    bitwise_and = staticmethod(jnp.bitwise_and)
+    bitwise_or = staticmethod(jnp.bitwise_or)
+
+    @staticmethod
+    def dtype(a: Array) -> np.dtype[Any]:
+        return np.dtype(a.dtype)
+
+    @staticmethod
+    def constant(value: Any, dtype: np.dtype[Any]) -> Array:
+        return jnp.asarray(value, dtype)
+
+    @staticmethod
+    def opaque(value: Any, dtype: np.dtype[Any]) -> Array:
+        # XLA folds (a + 1) - 1 to a, which would lose the rounding error being recovered.
+        return lax.optimization_barrier(jnp.asarray(value, dtype))
+
+    @staticmethod
+    def astype(a: Array, dtype: np.dtype[Any]) -> Array:
+        return a.astype(dtype)
+
+    @staticmethod
+    def bitcast(a: Array, dtype: np.dtype[Any]) -> Array:
+        return lax.bitcast_convert_type(a, dtype)
+
+
+PRIMITIVES = JaxPrimitives()
+
+
+def working_dtype(dtype: Any) -> np.dtype[Any]:
+    """The dtype the programs compute in (``bce_core.rules.working_dtype_name``).
+
+    >>> working_dtype(jnp.bfloat16)
+    dtype('float32')
+    """
+    return np.dtype(rules.working_dtype_name(np.dtype(dtype).name))
+
+
+# -- devices and x64 ----------------------------------------------------------------------------
 
 
 def x64_enabled() -> bool:
@@ -47,7 +138,7 @@ def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
-def check_x64(name: str, dtype: np.dtype) -> None:
+def check_x64(name: str, dtype: np.dtype[Any]) -> None:
     """Refuse float64 data while JAX would silently turn it into float32."""
     if np.dtype(dtype) == np.float64 and not x64_enabled():
         raise TypeError(
@@ -63,7 +154,7 @@ def device_of(array: Any) -> jax.Device | None:
     return next(iter(devices)) if len(devices) == 1 else None
 
 
-def _place(array: np.ndarray, device: jax.Device | None) -> jax.Array:
+def _place(array: np.ndarray, device: jax.Device | None) -> Array:
     """``array`` on ``device``: uncommitted where JAX puts it by default anyway, so that a call
     with concrete logits and one under ``jax.grad`` (where the device is unknown) pass the same
     kind of array and share one compiled program; committed to ``device`` otherwise.
@@ -75,89 +166,93 @@ def _place(array: np.ndarray, device: jax.Device | None) -> jax.Array:
     return placed
 
 
+# -- the converter --------------------------------------------------------------------------
+
 # The checks of JAX arrays depend on their dtypes only: made once per dtype (a failed
 # check is not cached and raises again), they cost nothing on an eager call's path.
 
 
-@lru_cache(maxsize=None)
-def _check_input_dtype(name: str, dtype: np.dtype) -> None:
+@cache
+def _check_input_dtype(name: str, dtype: np.dtype[Any]) -> None:
     check_float_dtype(name, dtype.name)
 
 
-@lru_cache(maxsize=None)
-def _check_operand_dtype(name: str, dtype: np.dtype, to: np.dtype) -> None:
+@cache
+def _check_operand_dtype(name: str, dtype: np.dtype[Any], to: np.dtype[Any]) -> None:
     # bce-core's check on an empty array of the same dtype: same rule, same message.
     as_operand(name, np.empty(0, dtype), to)
 
 
-@lru_cache(maxsize=None)
-def _check_mask_dtype(dtype: np.dtype) -> None:
+@cache
+def _check_mask_dtype(dtype: np.dtype[Any]) -> None:
     as_mask(np.empty(0, dtype))
 
 
-def as_input(name: str, value: Any) -> jax.Array:
-    """The logits (or probabilities) as a floating JAX array.
+class JaxConverter:
+    """The ``bce_core.rules.Converter`` of one call: it keeps the input, whose device the
+    operands that are not JAX arrays yet (the mask too) are placed on. One per call."""
 
-    Python numbers and lists take JAX's default float (float32 unless x64 is
-    on); a NumPy float64 array needs x64 (else TypeError, never a silent cast).
-    """
-    if isinstance(value, jax.Array):
-        _check_input_dtype(name, np.dtype(value.dtype))
-        return value
-    array = np.asarray(value)
-    if not isinstance(value, (np.ndarray, np.generic)) and array.dtype == np.float64:
-        array = array.astype(jax.dtypes.canonicalize_dtype(np.float64))
-    check_float_dtype(name, array.dtype.name)
-    check_x64(name, array.dtype)
-    return jax.device_put(array)  # uncommitted, as jnp.asarray would be, and compiles nothing
+    __slots__ = ("_input",)
 
+    def __init__(self) -> None:
+        self._input: Array | None = None
 
-def as_native_operand(name: str, value: Any, dtype: np.dtype,
-                      device: jax.Device | None) -> jax.Array:
-    """A float, int or bool operand as a JAX array of ``dtype``; anything else is a TypeError."""
-    if isinstance(value, jax.Array):
-        _check_operand_dtype(name, np.dtype(value.dtype), np.dtype(dtype))
-        # No cast when the dtype is right: under jax.grad a cast is one more primitive to run.
-        if value.dtype == dtype:
+    def as_input(self, name: str, value: Any) -> Array:
+        """The logits (or probabilities) as a floating JAX array.
+
+        Python numbers and lists take JAX's default float (float32 unless x64 is
+        on); a NumPy float64 array needs x64 (else TypeError, never a silent cast).
+        """
+        if isinstance(value, jax.Array):
+            _check_input_dtype(name, np.dtype(value.dtype))
+            self._input = value
             return value
-        here = device_of(value)
-        if here is not None and here.platform == "cpu":
-            # The data is on the host already: NumPy casts it, where an eager cast would
-            # compile a program for each new shape.
-            return _place(np.asarray(value).astype(dtype), here)
-        return value.astype(dtype)
-    return _place(as_operand(name, value, dtype), device)
+        array = np.asarray(value)
+        if not isinstance(value, (np.ndarray, np.generic)) and array.dtype == np.float64:
+            array = array.astype(jax.dtypes.canonicalize_dtype(np.float64))
+        check_float_dtype(name, array.dtype.name)
+        check_x64(name, array.dtype)
+        # Uncommitted, as jnp.asarray would be, and compiles nothing.
+        self._input = placed = jax.device_put(array)
+        return placed
 
+    def as_operand(self, name: str, value: Any, like: Array) -> Array:
+        """A float, int or bool operand as a JAX array of ``like``'s dtype; anything else is a
+        TypeError."""
+        dtype = np.dtype(like.dtype)
+        if isinstance(value, jax.Array):
+            _check_operand_dtype(name, np.dtype(value.dtype), dtype)
+            # No cast when the dtype is right: under jax.grad a cast is one more primitive to run.
+            if value.dtype == dtype:
+                return value
+            here = device_of(value)
+            if here is not None and here.platform == "cpu":
+                # The data is on the host already: NumPy casts it, where an eager cast would
+                # compile a program for each new shape.
+                return _place(np.asarray(value).astype(dtype), here)
+            return value.astype(dtype)
+        return _place(as_operand(name, value, dtype), device_of(like))
 
-def as_native_mask(value: Any, device: jax.Device | None) -> jax.Array:
-    """A boolean mask as a JAX array; integer masks are refused as in bce-core."""
-    if isinstance(value, jax.Array):
-        _check_mask_dtype(np.dtype(value.dtype))
-        return value
-    return _place(as_mask(value), device)
+    def as_mask(self, value: Any) -> Array:
+        """A boolean mask as a JAX array; integer masks are refused as in bce-core."""
+        if isinstance(value, jax.Array):
+            _check_mask_dtype(np.dtype(value.dtype))
+            return value
+        return _place(as_mask(value), device_of(self._input))
+
+    @staticmethod
+    def shape_of(array: Array) -> tuple[int, ...]:
+        return tuple(array.shape)
 
 
 def prepare_operands(input_name: str, inputs: Any, targets: Any, *, weight: Any,
-                     pos_weight: Any, mask: Any) -> Operands:
-    """Apply the dtype and shape rules of the spec to one call's arguments."""
-    x = as_input(input_name, inputs)
-    # Only operands that are not JAX arrays yet are placed on a device.
-    others = (targets, weight, pos_weight, mask)
-    device = (None if all(v is None or isinstance(v, jax.Array) for v in others)
-              else device_of(x))
-    dtype = np.dtype(x.dtype)
-    y = as_native_operand("targets", targets, dtype, device)
-    w = None if weight is None else as_native_operand("weight", weight, dtype, device)
-    q = None if pos_weight is None else as_native_operand("pos_weight", pos_weight, dtype, device)
-    m = None if mask is None else as_native_mask(mask, device)
-    shape = check_shapes(x.shape, y.shape, input_name=input_name,
-                         weight=None if w is None else w.shape,
-                         pos_weight=None if q is None else q.shape,
-                         mask=None if m is None else m.shape)
-    return Operands(x, y, w, q, m, shape)
+                     pos_weight: Any, mask: Any) -> Operands[Array]:
+    """``bce_core.rules.prepare_operands`` with JAX's converter."""
+    return rules.prepare_operands(JaxConverter(), input_name, inputs, targets, weight=weight,
+                                  pos_weight=pos_weight, mask=mask)
 
 
-def validate_data(ops: Operands, input_name: str) -> None:
+def validate_data(ops: Operands[Array], input_name: str) -> None:
     """The data checks of ``validate=True``, run on NumPy copies by bce-core.
 
     They need the values, so they cannot run while JAX traces (jit, grad, vmap).
@@ -168,5 +263,5 @@ def validate_data(ops: Operands, input_name: str) -> None:
             "validate=True checks the data, which cannot run under jax.jit, jax.grad or "
             "jax.vmap (the values are abstract there); validate before the transformation, "
             "or pass validate=False inside it.")
-    host = NumpyOperands(*(None if a is None else np.asarray(a) for a in arrays), ops.shape)
+    host = Operands(*(None if a is None else np.asarray(a) for a in arrays), ops.shape)
     validate_operands(host, input_name, input_in_unit_interval=input_name == "probs")
