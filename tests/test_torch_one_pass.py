@@ -1,4 +1,4 @@
-"""The Torch backend's compiled one-pass path (``bce_torch.compiled``), held to the same
+"""The Torch backend's compiled one-pass path (``bce_torch.fused``), held to the same
 spec as its eager Functions: the conformance grid, ULP sweeps against the exact oracle,
 autograd (first and second order), the fallback when compiling fails, and no recompile
 for a new batch size. The backends here use the path from one element on, so the suite's
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from bce_conformance import oracle  # noqa: E402
 from bce_conformance.cases import all_cases  # noqa: E402
 from bce_conformance.runner import CaseRunner  # noqa: E402
-from bce_torch import compiled  # noqa: E402
+from bce_torch import fused as compiled  # noqa: E402
 from bce_torch.backend import TorchBackend  # noqa: E402
 
 ONE_PASS = TorchBackend(one_pass_min_elements=1)

@@ -1,10 +1,13 @@
 """bce-core's Torch backend, laid out as a third-party plugin would be.
 
-- ``plugin.py`` describes the backend to bce-core (imported at registry build; never imports torch).
-- ``backend.py`` is the backend object, imported on first use.
-- ``operands.py`` converts and checks one call's arguments (NumPy, scalars, tensors).
-- ``kernels.py`` holds the elementwise math; ``reductions.py`` the masked reductions.
-- ``functions.py`` holds the ``torch.autograd.Function``s that give autograd the spec's derivatives.
+- ``plugin.py``: registration with bce-core (imported at registry build; never imports torch).
+- ``backend.py``: the backend object, imported on first use (argument checks via the core,
+  dispatch to the paths below).
+- ``operands.py``: torch's ``rules.Converter`` and ``rules.ArrayOps``, dtypes and devices.
+- ``kernels.py``: torch's own elementwise math (one exp per element, the tail scaling).
+- ``fused.py``: the one-pass path for large inputs (one ``torch.compile`` kernel).
+- ``autodiff.py``: the ``torch.autograd.Function``s that give autograd the spec's
+  derivatives, and what the ``autodiff_*`` methods need.
 
 >>> from bce_torch.backend import TorchBackend
 >>> TorchBackend().name

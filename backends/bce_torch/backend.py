@@ -6,7 +6,7 @@ float16 and bfloat16 are computed in float32 and rounded once. Results are
 tensors of the input's dtype on the input's device; reduced losses are 0-d.
 
 The losses are ``torch.autograd.Function``s with analytic derivatives (see
-``functions``; under torch.compile, ops whose own autodiff is the spec's),
+``autodiff``; under torch.compile, ops whose own autodiff is the spec's),
 so ``loss.backward()``, ``torch.autograd.grad`` (to second order),
 ``torch.func`` and ``torch.compile(fullgraph=True)`` all give the spec's
 derivatives. ``value_and_grad`` and ``grad_hess`` are fused analytic
@@ -25,30 +25,38 @@ evaluations that build no autograd graph.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from bce_core.rules import (Operands, pack_gradients, reduce_elements, reduction_gradients,
+                            smoothed_targets)
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
-from .compiled import (DEFAULT_MIN_ELEMENTS, CompiledLoss, CompiledPrograms, Kind, applies,
-                       coefficients, compiling_enabled, reduction_scale)
-from .functions import logit_loss_elements, probs_loss_elements
-from .kernels import (LogitParts, logit_grad, logit_hessian, logit_loss, logit_partials,
-                      smoothed_targets)
-from .operands import (TorchOperands, as_input, as_mask_tensor, as_operand_tensor,
-                       numpy_to_tensor, prepare, tensor_to_numpy, validate, working_dtype)
-from .reductions import Factor, reduce_elements
+from .autodiff import (as_tensors, autograd_second_derivative, autograd_value_and_grad,
+                       func_second_derivative, logit_loss_elements, probs_loss_elements)
+from .fused import (DEFAULT_MIN_ELEMENTS, CompiledLoss, CompiledPrograms, Kind, applies,
+                    coefficients, compiling_enabled, reduction_scale)
+from .kernels import LogitParts, logit_grad, logit_hessian, logit_loss, logit_partials
+from .operands import TORCH_OPS as OPS
+from .operands import (as_input, numpy_to_tensor, prepare, tensor_to_numpy, validate,
+                       working_dtype)
+
+if TYPE_CHECKING:  # Unpack is in typing from Python 3.11
+    from typing_extensions import Unpack
+
+    from bce_core.plugin import LogitOptions, ProbsOptions
 
 Working = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None",
                 "torch.Tensor | None"]
 
 
-def _working(ops: TorchOperands) -> Working:
+def _working(ops: Operands[torch.Tensor]) -> Working:
     """x, y, w, q in the working dtype (float32 for float16 and bfloat16) and the mask."""
     dtype = working_dtype(ops.inputs.dtype)
     # No .to() when the dtype already matches: under torch.compile even a no-op cast
@@ -67,22 +75,6 @@ def _masked_out_made_safe(keep: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     w = None if w is None else torch.where(keep, w, 0.0)
     q = None if q is None else torch.where(keep, q, 1.0)
     return x, y, w, q, keep
-
-
-def _scaled(partial: torch.Tensor, factor: Factor, shape: tuple[int, ...]) -> torch.Tensor:
-    """partial * factor over ``shape``; exactly 0 where the factor is 0 (masked out, or a zero
-    denominator), even where the partial is infinite or NaN."""
-    if isinstance(factor, torch.Tensor):
-        return torch.where(factor == 0, 0.0, partial * factor).expand(shape)
-    if factor == 0:
-        return torch.zeros(shape, dtype=partial.dtype, device=partial.device)
-    return (partial if factor == 1 else partial * factor).expand(shape)
-
-
-def _sum_to_shape(grad: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
-    if like is None or grad.shape == like.shape:
-        return grad
-    return grad.sum_to_size(like.shape)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -184,7 +176,7 @@ class TorchBackend:
 
     @staticmethod
     def _prepare(input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, validate_data: bool) -> TorchOperands:
+                 mask: Any, validate_data: bool) -> Operands[torch.Tensor]:
         ops = prepare(input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask)
         if validate_data:
             validate(ops, input_name)
@@ -202,36 +194,38 @@ class TorchBackend:
             return self._one_pass_loss(ops, eps, reduction)
         return self._eager_logits_loss(ops, eps, reduction)
 
-    def _one_pass_applies(self, ops: TorchOperands,
+    def _one_pass_applies(self, ops: Operands[torch.Tensor],
                           others: tuple[torch.Tensor | None, ...]) -> bool:
         return self._one_pass_min is not None and applies(ops.inputs, ops.shape, others,
                                                            self._one_pass_min)
 
-    def _one_pass_loss(self, ops: TorchOperands, eps: float, reduction: str) -> torch.Tensor:
+    def _one_pass_loss(self, ops: Operands[torch.Tensor], eps: float,
+                       reduction: str) -> torch.Tensor:
         """The loss through the compiled kernel, differentiable in the logits."""
         x = ops.inputs
-        w, q, eps_tensor = coefficients(x, ops.weight, ops.pos_weight, eps)
+        w, q, smoothing = coefficients(x, ops.weight, ops.pos_weight, eps)
         scale, factor = reduction_scale(reduction, ops.shape, ops.mask, ops.weight, x.device)
 
         if not (x.requires_grad and torch.is_grad_enabled()):  # nothing for autograd to record
-            loss, _ = self._programs.run(Kind(scale, False), x, ops.targets, w, q, eps_tensor,
+            loss, _ = self._programs.run(Kind(scale, False), x, ops.targets, w, q, smoothing,
                                          ops.mask, factor)
             return loss.to(x.dtype)
 
         def recompute(z: torch.Tensor) -> torch.Tensor:
-            return self._eager_logits_loss(ops._replace(inputs=z), eps, reduction)
+            return self._eager_logits_loss(dataclasses.replace(ops, inputs=z), eps, reduction)
 
-        return CompiledLoss.apply(x, ops.targets, w, q, eps_tensor, ops.mask, factor,
+        return CompiledLoss.apply(x, ops.targets, w, q, smoothing, ops.mask, factor,
                                   self._programs, scale, recompute)
 
     @staticmethod
-    def _eager_logits_loss(ops: TorchOperands, eps: float, reduction: str) -> torch.Tensor:
+    def _eager_logits_loss(ops: Operands[torch.Tensor], eps: float,
+                           reduction: str) -> torch.Tensor:
         """The loss through the eager Functions, differentiable in every operand, to any order."""
         x, y, w, q, keep = _working(ops)
         if keep is not None:
             x, y, w, q, keep = _masked_out_made_safe(keep, x, y, w, q, 0.0)
         elements = logit_loss_elements(x, y, w, q, eps)
-        loss = reduce_elements(elements, reduction, keep=keep, weight=w).loss
+        loss = reduce_elements(OPS, elements, reduction, keep=keep, weight=w).loss
         return loss.to(ops.inputs.dtype)
 
     def binary_cross_entropy(
@@ -247,7 +241,7 @@ class TorchBackend:
         if keep is not None:
             p, y, w, q, keep = _masked_out_made_safe(keep, p, y, w, q, 0.5)
         elements = probs_loss_elements(p, y, w, q, eps, clamp)
-        loss = reduce_elements(elements, reduction, keep=keep, weight=w).loss
+        loss = reduce_elements(OPS, elements, reduction, keep=keep, weight=w).loss
         return loss.to(ops.inputs.dtype)
 
     def value_and_grad(
@@ -263,28 +257,25 @@ class TorchBackend:
         dtype, shape = ops.inputs.dtype, ops.shape
         if names == ("logits",) and self._one_pass_applies(ops, ()):
             x = ops.inputs
-            w, q, eps_tensor = coefficients(x, ops.weight, ops.pos_weight, eps)
+            w, q, smoothing = coefficients(x, ops.weight, ops.pos_weight, eps)
             scale, factor = reduction_scale(reduction, shape, ops.mask, ops.weight, x.device)
             with torch.no_grad():
                 loss, grad = self._programs.run(Kind(scale, True), x, ops.targets, w, q,
-                                                eps_tensor, ops.mask, factor)
-            return loss.to(dtype), (grad,) if as_tuple else grad
+                                                smoothing, ops.mask, factor)
+            return loss.to(dtype), pack_gradients([grad], as_tuple)
         with torch.no_grad():
             x, y, w, q, keep = _working(ops)
             parts = LogitParts.of(x)  # the one exp shared by the loss and every derivative
             yp, one_minus_yp = smoothed_targets(y, eps)
             elements = logit_loss(parts, yp, one_minus_yp, w, q)
-            reduced = reduce_elements(elements, reduction, keep=keep, weight=w)
+            reduced = reduce_elements(OPS, elements, reduction, keep=keep, weight=w)
             partials = logit_partials(parts, yp, one_minus_yp, w, q, eps, names)
-            if "weight" in partials and reduction == "weighted_mean":
-                # d/dw_i of sum(w B)/sum(w) = (B_i - loss)/sum(w), B the bracket.
-                partials["weight"] = partials["weight"] - reduced.loss
-            arguments = {"weight": ops.weight, "pos_weight": ops.pos_weight}
-            grads = tuple(
-                _sum_to_shape(_scaled(partials[name], reduced.factor, shape),
-                              arguments.get(name)).to(dtype)
-                for name in names)
-        return reduced.loss.to(dtype), grads if as_tuple else grads[0]
+            arg_shapes = {"weight": None if w is None else tuple(w.shape),
+                          "pos_weight": None if q is None else tuple(q.shape)}
+            grads = reduction_gradients(
+                OPS, names, {name: (lambda t=t: t) for name, t in partials.items()},
+                shape=shape, arg_shapes=arg_shapes, reduction=reduction, reduced=reduced)
+        return reduced.loss.to(dtype), pack_gradients([g.to(dtype) for g in grads], as_tuple)
 
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,8 +283,9 @@ class TorchBackend:
         with torch.no_grad():
             x, y, w, q, _ = _working(ops)
             parts = LogitParts.of(x)
-            grad = logit_grad(parts, y, 1.0 - y, w, q)
-            hess = logit_hessian(parts, y, 1.0 - y, w, q)
+            yp, one_minus_yp = smoothed_targets(y, 0.0)
+            grad = logit_grad(parts, yp, one_minus_yp, w, q)
+            hess = logit_hessian(parts, yp, one_minus_yp, w, q)
         dtype, shape = ops.inputs.dtype, ops.shape
         return grad.expand(shape).to(dtype), hess.expand(shape).to(dtype)
 
@@ -320,53 +312,16 @@ class TorchBackend:
             return self.binary_cross_entropy_with_logits
         return self.binary_cross_entropy
 
-    @staticmethod
-    def _as_tensors(x: torch.Tensor, targets: Any,
-                    options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """targets, weight, pos_weight and mask as tensors on x's device, before compiled code
-        sees them (Dynamo's handling of NumPy arrays under torch.func is unreliable)."""
-        def convert(name: str, value: Any) -> Any:
-            if value is None or isinstance(value, torch.Tensor):
-                return value
-            return as_mask_tensor(value, x) if name == "mask" else as_operand_tensor(name, value, x)
-
-        converted = {k: convert(k, v) if k in ("weight", "pos_weight", "mask") else v
-                     for k, v in options.items()}
-        return convert("targets", targets), converted
-
-    @staticmethod
-    def _leaves(input_name: str, inputs: Any, targets: Any, options: dict[str, Any],
-                names: tuple[str, ...]) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        """The call's arguments, with fresh leaf tensors requiring grad for each of ``names``."""
-        x = as_input(input_name, inputs)
-        arguments = {input_name: x, "targets": targets, "weight": options.get("weight"),
-                     "pos_weight": options.get("pos_weight")}
-        leaves = []
-        for name in names:
-            key = input_name if name in ("logits", "probs") else name
-            value = arguments[key]
-            tensor = x if key == input_name else as_operand_tensor(key, value, x)
-            arguments[key] = tensor.detach().clone().requires_grad_(True)
-            leaves.append(arguments[key])
-        return arguments, leaves
-
     def _autodiff(self, form: str, inputs: Any, targets: Any, names: tuple[str, ...],
                   compiled: bool, options: dict[str, Any]) -> tuple[torch.Tensor, tuple[Any, ...]]:
         input_name = "logits" if form == "logits" else "probs"
-        if compiled:
-            targets, options = self._as_tensors(as_input(input_name, inputs), targets, options)
-        arguments, leaves = self._leaves(input_name, inputs, targets, options, names)
-        rest = {k: v for k, v in options.items() if k not in ("weight", "pos_weight")}
-        loss = self._loss_function(form, compiled)(
-            arguments[input_name], arguments["targets"], weight=arguments["weight"],
-            pos_weight=arguments["pos_weight"], **rest)
-        # reduction="none": the gradient of the sum, as value_and_grad defines it.
-        grads = torch.autograd.grad(loss.sum(), leaves)
-        return loss.detach(), grads
+        return autograd_value_and_grad(self._loss_function(form, compiled), input_name, inputs,
+                                       targets, names, options, tensors_first=compiled)
 
     def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
                                 compiled: bool = False,
-                                **options: Any) -> tuple[torch.Tensor, tuple[Any, ...]]:
+                                **options: Unpack[LogitOptions]
+                                ) -> tuple[torch.Tensor, tuple[Any, ...]]:
         """(loss, gradients w.r.t. each name in ``wrt``) by torch.autograd through the loss.
 
         >>> loss, (g,) = TorchBackend().autodiff_value_and_grad(
@@ -376,21 +331,23 @@ class TorchBackend:
         """
         names, _ = check_wrt(wrt)
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
-        return self._autodiff("logits", logits, targets, names, compiled, options)
+        return self._autodiff("logits", logits, targets, names, compiled, {**options})
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                            **options: Unpack[ProbsOptions]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, d loss / d probs) of the probability form by torch.autograd.
 
         >>> loss, grad = TorchBackend().autodiff_probs_grad(torch.tensor([0.25]), [1.0])
         >>> grad.tolist()
         [-4.0]
         """
-        loss, (grad,) = self._autodiff("probs", probs, targets, ("probs",), compiled, options)
+        loss, (grad,) = self._autodiff("probs", probs, targets, ("probs",), compiled,
+                                       {**options})
         return loss, grad
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Any) -> torch.Tensor:
+                                   **options: Unpack[LogitOptions]) -> torch.Tensor:
         """d/dlogits of sum(d loss / d logits) by nested autodiff: the diagonal of the Hessian.
 
         Eager: torch.autograd.grad twice (create_graph=True). Compiled: torch.compile
@@ -402,20 +359,14 @@ class TorchBackend:
         """
         x = as_input("logits", logits).detach()
         if compiled:
-            targets, options = self._as_tensors(x, targets, options)
-            return self._compiled_function("second")(x, targets, **options)
-        x = x.clone().requires_grad_(True)
-        loss = self.binary_cross_entropy_with_logits(x, targets, **options)
-        (first,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
-        (second,) = torch.autograd.grad(first.sum(), x)
-        return second
+            targets, tensors = as_tensors(x, targets, {**options})
+            return self._compiled_function("second")(x, targets, **tensors)
+        return autograd_second_derivative(self.binary_cross_entropy_with_logits, x, targets,
+                                          {**options})
 
     def _second_derivative(self, x: torch.Tensor, targets: Any, **options: Any) -> torch.Tensor:
-        """Nested torch.func.grad: what ``autodiff_second_derivative(compiled=True)`` compiles."""
-        def total(z: torch.Tensor) -> torch.Tensor:
-            return self.binary_cross_entropy_with_logits(z, targets, **options).sum()
-
-        return torch.func.grad(lambda z: torch.func.grad(total)(z).sum())(x)
+        """What ``autodiff_second_derivative(compiled=True)`` compiles."""
+        return func_second_derivative(self.binary_cross_entropy_with_logits, x, targets, options)
 
     # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
 

@@ -21,7 +21,8 @@ rounds into the subnormal range once.
 
 Coefficients may be a tensor, a Python number or None (meaning 1, for an
 absent weight or pos_weight), so the common unweighted call does no work for
-them. A coefficient of exactly 0 contributes exactly 0, even times inf.
+them. A coefficient of exactly 0 contributes exactly 0, even times inf
+(``bce_core.rules.zero_safe``, as are the smoothed targets and ``times``).
 
 >>> import torch
 >>> parts = LogitParts.of(torch.tensor([-30.0, 0.0, 30.0]))
@@ -33,64 +34,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
 
 import torch
 
-#: A multiplicative coefficient: a tensor, a Python number, or None for 1.
-Coefficient = Union[torch.Tensor, float, None]
+from bce_core.rules import Coefficient, times, zero_safe
 
-#: A zero-safe product (coefficient, value) -> tensor, such as ``zero_safe``.
+from .operands import TORCH_OPS as OPS
+
+#: A zero-safe product (coefficient, value) -> tensor, in place of ``rules.zero_safe``.
 Product = Callable[[Coefficient, torch.Tensor], torch.Tensor]
 
 #: Per working dtype: (|x| beyond which exp(-|x|) is subnormal, the shift K). K/2 <= |x| <= 2K
 #: holds wherever the small side is still representable, so K - |x| is exact there.
 _TAIL: dict[torch.dtype, tuple[float, float]] = {torch.float32: (87.0, 64.0),
                                                   torch.float64: (708.0, 512.0)}
-
-
-def zero_safe(coefficient: Coefficient, value: torch.Tensor) -> torch.Tensor:
-    """coefficient * value where a coefficient of exactly 0 gives exactly 0 (also times inf or NaN).
-
-    Only a non-finite value is replaced (by 0, where the coefficient is 0), so plain
-    autodiff of this expression still has d/d(coefficient) = value.
-
-    >>> zero_safe(torch.tensor([0.0, 2.0]), torch.tensor([float("inf"), 3.0])).tolist()
-    [0.0, 6.0]
-    """
-    if coefficient is None:
-        return value
-    if not isinstance(coefficient, torch.Tensor):
-        return value * coefficient if coefficient != 0 else torch.zeros_like(value)
-    return coefficient * torch.where((coefficient == 0) & ~torch.isfinite(value), 0.0, value)
-
-
-def times(first: Coefficient, second: Coefficient) -> Coefficient:
-    """The product of two coefficients, keeping None (= 1) where possible.
-
-    >>> times(None, 2.0)
-    2.0
-    """
-    if first is None:
-        return second
-    if second is None:
-        return first
-    return first * second
-
-
-def smoothed_targets(y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y', 1 - y') with y' = y(1 - eps) + eps/2.
-
-    1 - y' is computed as (1 - y)(1 - eps) + eps/2, which keeps its relative
-    accuracy when y' is close to 1.
-
-    >>> [round(v, 3) for v in smoothed_targets(torch.tensor([1.0]), 0.1)[1].tolist()]
-    [0.05]
-    """
-    if eps == 0.0:
-        return y, 1.0 - y
-    keep = 1.0 - eps
-    return y * keep + eps / 2, (1.0 - y) * keep + eps / 2
 
 
 class LogitParts:
@@ -109,7 +66,7 @@ class LogitParts:
         self.positive = x >= 0
         # -|x| as -x or x by side: plain autodiff of everything below is then right on
         # both sides and at x = 0, where abs has derivative 0. (Under torch.compile these
-        # ops are differentiated directly; see functions.logit_loss_elements.)
+        # ops are differentiated directly; see autodiff.logit_loss_elements.)
         self.neg_abs = torch.where(self.positive, -x, x)
         self.tail = self.neg_abs < -threshold
         if u is None:
@@ -145,15 +102,18 @@ class LogitParts:
 
         The coefficient multiplies the small side before it is scaled, so a tiny
         result is rounded once; a zero coefficient contributes exactly 0. ``product``
-        forms the big side's term (only it can be infinite), ``zero_safe`` by default.
+        forms both terms (``rules.zero_safe`` by default), for an autodiff whose
+        derivative in a zero coefficient must still be the value.
         """
         positive = self.positive
         c_pos = 1.0 if c_pos is None else c_pos
         c_neg = 1.0 if c_neg is None else c_neg
         c_big = _select(positive, c_pos, c_neg, big)
         c_small = _select(positive, c_neg, c_pos, big)
-        big_term = zero_safe(c_big, big) if product is None else product(c_big, big)
-        return big_term + zero_safe(c_small, small) * self.scale
+        if product is None:
+            return (zero_safe(OPS, c_big, big)
+                    + zero_safe(OPS, c_small, small) * self.scale)
+        return product(c_big, big) + product(c_small, small) * self.scale
 
     def softplus(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(softplus(x), softplus(-x)); NaN stays NaN in both."""
@@ -190,7 +150,7 @@ def logit_loss(parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor, 
 def logit_bracket(softplus_pos: torch.Tensor, softplus_neg: torch.Tensor, yp: torch.Tensor,
                   one_minus_yp: torch.Tensor, q: Coefficient) -> torch.Tensor:
     """(1 - y') softplus(x) + q y' softplus(-x): the element loss before the weight."""
-    return zero_safe(one_minus_yp, softplus_pos) + zero_safe(times(q, yp), softplus_neg)
+    return zero_safe(OPS, one_minus_yp, softplus_pos) + zero_safe(OPS, times(q, yp), softplus_neg)
 
 
 def logit_grad(parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor,
@@ -223,11 +183,11 @@ def logit_partials(parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tens
     if any(name != "logits" for name in names):
         sp_pos, sp_neg = parts.softplus()
         if "targets" in names:
-            out["targets"] = zero_safe(times(w, 1.0 - eps), zero_safe(q, sp_neg) - sp_pos)
+            out["targets"] = zero_safe(OPS, times(w, 1.0 - eps), zero_safe(OPS, q, sp_neg) - sp_pos)
         if "weight" in names:
             out["weight"] = logit_bracket(sp_pos, sp_neg, yp, one_minus_yp, q)
         if "pos_weight" in names:
-            out["pos_weight"] = zero_safe(times(w, yp), sp_neg)
+            out["pos_weight"] = zero_safe(OPS, times(w, yp), sp_neg)
     return out
 
 
@@ -239,7 +199,7 @@ def probs_logs(p: torch.Tensor, log_clamp: float) -> tuple[torch.Tensor, torch.T
 def probs_bracket(p: torch.Tensor, log_p: torch.Tensor, log_1mp: torch.Tensor, yp: torch.Tensor,
                   one_minus_yp: torch.Tensor, q: Coefficient) -> torch.Tensor:
     """-(q y' max(log p, c) + (1 - y') max(log1p(-p), c)); NaN where p is outside [0, 1]."""
-    bracket = -(zero_safe(times(q, yp), log_p) + zero_safe(one_minus_yp, log_1mp))
+    bracket = -(zero_safe(OPS, times(q, yp), log_p) + zero_safe(OPS, one_minus_yp, log_1mp))
     # p outside [0, 1] (or NaN) is NaN even where its term's coefficient is 0.
     return torch.where((p >= 0) & (p <= 1), bracket, float("nan"))
 
@@ -249,6 +209,6 @@ def probs_grad(p: torch.Tensor, yp: torch.Tensor, one_minus_yp: torch.Tensor, w:
     """d loss / d p = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), floor), as torch's BCELoss."""
     qy = times(q, yp)
     numerator = p * (one_minus_yp + qy) - qy
-    slope = zero_safe(w, numerator / (p * (1.0 - p)).clamp_min(floor))
+    slope = zero_safe(OPS, w, numerator / (p * (1.0 - p)).clamp_min(floor))
     # Where p is outside [0, 1] the loss is NaN, and so is its slope.
     return torch.where((p >= 0) & (p <= 1), slope, float("nan"))

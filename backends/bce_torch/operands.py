@@ -1,9 +1,10 @@
-"""Turning one call's arguments into checked tensors on the input's device.
+"""Torch's side of the core's rules: its ``rules.Converter``, its ``rules.ArrayOps``,
+the dtype mapping and the devices of operands.
 
 Torch tensors are used as they are; NumPy arrays (bfloat16 from ml_dtypes
 included), Python numbers and nested lists are converted onto the input's
 device. The dtype, shape and option rules are those of ``bce_core.spec`` and
-``bce_core.arrays``, so the errors read exactly as the NumPy backend's.
+``bce_core.rules``, so the errors read exactly as the NumPy backend's.
 
 >>> import torch
 >>> ops = prepare("logits", torch.zeros(2, 3), [[0, 1, 1]] * 2, weight=None,
@@ -14,14 +15,16 @@ device. The dtype, shape and option rules are those of ``bce_core.spec`` and
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
 
-from bce_core.arrays import Operands, as_float_input, as_mask, as_operand, validate_operands
-from bce_core.spec import (HALF_DTYPES, check_float_dtype, check_mask_dtype, check_operand_dtype,
-                           check_shapes)
+from bce_core import rules
+from bce_core.arrays import as_float_input, as_mask, as_operand, validate_operands
+from bce_core.rules import Operands
+from bce_core.spec import check_float_dtype, check_mask_dtype, check_operand_dtype
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
@@ -39,9 +42,59 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES.get(dtype) or str(dtype).removeprefix("torch.")
 
 
+_FLOAT_DTYPES: dict[str, torch.dtype] = {
+    name: dtype for dtype, name in _DTYPE_NAMES.items() if dtype.is_floating_point}
+
+
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for float16 and bfloat16 (computed in float32, rounded once), else ``dtype``."""
-    return torch.float32 if dtype_name(dtype) in HALF_DTYPES else dtype
+    """``rules.working_dtype_name`` as a torch dtype: float32 for float16 and bfloat16.
+
+    >>> working_dtype(torch.bfloat16), working_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return _FLOAT_DTYPES[rules.working_dtype_name(dtype_name(dtype))]
+
+
+class TorchOps:
+    """The array operations of ``bce_core.rules``, for torch tensors (traceable by Dynamo).
+
+    >>> TORCH_OPS.count(torch.tensor([True, False]), (3, 2), torch.zeros((), dtype=torch.float64))
+    tensor(3., dtype=torch.float64)
+    """
+
+    reshape = staticmethod(torch.reshape)
+    zeros_like = staticmethod(torch.zeros_like)
+
+    @staticmethod
+    def where(condition: torch.Tensor, if_true: Any, if_false: Any) -> torch.Tensor:
+        if type(if_true) is float and type(if_false) is float:
+            # TODO(core): reduce_elements asks where(keep, 1/denominator, 0.0) of two Python
+            # numbers, which torch would make float32; float64 keeps 1/denominator exact.
+            if_true = torch.tensor(if_true, dtype=torch.float64, device=condition.device)
+        return torch.where(condition, if_true, if_false)
+
+    @staticmethod
+    def total(array: torch.Tensor) -> torch.Tensor:
+        return array.sum()
+
+    @staticmethod
+    def count(keep: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        return keep.expand(shape).sum(dtype=like.dtype)
+
+    @staticmethod
+    def broadcast_to(array: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return array if array.shape == shape else array.expand(shape)  # no view when it fits
+
+    @staticmethod
+    def sum_axes(array: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        return array.sum(dim=axes)
+
+    @staticmethod
+    def cast_like(array: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return array.to(like.dtype)
+
+
+TORCH_OPS = TorchOps()
 
 
 def numpy_to_tensor(array: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
@@ -135,38 +188,47 @@ def as_operand_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor
 
 def as_mask_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
     """A boolean mask on ``like``'s device; integer masks are refused, as in NumPy."""
-    if not isinstance(value, torch.Tensor) and tracing():
-        value = _traced_array(value, like.device)
-    if isinstance(value, torch.Tensor):
+    return _mask_on(value, TorchConverter.as_mask(value), like.device)
+
+
+def _mask_on(value: Any, mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The converted ``mask`` on ``device``: a caller's tensor must already be there (or be a
+    CPU scalar); one made from NumPy or Python values is moved."""
+    if mask.device == device:
+        return mask
+    return _on_device("mask", mask, device) if isinstance(value, torch.Tensor) else mask.to(device)
+
+
+class TorchConverter:
+    """The ``rules.Converter`` of torch tensors (and of NumPy arrays, lists and numbers)."""
+
+    as_input = staticmethod(as_input)
+    as_operand = staticmethod(as_operand_tensor)
+
+    @staticmethod
+    def as_mask(value: Any) -> torch.Tensor:
+        # TODO(core): Converter.as_mask has no ``like``; ``prepare`` moves the mask after.
+        if not isinstance(value, torch.Tensor):
+            value = _traced_array(value, None) if tracing() else numpy_to_tensor(as_mask(value))
         check_mask_dtype(dtype_name(value.dtype))
-        return _on_device("mask", value, like.device)
-    return numpy_to_tensor(as_mask(value), like.device)
+        return value
+
+    @staticmethod
+    def shape_of(array: torch.Tensor) -> tuple[int, ...]:
+        return tuple(array.shape)
 
 
-class TorchOperands(NamedTuple):
-    """Checked tensors of one call (targets, weight and pos_weight in the input's dtype)."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    weight: torch.Tensor | None
-    pos_weight: torch.Tensor | None
-    mask: torch.Tensor | None
-    shape: tuple[int, ...]
+TORCH_CONVERTER = TorchConverter()
 
 
 def prepare(input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any,
-            mask: Any) -> TorchOperands:
-    """Apply the dtype and shape rules of the spec to one call's arguments."""
-    x = as_input(input_name, inputs)
-    y = as_operand_tensor("targets", targets, x)
-    w = None if weight is None else as_operand_tensor("weight", weight, x)
-    q = None if pos_weight is None else as_operand_tensor("pos_weight", pos_weight, x)
-    m = None if mask is None else as_mask_tensor(mask, x)
-    shape = check_shapes(tuple(x.shape), tuple(y.shape), input_name=input_name,
-                         weight=None if w is None else tuple(w.shape),
-                         pos_weight=None if q is None else tuple(q.shape),
-                         mask=None if m is None else tuple(m.shape))
-    return TorchOperands(x, y, w, q, m, shape)
+            mask: Any) -> Operands[torch.Tensor]:
+    """``rules.prepare_operands`` with torch's converter, every operand on the input's device."""
+    ops = rules.prepare_operands(TORCH_CONVERTER, input_name, inputs, targets, weight=weight,
+                                 pos_weight=pos_weight, mask=mask)
+    if ops.mask is not None and ops.mask.device != ops.inputs.device:
+        ops = dataclasses.replace(ops, mask=_mask_on(mask, ops.mask, ops.inputs.device))
+    return ops
 
 
 def tracing() -> bool:
@@ -174,7 +236,7 @@ def tracing() -> bool:
     return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
-def validate(ops: TorchOperands, input_name: str) -> None:
+def validate(ops: Operands[torch.Tensor], input_name: str) -> None:
     """The data checks of ``validate=True``: ``bce_core.arrays.validate_operands`` on NumPy copies.
 
     Raises ValueError under torch.compile, a jit trace or a torch.func transform,
@@ -186,7 +248,9 @@ def validate(ops: TorchOperands, input_name: str) -> None:
     if tracing():
         raise ValueError(message)
     try:
-        arrays = Operands(*(None if t is None else tensor_to_numpy(t) for t in ops[:5]), ops.shape)
+        copies = (None if t is None else tensor_to_numpy(t)
+                  for t in (ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask))
+        arrays = Operands(*copies, ops.shape)
     except RuntimeError as exc:  # functorch wrappers and fake tensors have no data
         raise ValueError(message) from exc
     validate_operands(arrays, input_name, input_in_unit_interval=input_name == "probs")

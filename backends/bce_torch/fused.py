@@ -32,7 +32,6 @@ scales that gradient by the upstream one. Differentiating twice
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import types
@@ -42,9 +41,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from bce_core.spec import check_batch_mean
+from bce_core import rules
+from bce_core.rules import smoothed_targets, smoothing_constants, zero_safe
 
-from .kernels import LogitParts, logit_grad, logit_loss, zero_safe
+from .kernels import LogitParts, logit_grad, logit_loss
+from .operands import TORCH_OPS as OPS
+from .operands import working_dtype
 
 #: Inputs with fewer elements are computed eagerly (no compile wait for small calls).
 DEFAULT_MIN_ELEMENTS = 1 << 14
@@ -70,44 +72,41 @@ def coefficients(x: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch
                  label_smoothing: float) -> tuple[torch.Tensor | None, ...]:
     """weight, pos_weight and the smoothing in the working dtype; None where absent (or 0).
 
-    The smoothing is a tensor, so one compiled program serves every value (a Python
-    number would be compiled in as a constant).
+    The smoothing is the tensor (1 - eps, eps / 2) of ``rules.smoothing_constants``, so
+    one compiled program serves every value (a Python number would be compiled in).
 
     >>> coefficients(torch.zeros(2, dtype=torch.float16), None, None, 0.1)
-    (None, None, tensor(0.1000))
+    (None, None, tensor([0.9000, 0.0500]))
     """
-    dtype = working(x.dtype)
+    dtype = working_dtype(x.dtype)
+    smoothing = None if label_smoothing == 0 else torch.tensor(
+        [float(c) for c in smoothing_constants(label_smoothing)], dtype=dtype, device=x.device)
     return (None if weight is None else weight.to(dtype),
-            None if pos_weight is None else pos_weight.to(dtype),
-            None if label_smoothing == 0 else torch.tensor(label_smoothing, dtype=dtype,
-                                                           device=x.device))
-
-
-def working(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the kernel computes in: float32 for the half dtypes."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+            None if pos_weight is None else pos_weight.to(dtype), smoothing)
 
 
 def one_pass(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, q: torch.Tensor | None,
-             eps: torch.Tensor | None, keep: torch.Tensor | None, factor: torch.Tensor | None,
-             *, scale: str, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+             smoothing: torch.Tensor | None, keep: torch.Tensor | None,
+             factor: torch.Tensor | None, *, scale: str,
+             with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(loss, d loss / d x) of w [(1 - y') softplus(x) + q y' softplus(-x)].
 
+    ``smoothing`` is (1 - eps, eps / 2) as a tensor (see ``coefficients``), or None.
     ``scale`` is "none" (per element) or "total": factor * the float64 sum of the
     element losses (0 where the factor is 0, a zero denominator), returned in
     float64, with the gradient scaled by the factor. The gradient has x's dtype.
     Masked-out elements (``keep`` False) get harmless values and contribute exactly 0.
     """
-    dtype = working(x.dtype)
+    dtype = working_dtype(x.dtype)
     xw, yw = x.to(dtype), y.to(dtype)
     if keep is not None:
         xw, yw = torch.where(keep, xw, 0.0), torch.where(keep, yw, 0.0)
         w = keep.to(dtype) if w is None else torch.where(keep, w, 0.0)
-    if eps is None:
-        yp, one_minus_yp = yw, 1.0 - yw
-    else:  # written without a branch on eps, which is a tensor here
-        shrink = 1.0 - eps
-        yp, one_minus_yp = yw * shrink + eps / 2, (1.0 - yw) * shrink + eps / 2
+    if smoothing is None:
+        yp, one_minus_yp = smoothed_targets(yw, 0.0)
+    else:  # the smoothing is a run-time input here, not a number to branch on
+        keep_part, half = smoothing[0], smoothing[1]
+        yp, one_minus_yp = smoothed_targets(yw, None, affine=lambda v: v * keep_part + half)
     parts = LogitParts(xw)
     if w is None and q is None:
         elements = _unweighted_loss(parts, yp, one_minus_yp)
@@ -120,9 +119,9 @@ def one_pass(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, q: torch.
     if scale == "none":
         return elements.to(x.dtype), None if grad is None else grad.to(x.dtype)
     assert factor is not None
-    loss = torch.where(factor == 0, 0.0, elements.to(torch.float64).sum() * factor)
+    loss = zero_safe(OPS, factor, elements.to(torch.float64).sum())
     if grad is not None:
-        grad = torch.where(factor == 0, 0.0, grad * factor.to(dtype)).to(x.dtype)
+        grad = zero_safe(OPS, factor.to(dtype), grad).to(x.dtype)
     return loss, grad
 
 
@@ -147,7 +146,9 @@ def applies(x: torch.Tensor, shape: tuple[int, ...], others: tuple[torch.Tensor 
     >>> applies(torch.zeros(4), (4,), (torch.zeros(4),), min_elements=1)
     True
     """
-    if x.numel() < max(min_elements, 1) or tuple(x.shape) != shape or x.device.type not in ("cpu", "cuda"):
+    if x.numel() < max(min_elements, 1) or tuple(x.shape) != shape:
+        return False
+    if x.device.type not in ("cpu", "cuda"):
         return False
     if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return False
@@ -168,35 +169,28 @@ def _unweighted_loss(parts: LogitParts, yp: torch.Tensor,
     return linear + parts.softplus_sides()[1] * parts.scale
 
 
+#: Stands for the float64 dtype of the factor's count (``rules.denominator`` reads its dtype).
+_FLOAT64 = torch.zeros((), dtype=torch.float64)
+
+
 def reduction_scale(reduction: str, shape: tuple[int, ...], keep: torch.Tensor | None,
                     weight: torch.Tensor | None,
                     device: torch.device) -> tuple[str, torch.Tensor | None]:
     """``one_pass``'s scale for ``reduction`` and its factor (d loss / d element sum), a
-    float64 tensor, so that one compiled program serves every reduction and batch size.
-    The factor is 0 for a zero denominator (an empty or fully masked batch, weights
-    summing to 0).
+    float64 tensor, so that one compiled program serves every reduction and batch size:
+    1 / ``rules.denominator``, or 0 for a zero denominator (``rules.divide_or_zero``).
 
     >>> reduction_scale("mean", (4,), torch.tensor([True, False, True, True]), None, "cpu")
     ('total', tensor(0.3333, dtype=torch.float64))
     """
     if reduction == "none":
         return "none", None
-    count: int | torch.Tensor
-    if reduction == "sum":
-        count = 1
-    elif reduction == "batch_mean":
-        check_batch_mean(shape)
-        count = shape[0]
-    elif reduction == "mean" or weight is None:  # weighted_mean without weights is mean
-        count = math.prod(shape) if keep is None else keep.expand(shape).sum(dtype=torch.float64)
-    else:  # weighted_mean
-        full = weight.expand(shape).to(torch.float64)
-        count = (full if keep is None else torch.where(keep, full, 0.0)).sum()
-    if not isinstance(count, torch.Tensor):
-        return "total", torch.tensor(1.0 / count if count else 0.0, dtype=torch.float64,
-                                     device=device)
-    zero = count == 0
-    return "total", torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, count))
+    by = rules.denominator(OPS, reduction, shape, keep=keep, like=_FLOAT64,
+                           weight=None if weight is None else weight.to(torch.float64))
+    _, factor = rules.divide_or_zero(OPS, 1.0, by)
+    if not isinstance(factor, torch.Tensor):
+        factor = torch.tensor(factor, dtype=torch.float64, device=device)
+    return "total", factor
 
 
 class Kind(NamedTuple):
@@ -281,19 +275,19 @@ class CompiledPrograms:
 class CompiledLoss(torch.autograd.Function):
     """The reduced (or per-element) loss through ``CompiledPrograms``, differentiable in x.
 
-    ``apply(x, y, w, q, eps, keep, factor, programs, scale, recompute)``: the
+    ``apply(x, y, w, q, smoothing, keep, factor, programs, scale, recompute)``: the
     targets and coefficients must not require grad. ``recompute(x)`` gives the
     same loss through the eager Functions, for derivatives of the gradient.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
-                eps: torch.Tensor, keep: torch.Tensor | None, factor: torch.Tensor,
+                smoothing: torch.Tensor, keep: torch.Tensor | None, factor: torch.Tensor,
                 programs: CompiledPrograms, scale: str,
                 recompute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         with_grad = bool(ctx.needs_input_grad[0])
         kind = Kind(scale, with_grad)
-        loss, grad = programs.run(kind, x, y, w, q, eps, keep, factor)
+        loss, grad = programs.run(kind, x, y, w, q, smoothing, keep, factor)
         if with_grad:
             ctx.save_for_backward(x)
             # Not a saved tensor: the backward hands it on (or scales it in place), so
@@ -313,7 +307,8 @@ class CompiledLoss(torch.autograd.Function):
                 (grad_x,) = torch.autograd.grad(ctx.recompute(x), x, upstream,
                                                 create_graph=create_graph)
         elif not ctx.total:
-            grad_x = zero_safe(upstream.to(grad.dtype), grad)  # a zero upstream gives exactly 0
+            # A zero upstream gives exactly 0.
+            grad_x = zero_safe(OPS, upstream.to(grad.dtype), grad)
         elif upstream.device.type == "cpu" and upstream.item() == 1.0:
             grad_x = grad  # loss.backward(): no pass over the gradient at all
         else:

@@ -32,14 +32,18 @@ spec's, and the probability form uses ``ProbsLoss`` without its ``jvp``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from bce_core.rules import Coefficient, smoothed_targets, sum_to_shape, times, zero_safe
 from bce_core.spec import PROBS_GRAD_EPS
 
-from .kernels import (Coefficient, LogitParts, logit_bracket, logit_loss, logit_partials,
-                      probs_bracket, probs_grad, probs_logs, smoothed_targets, times, zero_safe)
+from .kernels import (LogitParts, logit_bracket, logit_loss, logit_partials, probs_bracket,
+                      probs_grad, probs_logs)
+from .operands import TORCH_OPS as OPS
+from .operands import as_input, as_mask_tensor, as_operand_tensor
 
 #: The differentiable arguments, in the order the Functions take them.
 ARGUMENTS: tuple[str, ...] = ("logits", "targets", "weight", "pos_weight")
@@ -50,7 +54,7 @@ def _sum_to(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tenso
     """Sum a full-shape gradient over the axes ``like`` was broadcast along."""
     if grad is None or like is None:
         return None
-    return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
+    return sum_to_shape(OPS, grad, tuple(like.shape))
 
 
 def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
@@ -131,7 +135,7 @@ class LogitLoss(torch.autograd.Function):
             outputs = LogitLossGrad.apply(grad, x, y, w, q, u, ctx.eps, ",".join(names))
             grads = dict(zip(names, outputs))
         if grad_u is not None and "logits" in names:
-            grads["logits"] = _add(grads.get("logits"), zero_safe(grad_u, _u_derivative(x, u)))
+            grads["logits"] = _add(grads.get("logits"), zero_safe(OPS, grad_u, _u_derivative(x, u)))
         return (grads.get("logits"), grads.get("targets"), _sum_to(grads.get("weight"), w),
                 _sum_to(grads.get("pos_weight"), q), None)
 
@@ -144,7 +148,7 @@ class LogitLoss(torch.autograd.Function):
                                   tuple(given))
         tangent_x = given.get("logits")
         tangent_u = (torch.zeros_like(u) if tangent_x is None
-                     else zero_safe(tangent_x, _u_derivative(x, u)))
+                     else zero_safe(OPS, tangent_x, _u_derivative(x, u)))
         return _directional(partials, given, x), tangent_u
 
 
@@ -181,12 +185,12 @@ class LogitLossGrad(torch.autograd.Function):
         out: dict[str, torch.Tensor | None] = dict.fromkeys(("grad",) + ARGUMENTS)
         for name, up in zip(ctx.names, upstream):
             if needs["grad"]:
-                out["grad"] = _add(out["grad"], zero_safe(up, first[name]()))
+                out["grad"] = _add(out["grad"], zero_safe(OPS, up, first[name]()))
             scaled = grad * up
             for other in ARGUMENTS:
                 entry = second.get(frozenset((name, other)))
                 if needs[other] and entry is not None:
-                    out[other] = _add(out[other], zero_safe(scaled, entry()))
+                    out[other] = _add(out[other], zero_safe(OPS, scaled, entry()))
         full = x.shape
         grads = {k: v if v is None or v.shape == full else v.expand(full) for k, v in out.items()}
         return (grads["grad"], grads["logits"], grads["targets"], _sum_to(grads["weight"], w),
@@ -199,11 +203,11 @@ class LogitLossGrad(torch.autograd.Function):
         first, second = _derivative_tables(x, y, w, q, ctx.eps)
         out = []
         for name in ctx.names:
-            total = None if grad_tangent is None else zero_safe(grad_tangent, first[name]())
+            total = None if grad_tangent is None else zero_safe(OPS, grad_tangent, first[name]())
             for other, tangent in given.items():
                 entry = second.get(frozenset((name, other)))
                 if entry is not None:
-                    total = _add(total, zero_safe(grad * tangent, entry()))
+                    total = _add(total, zero_safe(OPS, grad * tangent, entry()))
             out.append(torch.zeros_like(x) if total is None else total.expand(x.shape))
         return tuple(out)
 
@@ -219,7 +223,7 @@ def _grad_times_partials(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w
     """grad * d(element loss)/d(name) for each name (u = None: recomputed from x)."""
     yp, one_minus_yp = smoothed_targets(y, eps)
     partials = logit_partials(LogitParts(x, u), yp, one_minus_yp, w, q, eps, names)
-    return tuple(zero_safe(grad, partials[name]) for name in names)
+    return tuple(zero_safe(OPS, grad, partials[name]) for name in names)
 
 
 def _directional(partials: dict[str, torch.Tensor], tangents: dict[str, torch.Tensor],
@@ -227,7 +231,7 @@ def _directional(partials: dict[str, torch.Tensor], tangents: dict[str, torch.Te
     """The sum of tangent * partial over names (a zero tangent contributes exactly 0)."""
     total = None
     for name, tangent in tangents.items():
-        total = _add(total, zero_safe(tangent, partials[name]))
+        total = _add(total, zero_safe(OPS, tangent, partials[name]))
     return torch.zeros_like(like) if total is None else total.expand(like.shape)
 
 
@@ -240,11 +244,11 @@ def _derivative_tables(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coef
     sp_pos, sp_neg, sig_pos, sig_neg = Logistic.apply(x)
     yp, one_minus_yp = smoothed_targets(y, eps)
     first = {
-        "logits": lambda: zero_safe(times(w, one_minus_yp), sig_pos)
-        - zero_safe(times(w, times(q, yp)), sig_neg),
-        "targets": lambda: zero_safe(times(w, 1.0 - eps), zero_safe(q, sp_neg) - sp_pos),
+        "logits": lambda: zero_safe(OPS, times(w, one_minus_yp), sig_pos)
+        - zero_safe(OPS, times(w, times(q, yp)), sig_neg),
+        "targets": lambda: zero_safe(OPS, times(w, 1.0 - eps), zero_safe(OPS, q, sp_neg) - sp_pos),
         "weight": lambda: logit_bracket(sp_pos, sp_neg, yp, one_minus_yp, q),
-        "pos_weight": lambda: zero_safe(times(w, yp), sp_neg),
+        "pos_weight": lambda: zero_safe(OPS, times(w, yp), sp_neg),
     }
     return first, _second_partials(sp_pos, sp_neg, sig_pos, sig_neg, yp, one_minus_yp, w, q, eps)
 
@@ -264,14 +268,15 @@ def _second_partials(sp_pos: torch.Tensor, sp_neg: torch.Tensor, sig_pos: torch.
     return {
         frozenset(("logits",)): lambda: times(w, one_minus_yp + (yp if qyp is None else qyp))
         * (sig_pos * sig_neg),
-        frozenset(("logits", "targets")): lambda: -zero_safe(times(w, a),
-                                                              sig_pos + zero_safe(q, sig_neg)),
-        frozenset(("logits", "weight")): lambda: zero_safe(one_minus_yp, sig_pos)
-        - zero_safe(qyp, sig_neg),
-        frozenset(("logits", "pos_weight")): lambda: -zero_safe(times(w, yp), sig_neg),
-        frozenset(("targets", "weight")): lambda: zero_safe(a, zero_safe(q, sp_neg) - sp_pos),
-        frozenset(("targets", "pos_weight")): lambda: zero_safe(times(w, a), sp_neg),
-        frozenset(("weight", "pos_weight")): lambda: zero_safe(yp, sp_neg),
+        frozenset(("logits", "targets")): lambda: -zero_safe(OPS, times(w, a),
+                                                              sig_pos + zero_safe(OPS, q, sig_neg)),
+        frozenset(("logits", "weight")): lambda: zero_safe(OPS, one_minus_yp, sig_pos)
+        - zero_safe(OPS, qyp, sig_neg),
+        frozenset(("logits", "pos_weight")): lambda: -zero_safe(OPS, times(w, yp), sig_neg),
+        frozenset(("targets", "weight")): lambda: zero_safe(OPS, a,
+                                                            zero_safe(OPS, q, sp_neg) - sp_pos),
+        frozenset(("targets", "pos_weight")): lambda: zero_safe(OPS, times(w, a), sp_neg),
+        frozenset(("weight", "pos_weight")): lambda: zero_safe(OPS, yp, sp_neg),
     }
 
 
@@ -291,7 +296,7 @@ class _ProbsLossNoJvp(torch.autograd.Function):
     def forward(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient, eps: float,
                 log_clamp: float) -> torch.Tensor:
         yp, one_minus_yp = smoothed_targets(y, eps)
-        return zero_safe(w, probs_bracket(p, *probs_logs(p, log_clamp), yp, one_minus_yp, q))
+        return zero_safe(OPS, w, probs_bracket(p, *probs_logs(p, log_clamp), yp, one_minus_yp, q))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -306,7 +311,7 @@ class _ProbsLossNoJvp(torch.autograd.Function):
         names = tuple(name for name, needed in zip(PROBS_ARGUMENTS, ctx.needs_input_grad)
                       if needed)
         partials = _probs_partials(p, y, w, q, ctx.eps, ctx.log_clamp, names)
-        grads = {name: zero_safe(grad, partial) for name, partial in partials.items()}
+        grads = {name: zero_safe(OPS, grad, partial) for name, partial in partials.items()}
         return (grads.get("probs"), grads.get("targets"), _sum_to(grads.get("weight"), w),
                 _sum_to(grads.get("pos_weight"), q), None, None)
 
@@ -332,19 +337,20 @@ def _probs_partials(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coeffic
     if any(name != "probs" for name in names):
         log_p, log_1mp = probs_logs(p, log_clamp)
         if "targets" in names:
-            out["targets"] = -zero_safe(times(w, 1.0 - eps), zero_safe(q, log_p) - log_1mp)
+            out["targets"] = -zero_safe(OPS, times(w, 1.0 - eps),
+                                        zero_safe(OPS, q, log_p) - log_1mp)
         if "weight" in names:
             out["weight"] = probs_bracket(p, log_p, log_1mp, yp, one_minus_yp, q)
         if "pos_weight" in names:
-            out["pos_weight"] = -zero_safe(times(w, yp), log_p)
+            out["pos_weight"] = -zero_safe(OPS, times(w, yp), log_p)
     return out
 
 
 class ZeroSafeProduct(torch.autograd.Function):
     """coefficient * value with 0 * inf = 0, whose derivative in the coefficient is still the value.
 
-    ``kernels.zero_safe`` as plain ops gives 0 for d/d(coefficient) where it replaced an
-    infinite value; the spec's d loss / d targets at x = +-inf with a hard target is +-inf.
+    ``rules.zero_safe`` as plain ops gives 0 for d/d(coefficient) where the coefficient is 0;
+    the spec's d loss / d targets with a hard target is the value there (+-inf at x = +-inf).
     Used under torch.compile only (its backward is first order, which is all that the
     coefficient path needs there).
     """
@@ -353,7 +359,7 @@ class ZeroSafeProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(coefficient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return zero_safe(coefficient, value)
+        return zero_safe(OPS, coefficient, value)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -362,8 +368,8 @@ class ZeroSafeProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, Any]:
         coefficient, value = ctx.saved_tensors
-        return (_sum_to(zero_safe(grad, value), coefficient),
-                _sum_to(zero_safe(grad, coefficient), value))
+        return (_sum_to(zero_safe(OPS, grad, value), coefficient),
+                _sum_to(zero_safe(OPS, grad, coefficient), value))
 
 
 def _zero_safe_product(coefficient: Coefficient, value: torch.Tensor) -> torch.Tensor:
@@ -377,8 +383,8 @@ def logit_loss_elements(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coe
     Under torch.compile the loss is the plain ops of ``kernels.logit_loss``, whose own
     autodiff gives the spec's derivatives (they are written for it), so AOTAutograd
     derives a fused backward and torch.func transforms, nested grad included, work.
-    The one Function left is ``ZeroSafeProduct``: no plain op gives 0 * inf = 0 with
-    the derivative inf in the coefficient.
+    The one Function left is ``ZeroSafeProduct``, for each coefficient's product: no plain op
+    gives 0 * inf = 0 with the derivative inf (the value) in a zero coefficient.
 
     >>> x, y = torch.tensor([0.0]), torch.tensor([1.0])
     >>> round(logit_loss_elements(x, y, None, None, 0.0).item(), 6)
@@ -401,3 +407,98 @@ def probs_loss_elements(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coe
     # torch.compile refuses a Function that defines jvp: trace the class without one.
     function = _ProbsLossNoJvp if torch.compiler.is_compiling() else ProbsLoss
     return function.apply(p, y, w, q, eps, log_clamp)
+
+
+# -- what the backend's autodiff_* methods need ------------------------------------------------
+
+#: A loss method of the backend: (inputs, targets, **options) -> tensor.
+LossFunction = Callable[..., torch.Tensor]
+
+
+def as_tensors(x: torch.Tensor, targets: Any,
+               options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """targets, weight, pos_weight and mask as tensors on x's device, before compiled code
+    sees them (Dynamo's handling of NumPy arrays under torch.func is unreliable).
+
+    >>> y, options = as_tensors(torch.zeros(2), [0, 1], {"mask": [True, False]})
+    >>> y.dtype, options["mask"].dtype
+    (torch.float32, torch.bool)
+    """
+    def convert(name: str, value: Any) -> Any:
+        if value is None or isinstance(value, torch.Tensor):
+            return value
+        return as_mask_tensor(value, x) if name == "mask" else as_operand_tensor(name, value, x)
+
+    converted = {k: convert(k, v) if k in ("weight", "pos_weight", "mask") else v
+                 for k, v in options.items()}
+    return convert("targets", targets), converted
+
+
+def _leaves(input_name: str, inputs: Any, targets: Any, options: dict[str, Any],
+            names: tuple[str, ...]) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """The call's arguments, with fresh leaf tensors requiring grad for each of ``names``."""
+    x = as_input(input_name, inputs)
+    arguments = {input_name: x, "targets": targets, "weight": options.get("weight"),
+                 "pos_weight": options.get("pos_weight")}
+    leaves = []
+    for name in names:
+        key = input_name if name in ("logits", "probs") else name
+        value = arguments[key]
+        tensor = x if key == input_name else as_operand_tensor(key, value, x)
+        arguments[key] = tensor.detach().clone().requires_grad_(True)
+        leaves.append(arguments[key])
+    return arguments, leaves
+
+
+def autograd_value_and_grad(loss: LossFunction, input_name: str, inputs: Any, targets: Any,
+                            names: tuple[str, ...], options: dict[str, Any], *,
+                            tensors_first: bool) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    """(loss, its gradients w.r.t. ``names``) by torch.autograd through ``loss``; with
+    ``tensors_first`` the operands are made tensors before ``loss`` (compiled code) sees them.
+
+    >>> from bce_torch.backend import TorchBackend
+    >>> autograd_value_and_grad(TorchBackend().binary_cross_entropy_with_logits, "logits",
+    ...                         torch.zeros(2), [0, 1], ("logits",), {}, tensors_first=False)[1]
+    (tensor([ 0.2500, -0.2500]),)
+    """
+    if tensors_first:
+        targets, options = as_tensors(as_input(input_name, inputs), targets, options)
+    arguments, leaves = _leaves(input_name, inputs, targets, options, names)
+    rest = {k: v for k, v in options.items() if k not in ("weight", "pos_weight")}
+    value = loss(arguments[input_name], arguments["targets"], weight=arguments["weight"],
+                 pos_weight=arguments["pos_weight"], **rest)
+    # reduction="none": the gradient of the sum, as value_and_grad defines it.
+    grads = torch.autograd.grad(value.sum(), leaves)
+    return value.detach(), grads
+
+
+def autograd_second_derivative(loss: LossFunction, x: torch.Tensor, targets: Any,
+                               options: dict[str, Any]) -> torch.Tensor:
+    """d/dx of sum(d loss / d x): torch.autograd.grad twice (create_graph=True).
+
+    >>> from bce_torch.backend import TorchBackend
+    >>> autograd_second_derivative(TorchBackend().binary_cross_entropy_with_logits,
+    ...                            torch.zeros(1), [1.0], {"reduction": "sum"}).tolist()
+    [0.25]
+    """
+    x = x.detach().clone().requires_grad_(True)
+    value = loss(x, targets, **options)
+    (first,) = torch.autograd.grad(value.sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), x)
+    return second
+
+
+def func_second_derivative(loss: LossFunction, x: torch.Tensor, targets: Any,
+                           options: dict[str, Any]) -> torch.Tensor:
+    """The same by nested torch.func.grad, which torch.compile can compile (it cannot
+    differentiate a compiled graph twice).
+
+    >>> from bce_torch.backend import TorchBackend
+    >>> func_second_derivative(TorchBackend().binary_cross_entropy_with_logits,
+    ...                        torch.zeros(1), [1.0], {"reduction": "sum"}).tolist()
+    [0.25]
+    """
+    def total(z: torch.Tensor) -> torch.Tensor:
+        return loss(z, targets, **options).sum()
+
+    return torch.func.grad(lambda z: torch.func.grad(total)(z).sum())(x)
