@@ -39,8 +39,19 @@ def available_backends() -> list[BackendInfo]:
 
 
 __all__ = [
-    "REDUCTIONS", "SPEC_VERSION", "BackendConflictError", "BackendInfo",
-    "BackendUnavailableError", "MixedFrameworksError", "UnknownBackendError",
-    "available_backends", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-    "get_backend", "grad_hess", "set_default_backend", "use_backend", "value_and_grad",
+    "REDUCTIONS",
+    "SPEC_VERSION",
+    "BackendConflictError",
+    "BackendInfo",
+    "BackendUnavailableError",
+    "MixedFrameworksError",
+    "UnknownBackendError",
+    "available_backends",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "get_backend",
+    "grad_hess",
+    "set_default_backend",
+    "use_backend",
+    "value_and_grad",
 ]

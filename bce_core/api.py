@@ -25,9 +25,16 @@ BackendChoice = str | Backend | None
 
 
 def binary_cross_entropy_with_logits(
-    logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-    label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-    validate: bool = False, backend: BackendChoice = None,
+    logits: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    label_smoothing: float = 0.0,
+    mask: Any = None,
+    reduction: str = "mean",
+    validate: bool = False,
+    backend: BackendChoice = None,
 ) -> Any:
     """Binary cross-entropy of sigmoid(logits) against targets, computed stably from the logits.
 
@@ -41,14 +48,28 @@ def binary_cross_entropy_with_logits(
     """
     impl = resolve_backend(backend, (logits, targets, weight, pos_weight, mask))
     return impl.binary_cross_entropy_with_logits(
-        logits, targets, weight=weight, pos_weight=pos_weight, label_smoothing=label_smoothing,
-        mask=mask, reduction=reduction, validate=validate)
+        logits,
+        targets,
+        weight=weight,
+        pos_weight=pos_weight,
+        label_smoothing=label_smoothing,
+        mask=mask,
+        reduction=reduction,
+        validate=validate,
+    )
 
 
 def binary_cross_entropy(
-    probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-    label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-    log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+    probs: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    label_smoothing: float = 0.0,
+    mask: Any = None,
+    reduction: str = "mean",
+    log_clamp: float = DEFAULT_LOG_CLAMP,
+    validate: bool = False,
     backend: BackendChoice = None,
 ) -> Any:
     """Binary cross-entropy of probabilities against targets.
@@ -62,14 +83,29 @@ def binary_cross_entropy(
     """
     impl = resolve_backend(backend, (probs, targets, weight, pos_weight, mask))
     return impl.binary_cross_entropy(
-        probs, targets, weight=weight, pos_weight=pos_weight, label_smoothing=label_smoothing,
-        mask=mask, reduction=reduction, log_clamp=log_clamp, validate=validate)
+        probs,
+        targets,
+        weight=weight,
+        pos_weight=pos_weight,
+        label_smoothing=label_smoothing,
+        mask=mask,
+        reduction=reduction,
+        log_clamp=log_clamp,
+        validate=validate,
+    )
 
 
 def value_and_grad(
-    logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-    label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-    validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+    logits: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    label_smoothing: float = 0.0,
+    mask: Any = None,
+    reduction: str = "mean",
+    validate: bool = False,
+    wrt: str | tuple[str, ...] = "logits",
     backend: BackendChoice = None,
 ) -> tuple[Any, Any]:
     """The reduced loss from logits and its gradient with respect to ``wrt``.
@@ -84,12 +120,26 @@ def value_and_grad(
     """
     impl = resolve_backend(backend, (logits, targets, weight, pos_weight, mask))
     return impl.value_and_grad(
-        logits, targets, weight=weight, pos_weight=pos_weight, label_smoothing=label_smoothing,
-        mask=mask, reduction=reduction, validate=validate, wrt=wrt)
+        logits,
+        targets,
+        weight=weight,
+        pos_weight=pos_weight,
+        label_smoothing=label_smoothing,
+        mask=mask,
+        reduction=reduction,
+        validate=validate,
+        wrt=wrt,
+    )
 
 
-def grad_hess(logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-              backend: BackendChoice = None) -> tuple[Any, Any]:
+def grad_hess(
+    logits: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    backend: BackendChoice = None,
+) -> tuple[Any, Any]:
     """Elementwise first and second derivative of the loss with respect to the logits.
 
     Returns (w [(1 - y) sigma(x) - q y sigma(-x)], w (1 + (q - 1) y) sigma(x) sigma(-x)),

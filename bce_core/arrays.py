@@ -25,9 +25,22 @@ from .spec import check_float_dtype, check_mask_dtype, check_operand_dtype
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["NUMPY_CONVERTER", "NUMPY_OPS", "Operands", "Reduced", "as_float_input", "as_mask",
-           "as_operand", "gradients_of_reduction", "prepare_operands", "quiet_float_errors",
-           "raise_first_bad", "reduce_loss", "sum_to_shape", "validate_operands"]
+__all__ = [
+    "NUMPY_CONVERTER",
+    "NUMPY_OPS",
+    "Operands",
+    "Reduced",
+    "as_float_input",
+    "as_mask",
+    "as_operand",
+    "gradients_of_reduction",
+    "prepare_operands",
+    "quiet_float_errors",
+    "raise_first_bad",
+    "reduce_loss",
+    "sum_to_shape",
+    "validate_operands",
+]
 
 
 def quiet_float_errors(function: F) -> F:
@@ -38,10 +51,12 @@ def quiet_float_errors(function: F) -> F:
     warnings carry no information. A new errstate per call keeps this safe
     across threads (one shared errstate object is not).
     """
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
             return function(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -95,8 +110,9 @@ def as_float_input(name: str, value: Any) -> np.ndarray:
 def as_operand(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """A float, int or bool operand cast to ``dtype``; anything else is a TypeError."""
     array = np.asarray(value)
-    check_operand_dtype(name, array.dtype.name,
-                        is_real=array.dtype.kind in "biuf" or array.dtype.name == "bfloat16")
+    check_operand_dtype(
+        name, array.dtype.name, is_real=array.dtype.kind in "biuf" or array.dtype.name == "bfloat16"
+    )
     return array.astype(dtype, copy=False)
 
 
@@ -128,11 +144,19 @@ class NumpyConverter:
 NUMPY_CONVERTER = NumpyConverter()
 
 
-def prepare_operands(input_name: str, inputs: Any, targets: Any, *, weight: Any,
-                     pos_weight: Any, mask: Any) -> Operands[np.ndarray]:
+def prepare_operands(
+    input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any, mask: Any
+) -> Operands[np.ndarray]:
     """``rules.prepare_operands`` for NumPy."""
-    return rules.prepare_operands(NUMPY_CONVERTER, input_name, inputs, targets, weight=weight,
-                                  pos_weight=pos_weight, mask=mask)
+    return rules.prepare_operands(
+        NUMPY_CONVERTER,
+        input_name,
+        inputs,
+        targets,
+        weight=weight,
+        pos_weight=pos_weight,
+        mask=mask,
+    )
 
 
 def raise_first_bad(name: str, values: np.ndarray, bad: np.ndarray, why: str) -> None:
@@ -141,11 +165,13 @@ def raise_first_bad(name: str, values: np.ndarray, bad: np.ndarray, why: str) ->
         index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
         raise ValueError(
             f"{name}[{', '.join(map(str, index))}] = {values[index].item()!r} {why}; "
-            f"fix the data or pass mask= to exclude it.")
+            f"fix the data or pass mask= to exclude it."
+        )
 
 
-def validate_operands(ops: Operands[np.ndarray], input_name: str, *,
-                      input_in_unit_interval: bool) -> None:
+def validate_operands(
+    ops: Operands[np.ndarray], input_name: str, *, input_in_unit_interval: bool
+) -> None:
     """The data checks of ``validate=True``; masked-out elements are not checked.
 
     >>> import numpy as np
@@ -164,8 +190,9 @@ def validate_operands(ops: Operands[np.ndarray], input_name: str, *,
         values64 = values.astype(np.float64)
         raise_first_bad(name, values, np.isnan(values64) & keep, "is NaN")
         if unit_interval:
-            raise_first_bad(name, values, ((values64 < 0) | (values64 > 1)) & keep,
-                            "is outside [0, 1]")
+            raise_first_bad(
+                name, values, ((values64 < 0) | (values64 > 1)) & keep, "is outside [0, 1]"
+            )
 
 
 def sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -177,8 +204,9 @@ def sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(rules.sum_to_shape(NUMPY_OPS, np.asarray(array), tuple(shape)))
 
 
-def reduce_loss(elements: np.ndarray, reduction: str, *, mask: np.ndarray | None,
-                weight: Any) -> Reduced[np.ndarray]:
+def reduce_loss(
+    elements: np.ndarray, reduction: str, *, mask: np.ndarray | None, weight: Any
+) -> Reduced[np.ndarray]:
     """``rules.reduce_elements`` for NumPy, the loss as a 0-d array of the elements' dtype.
 
     >>> reduce_loss(np.array([1.0, 3.0]), "mean", mask=None, weight=None).loss
@@ -191,12 +219,27 @@ def reduce_loss(elements: np.ndarray, reduction: str, *, mask: np.ndarray | None
     return Reduced(loss, reduced.factor)
 
 
-def gradients_of_reduction(names: Sequence[str], partials: Mapping[str, Callable[[], np.ndarray]],
-                           ops: Operands[np.ndarray], reduction: str,
-                           reduced: Reduced[np.ndarray]) -> list[np.ndarray]:
+def gradients_of_reduction(
+    names: Sequence[str],
+    partials: Mapping[str, Callable[[], np.ndarray]],
+    ops: Operands[np.ndarray],
+    reduction: str,
+    reduced: Reduced[np.ndarray],
+) -> list[np.ndarray]:
     """``rules.reduction_gradients`` for NumPy operands."""
-    shapes = {"weight": None if ops.weight is None else tuple(ops.weight.shape),
-              "pos_weight": None if ops.pos_weight is None else tuple(ops.pos_weight.shape)}
-    return [np.asarray(g) for g in rules.reduction_gradients(
-        NUMPY_OPS, names, partials, shape=ops.shape, arg_shapes=shapes, reduction=reduction,
-        reduced=reduced)]
+    shapes = {
+        "weight": None if ops.weight is None else tuple(ops.weight.shape),
+        "pos_weight": None if ops.pos_weight is None else tuple(ops.pos_weight.shape),
+    }
+    return [
+        np.asarray(g)
+        for g in rules.reduction_gradients(
+            NUMPY_OPS,
+            names,
+            partials,
+            shape=ops.shape,
+            arg_shapes=shapes,
+            reduction=reduction,
+            reduced=reduced,
+        )
+    ]

@@ -31,8 +31,11 @@ def _backends_command(args: argparse.Namespace) -> int:
     infos = available_backends()
     registry = get_registry()
     if args.json:
-        payload = {"spec_version": SPEC_VERSION, "backends": [asdict(i) for i in infos],
-                   "plugin_errors": [asdict(e) for e in registry.plugin_errors]}
+        payload = {
+            "spec_version": SPEC_VERSION,
+            "backends": [asdict(i) for i in infos],
+            "plugin_errors": [asdict(e) for e in registry.plugin_errors],
+        }
         print(json.dumps(payload, indent=2))
         return 0
     console = Console()
@@ -44,33 +47,51 @@ def _backends_command(args: argparse.Namespace) -> int:
         if info.status == "not installed" and info.extra:
             detail = f"pip install 'bce-core[{info.extra}]'"
         style = STATUS_STYLE.get(info.status, "")
-        table.add_row(info.name, f"[{style}]{info.status}[/]", info.version or "",
-                      ", ".join(info.devices), info.distribution or info.plugin or "", detail)
+        table.add_row(
+            info.name,
+            f"[{style}]{info.status}[/]",
+            info.version or "",
+            ", ".join(info.devices),
+            info.distribution or info.plugin or "",
+            detail,
+        )
     console.print(table)
     for error in registry.plugin_errors:
-        console.print(f"[red]plugin {error.plugin!r} ({error.distribution or 'no distribution'}) "
-                      f"failed to load:[/] {error.error}", markup=True, highlight=False)
+        console.print(
+            f"[red]plugin {error.plugin!r} ({error.distribution or 'no distribution'}) "
+            f"failed to load:[/] {error.error}",
+            markup=True,
+            highlight=False,
+        )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with the subcommands of every loaded plugin."""
     parser = argparse.ArgumentParser(
-        prog="bce", description="Binary cross-entropy, one specification across frameworks.")
-    parser.add_argument("--version", action="version",
-                        version=f"bce-core {__version__} (spec {SPEC_VERSION})")
+        prog="bce", description="Binary cross-entropy, one specification across frameworks."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"bce-core {__version__} (spec {SPEC_VERSION})"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     backends = commands.add_parser("backends", help="List registered backends and their status.")
     backends.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
     backends.set_defaults(run=_backends_command)
     for command in get_registry().commands:
         try:
-            sub = commands.add_parser(command.name, help=command.help,
-                                      aliases=list(command.aliases), description=command.help)
+            sub = commands.add_parser(
+                command.name,
+                help=command.help,
+                aliases=list(command.aliases),
+                description=command.help,
+            )
             command.add_arguments(sub)
         except Exception as exc:  # a broken plugin command never takes the CLI down
-            print(f"bce: plugin command {command.name!r} is unavailable: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            print(
+                f"bce: plugin command {command.name!r} is unavailable: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
             continue
         sub.set_defaults(run=command.run)
     return parser

@@ -167,8 +167,10 @@ class Scaled(NamedTuple):
 #: (unsigned integer of the same width, the bits that keep the upper half of the significand):
 #: 12 of float32's 24 bits, 26 of float64's 53 (the products of two such halves, and of a half
 #: and the rest, are exact).
-_HIGH_BITS: dict[np.dtype[Any], tuple[np.dtype[Any], int]] = {np.dtype(np.float32): (np.dtype(np.uint32), 0xFFFFF000),
-              np.dtype(np.float64): (np.dtype(np.uint64), 0xFFFFFFFFF8000000)}
+_HIGH_BITS: dict[np.dtype[Any], tuple[np.dtype[Any], int]] = {
+    np.dtype(np.float32): (np.dtype(np.uint32), 0xFFFFF000),
+    np.dtype(np.float64): (np.dtype(np.uint64), 0xFFFFFFFFF8000000),
+}
 
 
 def split(xp: Primitives, a: Array) -> Pair:
@@ -328,8 +330,9 @@ class Coefficients(NamedTuple):
     unit_total: bool
 
     @classmethod
-    def of(cls, xp: Primitives, y: Array, q: Array | None,
-           smoothing: Smoothing | None) -> Coefficients:
+    def of(
+        cls, xp: Primitives, y: Array, q: Array | None, smoothing: Smoothing | None
+    ) -> Coefficients:
         """The coefficients of targets ``y`` (in [0, 1]), pos_weight ``q`` (None for 1) and
         label smoothing (None for none)."""
         dtype = xp.dtype(y)
@@ -343,11 +346,13 @@ class Coefficients(NamedTuple):
             keep, half = smoothing
             product = mul(xp, v.hi, keep.hi)
             total = two_sum(product.hi, half.hi)
-            return fast_two_sum(total.hi, total.lo + product.lo
-                                + (v.lo * keep.hi + v.hi * keep.lo + half.lo))
+            return fast_two_sum(
+                total.hi, total.lo + product.lo + (v.lo * keep.hi + v.hi * keep.lo + half.lo)
+            )
 
-        smoothed, one_minus = smoothed_targets(Pair(y, zero), 0.0 if smoothing is None else None,
-                                               affine=affine, complement=complement)
+        smoothed, one_minus = smoothed_targets(
+            Pair(y, zero), 0.0 if smoothing is None else None, affine=affine, complement=complement
+        )
         b = smoothed if q is None else mul_pair(xp, smoothed, q)
         return cls(smoothed, one_minus, b, q is None)
 
@@ -360,8 +365,10 @@ class Coefficients(NamedTuple):
     def near_far(self, xp: Primitives, x: Array) -> tuple[Pair, Pair]:
         """(n, f): the coefficients of softplus(|x|) and softplus(-|x|)."""
         positive = x >= 0
-        return (select(xp, positive, self.one_minus, self.b),
-                select(xp, positive, self.b, self.one_minus))
+        return (
+            select(xp, positive, self.one_minus, self.b),
+            select(xp, positive, self.b, self.one_minus),
+        )
 
 
 # -- log1p(exp(-|x|)) as 2 atanh(z) -------------------------------------------------------------
@@ -369,12 +376,26 @@ class Coefficients(NamedTuple):
 #: (atanh(z) - z) / z**3 as a polynomial in t = z**2 on [0, 1/9] (z = e / (2 + e) <= 1/3),
 #: lowest degree first; its error is below 1e-9 (float32) and 1e-18 (float64) of the result.
 _ATANH_TAIL = {
-    np.dtype(np.float32): (0.3333333366026371, 0.1999985316596486, 0.14296178997151418,
-                           0.10853287900440187, 0.11612164612011674),
-    np.dtype(np.float64): (0.3333333333333333, 0.19999999999999762, 0.1428571428580005,
-                           0.11111111099118386, 0.09090909948981357, 0.07692271982430275,
-                           0.06667589315724629, 0.05867139530651599, 0.05422589197440007,
-                           0.03746071897775383, 0.07815288900461426),
+    np.dtype(np.float32): (
+        0.3333333366026371,
+        0.1999985316596486,
+        0.14296178997151418,
+        0.10853287900440187,
+        0.11612164612011674,
+    ),
+    np.dtype(np.float64): (
+        0.3333333333333333,
+        0.19999999999999762,
+        0.1428571428580005,
+        0.11111111099118386,
+        0.09090909948981357,
+        0.07692271982430275,
+        0.06667589315724629,
+        0.05867139530651599,
+        0.05422589197440007,
+        0.03746071897775383,
+        0.07815288900461426,
+    ),
 }
 
 
@@ -421,16 +442,27 @@ class Underflow(NamedTuple):
 
 UNDERFLOW = {
     np.dtype(np.float32): Underflow(
-        64.0, float.fromhex("0x1.969d480000000p+56"), np.dtype(np.int32), 23, 92,
-        Fraction("0.794168686740840587176429180931974948067892704982492718304015")),
+        64.0,
+        float.fromhex("0x1.969d480000000p+56"),
+        np.dtype(np.int32),
+        23,
+        92,
+        Fraction("0.794168686740840587176429180931974948067892704982492718304015"),
+    ),
     np.dtype(np.float64): Underflow(
-        512.0, float.fromhex("0x1.44109edb20931p+335"), np.dtype(np.int64), 52, 738,
-        Fraction("0.632939304589205925791237451770277229492777223066893756366945")),
+        512.0,
+        float.fromhex("0x1.44109edb20931p+335"),
+        np.dtype(np.int64),
+        52,
+        738,
+        Fraction("0.632939304589205925791237451770277229492777223066893756366945"),
+    ),
 }
 
 
-def exact_underflow(xp: Primitives, result: Array, coefficient: Array, inside: Array,
-                    shifted: Array) -> Array:
+def exact_underflow(
+    xp: Primitives, result: Array, coefficient: Array, inside: Array, shifted: Array
+) -> Array:
     """``result``, except where it is below the smallest normal number while its exact value is
     ``coefficient * exp(-|x|)`` (the tails of sigma and softplus): there that value is rebuilt
     from the integer bits of a subnormal, since XLA on CPU flushes subnormal arithmetic to zero.
@@ -449,10 +481,13 @@ def exact_underflow(xp: Primitives, result: Array, coefficient: Array, inside: A
     dtype = xp.dtype(result)
     spec = UNDERFLOW[dtype]
     units = xp.abs(coefficient) * shifted * xp.constant(spec.scale, dtype)
-    largest = xp.constant(2.0 ** spec.mantissa_bits, dtype)
+    largest = xp.constant(2.0**spec.mantissa_bits, dtype)
     count = xp.astype(xp.round(xp.minimum(units, largest)), spec.int_dtype)
-    sign = xp.where(coefficient < 0, xp.constant(np.iinfo(spec.int_dtype).min, spec.int_dtype),
-                    xp.constant(0, spec.int_dtype))
+    sign = xp.where(
+        coefficient < 0,
+        xp.constant(np.iinfo(spec.int_dtype).min, spec.int_dtype),
+        xp.constant(0, spec.int_dtype),
+    )
     rebuilt = xp.bitcast(xp.bitwise_or(count, sign), dtype)
     tiny = xp.constant(np.finfo(dtype).tiny, dtype)
     return xp.where(inside & (xp.abs(result) < tiny) & (count > 0), rebuilt, result)
@@ -515,7 +550,7 @@ class LogitParts(NamedTuple):
             # In the tail, exp(-|x|) = exp(threshold - |x|) exp(-threshold), one rounding more
             # than exp(-|x|) itself; it only matters there next to a coefficient below about
             # 1e-24. (Not from ``lifted``: XLA would then write out that pair to share it.)
-            down = np.asarray(float(spec.lift), dtype) * np.asarray(2.0 ** -spec.lift_bits, dtype)
+            down = np.asarray(float(spec.lift), dtype) * np.asarray(2.0**-spec.lift_bits, dtype)
             e = xp.where(tail, shifted * xp.constant(down, dtype), shifted)
         else:
             e = shifted = xp.exp(-ax)
@@ -524,8 +559,18 @@ class LogitParts(NamedTuple):
         # One division serves 1 / (1 + e) and 1 / (2 + e); XLA compiles each division that has
         # several users on its own, so fewer divisions make a smaller program.
         both = 1 / (u.hi * d.hi)
-        return cls(xp, x, e, u.hi, u.lo, log1p_pair(xp, e, d, u.hi * both), d.hi * both, tail,
-                   shifted, lifted)
+        return cls(
+            xp,
+            x,
+            e,
+            u.hi,
+            u.lo,
+            log1p_pair(xp, e, d, u.hi * both),
+            d.hi * both,
+            tail,
+            shifted,
+            lifted,
+        )
 
     def _underflow(self, result: Array, coefficient: Array) -> Array:
         if self.tail is None:
@@ -542,10 +587,14 @@ class LogitParts(NamedTuple):
             return xp.ones_like(self.e), plain_e, self.log1p_e
         dtype = xp.dtype(self.x)
         lift = self.tail & (near.hi == 0)
-        down = xp.where(lift, xp.constant(2.0 ** -UNDERFLOW[dtype].lift_bits, dtype),
-                        xp.ones_like(self.e))
-        return (down, select(xp, lift, self.lifted, plain_e),
-                select(xp, lift, self.lifted, self.log1p_e))
+        down = xp.where(
+            lift, xp.constant(2.0 ** -UNDERFLOW[dtype].lift_bits, dtype), xp.ones_like(self.e)
+        )
+        return (
+            down,
+            select(xp, lift, self.lifted, plain_e),
+            select(xp, lift, self.lifted, self.log1p_e),
+        )
 
     def softpluses(self) -> tuple[Array, Array]:
         """(softplus(x), softplus(-x)); NaN stays NaN, softplus(-inf) is 0."""
@@ -576,8 +625,9 @@ class LogitParts(NamedTuple):
             logs = log1p_e
         else:
             product = mul(xp, total.hi, log1p_e.hi)
-            logs = fast_two_sum(product.hi,
-                                product.lo + (total.hi * log1p_e.lo + total.lo * log1p_e.hi))
+            logs = fast_two_sum(
+                product.hi, product.lo + (total.hi * log1p_e.lo + total.lo * log1p_e.hi)
+            )
         return Scaled(add_pairs(linear, zero_where(xp, total.hi, logs)), down)
 
     def plain_bracket(self, coefficients: Coefficients) -> Array:
@@ -585,8 +635,9 @@ class LogitParts(NamedTuple):
         logits and where a product overflows (a pair's low part is NaN next to inf)."""
         xp = self.xp
         near, _ = coefficients.near_far(xp, self.x)
-        return (zero_safe(xp, near.hi, xp.abs(self.x))
-                + zero_safe(xp, coefficients.total(xp).hi, self.log1p_e.hi))
+        return zero_safe(xp, near.hi, xp.abs(self.x)) + zero_safe(
+            xp, coefficients.total(xp).hi, self.log1p_e.hi
+        )
 
     def bracket(self, coefficients: Coefficients, bracket: Scaled | None = None) -> Array:
         """a softplus(x) + b softplus(-x), rounded once."""
@@ -594,8 +645,9 @@ class LogitParts(NamedTuple):
             bracket = self.bracket_pair(coefficients)
         return finite_or(self.xp, bracket.value(self.xp), self.plain_bracket(coefficients))
 
-    def loss(self, coefficients: Coefficients, w: Array | None,
-             bracket: Scaled | None = None) -> Array:
+    def loss(
+        self, coefficients: Coefficients, w: Array | None, bracket: Scaled | None = None
+    ) -> Array:
         """w [a softplus(x) + b softplus(-x)] (w None means 1), rounded once, exact into the
         subnormal range; ``bracket`` is ``bracket_pair(coefficients)`` if already at hand."""
         xp = self.xp
@@ -606,8 +658,7 @@ class LogitParts(NamedTuple):
         if w is None:
             return self._underflow(finite_or(xp, bracket.value(xp), plain), tail)
         weighted = Scaled(zero_where(xp, w, mul_pair(xp, bracket.pair, w)), bracket.down)
-        return self._underflow(finite_or(xp, weighted.value(xp), zero_safe(xp, w, plain)),
-                               w * tail)
+        return self._underflow(finite_or(xp, weighted.value(xp), zero_safe(xp, w, plain)), w * tail)
 
     def slope(self, coefficients: Coefficients, w: Array | None = None) -> Array:
         """w [a sigma(x) - b sigma(-x)], the derivative of ``loss`` with respect to x.
@@ -633,8 +684,9 @@ class LogitParts(NamedTuple):
             value, plain = mul_pair(xp, value, w), plain * w
         result = finite_or(xp, value.value(xp), plain) * down
         zero = xp.zeros_like(result)
-        result = xp.where((near.hi == 0) & (far.hi == 0), zero,
-                          xp.where(self.x >= 0, result, -result))
+        result = xp.where(
+            (near.hi == 0) & (far.hi == 0), zero, xp.where(self.x >= 0, result, -result)
+        )
         if w is not None:
             result = xp.where(w == 0, zero, result)
         tail = underflow_side(xp, self.x, coefficients.one_minus.hi, -coefficients.b.hi)
@@ -649,6 +701,7 @@ class LogitParts(NamedTuple):
         product = xp.where(self.tail, self.lifted.hi, sig_pos * sig_neg)  # = e in the tail
         dtype = xp.dtype(self.x)
         value = zero_safe(xp, c, product)
-        value = xp.where(self.tail, value * xp.constant(2.0 ** -UNDERFLOW[dtype].lift_bits, dtype),
-                         value)
+        value = xp.where(
+            self.tail, value * xp.constant(2.0 ** -UNDERFLOW[dtype].lift_bits, dtype), value
+        )
         return self._underflow(value, c)

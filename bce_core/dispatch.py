@@ -32,7 +32,8 @@ from .registry import get_registry
 INTERCHANGE_BACKEND = "numpy"
 
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "bce_backend", default=None)
+    "bce_backend", default=None
+)
 # The process default; one atomic reference assignment, read without a lock.
 _default_backend: str | None = None
 
@@ -97,10 +98,13 @@ def resolve_backend(backend: str | Backend | None, arrays: Sequence[Any]) -> Bac
     if len(owners) > 1:
         owners.pop(INTERCHANGE_BACKEND, None)
     if len(owners) > 1:
-        described = ", ".join(f"{t.__module__}.{t.__qualname__} ({name})" for name, t in owners.items())
+        described = ", ".join(
+            f"{t.__module__}.{t.__qualname__} ({name})" for name, t in owners.items()
+        )
         raise MixedFrameworksError(
             f"arrays of different frameworks in one call: {described}; convert them to one "
-            f"framework (NumPy arrays are accepted next to any framework).")
+            f"framework (NumPy arrays are accepted next to any framework)."
+        )
     if owners:
         name = next(iter(owners))
     else:

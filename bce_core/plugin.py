@@ -111,6 +111,7 @@ class CommandSpec:
         >>> CommandSpec.lazy("conformance", "Check backends.", "bce_conformance.cli").name
         'conformance'
         """
+
         def add_arguments(parser: argparse.ArgumentParser) -> None:
             importlib.import_module(module).add_arguments(parser)
 
@@ -172,33 +173,69 @@ class Backend(Protocol):
         ...
 
     def binary_cross_entropy_with_logits(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
         validate: bool = False,
     ) -> Any:
         """``bce_core.binary_cross_entropy_with_logits`` on native arrays."""
         ...
 
     def binary_cross_entropy(
-        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP,
+        validate: bool = False,
     ) -> Any:
         """``bce_core.binary_cross_entropy`` on native arrays."""
         ...
 
     def value_and_grad(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[Any, Any]:
         """``bce_core.value_and_grad`` on native arrays."""
         ...
 
-    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
-                  pos_weight: Any = None) -> tuple[Any, Any]:
+    def grad_hess(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
+    ) -> tuple[Any, Any]:
         """``bce_core.grad_hess`` on native arrays."""
         ...
+
+
+def missing_members(obj: object, protocol: type = Backend) -> list[str]:
+    """The attributes of ``protocol`` that ``obj`` lacks, by name.
+
+    >>> missing_members(object())[:3]
+    ['asarray', 'binary_cross_entropy', 'binary_cross_entropy_with_logits']
+    """
+    members = set(getattr(protocol, "__annotations__", {})) | {
+        name for name in vars(protocol) if not name.startswith("_")
+    }
+    return sorted(name for name in members if not hasattr(obj, name))
 
 
 @runtime_checkable
@@ -213,19 +250,27 @@ class AutodiffBackend(Backend, Protocol):
     ``isinstance(backend, AutodiffBackend)``.
     """
 
-    def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
-                                compiled: bool = False,
-                                **options: Unpack[LogitOptions]) -> tuple[Any, tuple[Any, ...]]:
+    def autodiff_value_and_grad(
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        wrt: tuple[str, ...],
+        compiled: bool = False,
+        **options: Unpack[LogitOptions],
+    ) -> tuple[Any, tuple[Any, ...]]:
         """(loss, gradients of the loss w.r.t. each name in ``wrt``) by autodiff."""
         ...
 
-    def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Unpack[LogitOptions]) -> Any:
+    def autodiff_second_derivative(
+        self, logits: Any, targets: Any, *, compiled: bool = False, **options: Unpack[LogitOptions]
+    ) -> Any:
         """d/dlogits of sum(d loss / d logits) by nested autodiff: the diagonal of the Hessian."""
         ...
 
-    def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Unpack[ProbsOptions]) -> tuple[Any, Any]:
+    def autodiff_probs_grad(
+        self, probs: Any, targets: Any, *, compiled: bool = False, **options: Unpack[ProbsOptions]
+    ) -> tuple[Any, Any]:
         """(loss, d loss / d probs) of the probability form by autodiff."""
         ...
 

@@ -62,37 +62,44 @@ def _float64_operands(ops: Operands[np.ndarray], eps: float) -> dict[str, np.nda
     yp, one_minus_yp = smoothed_targets(y, eps)
     return {
         "x": ops.inputs.astype(np.float64),
-        "y": y, "yp": yp, "1-yp": one_minus_yp,
+        "y": y,
+        "yp": yp,
+        "1-yp": one_minus_yp,
         "w": np.float64(1.0) if ops.weight is None else ops.weight.astype(np.float64),
         "q": np.float64(1.0) if ops.pos_weight is None else ops.pos_weight.astype(np.float64),
     }
 
 
-def element_bracket(x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray,
-                    q: np.ndarray) -> np.ndarray:
+def element_bracket(
+    x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray
+) -> np.ndarray:
     """(1 - y') softplus(x) + q y' softplus(-x): the element loss before the weight."""
     return term(one_minus_yp, softplus(x)) + term(q * yp, softplus(-x))
 
 
-def element_grad_logits(x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray,
-                        w: np.ndarray) -> np.ndarray:
+def element_grad_logits(
+    x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray, w: np.ndarray
+) -> np.ndarray:
     """d loss / d x = w [ (1 - y') sigma(x) - q y' sigma(-x) ]."""
     return term(w * one_minus_yp, sigmoid(x)) - term(w * q * yp, sigmoid(-x))
 
 
-def element_hessian_logits(x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray,
-                           q: np.ndarray, w: np.ndarray) -> np.ndarray:
+def element_hessian_logits(
+    x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray, w: np.ndarray
+) -> np.ndarray:
     """d2 loss / d x2 = w (1 + (q - 1) y') sigma(x) sigma(-x), with 1 + (q-1)y' = (1-y') + q y'."""
     return w * (one_minus_yp + q * yp) * sigmoid(x) * sigmoid(-x)
 
 
-def element_grad_probs(p: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray,
-                       w: np.ndarray) -> np.ndarray:
+def element_grad_probs(
+    p: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray, w: np.ndarray
+) -> np.ndarray:
     """d loss / d p = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12); NaN where p is
     outside [0, 1], as the loss is."""
     with np.errstate(invalid="ignore"):
-        slope = w * (p * (one_minus_yp + q * yp) - q * yp) / np.maximum(p * (1.0 - p),
-                                                                         PROBS_GRAD_EPS)
+        slope = (
+            w * (p * (one_minus_yp + q * yp) - q * yp) / np.maximum(p * (1.0 - p), PROBS_GRAD_EPS)
+        )
     return np.where((p >= 0) & (p <= 1), slope, np.nan)
 
 
@@ -102,8 +109,14 @@ def element_grad_probs(p: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, 
 
 @quiet_float_errors
 def binary_cross_entropy_with_logits(
-    logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-    label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+    logits: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    label_smoothing: float = 0.0,
+    mask: Any = None,
+    reduction: str = "mean",
     validate: bool = False,
 ) -> np.ndarray:
     """Reference loss from logits (float64).
@@ -113,8 +126,9 @@ def binary_cross_entropy_with_logits(
     """
     options = check_options(label_smoothing=label_smoothing, reduction=reduction)
     eps, reduction = options.eps, options.reduction
-    ops = prepare_operands("logits", logits, targets, weight=weight, pos_weight=pos_weight,
-                           mask=mask)
+    ops = prepare_operands(
+        "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask
+    )
     if validate:
         validate_operands(ops, "logits", input_in_unit_interval=False)
     v = _float64_operands(ops, eps)
@@ -124,20 +138,27 @@ def binary_cross_entropy_with_logits(
 
 @quiet_float_errors
 def binary_cross_entropy(
-    probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-    label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-    log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+    probs: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    label_smoothing: float = 0.0,
+    mask: Any = None,
+    reduction: str = "mean",
+    log_clamp: float = DEFAULT_LOG_CLAMP,
+    validate: bool = False,
 ) -> np.ndarray:
     """Reference loss from probabilities (float64).
 
     >>> round(float(binary_cross_entropy([0.5], [1.0])), 6)
     0.693147
     """
-    options = check_options(label_smoothing=label_smoothing, reduction=reduction,
-                            log_clamp=log_clamp)
+    options = check_options(
+        label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp
+    )
     eps, reduction, clamp = options.eps, options.reduction, options.log_clamp
-    ops = prepare_operands("probs", probs, targets, weight=weight, pos_weight=pos_weight,
-                           mask=mask)
+    ops = prepare_operands("probs", probs, targets, weight=weight, pos_weight=pos_weight, mask=mask)
     if validate:
         validate_operands(ops, "probs", input_in_unit_interval=True)
     v = _float64_operands(ops, eps)
@@ -154,9 +175,16 @@ def binary_cross_entropy(
 
 @quiet_float_errors
 def value_and_grad(
-    logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-    label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-    validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+    logits: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    label_smoothing: float = 0.0,
+    mask: Any = None,
+    reduction: str = "mean",
+    validate: bool = False,
+    wrt: str | tuple[str, ...] = "logits",
 ) -> tuple[np.ndarray, Any]:
     """Reference loss and its gradient with respect to ``wrt`` (float64).
 
@@ -164,11 +192,17 @@ def value_and_grad(
     >>> grad.tolist()
     [0.5, -0.5]
     """
-    options = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
-                            weight=weight, pos_weight=pos_weight)
+    options = check_options(
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        wrt=wrt,
+        weight=weight,
+        pos_weight=pos_weight,
+    )
     eps, reduction = options.eps, options.reduction
-    ops = prepare_operands("logits", logits, targets, weight=weight, pos_weight=pos_weight,
-                           mask=mask)
+    ops = prepare_operands(
+        "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask
+    )
     if validate:
         validate_operands(ops, "logits", input_in_unit_interval=False)
     v = _float64_operands(ops, eps)
@@ -177,8 +211,9 @@ def value_and_grad(
     reduced = reduce_loss(term(w, bracket), reduction, mask=ops.mask, weight=w)
     partials = {
         "logits": lambda: element_grad_logits(x, yp, one_minus_yp, q, w),
-        "targets": lambda: term(w * smoothed_target_slope(eps),
-                                term(q, softplus(-x)) - softplus(x)),
+        "targets": lambda: term(
+            w * smoothed_target_slope(eps), term(q, softplus(-x)) - softplus(x)
+        ),
         "weight": lambda: bracket,
         "pos_weight": lambda: term(w * yp, softplus(-x)),
     }
@@ -187,34 +222,44 @@ def value_and_grad(
 
 
 @quiet_float_errors
-def grad_hess(logits: Any, targets: Any, *, weight: Any = None,
-              pos_weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def grad_hess(
+    logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference elementwise (d loss/d x, d2 loss/d x2), weights applied (float64).
 
     >>> g, h = grad_hess([0.0], [1.0])
     >>> g.tolist(), h.tolist()
     ([-0.5], [0.25])
     """
-    ops = prepare_operands("logits", logits, targets, weight=weight, pos_weight=pos_weight,
-                           mask=None)
+    ops = prepare_operands(
+        "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=None
+    )
     v = _float64_operands(ops, 0.0)
     args = (v["x"], v["yp"], v["1-yp"], v["q"], v["w"])
     full = np.broadcast_to
-    return (np.array(full(element_grad_logits(*args), ops.shape)),
-            np.array(full(element_hessian_logits(*args), ops.shape)))
+    return (
+        np.array(full(element_grad_logits(*args), ops.shape)),
+        np.array(full(element_hessian_logits(*args), ops.shape)),
+    )
 
 
 @quiet_float_errors
-def probs_grad(probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-               label_smoothing: float = 0.0) -> np.ndarray:
+def probs_grad(
+    probs: Any,
+    targets: Any,
+    *,
+    weight: Any = None,
+    pos_weight: Any = None,
+    label_smoothing: float = 0.0,
+) -> np.ndarray:
     """Reference elementwise d loss / d probs of the probability form (float64).
 
     >>> probs_grad([0.25], [1.0]).tolist()
     [-4.0]
     """
     eps = check_label_smoothing(label_smoothing)
-    ops = prepare_operands("probs", probs, targets, weight=weight, pos_weight=pos_weight,
-                           mask=None)
+    ops = prepare_operands("probs", probs, targets, weight=weight, pos_weight=pos_weight, mask=None)
     v = _float64_operands(ops, eps)
-    return np.array(np.broadcast_to(
-        element_grad_probs(v["x"], v["yp"], v["1-yp"], v["q"], v["w"]), ops.shape))
+    return np.array(
+        np.broadcast_to(element_grad_probs(v["x"], v["yp"], v["1-yp"], v["q"], v["w"]), ops.shape)
+    )

@@ -24,7 +24,7 @@ from typing import Any
 import pluggy
 
 from .errors import BackendConflictError, BackendUnavailableError, UnknownBackendError
-from .plugin import PROJECT, Backend, BackendSpec, BceHookSpecs, CommandSpec
+from .plugin import PROJECT, Backend, BackendSpec, BceHookSpecs, CommandSpec, missing_members
 from .spec import closest_name
 
 #: Environment variable that turns off loading of third-party plugins.
@@ -110,15 +110,21 @@ class Registry:
                 continue
             if manager.has_plugin(entry_point.name):
                 # Two distributions registering the same plugin name: keep the first.
-                registry.plugin_errors.append(PluginError(
-                    entry_point.name, dist,
-                    f"plugin name {entry_point.name!r} is already registered by "
-                    f"{distributions.get(entry_point.name)!r}; this one was skipped"))
+                registry.plugin_errors.append(
+                    PluginError(
+                        entry_point.name,
+                        dist,
+                        f"plugin name {entry_point.name!r} is already registered by "
+                        f"{distributions.get(entry_point.name)!r}; this one was skipped",
+                    )
+                )
                 continue
             try:
                 manager.register(entry_point.load(), name=entry_point.name)
             except Exception as exc:  # a broken plugin never takes the others down
-                registry.plugin_errors.append(PluginError(entry_point.name, dist, _short_error(exc)))
+                registry.plugin_errors.append(
+                    PluginError(entry_point.name, dist, _short_error(exc))
+                )
                 continue
             distributions[entry_point.name] = dist
         registry._collect(manager, distributions)
@@ -151,18 +157,25 @@ class Registry:
                 try:
                     results = list(impl.function() or ())
                 except Exception as exc:
-                    self.plugin_errors.append(PluginError(impl.plugin_name, dist, _short_error(exc)))
+                    self.plugin_errors.append(
+                        PluginError(impl.plugin_name, dist, _short_error(exc))
+                    )
                     continue
                 for item in results:
                     if hook_name == "bce_commands":
                         self.commands.append(item)
                     elif isinstance(item, BackendSpec):
                         self.records.setdefault(item.name, []).append(
-                            BackendRecord(item, impl.plugin_name, dist))
+                            BackendRecord(item, impl.plugin_name, dist)
+                        )
                     else:
-                        self.plugin_errors.append(PluginError(
-                            impl.plugin_name, dist,
-                            f"bce_backends returned {item!r}, which is not a BackendSpec"))
+                        self.plugin_errors.append(
+                            PluginError(
+                                impl.plugin_name,
+                                dist,
+                                f"bce_backends returned {item!r}, which is not a BackendSpec",
+                            )
+                        )
 
     # -- queries ------------------------------------------------------------
 
@@ -178,16 +191,20 @@ class Registry:
             did_you_mean = f" Did you mean {hint!r}?" if hint else ""
             raise UnknownBackendError(
                 f"no backend named {name!r}; known backends: {', '.join(self.names()) or 'none'}."
-                f"{did_you_mean}")
+                f"{did_you_mean}"
+            )
         if len(records) > 1:
-            owners = " and ".join(f"plugin {r.plugin!r} ({r.distribution or 'no distribution'})"
-                                  for r in records)
+            owners = " and ".join(
+                f"plugin {r.plugin!r} ({r.distribution or 'no distribution'})" for r in records
+            )
             raise BackendConflictError(
-                f"backend name {name!r} is registered twice, by {owners}; uninstall one of them.")
+                f"backend name {name!r} is registered twice, by {owners}; uninstall one of them."
+            )
         return records[0]
 
     def missing_requirement(self, name: str) -> str | None:
-        """The first required module of ``name`` that is not installed, found without importing it."""
+        """The first required module of ``name`` that is not installed (found without importing
+        it)."""
         for module in self.record(name).spec.requires:
             try:
                 if importlib.util.find_spec(module) is None:
@@ -213,9 +230,13 @@ class Registry:
         spec = record.spec
         missing = self.missing_requirement(name)
         if missing is not None:
-            install = f"pip install 'bce-core[{spec.extra}]'" if spec.extra else f"pip install {missing}"
+            install = (
+                f"pip install 'bce-core[{spec.extra}]'" if spec.extra else f"pip install {missing}"
+            )
             raise BackendUnavailableError(
-                f"backend {name!r} needs {missing!r}, which is not installed; install it with {install}.")
+                f"backend {name!r} needs {missing!r}, which is not installed; "
+                f"install it with {install}."
+            )
         module_name, _, attribute = spec.loader.partition(":")
         try:
             factory: Any = importlib.import_module(module_name)
@@ -225,11 +246,13 @@ class Registry:
         except Exception as exc:
             raise BackendUnavailableError(
                 f"backend {name!r} (plugin {record.plugin!r}) failed to load from "
-                f"{spec.loader!r}: {_short_error(exc)}") from exc
+                f"{spec.loader!r}: {_short_error(exc)}"
+            ) from exc
         if not isinstance(backend, Backend):
             raise BackendUnavailableError(
-                f"backend {name!r} loaded from {spec.loader!r} is a {type(backend).__name__}, which "
-                f"lacks the methods of bce_core.plugin.Backend.")
+                f"backend {name!r} loaded from {spec.loader!r} is a {type(backend).__name__}, "
+                f"which lacks {', '.join(missing_members(backend))} of bce_core.plugin.Backend."
+            )
         return backend
 
     def owner_of(self, array_type: type) -> str | None:
@@ -245,9 +268,12 @@ class Registry:
     def _find_owner(self, array_type: type) -> str | None:
         for cls in array_type.__mro__:
             module, cls_name = cls.__module__, cls.__name__
-            claims = [(record.spec.priority, record.distribution == CORE_DISTRIBUTION, name)
-                      for name, records in self.records.items() for record in records
-                      if any(t.matches(module, cls_name) for t in record.spec.array_types)]
+            claims = [
+                (record.spec.priority, record.distribution == CORE_DISTRIBUTION, name)
+                for name, records in self.records.items()
+                for record in records
+                if any(t.matches(module, cls_name) for t in record.spec.array_types)
+            ]
             if claims:
                 # Highest priority first; on a tie the backend shipped with bce-core, then by name.
                 claims.sort(key=lambda claim: (-claim[0], not claim[1], claim[2]))
@@ -258,9 +284,12 @@ class Registry:
         """Status, version and devices of ``name``; loads it if installed."""
         records = self.records.get(name, [])
         first = records[0] if records else None
-        base: dict[str, Any] = dict(name=name, extra=first.spec.extra if first else None,
-                    plugin=first.plugin if first else None,
-                    distribution=first.distribution if first else None)
+        base: dict[str, Any] = dict(
+            name=name,
+            extra=first.spec.extra if first else None,
+            plugin=first.plugin if first else None,
+            distribution=first.distribution if first else None,
+        )
         try:
             self.record(name)
         except BackendConflictError as exc:
@@ -272,8 +301,9 @@ class Registry:
                 return BackendInfo(status="not installed", error=str(exc), **base)
         try:
             backend = self.get(name)
-            return BackendInfo(status="ok", version=backend.version(),
-                               devices=tuple(backend.devices()), **base)
+            return BackendInfo(
+                status="ok", version=backend.version(), devices=tuple(backend.devices()), **base
+            )
         except Exception as exc:
             detail = str(exc) if isinstance(exc, BackendUnavailableError) else _short_error(exc)
             return BackendInfo(status="failed", error=detail, **base)
@@ -308,4 +338,3 @@ def set_registry(registry: Registry | None) -> Registry | None:
     with _registry_lock:
         old, _registry = _registry, registry
     return old
-

@@ -125,9 +125,13 @@ def smoothed_target_slope(eps: float) -> float:
     return _smoothing_floats(eps)[0]
 
 
-def smoothed_targets(y: Any, eps: float | None, *,
-                     affine: Callable[[Any], Any] | None = None,
-                     complement: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+def smoothed_targets(
+    y: Any,
+    eps: float | None,
+    *,
+    affine: Callable[[Any], Any] | None = None,
+    complement: Callable[[Any], Any] | None = None,
+) -> tuple[Any, Any]:
     """(y', 1 - y') for targets ``y`` and label smoothing ``eps``.
 
     1 - y' is (1 - y)(1 - eps) + eps / 2, not 1 - y', so that it keeps its
@@ -198,8 +202,9 @@ class Reduced(Generic[A]):
     factor: Any
 
 
-def denominator(ops: ArrayOps, reduction: str, shape: tuple[int, ...], *, keep: Any,
-                weight: Any, like: Any) -> Any:
+def denominator(
+    ops: ArrayOps, reduction: str, shape: tuple[int, ...], *, keep: Any, weight: Any, like: Any
+) -> Any:
     """What ``reduction`` divides the sum of element losses by.
 
     ``sum`` divides by 1 and ``batch_mean`` by shape[0]; ``mean`` by the number
@@ -251,8 +256,9 @@ def divide_or_zero(ops: ArrayOps, total: Any, by: Any) -> tuple[Any, Any]:
     return ops.where(zero, 0.0, total / safe), scale
 
 
-def reduce_elements(ops: ArrayOps, elements: Any, reduction: str, *, keep: Any,
-                    weight: Any) -> Reduced[Any]:
+def reduce_elements(
+    ops: ArrayOps, elements: Any, reduction: str, *, keep: Any, weight: Any
+) -> Reduced[Any]:
     """Apply ``reduction`` to (already weighted) element losses over the elements ``keep`` keeps
     (None keeps all); ``weight`` is the weight, for ``weighted_mean``'s denominator.
 
@@ -266,8 +272,10 @@ def reduce_elements(ops: ArrayOps, elements: Any, reduction: str, *, keep: Any,
     if keep is not None:
         elements = ops.where(keep, elements, 0.0)
     if reduction == "none":
-        return Reduced(elements, 1.0 if keep is None
-                       else ops.cast_like(ops.broadcast_to(keep, shape), elements))
+        return Reduced(
+            elements,
+            1.0 if keep is None else ops.cast_like(ops.broadcast_to(keep, shape), elements),
+        )
     by = denominator(ops, reduction, shape, keep=keep, weight=weight, like=elements)
     loss, scale = divide_or_zero(ops, ops.total(elements), by)
     if keep is None:
@@ -299,8 +307,9 @@ def broadcast_axes(full: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, 
     ((0,), (1,), ())
     """
     lead = len(full) - len(shape)
-    return tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
-                                      if d == 1 and full[lead + i] != 1)
+    return tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and full[lead + i] != 1
+    )
 
 
 def sum_to_shape(ops: ArrayOps, array: Any, shape: tuple[int, ...]) -> Any:
@@ -319,10 +328,16 @@ def sum_to_shape(ops: ArrayOps, array: Any, shape: tuple[int, ...]) -> Any:
     return ops.reshape(summed, tuple(shape))
 
 
-def reduction_gradients(ops: ArrayOps, names: Sequence[str],
-                        partials: Mapping[str, Callable[[], Any]], *, shape: tuple[int, ...],
-                        arg_shapes: Mapping[str, tuple[int, ...] | None], reduction: str,
-                        reduced: Reduced[Any]) -> list[Any]:
+def reduction_gradients(
+    ops: ArrayOps,
+    names: Sequence[str],
+    partials: Mapping[str, Callable[[], Any]],
+    *,
+    shape: tuple[int, ...],
+    arg_shapes: Mapping[str, tuple[int, ...] | None],
+    reduction: str,
+    reduced: Reduced[Any],
+) -> list[Any]:
     """Elementwise partial derivatives turned into gradients of the reduced loss.
 
     ``partials[name]()`` is d(element loss)/d(name) per element (for ``"weight"``
@@ -410,8 +425,16 @@ class Operands(Generic[A]):
     shape: tuple[int, ...]
 
 
-def prepare_operands(convert: Converter, input_name: str, inputs: Any, targets: Any, *,
-                     weight: Any, pos_weight: Any, mask: Any) -> Operands[Any]:
+def prepare_operands(
+    convert: Converter,
+    input_name: str,
+    inputs: Any,
+    targets: Any,
+    *,
+    weight: Any,
+    pos_weight: Any,
+    mask: Any,
+) -> Operands[Any]:
     """Apply the spec's dtype and shape rules to one call's arguments, in the spec's order:
     the input's dtype, then each operand's, then the shapes (``spec.check_shapes``).
 
@@ -428,8 +451,12 @@ def prepare_operands(convert: Converter, input_name: str, inputs: Any, targets: 
     q = None if pos_weight is None else convert.as_operand("pos_weight", pos_weight, x)
     m = None if mask is None else convert.as_mask(mask, x)
     shape_of = convert.shape_of
-    shape = check_shapes(shape_of(x), shape_of(y), input_name=input_name,
-                         weight=None if w is None else shape_of(w),
-                         pos_weight=None if q is None else shape_of(q),
-                         mask=None if m is None else shape_of(m))
+    shape = check_shapes(
+        shape_of(x),
+        shape_of(y),
+        input_name=input_name,
+        weight=None if w is None else shape_of(w),
+        pos_weight=None if q is None else shape_of(q),
+        mask=None if m is None else shape_of(m),
+    )
     return Operands(x, y, w, q, m, shape)

@@ -165,7 +165,8 @@ def check_operand_dtype(argument: str, dtype_name: str, *, is_real: bool) -> Non
     if not is_real:
         raise TypeError(
             f"{argument} must hold real numbers (float, int or bool), got dtype {dtype_name}; "
-            f"convert it, for example with np.asarray({argument}, dtype=np.float32).")
+            f"convert it, for example with np.asarray({argument}, dtype=np.float32)."
+        )
 
 
 def check_mask_dtype(dtype_name: str) -> None:
@@ -176,7 +177,8 @@ def check_mask_dtype(dtype_name: str) -> None:
     if dtype_name != "bool":
         raise TypeError(
             f"mask must be a boolean array (True keeps an element), got dtype {dtype_name}; "
-            f"convert it with mask.astype(bool).")
+            f"convert it with mask.astype(bool)."
+        )
 
 
 def broadcast_shapes(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -186,8 +188,10 @@ def broadcast_shapes(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[i
     (4, 3)
     """
     result = []
-    for a, b in zip(reversed((1,) * (len(second) - len(first)) + tuple(first)),
-                    reversed((1,) * (len(first) - len(second)) + tuple(second))):
+    for a, b in zip(
+        reversed((1,) * (len(second) - len(first)) + tuple(first)),
+        reversed((1,) * (len(first) - len(second)) + tuple(second)),
+    ):
         if a == b or b == 1:
             result.append(a)
         elif a == 1:
@@ -257,9 +261,15 @@ class CallOptions(NamedTuple):
     log_clamp: float = DEFAULT_LOG_CLAMP
 
 
-def check_options(*, label_smoothing: object = 0.0, reduction: object = "mean",
-                  wrt: object = None, weight: object = None, pos_weight: object = None,
-                  log_clamp: object = DEFAULT_LOG_CLAMP) -> CallOptions:
+def check_options(
+    *,
+    label_smoothing: object = 0.0,
+    reduction: object = "mean",
+    wrt: object = None,
+    weight: object = None,
+    pos_weight: object = None,
+    log_clamp: object = DEFAULT_LOG_CLAMP,
+) -> CallOptions:
     """Check every option of one call, in the spec's order, and return them normalised.
 
     ``wrt=None`` means the call computes no gradient; ``weight`` and ``pos_weight``

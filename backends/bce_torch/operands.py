@@ -15,7 +15,6 @@ device. The dtype, shape and option rules are those of ``bce_core.spec`` and
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -67,10 +66,6 @@ class TorchOps:
 
     @staticmethod
     def where(condition: torch.Tensor, if_true: Any, if_false: Any) -> torch.Tensor:
-        if type(if_true) is float and type(if_false) is float:
-            # TODO(core): reduce_elements asks where(keep, 1/denominator, 0.0) of two Python
-            # numbers, which torch would make float32; float64 keeps 1/denominator exact.
-            if_true = torch.tensor(if_true, dtype=torch.float64, device=condition.device)
         return torch.where(condition, if_true, if_false)
 
     @staticmethod
@@ -187,16 +182,19 @@ def as_operand_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor
 
 
 def as_mask_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
-    """A boolean mask on ``like``'s device; integer masks are refused, as in NumPy."""
-    return _mask_on(value, TorchConverter.as_mask(value), like.device)
+    """A boolean mask on ``like``'s device; integer masks are refused, as in NumPy.
 
-
-def _mask_on(value: Any, mask: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The converted ``mask`` on ``device``: a caller's tensor must already be there (or be a
-    CPU scalar); one made from NumPy or Python values is moved."""
-    if mask.device == device:
+    A caller's tensor must already be there (or be a CPU scalar); one made from
+    NumPy or Python values is moved.
+    """
+    if isinstance(value, torch.Tensor):
+        mask = value
+    else:
+        mask = _traced_array(value, None) if tracing() else numpy_to_tensor(as_mask(value))
+    check_mask_dtype(dtype_name(mask.dtype))
+    if mask.device == like.device:
         return mask
-    return _on_device("mask", mask, device) if isinstance(value, torch.Tensor) else mask.to(device)
+    return _on_device("mask", mask, like.device) if mask is value else mask.to(like.device)
 
 
 class TorchConverter:
@@ -204,14 +202,7 @@ class TorchConverter:
 
     as_input = staticmethod(as_input)
     as_operand = staticmethod(as_operand_tensor)
-
-    @staticmethod
-    def as_mask(value: Any) -> torch.Tensor:
-        # TODO(core): Converter.as_mask has no ``like``; ``prepare`` moves the mask after.
-        if not isinstance(value, torch.Tensor):
-            value = _traced_array(value, None) if tracing() else numpy_to_tensor(as_mask(value))
-        check_mask_dtype(dtype_name(value.dtype))
-        return value
+    as_mask = staticmethod(as_mask_tensor)
 
     @staticmethod
     def shape_of(array: torch.Tensor) -> tuple[int, ...]:
@@ -224,11 +215,8 @@ TORCH_CONVERTER = TorchConverter()
 def prepare(input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any,
             mask: Any) -> Operands[torch.Tensor]:
     """``rules.prepare_operands`` with torch's converter, every operand on the input's device."""
-    ops = rules.prepare_operands(TORCH_CONVERTER, input_name, inputs, targets, weight=weight,
-                                 pos_weight=pos_weight, mask=mask)
-    if ops.mask is not None and ops.mask.device != ops.inputs.device:
-        ops = dataclasses.replace(ops, mask=_mask_on(mask, ops.mask, ops.inputs.device))
-    return ops
+    return rules.prepare_operands(TORCH_CONVERTER, input_name, inputs, targets, weight=weight,
+                                  pos_weight=pos_weight, mask=mask)
 
 
 def tracing() -> bool:
