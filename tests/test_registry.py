@@ -191,3 +191,29 @@ def test_built_in_backends_satisfy_the_typed_contract(name: str) -> None:
     assert declared == CAPABILITIES[name]
     assert backend.device_of(backend.asarray(np.zeros(2, np.float32))) == backend.devices()[0]
     assert all(isinstance(size, int) and size > 0 for size in backend.size_thresholds("cpu"))
+
+
+def test_an_object_short_of_the_protocol_is_refused_naming_what_it_lacks(
+        make_distribution) -> None:
+    make_distribution("half-bce", {"half": "half_plugin"}, {"half_plugin": """
+        from bce_core.plugin import BackendSpec, hookimpl
+
+        @hookimpl
+        def bce_backends():
+            return [BackendSpec(name="half", loader="half_backend:HalfBackend")]
+    """, "half_backend": """
+        class HalfBackend:
+            name = "half"
+
+            def version(self):
+                return "0.0"
+
+            def devices(self):
+                return ["cpu"]
+    """})
+    with pytest.raises(BackendUnavailableError) as error:
+        bce_core.get_backend("half")
+    lacking = str(error.value).split(" lacks ")[1]
+    assert lacking.startswith("asarray, binary_cross_entropy, ")
+    assert "device_of" in lacking and "size_thresholds" in lacking
+    assert "version" not in lacking and "devices" not in lacking
