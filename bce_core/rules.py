@@ -24,7 +24,6 @@ does not depend on the data stays a Python number (no device round trip).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,12 +107,11 @@ def smoothing_constants(eps: float) -> tuple[Fraction, Fraction]:
     return 1 - exact, exact / 2
 
 
-@functools.lru_cache(maxsize=256)
 def _smoothing_floats(eps: float) -> tuple[float, float]:
-    """``smoothing_constants(eps)`` as floats, once per eps (an eager call pays for Fractions
-    otherwise; ``lru_cache`` is safe across threads)."""
-    keep, half = smoothing_constants(eps)
-    return float(keep), float(half)
+    """``smoothing_constants(eps)`` rounded to floats, without Fractions (an eager call would
+    pay for them on every step): IEEE subtraction is correctly rounded and halving is exact,
+    so these are the exact constants rounded once."""
+    return 1.0 - eps, eps * 0.5
 
 
 def smoothed_target_slope(eps: float) -> float:
