@@ -205,7 +205,7 @@ def denominator(
 ) -> Any:
     """What ``reduction`` divides the sum of element losses by.
 
-    ``sum`` divides by 1 and ``batch_mean`` by shape[0]; ``mean`` by the number
+    ``none`` and ``sum`` divide by 1 and ``batch_mean`` by shape[0]; ``mean`` by the number
     of kept elements, and ``weighted_mean`` by the sum of the kept elements'
     weights (the count, when there is no weight). A Python number where it does
     not depend on the data, else a 0-d array of ``like``'s dtype.
@@ -215,7 +215,7 @@ def denominator(
     >>> denominator(NUMPY_OPS, "batch_mean", (4, 3), keep=None, weight=None, like=np.zeros(1))
     4
     """
-    if reduction == "sum":
+    if reduction in ("none", "sum"):
         return 1
     if reduction == "batch_mean":
         check_batch_mean(shape)

@@ -280,9 +280,10 @@ def check_options(
     """
     eps = check_label_smoothing(label_smoothing)
     checked_reduction = check_reduction(reduction)
-    clamp = check_log_clamp(log_clamp)
+    # The default needs no check; every call that does not set log_clamp passes it.
+    clamp = DEFAULT_LOG_CLAMP if log_clamp is DEFAULT_LOG_CLAMP else check_log_clamp(log_clamp)
     if wrt is None:
-        return CallOptions(eps, checked_reduction, log_clamp=clamp)
+        return CallOptions(eps, checked_reduction, (), False, clamp)
     names, as_tuple = check_wrt(wrt)
     check_wrt_given(names, weight=weight, pos_weight=pos_weight)
     return CallOptions(eps, checked_reduction, names, as_tuple, clamp)
