@@ -6,7 +6,10 @@ external loop) hands out blocks of about ``BLOCK_SIZE`` elements in float64,
 broadcasting weight, pos_weight and mask and casting each operand per block;
 the outputs are written back through the same buffers in the input's dtype.
 Nothing input-sized is allocated besides the outputs; sums are taken per block
-(pairwise ``np.add.reduce`` in float64) and added with ``math.fsum``.
+(pairwise ``np.add.reduce`` in float64) and added with ``math.fsum``. The
+spec's rules come from ``bce_core.rules``: the denominator (summed block by
+block) and the zero-denominator rule, the smoothing constants, and, in the
+exact kernel, the smoothed targets, the zero-coefficient and the mask rules.
 
 Two block kernels:
 
@@ -15,8 +18,10 @@ Two block kernels:
   rounded once into the input's dtype (within 0.62 ULP of exact in float32).
 - ``_exact_block`` for float64 inputs, and for any block of the fast kernel
   whose loss is not finite (infinite or NaN operands, logits beyond exp's
-  range, overflowing weights): the stable forms of ``kernels`` with the exact
-  zero-coefficient rule, the same formulas as the float64 reference.
+  range, overflowing weights): the stable forms of ``kernels`` with the core's
+  zero-coefficient and mask rules, the same formulas as the float64 reference.
+  Where everything is finite a zero coefficient times a finite value is
+  exactly 0, so the fast kernel needs no rule of its own.
 
 Why float64 ``exp``: NumPy's float32 ``exp`` (the only vectorised one on AVX2)
 is up to 3.57 units of 2^-24 off in relative terms (exhaustive over
@@ -57,13 +62,15 @@ folded into the division, then ``s = m / (2 f - m)`` with
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from bce_core.arrays import Operands
-from bce_core.spec import check_batch_mean
+from bce_core import rules
+from bce_core.arrays import NUMPY_OPS, NumpyOps, Operands
+from bce_core.rules import Reduced, zero_safe
 
-from .kernels import zero_safe
+from .kernels import LogitParts
 
 #: Elements per block: large enough that NumPy's per-call overhead is small, small enough for L2/L3.
 BLOCK_SIZE = 32768
@@ -83,32 +90,22 @@ _ITER_FLAGS = ("external_loop", "buffered", "zerosize_ok")
 # -- denominators ---------------------------------------------------------------
 
 
-def _kept_count(mask: np.ndarray | None, size: int) -> int:
-    """Number of unmasked elements; a broadcast mask repeats each element size/mask.size times."""
-    if mask is None:
-        return size
-    if mask.size == 0:
-        return 0
-    return int(np.count_nonzero(mask)) * (size // mask.size)
+class _Where(NamedTuple):
+    """``where(condition, if_true, if_false)``, left for ``total`` to evaluate block by block."""
+
+    condition: Any
+    if_true: Any
+    if_false: Any
 
 
-def _kept_weight(weight: np.ndarray, mask: np.ndarray | None, size: int) -> float:
-    """Sum of the broadcast weight over unmasked elements, without an input-sized temporary.
-
-    The sum runs over the broadcast of weight and mask only (each of its elements stands for
-    size / its size elements), pairwise per block and exactly across blocks.
-    """
-    if size == 0:
-        return 0.0
-    if mask is None:
-        return float(np.sum(weight, dtype=np.float64)) * (size // max(1, weight.size))
-    shape = np.broadcast_shapes(weight.shape, mask.shape)
-    iterator = np.nditer([weight, mask], flags=list(_ITER_FLAGS), op_flags=[["readonly"]] * 2,
-                         op_dtypes=[np.float64, np.bool_], casting="unsafe",
-                         buffersize=BLOCK_SIZE)
-    with iterator:
-        sums = [float(np.add.reduce(np.where(m, w, 0.0))) for w, m in iterator]
-    return _total(sums) * (size // math.prod(shape))
+def _compact(arrays: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Broadcast views cut down to one element along the axes every one of them repeats, and
+    how many times each remaining element stands for the full broadcast."""
+    shape = arrays[0].shape
+    repeated = [i for i, n in enumerate(shape)
+                if n == 1 or all(a.strides[i] == 0 for a in arrays)]
+    cut = tuple(slice(0, 1) if i in repeated else slice(None) for i in range(len(shape)))
+    return [a[cut] for a in arrays], math.prod(shape[i] for i in repeated)
 
 
 def _total(sums: list[float]) -> float:
@@ -116,17 +113,51 @@ def _total(sums: list[float]) -> float:
     return math.fsum(sums) if all(map(math.isfinite, sums)) else sum(sums)
 
 
+class _BlockedSums(NumpyOps):
+    """NumPy's ops for ``rules.denominator`` without an input-sized temporary: a broadcast
+    operand is summed over its own elements only (each counted as often as it repeats),
+    ``where`` is evaluated block by block, and the sums are taken in float64 (pairwise in a
+    block, exactly across blocks)."""
+
+    @staticmethod
+    def where(condition: Any, if_true: Any, if_false: Any) -> _Where:
+        return _Where(condition, if_true, if_false)
+
+    @staticmethod
+    def total(array: Any) -> float:
+        parts = list(array) if isinstance(array, _Where) else [array]
+        views, repeats = _compact(np.broadcast_arrays(*map(np.asarray, parts)))
+        dtypes = [np.bool_, np.float64, np.float64] if len(views) == 3 else [np.float64]
+        iterator = np.nditer(views, flags=list(_ITER_FLAGS), op_flags=[["readonly"]] * len(views),
+                             op_dtypes=dtypes, casting="unsafe", buffersize=BLOCK_SIZE)
+        with iterator:
+            sums = [float(np.add.reduce(np.where(*blocks) if len(views) == 3 else blocks))
+                    for blocks in iterator]
+        return _total(sums) * repeats
+
+    @staticmethod
+    def count(keep: Any, shape: tuple[int, ...], like: Any) -> int:
+        # Broadcasting repeats each element of keep size / keep.size times.
+        return int(np.count_nonzero(keep)) * (math.prod(shape) // max(1, np.size(keep)))
+
+
+_BLOCKED_SUMS = _BlockedSums()
+
+
 def denominator(ops: Operands, reduction: str) -> float:
-    """The reduction's denominator (1 for "sum" and "none"), without materialising the mask."""
-    size = math.prod(ops.shape)
-    if reduction in ("none", "sum"):
+    """``rules.denominator`` of the operands (1 for "none"), without materialising the
+    broadcast weight or mask.
+
+    >>> from bce_core.arrays import prepare_operands
+    >>> ops = prepare_operands("logits", np.zeros((4, 3)), np.zeros((4, 3)),
+    ...                        weight=np.full(3, 0.5), pos_weight=None, mask=[True, False, True])
+    >>> denominator(ops, "weighted_mean"), denominator(ops, "mean"), denominator(ops, "sum")
+    (4.0, 8.0, 1.0)
+    """
+    if reduction == "none":   # nothing is divided: the elements are the result
         return 1.0
-    if reduction == "batch_mean":
-        check_batch_mean(ops.shape)
-        return float(ops.shape[0])
-    if reduction == "weighted_mean" and ops.weight is not None:
-        return _kept_weight(ops.weight, ops.mask, size)
-    return float(_kept_count(ops.mask, size))
+    return float(rules.denominator(_BLOCKED_SUMS, reduction, ops.shape, keep=ops.mask,
+                                   weight=ops.weight, like=None))
 
 
 # -- block kernels --------------------------------------------------------------
@@ -135,7 +166,8 @@ def denominator(ops: Operands, reduction: str) -> float:
 class _Workspace:
     """Block-sized scratch arrays and constants of one call (never shared between calls)."""
 
-    def __init__(self, size: int, factor: float, want_grad: bool, count: int = 8) -> None:
+    def __init__(self, size: int, factor: float, eps: float, want_grad: bool,
+                 count: int = 8) -> None:
         # One allocation: the allocator keeps a single large block mapped between calls, where
         # many block-sized ones would be returned to the system and page-faulted in again.
         self.size = size
@@ -151,6 +183,8 @@ class _Workspace:
         polynomial = np.array(_ATANH_COEFFICIENTS if want_grad else _ATANH_COEFFICIENTS_2S,
                               np.float32)
         self.coefficients = tuple(polynomial[i, ...] for i in range(4))
+        # y' = y keep + half and 1 - y' = (1 - y) keep + half, rounded once to float64.
+        self.keep, self.half_eps = (float(c) for c in rules.smoothing_constants(eps))
 
     def take(self, k: int) -> list[np.ndarray]:
         if k == self.size:
@@ -246,17 +280,18 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
         if scale is not None:
             np.multiply(part, scale, out=part)
         return float(np.add.reduce(part))
-    # General coefficients: A = w (1 - y'), B = w q y' (zeroed where masked), and
+    # General coefficients: A = w (1 - y'), B = w q y' (0 where masked: the mask is a 0/1
+    # coefficient here, exact while everything is finite), and
     # loss = A max(x, 0) + B max(-x, 0) + (A + B) log1p(e).
     a, b = t6, t7
     np.subtract(work.one, y, out=a)
     if eps == 0.0:
         np.copyto(b, y)
     else:
-        np.multiply(a, 1.0 - eps, out=a)
-        np.add(a, eps / 2, out=a)
-        np.multiply(y, 1.0 - eps, out=b)
-        np.add(b, eps / 2, out=b)
+        np.multiply(a, work.keep, out=a)
+        np.add(a, work.half_eps, out=a)
+        np.multiply(y, work.keep, out=b)
+        np.add(b, work.half_eps, out=b)
     if q is not None:
         np.multiply(b, q, out=b)
     for coefficient in (w, m):
@@ -293,34 +328,23 @@ def _plain_grad(work: _Workspace, y: np.ndarray, sig_pos: np.ndarray, sig_neg: n
 def _exact_block(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, q: np.ndarray | None,
                  m: np.ndarray | None, eps: float, factor: float, loss_out: np.ndarray | None,
                  grad_out: np.ndarray | None) -> float:
-    """The reference's formulas on one block, with the exact zero-coefficient rule; returns the
-    sum of the loss elements."""
+    """The reference's formulas on one block, with the core's zero-coefficient and mask rules;
+    returns the sum of the loss elements."""
     y = y.astype(np.float64, copy=False)    # the plain forward passes float32 targets
-    e = np.exp(-np.abs(x))
-    log1p_e = np.log1p(e)
-    if eps == 0.0:
-        yp, one_minus = y, 1.0 - y
-    else:
-        yp, one_minus = y * (1.0 - eps) + eps / 2, (1.0 - y) * (1.0 - eps) + eps / 2
-    q_yp = yp if q is None else q * yp
-    bracket = (zero_safe(one_minus, np.maximum(x, 0.0) + log1p_e)
-               + zero_safe(q_yp, np.maximum(-x, 0.0) + log1p_e))
-    loss = bracket if w is None else zero_safe(w, bracket)
-    keep = None if m is None else m != 0
-    if keep is not None:
-        loss = np.where(keep, loss, 0.0)
+    yp, one_minus = rules.smoothed_targets(y, eps)
+    parts = LogitParts.of(x)
+    elements = zero_safe(NUMPY_OPS, w, parts.bracket(yp, one_minus, q))
+    kept = rules.reduce_elements(NUMPY_OPS, elements, "none", keep=None if m is None else m != 0,
+                                 weight=None)
     if loss_out is not None:
-        loss_out[...] = loss
+        loss_out[...] = kept.loss
     if grad_out is not None:
-        big = 1.0 / (1.0 + e)               # sigma(|x|)
-        small = e * big                     # sigma(-|x|), never 1 - big
-        positive = x >= 0
-        sig_pos, sig_neg = np.where(positive, big, small), np.where(positive, small, big)
-        c_pos = one_minus if w is None else w * one_minus
-        c_neg = q_yp if w is None else (w * yp if q is None else w * q * yp)
-        grad = (zero_safe(c_pos, sig_pos) - zero_safe(c_neg, sig_neg)) * factor
-        grad_out[...] = grad if keep is None else np.where(keep, grad, 0.0)
-    return float(np.add.reduce(loss))
+        # d(loss)/d(element): the reduction's factor where kept, exactly 0 where masked out.
+        reduced = Reduced(kept.loss, zero_safe(NUMPY_OPS, kept.factor, factor))
+        grad_out[...] = rules.reduction_gradients(
+            NUMPY_OPS, ("logits",), {"logits": lambda: parts.slope(yp, one_minus, q, w)},
+            shape=x.shape, arg_shapes={}, reduction="sum", reduced=reduced)[0]
+    return float(np.add.reduce(kept.loss))
 
 
 # -- the pass -------------------------------------------------------------------
@@ -336,64 +360,49 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     x = ops.inputs
     dtype = x.dtype
     size = math.prod(ops.shape)
-    den = denominator(ops, reduction)
     elementwise = reduction == "none"
-    if den == 0.0:
+    by = denominator(ops, reduction)
+    _, factor = rules.divide_or_zero(NUMPY_OPS, 1.0, by)
+    if factor == 0.0:   # a zero denominator: nothing to compute, the loss and gradient are 0
         loss = np.zeros(ops.shape if elementwise else (), dtype)
         return loss, (np.zeros(ops.shape, dtype) if want_grad else None)
-    factor = 1.0 / den
 
     loss_elements = np.empty(ops.shape, dtype) if elementwise else None
     grad = np.empty(ops.shape, dtype) if want_grad else None
-    optional = [ops.weight, ops.pos_weight, ops.mask]
-    present = [value is not None for value in optional]
-    inputs = [x, ops.targets] + [value for value in optional if value is not None]
-    outputs = [out for out in (loss_elements, grad) if out is not None]
-    operands = inputs + outputs
-    # float32, float16 or bfloat16 (any byte order): prepare_operands allows only these and float64.
-    fast = dtype.itemsize < 8
-    op_dtypes = [np.dtype(np.float64)] * len(operands)
-    if fast and not want_grad and not elementwise and not any(present) and eps == 0.0:
+    # Block tuples hold x, y, then weight, pos_weight, mask, loss, grad where present.
+    slots = [ops.weight, ops.pos_weight, ops.mask, loss_elements, grad]
+    inputs = [x, ops.targets] + [value for value in slots[:3] if value is not None]
+    outputs = [value for value in slots[3:] if value is not None]
+    positions = iter(range(2, 2 + len(inputs) + len(outputs)))
+    at = [None if value is None else next(positions) for value in slots]
+    # The fast kernel's float64 arithmetic with a float32 tail serves float32 working precision
+    # (float32, float16, bfloat16 in any byte order); float64 takes the exact kernel.
+    fast = rules.working_dtype_name(dtype.name) == "float32"
+    op_dtypes = [np.dtype(np.float64)] * (len(inputs) + len(outputs))
+    if fast and not want_grad and len(inputs) == 2 and not elementwise and eps == 0.0:
         # The plain forward uses the targets once, in x * y: no need for a float64 copy.
         op_dtypes[1] = np.dtype(np.float32)
     # Equal blocks of about block_size (never a small last one: each block costs ~25 calls).
     block = -(-size // max(1, round(size / block_size))) if size else 1
     iterator = np.nditer(
-        operands, flags=list(_ITER_FLAGS),
+        inputs + outputs, flags=list(_ITER_FLAGS),
         op_flags=[["readonly"]] * len(inputs) + [["writeonly"]] * len(outputs),
         op_dtypes=op_dtypes, casting="unsafe", buffersize=block)
-    work = _Workspace(block, factor, want_grad) if fast else None
-    # Position of each operand in a block tuple (None when absent).
-    where: dict[str, int | None] = {}
-    position = 2
-    for name, value in zip(("weight", "pos_weight", "mask"), optional):
-        where[name] = position if value is not None else None
-        position += value is not None
-    for name, value in (("loss", loss_elements), ("grad", grad)):
-        where[name] = position if value is not None else None
-        position += value is not None
-    w_at, q_at, m_at, l_at, g_at = (where[name] for name in
-                                    ("weight", "pos_weight", "mask", "loss", "grad"))
+    work = _Workspace(block, factor, eps, want_grad) if fast else None
     sums: list[float] = []
     with iterator:
         for blocks in iterator:
-            xb, yb = blocks[0], blocks[1]
-            wb = None if w_at is None else blocks[w_at]
-            qb = None if q_at is None else blocks[q_at]
-            mb = None if m_at is None else blocks[m_at]
-            lb = None if l_at is None else blocks[l_at]
-            gb = None if g_at is None else blocks[g_at]
+            wb, qb, mb, lb, gb = (None if i is None else blocks[i] for i in at)
             total = math.inf
-            if fast:
-                total = _fast_block(work, xb, yb, wb, qb, mb, eps, lb, gb)
+            if work is not None:
+                total = _fast_block(work, blocks[0], blocks[1], wb, qb, mb, eps, lb, gb)
             if not math.isfinite(total):    # float64 inputs, or inf/NaN/overflow in this block
-                total = _exact_block(xb, yb, wb, qb, mb, eps, factor, lb, gb)
+                total = _exact_block(blocks[0], blocks[1], wb, qb, mb, eps, factor, lb, gb)
             sums.append(total)
     if elementwise:
-        loss = loss_elements
-    else:
-        loss = np.asarray(_total(sums) / den).astype(dtype)
-    return loss, grad
+        return loss_elements, grad
+    loss, _ = rules.divide_or_zero(NUMPY_OPS, _total(sums), by)
+    return np.asarray(loss).astype(dtype), grad
 
 
 def supports_fast_path(names: tuple[str, ...]) -> bool:
