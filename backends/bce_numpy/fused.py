@@ -61,6 +61,7 @@ folded into the division, then ``s = m / (2 f - m)`` with
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -68,7 +69,7 @@ import numpy as np
 
 from bce_core import rules
 from bce_core.arrays import NUMPY_OPS, NumpyOps, Operands
-from bce_core.rules import Reduced, zero_safe
+from bce_core.rules import zero_safe
 
 from .kernels import LogitParts
 
@@ -90,22 +91,14 @@ _ITER_FLAGS = ("external_loop", "buffered", "zerosize_ok")
 # -- denominators ---------------------------------------------------------------
 
 
-class _Where(NamedTuple):
-    """``where(condition, if_true, if_false)``, left for ``total`` to evaluate block by block."""
+class _Lazy(NamedTuple):
+    """``values`` broadcast to ``shape``, where ``condition`` (None: everywhere) else
+    ``otherwise``: what ``_BlockedSums.total`` is to sum, not yet computed."""
 
-    condition: Any
-    if_true: Any
-    if_false: Any
-
-
-def _compact(arrays: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Broadcast views cut down to one element along the axes every one of them repeats, and
-    how many times each remaining element stands for the full broadcast."""
-    shape = arrays[0].shape
-    repeated = [i for i, n in enumerate(shape)
-                if n == 1 or all(a.strides[i] == 0 for a in arrays)]
-    cut = tuple(slice(0, 1) if i in repeated else slice(None) for i in range(len(shape)))
-    return [a[cut] for a in arrays], math.prod(shape[i] for i in repeated)
+    values: Any
+    shape: tuple[int, ...]
+    condition: Any = None
+    otherwise: float = 0.0
 
 
 def _total(sums: list[float]) -> float:
@@ -114,25 +107,35 @@ def _total(sums: list[float]) -> float:
 
 
 class _BlockedSums(NumpyOps):
-    """NumPy's ops for ``rules.denominator`` without an input-sized temporary: a broadcast
-    operand is summed over its own elements only (each counted as often as it repeats),
-    ``where`` is evaluated block by block, and the sums are taken in float64 (pairwise in a
-    block, exactly across blocks)."""
+    """NumPy's ops for ``rules.denominator`` without an input-sized temporary: ``broadcast_to``
+    and ``where`` (of a broadcast and a number) only record what to sum, and ``total`` sums it
+    block by block over the operands' own broadcast, each element counted as often as the full
+    shape repeats it, in float64 (pairwise in a block, exactly across blocks)."""
 
     @staticmethod
-    def where(condition: Any, if_true: Any, if_false: Any) -> _Where:
-        return _Where(condition, if_true, if_false)
+    def broadcast_to(array: Any, shape: tuple[int, ...]) -> _Lazy:
+        return _Lazy(array, tuple(shape))
+
+    @staticmethod
+    def where(condition: Any, if_true: _Lazy, if_false: float) -> _Lazy:
+        return if_true._replace(condition=condition, otherwise=if_false)
 
     @staticmethod
     def total(array: Any) -> float:
-        parts = list(array) if isinstance(array, _Where) else [array]
-        views, repeats = _compact(np.broadcast_arrays(*map(np.asarray, parts)))
-        dtypes = [np.bool_, np.float64, np.float64] if len(views) == 3 else [np.float64]
-        iterator = np.nditer(views, flags=list(_ITER_FLAGS), op_flags=[["readonly"]] * len(views),
-                             op_dtypes=dtypes, casting="unsafe", buffersize=BLOCK_SIZE)
+        if not isinstance(array, _Lazy):
+            array = _Lazy(array, np.shape(array))
+        operands = [array.values] if array.condition is None else [array.values, array.condition]
+        iterator = np.nditer(operands, flags=list(_ITER_FLAGS),
+                             op_flags=[["readonly"]] * len(operands),
+                             op_dtypes=[np.float64, np.bool_][:len(operands)], casting="unsafe",
+                             buffersize=BLOCK_SIZE)
+        repeats = math.prod(array.shape) // max(1, iterator.itersize)
         with iterator:
-            sums = [float(np.add.reduce(np.where(*blocks) if len(views) == 3 else blocks))
-                    for blocks in iterator]
+            if array.condition is None:
+                sums = [float(np.add.reduce(block)) for block in iterator]
+            else:
+                sums = [float(np.add.reduce(np.where(keep, block, array.otherwise)))
+                        for block, keep in iterator]
         return _total(sums) * repeats
 
     @staticmethod
@@ -163,6 +166,20 @@ def denominator(ops: Operands, reduction: str) -> float:
 # -- block kernels --------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _smoothing(eps: float) -> tuple[float, float]:
+    """``rules.smoothing_constants`` rounded to float64 (cached: exact fractions are slow)."""
+    keep, half = rules.smoothing_constants(eps)
+    return float(keep), float(half)
+
+
+@functools.lru_cache(maxsize=16)
+def _fast_kernel_serves(dtype: np.dtype) -> bool:
+    """Whether the fast kernel (float64 arithmetic with a float32 tail) is accurate enough: for a
+    float32 working precision (float32, float16, bfloat16, any byte order), not for float64."""
+    return rules.working_dtype_name(dtype.name) == "float32"
+
+
 class _Workspace:
     """Block-sized scratch arrays and constants of one call (never shared between calls)."""
 
@@ -183,8 +200,8 @@ class _Workspace:
         polynomial = np.array(_ATANH_COEFFICIENTS if want_grad else _ATANH_COEFFICIENTS_2S,
                               np.float32)
         self.coefficients = tuple(polynomial[i, ...] for i in range(4))
-        # y' = y keep + half and 1 - y' = (1 - y) keep + half, rounded once to float64.
-        self.keep, self.half_eps = (float(c) for c in rules.smoothing_constants(eps))
+        # y' = y keep + half and 1 - y' = (1 - y) keep + half.
+        self.keep, self.half_eps = _smoothing(eps)
 
     def take(self, k: int) -> list[np.ndarray]:
         if k == self.size:
@@ -340,10 +357,8 @@ def _exact_block(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, q: np.ndarr
         loss_out[...] = kept.loss
     if grad_out is not None:
         # d(loss)/d(element): the reduction's factor where kept, exactly 0 where masked out.
-        reduced = Reduced(kept.loss, zero_safe(NUMPY_OPS, kept.factor, factor))
-        grad_out[...] = rules.reduction_gradients(
-            NUMPY_OPS, ("logits",), {"logits": lambda: parts.slope(yp, one_minus, q, w)},
-            shape=x.shape, arg_shapes={}, reduction="sum", reduced=reduced)[0]
+        scale = zero_safe(NUMPY_OPS, kept.factor, factor)
+        grad_out[...] = zero_safe(NUMPY_OPS, scale, parts.slope(yp, one_minus, q, w))
     return float(np.add.reduce(kept.loss))
 
 
@@ -374,10 +389,8 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     inputs = [x, ops.targets] + [value for value in slots[:3] if value is not None]
     outputs = [value for value in slots[3:] if value is not None]
     positions = iter(range(2, 2 + len(inputs) + len(outputs)))
-    at = [None if value is None else next(positions) for value in slots]
-    # The fast kernel's float64 arithmetic with a float32 tail serves float32 working precision
-    # (float32, float16, bfloat16 in any byte order); float64 takes the exact kernel.
-    fast = rules.working_dtype_name(dtype.name) == "float32"
+    at = [-1 if value is None else next(positions) for value in slots]   # -1: the None below
+    fast = _fast_kernel_serves(dtype)
     op_dtypes = [np.dtype(np.float64)] * (len(inputs) + len(outputs))
     if fast and not want_grad and len(inputs) == 2 and not elementwise and eps == 0.0:
         # The plain forward uses the targets once, in x * y: no need for a float64 copy.
@@ -392,7 +405,7 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     sums: list[float] = []
     with iterator:
         for blocks in iterator:
-            wb, qb, mb, lb, gb = (None if i is None else blocks[i] for i in at)
+            wb, qb, mb, lb, gb = map((*blocks, None).__getitem__, at)
             total = math.inf
             if work is not None:
                 total = _fast_block(work, blocks[0], blocks[1], wb, qb, mb, eps, lb, gb)
