@@ -113,15 +113,15 @@ class _BlockedSums(NumpyOps):
     shape repeats it, in float64 (pairwise in a block, exactly across blocks)."""
 
     @staticmethod
-    def broadcast_to(array: Any, shape: tuple[int, ...]) -> _Lazy:
+    def broadcast_to(array: Any, shape: tuple[int, ...]) -> Any:  # type: ignore[override]
         return _Lazy(array, tuple(shape))
 
     @staticmethod
-    def where(condition: Any, if_true: _Lazy, if_false: float) -> _Lazy:
+    def where(condition: Any, if_true: Any, if_false: Any) -> Any:  # type: ignore[override]
         return if_true._replace(condition=condition, otherwise=if_false)
 
     @staticmethod
-    def total(array: Any) -> float:
+    def total(array: Any) -> Any:
         if not isinstance(array, _Lazy):
             array = _Lazy(array, np.shape(array))
         operands = [array.values] if array.condition is None else [array.values, array.condition]
@@ -139,7 +139,7 @@ class _BlockedSums(NumpyOps):
         return _total(sums) * repeats
 
     @staticmethod
-    def count(keep: Any, shape: tuple[int, ...], like: Any) -> int:
+    def count(keep: Any, shape: tuple[int, ...], like: Any) -> Any:
         # Broadcasting repeats each element of keep size / keep.size times.
         return int(np.count_nonzero(keep)) * (math.prod(shape) // max(1, np.size(keep)))
 
@@ -391,7 +391,7 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     positions = iter(range(2, 2 + len(inputs) + len(outputs)))
     at = [-1 if value is None else next(positions) for value in slots]   # -1: the None below
     fast = _fast_kernel_serves(dtype)
-    op_dtypes = [np.dtype(np.float64)] * (len(inputs) + len(outputs))
+    op_dtypes: list[np.dtype[Any]] = [np.dtype(np.float64)] * (len(inputs) + len(outputs))
     if fast and not want_grad and len(inputs) == 2 and not elementwise and eps == 0.0:
         # The plain forward uses the targets once, in x * y: no need for a float64 copy.
         op_dtypes[1] = np.dtype(np.float32)
