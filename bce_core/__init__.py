@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from .api import binary_cross_entropy, binary_cross_entropy_with_logits, grad_hess, value_and_grad
 from .dispatch import get_backend, set_default_backend, use_backend
-from .errors import (BackendConflictError, BackendUnavailableError, MixedFrameworksError,
-                     UnknownBackendError)
+from .errors import (
+    BackendConflictError,
+    BackendUnavailableError,
+    MixedFrameworksError,
+    UnknownBackendError,
+)
 from .registry import BackendInfo, get_registry
 from .spec import REDUCTIONS, SPEC_VERSION
 

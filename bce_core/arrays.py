@@ -48,10 +48,21 @@ def quiet_float_errors(function: F) -> F:
 class NumpyOps:
     """The array operations of ``bce_core.rules``, for NumPy arrays."""
 
-    where = staticmethod(np.where)
-    broadcast_to = staticmethod(np.broadcast_to)
-    reshape = staticmethod(np.reshape)
-    zeros_like = staticmethod(np.zeros_like)
+    @staticmethod
+    def where(condition: Any, if_true: Any, if_false: Any) -> np.ndarray:
+        return np.where(condition, if_true, if_false)
+
+    @staticmethod
+    def broadcast_to(array: Any, shape: tuple[int, ...]) -> np.ndarray:
+        return np.broadcast_to(array, shape)
+
+    @staticmethod
+    def reshape(array: Any, shape: tuple[int, ...]) -> np.ndarray:
+        return np.reshape(array, shape)
+
+    @staticmethod
+    def zeros_like(array: Any) -> np.ndarray:
+        return np.zeros_like(array)
 
     @staticmethod
     def total(array: Any) -> np.ndarray:

@@ -167,7 +167,7 @@ class Scaled(NamedTuple):
 #: (unsigned integer of the same width, the bits that keep the upper half of the significand):
 #: 12 of float32's 24 bits, 26 of float64's 53 (the products of two such halves, and of a half
 #: and the rest, are exact).
-_HIGH_BITS = {np.dtype(np.float32): (np.dtype(np.uint32), 0xFFFFF000),
+_HIGH_BITS: dict[np.dtype[Any], tuple[np.dtype[Any], int]] = {np.dtype(np.float32): (np.dtype(np.uint32), 0xFFFFF000),
               np.dtype(np.float64): (np.dtype(np.uint64), 0xFFFFFFFFF8000000)}
 
 

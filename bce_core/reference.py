@@ -16,11 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import (NUMPY_OPS, Operands, gradients_of_reduction, prepare_operands,
-                     quiet_float_errors, reduce_loss, validate_operands)
-from .rules import pack_gradients, smoothed_targets, zero_safe
-from .spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing, check_log_clamp,
-                   check_reduction, check_wrt, check_wrt_given)
+from .arrays import (
+    NUMPY_OPS,
+    Operands,
+    gradients_of_reduction,
+    prepare_operands,
+    quiet_float_errors,
+    reduce_loss,
+    validate_operands,
+)
+from .rules import pack_gradients, smoothed_target_slope, smoothed_targets, zero_safe
+from .spec import DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing, check_options
 
 # ---------------------------------------------------------------------------
 # Elementwise building blocks (float64 in, float64 out).
@@ -51,7 +57,7 @@ def term(coefficient: np.ndarray, value: np.ndarray) -> np.ndarray:
     return np.asarray(zero_safe(NUMPY_OPS, coefficient, value))
 
 
-def _float64_operands(ops: Operands, eps: float) -> dict[str, np.ndarray]:
+def _float64_operands(ops: Operands[np.ndarray], eps: float) -> dict[str, np.ndarray]:
     y = ops.targets.astype(np.float64)
     yp, one_minus_yp = smoothed_targets(y, eps)
     return {
@@ -105,8 +111,8 @@ def binary_cross_entropy_with_logits(
     >>> float(binary_cross_entropy_with_logits([800.0], [1.0], reduction="sum"))
     0.0
     """
-    eps = check_label_smoothing(label_smoothing)
-    reduction = check_reduction(reduction)
+    options = check_options(label_smoothing=label_smoothing, reduction=reduction)
+    eps, reduction = options.eps, options.reduction
     ops = prepare_operands("logits", logits, targets, weight=weight, pos_weight=pos_weight,
                            mask=mask)
     if validate:
@@ -127,9 +133,9 @@ def binary_cross_entropy(
     >>> round(float(binary_cross_entropy([0.5], [1.0])), 6)
     0.693147
     """
-    eps = check_label_smoothing(label_smoothing)
-    reduction = check_reduction(reduction)
-    clamp = check_log_clamp(log_clamp)
+    options = check_options(label_smoothing=label_smoothing, reduction=reduction,
+                            log_clamp=log_clamp)
+    eps, reduction, clamp = options.eps, options.reduction, options.log_clamp
     ops = prepare_operands("probs", probs, targets, weight=weight, pos_weight=pos_weight,
                            mask=mask)
     if validate:
@@ -158,10 +164,9 @@ def value_and_grad(
     >>> grad.tolist()
     [0.5, -0.5]
     """
-    eps = check_label_smoothing(label_smoothing)
-    reduction = check_reduction(reduction)
-    names, as_tuple = check_wrt(wrt)
-    check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+    options = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
+                            weight=weight, pos_weight=pos_weight)
+    eps, reduction = options.eps, options.reduction
     ops = prepare_operands("logits", logits, targets, weight=weight, pos_weight=pos_weight,
                            mask=mask)
     if validate:
@@ -172,12 +177,13 @@ def value_and_grad(
     reduced = reduce_loss(term(w, bracket), reduction, mask=ops.mask, weight=w)
     partials = {
         "logits": lambda: element_grad_logits(x, yp, one_minus_yp, q, w),
-        "targets": lambda: term(w * (1.0 - eps), term(q, softplus(-x)) - softplus(x)),
+        "targets": lambda: term(w * smoothed_target_slope(eps),
+                                term(q, softplus(-x)) - softplus(x)),
         "weight": lambda: bracket,
         "pos_weight": lambda: term(w * yp, softplus(-x)),
     }
-    grads = gradients_of_reduction(names, partials, ops, reduction, reduced)
-    return reduced.loss, pack_gradients(grads, as_tuple)
+    grads = gradients_of_reduction(options.wrt, partials, ops, reduction, reduced)
+    return reduced.loss, pack_gradients(grads, options.wrt_as_tuple)
 
 
 @quiet_float_errors

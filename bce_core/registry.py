@@ -134,7 +134,7 @@ class Registry:
         """
         manager = pluggy.PluginManager(PROJECT)
         manager.add_hookspecs(BceHookSpecs)
-        names = {}
+        names: dict[str, str | None] = {}
         for plugin in plugins:
             name = getattr(plugin, "__name__", None) or type(plugin).__name__
             manager.register(plugin, name=name)
@@ -258,7 +258,7 @@ class Registry:
         """Status, version and devices of ``name``; loads it if installed."""
         records = self.records.get(name, [])
         first = records[0] if records else None
-        base = dict(name=name, extra=first.spec.extra if first else None,
+        base: dict[str, Any] = dict(name=name, extra=first.spec.extra if first else None,
                     plugin=first.plugin if first else None,
                     distribution=first.distribution if first else None)
         try:

@@ -107,9 +107,18 @@ def smoothing_constants(eps: float) -> tuple[Fraction, Fraction]:
     return 1 - exact, exact / 2
 
 
-def smoothed_targets(y: A, eps: float | None, *,
+def smoothed_target_slope(eps: float) -> float:
+    """d y' / d y = 1 - eps, the factor the targets' gradient carries.
+
+    >>> smoothed_target_slope(0.25)
+    0.75
+    """
+    return float(smoothing_constants(eps)[0])
+
+
+def smoothed_targets(y: Any, eps: float | None, *,
                      affine: Callable[[Any], Any] | None = None,
-                     complement: Callable[[Any], Any] | None = None) -> tuple[A, A]:
+                     complement: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
     """(y', 1 - y') for targets ``y`` and label smoothing ``eps``.
 
     1 - y' is (1 - y)(1 - eps) + eps / 2, not 1 - y', so that it keeps its
@@ -122,14 +131,14 @@ def smoothed_targets(y: A, eps: float | None, *,
     >>> smoothed_targets(0.25, 0.0)
     (0.25, 0.75)
     """
-    one_minus = complement(y) if complement is not None else 1.0 - y  # type: ignore[operator]
+    one_minus = complement(y) if complement is not None else 1.0 - y
     if eps == 0.0:
         return y, one_minus
     if affine is None:
         if eps is None:
             raise ValueError("smoothed_targets: eps=None needs an affine that holds the smoothing.")
         keep, half = (float(c) for c in smoothing_constants(eps))
-        return y * keep + half, one_minus * keep + half  # type: ignore[operator]
+        return y * keep + half, one_minus * keep + half
     return affine(y), affine(one_minus)
 
 
@@ -205,7 +214,7 @@ def denominator(ops: ArrayOps, reduction: str, shape: tuple[int, ...], *, keep: 
     return ops.count(keep, shape, like)
 
 
-def divide_or_zero(ops: ArrayOps, total: A, by: Any) -> tuple[A, Any]:
+def divide_or_zero(ops: ArrayOps, total: Any, by: Any) -> tuple[Any, Any]:
     """(total / by, 1 / by), or (0, 0) where ``by`` is 0: an empty or fully masked batch, or
     weights summing to 0, give a loss of 0 and a zero gradient, never NaN.
 
@@ -221,16 +230,16 @@ def divide_or_zero(ops: ArrayOps, total: A, by: Any) -> tuple[A, Any]:
     """
     if isinstance(by, (int, float)):
         if by == 0:
-            return total * 0.0, 0.0  # type: ignore[operator]
-        return (total if by == 1 else total / by), 1.0 / by  # type: ignore[operator]
+            return total * 0.0, 0.0
+        return (total if by == 1 else total / by), 1.0 / by
     zero = by == 0
     safe = ops.where(zero, 1.0, by)
     scale = ops.where(zero, 0.0, 1.0 / safe)
     return ops.where(zero, 0.0, total / safe), scale
 
 
-def reduce_elements(ops: ArrayOps, elements: A, reduction: str, *, keep: Any,
-                    weight: Any) -> Reduced[A]:
+def reduce_elements(ops: ArrayOps, elements: Any, reduction: str, *, keep: Any,
+                    weight: Any) -> Reduced[Any]:
     """Apply ``reduction`` to (already weighted) element losses over the elements ``keep`` keeps
     (None keeps all); ``weight`` is the weight, for ``weighted_mean``'s denominator.
 
@@ -240,7 +249,7 @@ def reduce_elements(ops: ArrayOps, elements: A, reduction: str, *, keep: Any,
     ...                 keep=np.array([True, False]), weight=None).loss
     array(1.)
     """
-    shape = tuple(elements.shape)  # type: ignore[attr-defined]
+    shape = tuple(elements.shape)
     if keep is not None:
         elements = ops.where(keep, elements, 0.0)
     if reduction == "none":
@@ -252,14 +261,14 @@ def reduce_elements(ops: ArrayOps, elements: A, reduction: str, *, keep: Any,
     return Reduced(loss, factor)
 
 
-def weight_partial(bracket: A, reduction: str, loss: Any) -> A:
+def weight_partial(bracket: Any, reduction: str, loss: Any) -> Any:
     """d(element contribution)/d(weight): the bracket, less the loss for ``weighted_mean``
     (d/dw_i of sum(w B) / sum(w) is (B_i - loss) / sum(w)).
 
     >>> weight_partial(3.0, "weighted_mean", 1.0), weight_partial(3.0, "sum", 1.0)
     (2.0, 3.0)
     """
-    return bracket - loss if reduction == "weighted_mean" else bracket  # type: ignore[operator]
+    return bracket - loss if reduction == "weighted_mean" else bracket
 
 
 # -- gradients --------------------------------------------------------------------------------
@@ -276,7 +285,7 @@ def broadcast_axes(full: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, 
                                       if d == 1 and full[lead + i] != 1)
 
 
-def sum_to_shape(ops: ArrayOps, array: A, shape: tuple[int, ...]) -> A:
+def sum_to_shape(ops: ArrayOps, array: Any, shape: tuple[int, ...]) -> Any:
     """A full-shape gradient summed back to the shape of the argument it belongs to.
 
     >>> import numpy as np
@@ -284,12 +293,12 @@ def sum_to_shape(ops: ArrayOps, array: A, shape: tuple[int, ...]) -> A:
     >>> sum_to_shape(NUMPY_OPS, np.ones((4, 3)), (3,))
     array([4., 4., 4.])
     """
-    full = tuple(array.shape)  # type: ignore[attr-defined]
+    full = tuple(array.shape)
     if full == tuple(shape):
         return array
     axes = broadcast_axes(full, shape)
     summed = ops.sum_axes(array, axes) if axes else array
-    return ops.reshape(summed, tuple(shape))  # type: ignore[no-any-return]
+    return ops.reshape(summed, tuple(shape))
 
 
 def reduction_gradients(ops: ArrayOps, names: Sequence[str],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 #: Version of the specification the backends are held to.
 SPEC_VERSION = "1.0"
@@ -128,7 +129,7 @@ def check_wrt(wrt: object) -> tuple[tuple[str, ...], bool]:
                 f"wrt={wrt!r} names {name!r}, which is not differentiable here; use one of "
                 f"{', '.join(repr(n) for n in WRT_NAMES)} or a tuple of them.{did_you_mean}"
             )
-    return names, as_tuple
+    return tuple(str(name) for name in names), as_tuple
 
 
 def check_wrt_given(names: Sequence[str], *, weight: object, pos_weight: object) -> None:
@@ -241,3 +242,37 @@ def check_batch_mean(shape: tuple[int, ...]) -> None:
             "reduction='batch_mean' divides by shape[0], but the input is 0-d; "
             "use reduction='mean' or 'sum', or add a batch axis."
         )
+
+
+class CallOptions(NamedTuple):
+    """The checked options of one call (see :func:`check_options`)."""
+
+    #: label_smoothing, as a float in [0, 1].
+    eps: float
+    reduction: str
+    #: The names of ``wrt`` (empty when the call computes no gradient).
+    wrt: tuple[str, ...] = ()
+    #: Whether the caller passed ``wrt`` as a tuple (then the gradients come back as one).
+    wrt_as_tuple: bool = False
+    log_clamp: float = DEFAULT_LOG_CLAMP
+
+
+def check_options(*, label_smoothing: object = 0.0, reduction: object = "mean",
+                  wrt: object = None, weight: object = None, pos_weight: object = None,
+                  log_clamp: object = DEFAULT_LOG_CLAMP) -> CallOptions:
+    """Check every option of one call, in the spec's order, and return them normalised.
+
+    ``wrt=None`` means the call computes no gradient; ``weight`` and ``pos_weight``
+    are only looked at to check that ``wrt`` names arguments that were passed.
+
+    >>> check_options(label_smoothing=0.1, reduction="sum", wrt=("logits",))
+    CallOptions(eps=0.1, reduction='sum', wrt=('logits',), wrt_as_tuple=True, log_clamp=-100.0)
+    """
+    eps = check_label_smoothing(label_smoothing)
+    checked_reduction = check_reduction(reduction)
+    clamp = check_log_clamp(log_clamp)
+    if wrt is None:
+        return CallOptions(eps, checked_reduction, log_clamp=clamp)
+    names, as_tuple = check_wrt(wrt)
+    check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+    return CallOptions(eps, checked_reduction, names, as_tuple, clamp)

@@ -13,8 +13,13 @@ from typing import Any
 import numpy as np
 
 from bce_core.arrays import Operands, quiet_float_errors
-from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
-                           check_reduction, check_wrt)
+from bce_core.spec import (
+    DEFAULT_LOG_CLAMP,
+    check_label_smoothing,
+    check_log_clamp,
+    check_reduction,
+    check_wrt,
+)
 from bce_numpy.backend import NumpyBackend
 from bce_numpy.fused import denominator
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
+import broken_backends as broken
 import numpy as np
 import pytest
 
-import broken_backends as broken
 from bce_numpy.backend import NumpyBackend
 
 RIGHT = NumpyBackend()

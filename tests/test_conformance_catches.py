@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import broken_backends
 import pytest
 
 from bce_conformance.runner import CaseResult, reproduce, run_suite
-
-import broken_backends
 
 PLUGIN = """
 from bce_core.plugin import BackendSpec, hookimpl

@@ -37,7 +37,7 @@ def assert_ours_grade_a(profile: ErrorProfile) -> None:
 
 
 class PlainBackend:
-    """A backend with only the required methods, as a third-party one may be."""
+    """A backend with only the methods of ``bce_core.plugin.Backend``, as a third-party one may be."""
 
     name = "plain"
 
@@ -56,11 +56,23 @@ class PlainBackend:
     def to_numpy(self, array):
         return np.asarray(array)
 
+    def device_of(self, array):
+        return "cpu"
+
+    def size_thresholds(self, device):
+        return ()
+
     def binary_cross_entropy_with_logits(self, logits, targets, **options):
         return self._inner.binary_cross_entropy_with_logits(logits, targets, **options)
 
+    def binary_cross_entropy(self, probs, targets, **options):
+        return self._inner.binary_cross_entropy(probs, targets, **options)
+
     def value_and_grad(self, logits, targets, **options):
         return self._inner.value_and_grad(logits, targets, **options)
+
+    def grad_hess(self, logits, targets, **options):
+        return self._inner.grad_hess(logits, targets, **options)
 
 
 def report_of(*backends) -> Report:

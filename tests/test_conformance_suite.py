@@ -9,9 +9,18 @@ import pytest
 
 import bce_core
 from bce_conformance import oracle
-from bce_conformance.cases import (DEFAULT_LARGE_SIZES, LARGE_PRIME, TILE, Case, all_cases,
-                                   case_by_id, is_prime, regime_sizes, size_cases,
-                                   thread_cases)
+from bce_conformance.cases import (
+    DEFAULT_LARGE_SIZES,
+    LARGE_PRIME,
+    TILE,
+    Case,
+    all_cases,
+    case_by_id,
+    is_prime,
+    regime_sizes,
+    size_cases,
+    thread_cases,
+)
 from bce_conformance.golden import expected
 from bce_conformance.runner import _unchanged, backend_sizes, cases_for
 from bce_core import reference
@@ -121,10 +130,11 @@ def test_sizes_straddle_each_declared_threshold() -> None:
     assert all(is_prime(n) for n in DEFAULT_LARGE_SIZES + (LARGE_PRIME,))
     assert backend_sizes(bce_core.get_backend("numpy"), "cpu") == (32767, 32771, LARGE_PRIME)
 
-    class Undeclared:
-        pass
+    class OnePath:
+        def size_thresholds(self, device: str) -> tuple[int, ...]:
+            return ()
 
-    assert backend_sizes(Undeclared(), "cpu") == DEFAULT_LARGE_SIZES
+    assert backend_sizes(OnePath(), "cpu") == DEFAULT_LARGE_SIZES
 
 
 def test_every_case_of_a_plan_is_found_again_by_its_id() -> None:

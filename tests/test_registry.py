@@ -165,3 +165,29 @@ def test_registry_is_built_once_under_concurrent_first_use(fresh_registry: None)
     for thread in threads:
         thread.join()
     assert len(set(seen)) == 1
+
+
+#: The capabilities each built-in backend declares through the protocols of bce_core.plugin.
+CAPABILITIES = {
+    "numpy": {"FrameworkLossBackend"},
+    "torch": {"AutodiffBackend", "ParameterBackend", "FrameworkLossBackend"},
+    "tensorflow": {"AutodiffBackend", "ParameterBackend", "FrameworkLossBackend"},
+    "jax": {"AutodiffBackend", "FrameworkLossBackend"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CAPABILITIES))
+def test_built_in_backends_satisfy_the_typed_contract(name: str) -> None:
+    from bce_core import plugin
+
+    info = get_registry().info(name)
+    if info.status != "ok":
+        pytest.skip(f"{name} is {info.status}: {info.error}")
+    backend = bce_core.get_backend(name)
+    assert isinstance(backend, plugin.Backend)
+    declared = {protocol for protocol in ("AutodiffBackend", "ParameterBackend",
+                                          "FrameworkLossBackend")
+                if isinstance(backend, getattr(plugin, protocol))}
+    assert declared == CAPABILITIES[name]
+    assert backend.device_of(backend.asarray(np.zeros(2, np.float32))) == backend.devices()[0]
+    assert all(isinstance(size, int) and size > 0 for size in backend.size_thresholds("cpu"))

@@ -27,8 +27,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .machine import describe, machine_info
-from .options import (DEFAULT_DTYPES, DEFAULT_SIZES, parse_dtypes, parse_names, parse_sizes,
-                      positive_int)
+from .options import (
+    DEFAULT_DTYPES,
+    DEFAULT_SIZES,
+    parse_dtypes,
+    parse_names,
+    parse_sizes,
+    positive_int,
+)
 from .readme import MarkersMissing, replace_section, write_section
 from .report import legend_lines, markdown, print_report, write_json
 from .suite import Config, run_bench

@@ -56,8 +56,8 @@ class Framework:
 
     def device(self, tensor: Any) -> str:
         """Where ``tensor`` lives, as the framework names it."""
-        device_of = self.device_of or getattr(self.backend, "device_of", None)
-        return str(device_of(tensor)) if device_of is not None else "default device"
+        device_of = self.device_of or self.backend.device_of
+        return str(device_of(tensor))
 
     def to_numpy(self, tensor: Any) -> np.ndarray:
         """A float64 NumPy copy, for comparing results (not timed)."""

@@ -16,7 +16,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -353,7 +353,7 @@ def size_cases(dtype: str, size: int) -> list[Case]:
             Case("probs", "tiled", dtype, n, targets="soft", reduction="sum")]
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_cases(dtypes: tuple[str, ...] = DTYPES) -> tuple[Case, ...]:
     """Every case of the grid for ``dtypes``."""
     return tuple(itertools.chain.from_iterable(logits_cases(d) + probs_cases(d) for d in dtypes))

@@ -26,7 +26,7 @@ from bce_core.registry import get_registry
 
 from .cases import DTYPES
 from .profiles import ErrorProfile, error_profile
-from .report import jsonable, header_lines, print_report, write_html, write_json
+from .report import header_lines, jsonable, print_report, write_html, write_json
 from .runner import CaseResult, Report, run_suite
 
 

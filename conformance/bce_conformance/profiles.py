@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
 
+from bce_core.plugin import FrameworkLossBackend
+
 from . import oracle
-from .oracle import ExactValues
 from .cases import numpy_dtype
+from .oracle import ExactValues
 
 #: The targets of the sweep: both hard labels and a soft one.
 TARGETS = (0.0, 1.0, 0.3)
@@ -54,7 +56,7 @@ class ExactSweep:
         return np.split(errors, len(TARGETS))
 
 
-@lru_cache(maxsize=None)
+@cache
 def exact_sweep(dtype: str) -> ExactSweep:
     """The sweep of ``dtype`` and its exact values, evaluated once per dtype (mpmath is slow).
 
@@ -157,10 +159,10 @@ def error_profile(backend: Any, device: str, dtype: str) -> ErrorProfile:
     profile = ErrorProfile(backend.name, device, dtype,
                            sweep_logits(dtype).astype(np.float64),
                            _curves(sweep, loss, backend.to_numpy(grad)))
-    framework_loss = getattr(backend, "framework_loss", None)
-    if framework_loss is None:
+    if not isinstance(backend, FrameworkLossBackend):
         profile.note = "no framework curve: the backend has no framework_loss method"
         return profile
+    framework_loss = backend.framework_loss
     profile.framework_label = (framework_loss.__doc__ or "framework_loss").strip().splitlines()[0]
     try:
         theirs, their_grad = framework_loss(x, y)

@@ -23,12 +23,32 @@ from typing import Any
 import numpy as np
 
 import bce_core
+from bce_core.plugin import AutodiffBackend, ParameterBackend
 from bce_core.registry import get_registry
 
-from .cases import (DTYPE_ABBREVIATIONS, DTYPES, ERROR_CASES, Case, ErrorCase, ThreadCase,
-                    all_cases, case_by_id, numpy_dtype, regime_sizes, size_cases, thread_cases)
-from .checks import (Comparison, compare, gradient_scale, logit_scales, probs_grad_scale,
-                     probs_loss_scale, reduced_scale)
+from .cases import (
+    DTYPE_ABBREVIATIONS,
+    DTYPES,
+    ERROR_CASES,
+    Case,
+    ErrorCase,
+    ThreadCase,
+    all_cases,
+    case_by_id,
+    numpy_dtype,
+    regime_sizes,
+    size_cases,
+    thread_cases,
+)
+from .checks import (
+    Comparison,
+    compare,
+    gradient_scale,
+    logit_scales,
+    probs_grad_scale,
+    probs_loss_scale,
+    reduced_scale,
+)
 from .golden import Expected, expected
 
 #: A backend graded A is within this many ULP of exact everywhere it is graded.
@@ -145,8 +165,7 @@ class CaseRunner:
     def __init__(self, backend: Any, device: str) -> None:
         self.backend = backend
         self.device = device
-        self.autodiff = all(hasattr(backend, name) for name in (
-            "autodiff_value_and_grad", "autodiff_second_derivative", "autodiff_probs_grad"))
+        self.autodiff = isinstance(backend, AutodiffBackend)
 
     def run(self, case: Case) -> CaseResult:
         result = CaseResult(self.backend.name, self.device, case.dtype, case.id)
@@ -176,7 +195,7 @@ class CaseRunner:
         accumulated, a tf.Variable), for backends that can make one: the loss is the same,
         and neither the forward nor ``value_and_grad`` touches the parameter or its gradient."""
         b = self.backend
-        if not (hasattr(b, "as_parameter") and hasattr(b, "parameter_state")):
+        if not isinstance(b, ParameterBackend):
             return []
         parameter = b.as_parameter(inputs[case.form], self.device)
         before = {k: None if v is None else np.array(v, copy=True)
@@ -211,12 +230,10 @@ class CaseRunner:
         got = self._numpy(value).dtype.name
         out.append(Comparison(f"dtype[{quantity}]", got == dtype, 0.0 if got == dtype else np.inf,
                               "" if got == dtype else f"result dtype {got}, expected {dtype}"))
-        device_of = getattr(self.backend, "device_of", None)
-        if device_of is not None:
-            where = device_of(value)
-            ok = where == self.device
-            out.append(Comparison(f"device[{quantity}]", ok, 0.0 if ok else np.inf,
-                                  "" if ok else f"result on {where}, expected {self.device}"))
+        where = self.backend.device_of(value)
+        ok = where == self.device
+        out.append(Comparison(f"device[{quantity}]", ok, 0.0 if ok else np.inf,
+                              "" if ok else f"result on {where}, expected {self.device}"))
         return out
 
     def _deterministic(self, first: Any, second: Any) -> Comparison:
@@ -489,10 +506,9 @@ def supports(backend: Any, dtype: str, device: str) -> str | None:
 
 
 def backend_sizes(backend: Any, device: str) -> tuple[int, ...]:
-    """The large sizes to run on ``backend``: around the thresholds it declares through the
-    optional ``size_thresholds(device)``, else ``DEFAULT_LARGE_SIZES``."""
-    declared = getattr(backend, "size_thresholds", None)
-    return regime_sizes(declared(device) if declared is not None else None)
+    """The large sizes to run on ``backend``: around the thresholds its
+    ``size_thresholds(device)`` declares, else (none declared) ``DEFAULT_LARGE_SIZES``."""
+    return regime_sizes(tuple(backend.size_thresholds(device)))
 
 
 def cases_for(backend: Any, device: str, dtype: str) -> list[Case | ThreadCase]:
