@@ -28,12 +28,18 @@ from typing import Any
 import numpy as np
 
 from bce_core import rules
-from bce_core.arrays import (NUMPY_OPS, Operands, gradients_of_reduction, prepare_operands,
-                             quiet_float_errors, reduce_loss, validate_operands)
+from bce_core.arrays import (
+    NUMPY_OPS,
+    Operands,
+    gradients_of_reduction,
+    prepare_operands,
+    quiet_float_errors,
+    reduce_loss,
+    validate_operands,
+)
 from bce_core.plugin import FrameworkLossBackend
 from bce_core.rules import pack_gradients, times, zero_safe
-from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
-                           check_reduction, check_wrt, check_wrt_given)
+from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
 from .fused import BLOCK_SIZE, fused_logits, supports_fast_path
 from .kernels import LogitParts
@@ -91,83 +97,124 @@ class NumpyBackend(FrameworkLossBackend):
         """
         return (BLOCK_SIZE,)
 
-    def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, validate: bool) -> Operands:
-        ops = prepare_operands(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
-                               mask=mask)
+    def _prepare(
+        self,
+        input_name: str,
+        inputs: Any,
+        targets: Any,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        validate: bool,
+    ) -> Operands:
+        ops = prepare_operands(
+            input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask
+        )
         if validate:
             validate_operands(ops, input_name, input_in_unit_interval=input_name == "probs")
         return ops
 
     @quiet_float_errors
     def binary_cross_entropy_with_logits(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
         validate: bool = False,
     ) -> np.ndarray:
         """The loss from logits, in one blocked pass (``fused``)."""
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        loss, _ = fused_logits(ops, eps, reduction, want_grad=False)
+        loss, _ = fused_logits(ops, options.eps, options.reduction, want_grad=False)
         return loss
 
     @quiet_float_errors
     def binary_cross_entropy(
-        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP,
+        validate: bool = False,
     ) -> np.ndarray:
         """The loss from probabilities, on whole float64 arrays."""
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        clamp = check_log_clamp(log_clamp)
+        options = check_options(
+            label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp
+        )
         ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        p, yp, one_minus_yp, w, q = _working(ops, eps)
-        positive = np.maximum(np.log(p), clamp)
-        negative = np.maximum(np.log1p(-p), clamp)
-        bracket = -(zero_safe(NUMPY_OPS, times(q, yp), positive)
-                    + zero_safe(NUMPY_OPS, one_minus_yp, negative))
+        p, yp, one_minus_yp, w, q = _working(ops, options.eps)
+        positive = np.maximum(np.log(p), options.log_clamp)
+        negative = np.maximum(np.log1p(-p), options.log_clamp)
+        bracket = -(
+            zero_safe(NUMPY_OPS, times(q, yp), positive)
+            + zero_safe(NUMPY_OPS, one_minus_yp, negative)
+        )
         bracket = np.where((p >= 0) & (p <= 1), bracket, np.nan)  # also where a term was 0
         elements = zero_safe(NUMPY_OPS, w, bracket)
-        return _cast(reduce_loss(elements, reduction, mask=ops.mask, weight=w).loss, ops.inputs)
+        reduced = reduce_loss(elements, options.reduction, mask=ops.mask, weight=w)
+        return _cast(reduced.loss, ops.inputs)
 
     @quiet_float_errors
     def value_and_grad(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[np.ndarray, Any]:
         """The loss and its gradients: the fused pass for ``wrt="logits"``, else whole arrays."""
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        names, as_tuple = check_wrt(wrt)
-        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        options = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            wrt=wrt,
+            weight=weight,
+            pos_weight=pos_weight,
+        )
+        eps, reduction, names = options.eps, options.reduction, options.wrt
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         if supports_fast_path(names):
             loss, grad = fused_logits(ops, eps, reduction, want_grad=True)
-            return loss, pack_gradients([grad], as_tuple)
+            return loss, pack_gradients([grad], options.wrt_as_tuple)
         x, yp, one_minus_yp, w, q = _working(ops, eps)
         parts = LogitParts.of(x)
         sp_pos, sp_neg = parts.softplus_pos, parts.softplus_neg
         bracket = parts.bracket(yp, one_minus_yp, q)
-        reduced = reduce_loss(zero_safe(NUMPY_OPS, w, bracket), reduction, mask=ops.mask,
-                              weight=w)
-        keep, _ = rules.smoothing_constants(eps)   # d y' / d y = 1 - eps
+        reduced = reduce_loss(zero_safe(NUMPY_OPS, w, bracket), reduction, mask=ops.mask, weight=w)
+        slope = rules.smoothed_target_slope(eps)
         partials = {
             "logits": lambda: parts.slope(yp, one_minus_yp, q, w),
-            "targets": lambda: zero_safe(NUMPY_OPS, times(w, float(keep)),
-                                         zero_safe(NUMPY_OPS, q, sp_neg) - sp_pos),
+            "targets": lambda: zero_safe(
+                NUMPY_OPS, times(w, slope), zero_safe(NUMPY_OPS, q, sp_neg) - sp_pos
+            ),
             "weight": lambda: bracket,
             "pos_weight": lambda: zero_safe(NUMPY_OPS, times(w, yp), sp_neg),
         }
         grads = gradients_of_reduction(names, partials, ops, reduction, reduced)
-        return (_cast(reduced.loss, ops.inputs),
-                pack_gradients([_cast(grad, ops.inputs) for grad in grads], as_tuple))
+        return (
+            _cast(reduced.loss, ops.inputs),
+            pack_gradients([_cast(grad, ops.inputs) for grad in grads], options.wrt_as_tuple),
+        )
 
     @quiet_float_errors
-    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
-                  pos_weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def grad_hess(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """d loss / d x and d2 loss / d x2 per element (no smoothing, mask or reduction)."""
         ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
         x, y, one_minus_y, w, q = _working(ops, 0.0)
@@ -175,8 +222,10 @@ class NumpyBackend(FrameworkLossBackend):
         sig_pos, sig_neg = sigmoids = parts.sigmoids()
         grad = parts.slope(y, one_minus_y, q, w, sigmoids)
         hess = times(w, one_minus_y + times(q, y)) * sig_pos * sig_neg
-        return (_cast(np.broadcast_to(grad, ops.shape), ops.inputs),
-                _cast(np.broadcast_to(hess, ops.shape), ops.inputs))
+        return (
+            _cast(np.broadcast_to(grad, ops.shape), ops.inputs),
+            _cast(np.broadcast_to(hess, ops.shape), ops.inputs),
+        )
 
     # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
 

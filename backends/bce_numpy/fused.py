@@ -78,12 +78,16 @@ BLOCK_SIZE = 32768
 
 #: Float32 coefficients of R(z) ~ (2 atanh(sqrt z) / sqrt z - 2) / z on [0, 1/9]: a minimax fit
 #: of z R(z) (error 9e-9; 2e-8 evaluated in float32 by Horner's rule).
-_ATANH_COEFFICIENTS = (0.6666641235351562, 0.4002169966697693, 0.27999138832092285,
-                       0.2802446782588959)
+_ATANH_COEFFICIENTS = (
+    0.6666641235351562,
+    0.4002169966697693,
+    0.27999138832092285,
+    0.2802446782588959,
+)
 
 #: The same polynomial for t = 2 s: s z R(z) = t z' R'(z') with z' = t^2 and c'_i = c_i / (8 4^i)
 #: (exact rescalings by powers of two).
-_ATANH_COEFFICIENTS_2S = tuple(c / (8.0 * 4.0 ** i) for i, c in enumerate(_ATANH_COEFFICIENTS))
+_ATANH_COEFFICIENTS_2S = tuple(c / (8.0 * 4.0**i) for i, c in enumerate(_ATANH_COEFFICIENTS))
 
 _ITER_FLAGS = ("external_loop", "buffered", "zerosize_ok")
 
@@ -125,17 +129,23 @@ class _BlockedSums(NumpyOps):
         if not isinstance(array, _Lazy):
             array = _Lazy(array, np.shape(array))
         operands = [array.values] if array.condition is None else [array.values, array.condition]
-        iterator = np.nditer(operands, flags=list(_ITER_FLAGS),
-                             op_flags=[["readonly"]] * len(operands),
-                             op_dtypes=[np.float64, np.bool_][:len(operands)], casting="unsafe",
-                             buffersize=BLOCK_SIZE)
+        iterator = np.nditer(
+            operands,
+            flags=list(_ITER_FLAGS),
+            op_flags=[["readonly"]] * len(operands),
+            op_dtypes=[np.float64, np.bool_][: len(operands)],
+            casting="unsafe",
+            buffersize=BLOCK_SIZE,
+        )
         repeats = math.prod(array.shape) // max(1, iterator.itersize)
         with iterator:
             if array.condition is None:
                 sums = [float(np.add.reduce(block)) for block in iterator]
             else:
-                sums = [float(np.add.reduce(np.where(keep, block, array.otherwise)))
-                        for block, keep in iterator]
+                sums = [
+                    float(np.add.reduce(np.where(keep, block, array.otherwise)))
+                    for block, keep in iterator
+                ]
         return _total(sums) * repeats
 
     @staticmethod
@@ -157,10 +167,13 @@ def denominator(ops: Operands, reduction: str) -> float:
     >>> denominator(ops, "weighted_mean"), denominator(ops, "mean"), denominator(ops, "sum")
     (4.0, 8.0, 1.0)
     """
-    if reduction == "none":   # nothing is divided: the elements are the result
+    if reduction == "none":  # nothing is divided: the elements are the result
         return 1.0
-    return float(rules.denominator(_BLOCKED_SUMS, reduction, ops.shape, keep=ops.mask,
-                                   weight=ops.weight, like=None))
+    return float(
+        rules.denominator(
+            _BLOCKED_SUMS, reduction, ops.shape, keep=ops.mask, weight=ops.weight, like=None
+        )
+    )
 
 
 # -- block kernels --------------------------------------------------------------
@@ -183,22 +196,25 @@ def _fast_kernel_serves(dtype: np.dtype) -> bool:
 class _Workspace:
     """Block-sized scratch arrays and constants of one call (never shared between calls)."""
 
-    def __init__(self, size: int, factor: float, eps: float, want_grad: bool,
-                 count: int = 8) -> None:
+    def __init__(
+        self, size: int, factor: float, eps: float, want_grad: bool, count: int = 8
+    ) -> None:
         # One allocation: the allocator keeps a single large block mapped between calls, where
         # many block-sized ones would be returned to the system and page-faulted in again.
         self.size = size
         memory = np.empty(count * size + (3 * size + 1) // 2)
-        self.f64 = list(memory[:count * size].reshape(count, size))
-        self.f32 = tuple(memory[count * size:].view(np.float32)[:3 * size].reshape(3, size))
+        self.f64 = list(memory[: count * size].reshape(count, size))
+        self.f32 = tuple(memory[count * size :].view(np.float32)[: 3 * size].reshape(3, size))
         # 0-d operands (views of one small array): NumPy takes them a little faster than Python
         # floats, and this runs once per ufunc call.
         constants = np.array([0.0, 1.0, 0.5, factor, 2.0 * factor])
         self.zero, self.one, self.half, self.factor, self.twice_factor = (
-            constants[i, ...] for i in range(5))
+            constants[i, ...] for i in range(5)
+        )
         # The tail polynomial in s (value_and_grad) or in t = 2 s (the forward).
-        polynomial = np.array(_ATANH_COEFFICIENTS if want_grad else _ATANH_COEFFICIENTS_2S,
-                              np.float32)
+        polynomial = np.array(
+            _ATANH_COEFFICIENTS if want_grad else _ATANH_COEFFICIENTS_2S, np.float32
+        )
         self.coefficients = tuple(polynomial[i, ...] for i in range(4))
         # y' = y keep + half and 1 - y' = (1 - y) keep + half.
         self.keep, self.half_eps = _smoothing(eps)
@@ -232,9 +248,17 @@ def _atanh_tail(s: np.ndarray, work: _Workspace) -> np.ndarray:
     return r
 
 
-def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | None,
-                q: np.ndarray | None, m: np.ndarray | None, eps: float,
-                loss_out: np.ndarray | None, grad_out: np.ndarray | None) -> float:
+def _fast_block(
+    work: _Workspace,
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    q: np.ndarray | None,
+    m: np.ndarray | None,
+    eps: float,
+    loss_out: np.ndarray | None,
+    grad_out: np.ndarray | None,
+) -> float:
     """Loss elements (into loss_out, or only summed) and factor * d loss / d x of one block.
 
     Returns the sum of the loss elements; it is not finite when the block needs the exact
@@ -245,9 +269,9 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
     if grad_out is None:
         twice_s = t1
         np.abs(x, out=t0)
-        np.exp(t0, out=t0)                  # exp(|x|); inf above 709 gives s = 0, as it should
+        np.exp(t0, out=t0)  # exp(|x|); inf above 709 gives s = 0, as it should
         np.add(t0, work.half, out=twice_s)
-        np.divide(work.one, twice_s, out=twice_s)       # 2 s = 2 e / (2 + e) = 1 / (exp(|x|) + 1/2)
+        np.divide(work.one, twice_s, out=twice_s)  # 2 s = 2 e / (2 + e) = 1 / (exp(|x|) + 1/2)
         tail = _atanh_tail(twice_s, work)
         if q is None and eps == 0.0 and w is None and m is None and loss_out is None:
             # loss = (max(x, 0) - x y) + 2 s + tail: sums of non-negative terms (targets in
@@ -256,19 +280,22 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
             np.maximum(x, work.zero, out=part)
             np.multiply(x, y, out=t5, dtype=np.float64)
             np.subtract(part, t5, out=part)
-            return (float(np.add.reduce(part)) + float(np.add.reduce(twice_s))
-                    + float(np.add.reduce(tail, dtype=np.float64)))
+            return (
+                float(np.add.reduce(part))
+                + float(np.add.reduce(twice_s))
+                + float(np.add.reduce(tail, dtype=np.float64))
+            )
         np.add(twice_s, tail, out=log1p_e)
     else:
         big, sig_neg, sig_pos, s = t0, t1, t2, t3
-        np.exp(x, out=big)                  # F = exp(x); inf above 709 (NaN below: exact kernel)
+        np.exp(x, out=big)  # F = exp(x); inf above 709 (NaN below: exact kernel)
         np.add(big, work.one, out=sig_neg)
-        np.divide(work.factor, sig_neg, out=sig_neg)    # factor sigma(-x) = factor / (1 + F)
-        np.multiply(big, sig_neg, out=sig_pos)          # factor sigma(x) = F factor sigma(-x)
+        np.divide(work.factor, sig_neg, out=sig_neg)  # factor sigma(-x) = factor / (1 + F)
+        np.multiply(big, sig_neg, out=sig_pos)  # factor sigma(x) = F factor sigma(-x)
         small = big
-        np.minimum(sig_pos, sig_neg, out=small)         # factor sigma(-|x|) = factor e / (1 + e)
+        np.minimum(sig_pos, sig_neg, out=small)  # factor sigma(-|x|) = factor e / (1 + e)
         np.subtract(work.twice_factor, small, out=s)
-        np.divide(small, s, out=s)                      # s = e / (2 + e)
+        np.divide(small, s, out=s)  # s = e / (2 + e)
         tail = _atanh_tail(s, work)
         if q is None and eps == 0.0 and w is None and m is None and loss_out is None:
             part = t4
@@ -276,8 +303,11 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
             np.multiply(x, y, out=t5)
             np.subtract(part, t5, out=part)
             _plain_grad(work, y, sig_pos, sig_neg, None, grad_out, t7)
-            return (float(np.add.reduce(part)) + 2.0 * float(np.add.reduce(s))
-                    + float(np.add.reduce(tail, dtype=np.float64)))
+            return (
+                float(np.add.reduce(part))
+                + 2.0 * float(np.add.reduce(s))
+                + float(np.add.reduce(tail, dtype=np.float64))
+            )
         np.add(s, s, out=log1p_e)
         np.add(log1p_e, tail, out=log1p_e)
     plain = q is None and eps == 0.0
@@ -317,7 +347,7 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
             np.multiply(b, coefficient, out=b)
     loss = t4 if loss_out is None else loss_out
     relu_neg = spare
-    np.subtract(relu, x, out=relu_neg)      # max(-x, 0), exactly
+    np.subtract(relu, x, out=relu_neg)  # max(-x, 0), exactly
     np.multiply(a, relu, out=loss)
     np.multiply(relu_neg, b, out=relu_neg)
     np.add(loss, relu_neg, out=loss)
@@ -331,8 +361,15 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
     return float(np.add.reduce(loss))
 
 
-def _plain_grad(work: _Workspace, y: np.ndarray, sig_pos: np.ndarray, sig_neg: np.ndarray,
-                scale: np.ndarray | None, grad_out: np.ndarray, scratch: np.ndarray) -> None:
+def _plain_grad(
+    work: _Workspace,
+    y: np.ndarray,
+    sig_pos: np.ndarray,
+    sig_neg: np.ndarray,
+    scale: np.ndarray | None,
+    grad_out: np.ndarray,
+    scratch: np.ndarray,
+) -> None:
     """grad = scale ((1 - y) sigma(x) - y sigma(-x)), the sigmoids already times the factor."""
     np.subtract(work.one, y, out=scratch)
     np.multiply(sig_pos, scratch, out=sig_pos)
@@ -342,17 +379,26 @@ def _plain_grad(work: _Workspace, y: np.ndarray, sig_pos: np.ndarray, sig_neg: n
         np.multiply(grad_out, scale, out=grad_out)
 
 
-def _exact_block(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, q: np.ndarray | None,
-                 m: np.ndarray | None, eps: float, factor: float, loss_out: np.ndarray | None,
-                 grad_out: np.ndarray | None) -> float:
+def _exact_block(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    q: np.ndarray | None,
+    m: np.ndarray | None,
+    eps: float,
+    factor: float,
+    loss_out: np.ndarray | None,
+    grad_out: np.ndarray | None,
+) -> float:
     """The reference's formulas on one block, with the core's zero-coefficient and mask rules;
     returns the sum of the loss elements."""
-    y = y.astype(np.float64, copy=False)    # the plain forward passes float32 targets
+    y = y.astype(np.float64, copy=False)  # the plain forward passes float32 targets
     yp, one_minus = rules.smoothed_targets(y, eps)
     parts = LogitParts.of(x)
     elements = zero_safe(NUMPY_OPS, w, parts.bracket(yp, one_minus, q))
-    kept = rules.reduce_elements(NUMPY_OPS, elements, "none", keep=None if m is None else m != 0,
-                                 weight=None)
+    kept = rules.reduce_elements(
+        NUMPY_OPS, elements, "none", keep=None if m is None else m != 0, weight=None
+    )
     if loss_out is not None:
         loss_out[...] = kept.loss
     if grad_out is not None:
@@ -365,8 +411,9 @@ def _exact_block(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, q: np.ndarr
 # -- the pass -------------------------------------------------------------------
 
 
-def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
-                 block_size: int = BLOCK_SIZE) -> tuple[np.ndarray, np.ndarray | None]:
+def fused_logits(
+    ops: Operands, eps: float, reduction: str, *, want_grad: bool, block_size: int = BLOCK_SIZE
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Loss (reduced, or elementwise for "none") and, if ``want_grad``, d loss / d logits.
 
     Results have the logits' dtype and follow the reference's semantics exactly: masked-out
@@ -378,7 +425,7 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     elementwise = reduction == "none"
     by = denominator(ops, reduction)
     _, factor = rules.divide_or_zero(NUMPY_OPS, 1.0, by)
-    if factor == 0.0:   # a zero denominator: nothing to compute, the loss and gradient are 0
+    if factor == 0.0:  # a zero denominator: nothing to compute, the loss and gradient are 0
         loss = np.zeros(ops.shape if elementwise else (), dtype)
         return loss, (np.zeros(ops.shape, dtype) if want_grad else None)
 
@@ -389,7 +436,7 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     inputs = [x, ops.targets] + [value for value in slots[:3] if value is not None]
     outputs = [value for value in slots[3:] if value is not None]
     positions = iter(range(2, 2 + len(inputs) + len(outputs)))
-    at = [-1 if value is None else next(positions) for value in slots]   # -1: the None below
+    at = [-1 if value is None else next(positions) for value in slots]  # -1: the None below
     fast = _fast_kernel_serves(dtype)
     op_dtypes: list[np.dtype[Any]] = [np.dtype(np.float64)] * (len(inputs) + len(outputs))
     if fast and not want_grad and len(inputs) == 2 and not elementwise and eps == 0.0:
@@ -398,9 +445,13 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     # Equal blocks of about block_size (never a small last one: each block costs ~25 calls).
     block = -(-size // max(1, round(size / block_size))) if size else 1
     iterator = np.nditer(
-        inputs + outputs, flags=list(_ITER_FLAGS),
+        inputs + outputs,
+        flags=list(_ITER_FLAGS),
         op_flags=[["readonly"]] * len(inputs) + [["writeonly"]] * len(outputs),
-        op_dtypes=op_dtypes, casting="unsafe", buffersize=block)
+        op_dtypes=op_dtypes,
+        casting="unsafe",
+        buffersize=block,
+    )
     work = _Workspace(block, factor, eps, want_grad) if fast else None
     sums: list[float] = []
     with iterator:
@@ -409,7 +460,7 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
             total = math.inf
             if work is not None:
                 total = _fast_block(work, blocks[0], blocks[1], wb, qb, mb, eps, lb, gb)
-            if not math.isfinite(total):    # float64 inputs, or inf/NaN/overflow in this block
+            if not math.isfinite(total):  # float64 inputs, or inf/NaN/overflow in this block
                 total = _exact_block(blocks[0], blocks[1], wb, qb, mb, eps, factor, lb, gb)
             sums.append(total)
     if elementwise:

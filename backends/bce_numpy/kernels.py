@@ -53,19 +53,27 @@ class LogitParts:
 
     def sigmoids(self) -> tuple[np.ndarray, np.ndarray]:
         """(sigma(x), sigma(-x)); NaN stays NaN in both."""
-        big = 1.0 / (1.0 + self.e)      # sigma(|x|)
-        small = self.e * big            # sigma(-|x|), never 1 - big
+        big = 1.0 / (1.0 + self.e)  # sigma(|x|)
+        small = self.e * big  # sigma(-|x|), never 1 - big
         positive = self.x >= 0
         return np.where(positive, big, small), np.where(positive, small, big)
 
     def bracket(self, yp: np.ndarray, one_minus_yp: np.ndarray, q: Any) -> np.ndarray:
         """(1 - y') softplus(x) + q y' softplus(-x): the element loss before the weight."""
-        return (zero_safe(NUMPY_OPS, one_minus_yp, self.softplus_pos)
-                + zero_safe(NUMPY_OPS, times(q, yp), self.softplus_neg))
+        return zero_safe(NUMPY_OPS, one_minus_yp, self.softplus_pos) + zero_safe(
+            NUMPY_OPS, times(q, yp), self.softplus_neg
+        )
 
-    def slope(self, yp: np.ndarray, one_minus_yp: np.ndarray, q: Any, w: Any,
-              sigmoids: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def slope(
+        self,
+        yp: np.ndarray,
+        one_minus_yp: np.ndarray,
+        q: Any,
+        w: Any,
+        sigmoids: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """d loss / d x = w (1 - y') sigma(x) - w q y' sigma(-x) (``sigmoids`` if already made)."""
         sig_pos, sig_neg = self.sigmoids() if sigmoids is None else sigmoids
-        return (zero_safe(NUMPY_OPS, times(w, one_minus_yp), sig_pos)
-                - zero_safe(NUMPY_OPS, times(times(w, q), yp), sig_neg))
+        return zero_safe(NUMPY_OPS, times(w, one_minus_yp), sig_pos) - zero_safe(
+            NUMPY_OPS, times(times(w, q), yp), sig_neg
+        )
