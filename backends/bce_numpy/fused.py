@@ -196,9 +196,7 @@ def _fast_kernel_serves(dtype: np.dtype) -> bool:
 class _Workspace:
     """Block-sized scratch arrays and constants of one call (never shared between calls)."""
 
-    def __init__(
-        self, size: int, factor: float, eps: float, want_grad: bool, count: int = 8
-    ) -> None:
+    def __init__(self, size: int, factor: float, want_grad: bool, count: int = 8) -> None:
         # One allocation: the allocator keeps a single large block mapped between calls, where
         # many block-sized ones would be returned to the system and page-faulted in again.
         self.size = size
@@ -216,8 +214,6 @@ class _Workspace:
             _ATANH_COEFFICIENTS if want_grad else _ATANH_COEFFICIENTS_2S, np.float32
         )
         self.coefficients = tuple(polynomial[i, ...] for i in range(4))
-        # y' = y keep + half and 1 - y' = (1 - y) keep + half.
-        self.keep, self.half_eps = _smoothing(eps)
 
     def take(self, k: int) -> list[np.ndarray]:
         if k == self.size:
@@ -334,11 +330,12 @@ def _fast_block(
     np.subtract(work.one, y, out=a)
     if eps == 0.0:
         np.copyto(b, y)
-    else:
-        np.multiply(a, work.keep, out=a)
-        np.add(a, work.half_eps, out=a)
-        np.multiply(y, work.keep, out=b)
-        np.add(b, work.half_eps, out=b)
+    else:  # y' = y keep + half and 1 - y' = (1 - y) keep + half
+        keep, half = _smoothing(eps)
+        np.multiply(a, keep, out=a)
+        np.add(a, half, out=a)
+        np.multiply(y, keep, out=b)
+        np.add(b, half, out=b)
     if q is not None:
         np.multiply(b, q, out=b)
     for coefficient in (w, m):
@@ -452,7 +449,7 @@ def fused_logits(
         casting="unsafe",
         buffersize=block,
     )
-    work = _Workspace(block, factor, eps, want_grad) if fast else None
+    work = _Workspace(block, factor, want_grad) if fast else None
     sums: list[float] = []
     with iterator:
         for blocks in iterator:
