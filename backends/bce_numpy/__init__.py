@@ -1,8 +1,9 @@
 """bce-core's NumPy backend, laid out as a third-party plugin would be.
 
-- ``plugin.py`` describes the backend to bce-core (imported at registry build; cheap).
-- ``backend.py`` is the backend object, imported on first use.
-- ``kernels.py`` holds the elementwise math.
+Files: ``plugin.py`` registration (cheap, imports no NumPy); ``backend.py`` the
+backend object (argument checks through the core, dispatch to the paths);
+``kernels.py`` the float64 elementwise math; ``fused.py`` the blocked one-pass
+loss and d loss / d logits. Every rule of the spec comes from ``bce_core``.
 
 >>> from bce_numpy.backend import NumpyBackend
 >>> NumpyBackend().name

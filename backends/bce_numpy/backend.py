@@ -9,6 +9,9 @@ The logits loss and ``value_and_grad(wrt="logits")`` run as one blocked pass
 over the data (``fused``): no input-sized temporaries, loss and gradient from
 one exponential per element. The other gradients, ``grad_hess`` and the
 probability form use the elementwise forms of ``kernels`` on whole arrays.
+Every rule of the spec (checks, smoothed targets, the zero-coefficient rule,
+reductions and their gradients, ``wrt``) is the core's: ``bce_core.rules``
+through ``bce_core.arrays``.
 
 >>> import numpy as np
 >>> backend = NumpyBackend()
@@ -24,56 +27,66 @@ from typing import Any
 
 import numpy as np
 
-from bce_core.arrays import (Operands, gradients_of_reduction, prepare_operands,
-                             quiet_float_errors, reduce_loss, validate_operands)
-from bce_core.spec import (DEFAULT_LOG_CLAMP, PROBS_GRAD_EPS, check_label_smoothing,
-                           check_log_clamp, check_reduction, check_wrt, check_wrt_given)
+from bce_core import rules
+from bce_core.arrays import (
+    NUMPY_OPS,
+    Operands,
+    gradients_of_reduction,
+    prepare_operands,
+    quiet_float_errors,
+    reduce_loss,
+    validate_operands,
+)
+from bce_core.plugin import FrameworkLossBackend
+from bce_core.rules import pack_gradients, times, zero_safe
+from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
 from .fused import BLOCK_SIZE, fused_logits, supports_fast_path
-from .kernels import LogitParts, zero_safe
+from .kernels import LogitParts
 
+#: What every path computes in: float64 serves each dtype's working precision with room to spare.
 WORKING = np.float64
 
 
 def _working(ops: Operands, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any]:
-    """x, y', 1 - y', w, q in working precision (w and q are 1.0 when absent)."""
-    y = ops.targets.astype(WORKING)
-    if eps == 0.0:
-        yp, one_minus_yp = y, 1.0 - y
-    else:
-        # 1 - y' from (1 - y) keeps its relative accuracy when y' is near 1.
-        yp, one_minus_yp = y * (1.0 - eps) + eps / 2, (1.0 - y) * (1.0 - eps) + eps / 2
-    w = 1.0 if ops.weight is None else ops.weight.astype(WORKING)
-    q = 1.0 if ops.pos_weight is None else ops.pos_weight.astype(WORKING)
+    """x, y', 1 - y', w, q in working precision (w and q are None when absent)."""
+    yp, one_minus_yp = rules.smoothed_targets(ops.targets.astype(WORKING), eps)
+    w = None if ops.weight is None else ops.weight.astype(WORKING)
+    q = None if ops.pos_weight is None else ops.pos_weight.astype(WORKING)
     return ops.inputs.astype(WORKING), yp, one_minus_yp, w, q
 
 
-def _cast(value: np.ndarray, like: np.ndarray) -> np.ndarray:
+def _cast(value: Any, like: np.ndarray) -> np.ndarray:
+    """A result in the input's dtype (every operand has it), rounded once from float64."""
     return np.asarray(value).astype(like.dtype)
 
 
-
-
-class NumpyBackend:
-    """bce-core's specification on NumPy arrays."""
+class NumpyBackend(FrameworkLossBackend):
+    """bce-core's specification on NumPy arrays: a ``bce_core.plugin.Backend`` (and a
+    ``FrameworkLossBackend``), subclassed so that the contract is checked where it is written."""
 
     name = "numpy"
 
     def version(self) -> str:
+        """NumPy's version."""
         return np.__version__
 
     def devices(self) -> list[str]:
+        """Only the CPU."""
         return ["cpu"]
 
     def asarray(self, array: Any, device: str | None = None) -> np.ndarray:
+        """``array`` as a NumPy array; any device but the CPU is a ValueError."""
         if device not in (None, "cpu"):
             raise ValueError(f"device={device!r}: the numpy backend has only 'cpu'.")
         return np.asarray(array)
 
     def to_numpy(self, array: Any) -> np.ndarray:
+        """The array itself."""
         return np.asarray(array)
 
     def device_of(self, array: Any) -> str:
+        """Always "cpu"."""
         return "cpu"
 
     def size_thresholds(self, device: str) -> tuple[int, ...]:
@@ -84,90 +97,135 @@ class NumpyBackend:
         """
         return (BLOCK_SIZE,)
 
-    def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, validate: bool) -> Operands:
-        ops = prepare_operands(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
-                               mask=mask)
+    def _prepare(
+        self,
+        input_name: str,
+        inputs: Any,
+        targets: Any,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        validate: bool,
+    ) -> Operands:
+        ops = prepare_operands(
+            input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask
+        )
         if validate:
             validate_operands(ops, input_name, input_in_unit_interval=input_name == "probs")
         return ops
 
     @quiet_float_errors
     def binary_cross_entropy_with_logits(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
         validate: bool = False,
     ) -> np.ndarray:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        """The loss from logits, in one blocked pass (``fused``)."""
+        options = check_options(label_smoothing=label_smoothing, reduction=reduction)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        loss, _ = fused_logits(ops, eps, reduction, want_grad=False)
+        loss, _ = fused_logits(ops, options.eps, options.reduction, want_grad=False)
         return loss
 
     @quiet_float_errors
     def binary_cross_entropy(
-        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP,
+        validate: bool = False,
     ) -> np.ndarray:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        clamp = check_log_clamp(log_clamp)
+        """The loss from probabilities, on whole float64 arrays."""
+        options = check_options(
+            label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp
+        )
         ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        p, yp, one_minus_yp, w, q = _working(ops, eps)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            positive = np.maximum(np.log(p), clamp)
-            negative = np.maximum(np.log1p(-p), clamp)
-        bracket = -(zero_safe(q * yp, positive) + zero_safe(one_minus_yp, negative))
+        p, yp, one_minus_yp, w, q = _working(ops, options.eps)
+        positive = np.maximum(np.log(p), options.log_clamp)
+        negative = np.maximum(np.log1p(-p), options.log_clamp)
+        bracket = -(
+            zero_safe(NUMPY_OPS, times(q, yp), positive)
+            + zero_safe(NUMPY_OPS, one_minus_yp, negative)
+        )
         bracket = np.where((p >= 0) & (p <= 1), bracket, np.nan)  # also where a term was 0
-        loss = reduce_loss(zero_safe(w, bracket), reduction, mask=ops.mask, weight=w).loss
-        return _cast(loss, ops.inputs)
+        elements = zero_safe(NUMPY_OPS, w, bracket)
+        reduced = reduce_loss(elements, options.reduction, mask=ops.mask, weight=w)
+        return _cast(reduced.loss, ops.inputs)
 
     @quiet_float_errors
     def value_and_grad(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[np.ndarray, Any]:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        names, as_tuple = check_wrt(wrt)
-        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        """The loss and its gradients: the fused pass for ``wrt="logits"``, else whole arrays."""
+        options = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            wrt=wrt,
+            weight=weight,
+            pos_weight=pos_weight,
+        )
+        eps, reduction, names = options.eps, options.reduction, options.wrt
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         if supports_fast_path(names):
             loss, grad = fused_logits(ops, eps, reduction, want_grad=True)
-            return loss, (grad,) if as_tuple else grad
+            return loss, pack_gradients([grad], options.wrt_as_tuple)
         x, yp, one_minus_yp, w, q = _working(ops, eps)
         parts = LogitParts.of(x)
         sp_pos, sp_neg = parts.softplus_pos, parts.softplus_neg
-        bracket = zero_safe(one_minus_yp, sp_pos) + zero_safe(q * yp, sp_neg)
-        reduced = reduce_loss(zero_safe(w, bracket), reduction, mask=ops.mask, weight=w)
-
-        def logits_partial() -> np.ndarray:
-            sig_pos, sig_neg = parts.sigmoids()
-            return zero_safe(w * one_minus_yp, sig_pos) - zero_safe(w * q * yp, sig_neg)
-
+        bracket = parts.bracket(yp, one_minus_yp, q)
+        reduced = reduce_loss(zero_safe(NUMPY_OPS, w, bracket), reduction, mask=ops.mask, weight=w)
+        slope = rules.smoothed_target_slope(eps)
         partials = {
-            "logits": logits_partial,
-            "targets": lambda: zero_safe(w * (1.0 - eps), zero_safe(q, sp_neg) - sp_pos),
+            "logits": lambda: parts.slope(yp, one_minus_yp, q, w),
+            "targets": lambda: zero_safe(
+                NUMPY_OPS, times(w, slope), zero_safe(NUMPY_OPS, q, sp_neg) - sp_pos
+            ),
             "weight": lambda: bracket,
-            "pos_weight": lambda: zero_safe(w * yp, sp_neg),
+            "pos_weight": lambda: zero_safe(NUMPY_OPS, times(w, yp), sp_neg),
         }
         grads = gradients_of_reduction(names, partials, ops, reduction, reduced)
-        cast = tuple(_cast(grad, ops.inputs) for grad in grads)  # every operand has x's dtype
-        return _cast(reduced.loss, ops.inputs), cast if as_tuple else cast[0]
+        return (
+            _cast(reduced.loss, ops.inputs),
+            pack_gradients([_cast(grad, ops.inputs) for grad in grads], options.wrt_as_tuple),
+        )
 
     @quiet_float_errors
-    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
-                  pos_weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def grad_hess(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """d loss / d x and d2 loss / d x2 per element (no smoothing, mask or reduction)."""
         ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
         x, y, one_minus_y, w, q = _working(ops, 0.0)
-        sig_pos, sig_neg = LogitParts.of(x).sigmoids()
-        grad = zero_safe(w * one_minus_y, sig_pos) - zero_safe(w * q * y, sig_neg)
-        hess = w * (one_minus_y + q * y) * sig_pos * sig_neg
-        shape = ops.shape
-        return (_cast(np.broadcast_to(grad, shape), ops.inputs),
-                _cast(np.broadcast_to(hess, shape), ops.inputs))
+        parts = LogitParts.of(x)
+        sig_pos, sig_neg = sigmoids = parts.sigmoids()
+        grad = parts.slope(y, one_minus_y, q, w, sigmoids)
+        hess = times(w, one_minus_y + times(q, y)) * sig_pos * sig_neg
+        return (
+            _cast(np.broadcast_to(grad, ops.shape), ops.inputs),
+            _cast(np.broadcast_to(hess, ops.shape), ops.inputs),
+        )
 
     # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
 

@@ -6,7 +6,10 @@ external loop) hands out blocks of about ``BLOCK_SIZE`` elements in float64,
 broadcasting weight, pos_weight and mask and casting each operand per block;
 the outputs are written back through the same buffers in the input's dtype.
 Nothing input-sized is allocated besides the outputs; sums are taken per block
-(pairwise ``np.add.reduce`` in float64) and added with ``math.fsum``.
+(pairwise ``np.add.reduce`` in float64) and added with ``math.fsum``. The
+spec's rules come from ``bce_core.rules``: the denominator (summed block by
+block) and the zero-denominator rule, the smoothing constants, and, in the
+exact kernel, the smoothed targets, the zero-coefficient and the mask rules.
 
 Two block kernels:
 
@@ -15,8 +18,10 @@ Two block kernels:
   rounded once into the input's dtype (within 0.62 ULP of exact in float32).
 - ``_exact_block`` for float64 inputs, and for any block of the fast kernel
   whose loss is not finite (infinite or NaN operands, logits beyond exp's
-  range, overflowing weights): the stable forms of ``kernels`` with the exact
-  zero-coefficient rule, the same formulas as the float64 reference.
+  range, overflowing weights): the stable forms of ``kernels`` with the core's
+  zero-coefficient and mask rules, the same formulas as the float64 reference.
+  Where everything is finite a zero coefficient times a finite value is
+  exactly 0, so the fast kernel needs no rule of its own.
 
 Why float64 ``exp``: NumPy's float32 ``exp`` (the only vectorised one on AVX2)
 is up to 3.57 units of 2^-24 off in relative terms (exhaustive over
@@ -56,26 +61,33 @@ folded into the division, then ``s = m / (2 f - m)`` with
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from bce_core.arrays import Operands
-from bce_core.spec import check_batch_mean
+from bce_core import rules
+from bce_core.arrays import NUMPY_OPS, NumpyOps, Operands
+from bce_core.rules import zero_safe
 
-from .kernels import zero_safe
+from .kernels import LogitParts
 
 #: Elements per block: large enough that NumPy's per-call overhead is small, small enough for L2/L3.
 BLOCK_SIZE = 32768
 
 #: Float32 coefficients of R(z) ~ (2 atanh(sqrt z) / sqrt z - 2) / z on [0, 1/9]: a minimax fit
 #: of z R(z) (error 9e-9; 2e-8 evaluated in float32 by Horner's rule).
-_ATANH_COEFFICIENTS = (0.6666641235351562, 0.4002169966697693, 0.27999138832092285,
-                       0.2802446782588959)
+_ATANH_COEFFICIENTS = (
+    0.6666641235351562,
+    0.4002169966697693,
+    0.27999138832092285,
+    0.2802446782588959,
+)
 
 #: The same polynomial for t = 2 s: s z R(z) = t z' R'(z') with z' = t^2 and c'_i = c_i / (8 4^i)
 #: (exact rescalings by powers of two).
-_ATANH_COEFFICIENTS_2S = tuple(c / (8.0 * 4.0 ** i) for i, c in enumerate(_ATANH_COEFFICIENTS))
+_ATANH_COEFFICIENTS_2S = tuple(c / (8.0 * 4.0**i) for i, c in enumerate(_ATANH_COEFFICIENTS))
 
 _ITER_FLAGS = ("external_loop", "buffered", "zerosize_ok")
 
@@ -83,32 +95,14 @@ _ITER_FLAGS = ("external_loop", "buffered", "zerosize_ok")
 # -- denominators ---------------------------------------------------------------
 
 
-def _kept_count(mask: np.ndarray | None, size: int) -> int:
-    """Number of unmasked elements; a broadcast mask repeats each element size/mask.size times."""
-    if mask is None:
-        return size
-    if mask.size == 0:
-        return 0
-    return int(np.count_nonzero(mask)) * (size // mask.size)
+class _Lazy(NamedTuple):
+    """``values`` broadcast to ``shape``, where ``condition`` (None: everywhere) else
+    ``otherwise``: what ``_BlockedSums.total`` is to sum, not yet computed."""
 
-
-def _kept_weight(weight: np.ndarray, mask: np.ndarray | None, size: int) -> float:
-    """Sum of the broadcast weight over unmasked elements, without an input-sized temporary.
-
-    The sum runs over the broadcast of weight and mask only (each of its elements stands for
-    size / its size elements), pairwise per block and exactly across blocks.
-    """
-    if size == 0:
-        return 0.0
-    if mask is None:
-        return float(np.sum(weight, dtype=np.float64)) * (size // max(1, weight.size))
-    shape = np.broadcast_shapes(weight.shape, mask.shape)
-    iterator = np.nditer([weight, mask], flags=list(_ITER_FLAGS), op_flags=[["readonly"]] * 2,
-                         op_dtypes=[np.float64, np.bool_], casting="unsafe",
-                         buffersize=BLOCK_SIZE)
-    with iterator:
-        sums = [float(np.add.reduce(np.where(m, w, 0.0))) for w, m in iterator]
-    return _total(sums) * (size // math.prod(shape))
+    values: Any
+    shape: tuple[int, ...]
+    condition: Any = None
+    otherwise: float = 0.0
 
 
 def _total(sums: list[float]) -> float:
@@ -116,20 +110,87 @@ def _total(sums: list[float]) -> float:
     return math.fsum(sums) if all(map(math.isfinite, sums)) else sum(sums)
 
 
+class _BlockedSums(NumpyOps):
+    """NumPy's ops for ``rules.denominator`` without an input-sized temporary: ``broadcast_to``
+    and ``where`` (of a broadcast and a number) only record what to sum, and ``total`` sums it
+    block by block over the operands' own broadcast, each element counted as often as the full
+    shape repeats it, in float64 (pairwise in a block, exactly across blocks)."""
+
+    @staticmethod
+    def broadcast_to(array: Any, shape: tuple[int, ...]) -> Any:  # type: ignore[override]
+        return _Lazy(array, tuple(shape))
+
+    @staticmethod
+    def where(condition: Any, if_true: Any, if_false: Any) -> Any:  # type: ignore[override]
+        return if_true._replace(condition=condition, otherwise=if_false)
+
+    @staticmethod
+    def total(array: Any) -> Any:
+        if not isinstance(array, _Lazy):
+            array = _Lazy(array, np.shape(array))
+        operands = [array.values] if array.condition is None else [array.values, array.condition]
+        iterator = np.nditer(
+            operands,
+            flags=list(_ITER_FLAGS),
+            op_flags=[["readonly"]] * len(operands),
+            op_dtypes=[np.float64, np.bool_][: len(operands)],
+            casting="unsafe",
+            buffersize=BLOCK_SIZE,
+        )
+        repeats = math.prod(array.shape) // max(1, iterator.itersize)
+        with iterator:
+            if array.condition is None:
+                sums = [float(np.add.reduce(block)) for block in iterator]
+            else:
+                sums = [
+                    float(np.add.reduce(np.where(keep, block, array.otherwise)))
+                    for block, keep in iterator
+                ]
+        return _total(sums) * repeats
+
+    @staticmethod
+    def count(keep: Any, shape: tuple[int, ...], like: Any) -> Any:
+        # Broadcasting repeats each element of keep size / keep.size times.
+        return int(np.count_nonzero(keep)) * (math.prod(shape) // max(1, np.size(keep)))
+
+
+_BLOCKED_SUMS = _BlockedSums()
+
+
 def denominator(ops: Operands, reduction: str) -> float:
-    """The reduction's denominator (1 for "sum" and "none"), without materialising the mask."""
-    size = math.prod(ops.shape)
-    if reduction in ("none", "sum"):
+    """``rules.denominator`` of the operands (1 for "none"), without materialising the
+    broadcast weight or mask.
+
+    >>> from bce_core.arrays import prepare_operands
+    >>> ops = prepare_operands("logits", np.zeros((4, 3)), np.zeros((4, 3)),
+    ...                        weight=np.full(3, 0.5), pos_weight=None, mask=[True, False, True])
+    >>> denominator(ops, "weighted_mean"), denominator(ops, "mean"), denominator(ops, "sum")
+    (4.0, 8.0, 1.0)
+    """
+    if reduction == "none":  # nothing is divided: the elements are the result
         return 1.0
-    if reduction == "batch_mean":
-        check_batch_mean(ops.shape)
-        return float(ops.shape[0])
-    if reduction == "weighted_mean" and ops.weight is not None:
-        return _kept_weight(ops.weight, ops.mask, size)
-    return float(_kept_count(ops.mask, size))
+    return float(
+        rules.denominator(
+            _BLOCKED_SUMS, reduction, ops.shape, keep=ops.mask, weight=ops.weight, like=None
+        )
+    )
 
 
 # -- block kernels --------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _smoothing(eps: float) -> tuple[float, float]:
+    """``rules.smoothing_constants`` rounded to float64 (cached: exact fractions are slow)."""
+    keep, half = rules.smoothing_constants(eps)
+    return float(keep), float(half)
+
+
+@functools.lru_cache(maxsize=16)
+def _fast_kernel_serves(dtype: np.dtype) -> bool:
+    """Whether the fast kernel (float64 arithmetic with a float32 tail) is accurate enough: for a
+    float32 working precision (float32, float16, bfloat16, any byte order), not for float64."""
+    return rules.working_dtype_name(dtype.name) == "float32"
 
 
 class _Workspace:
@@ -140,16 +201,18 @@ class _Workspace:
         # many block-sized ones would be returned to the system and page-faulted in again.
         self.size = size
         memory = np.empty(count * size + (3 * size + 1) // 2)
-        self.f64 = list(memory[:count * size].reshape(count, size))
-        self.f32 = tuple(memory[count * size:].view(np.float32)[:3 * size].reshape(3, size))
+        self.f64 = list(memory[: count * size].reshape(count, size))
+        self.f32 = tuple(memory[count * size :].view(np.float32)[: 3 * size].reshape(3, size))
         # 0-d operands (views of one small array): NumPy takes them a little faster than Python
         # floats, and this runs once per ufunc call.
         constants = np.array([0.0, 1.0, 0.5, factor, 2.0 * factor])
         self.zero, self.one, self.half, self.factor, self.twice_factor = (
-            constants[i, ...] for i in range(5))
+            constants[i, ...] for i in range(5)
+        )
         # The tail polynomial in s (value_and_grad) or in t = 2 s (the forward).
-        polynomial = np.array(_ATANH_COEFFICIENTS if want_grad else _ATANH_COEFFICIENTS_2S,
-                              np.float32)
+        polynomial = np.array(
+            _ATANH_COEFFICIENTS if want_grad else _ATANH_COEFFICIENTS_2S, np.float32
+        )
         self.coefficients = tuple(polynomial[i, ...] for i in range(4))
 
     def take(self, k: int) -> list[np.ndarray]:
@@ -181,9 +244,17 @@ def _atanh_tail(s: np.ndarray, work: _Workspace) -> np.ndarray:
     return r
 
 
-def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | None,
-                q: np.ndarray | None, m: np.ndarray | None, eps: float,
-                loss_out: np.ndarray | None, grad_out: np.ndarray | None) -> float:
+def _fast_block(
+    work: _Workspace,
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    q: np.ndarray | None,
+    m: np.ndarray | None,
+    eps: float,
+    loss_out: np.ndarray | None,
+    grad_out: np.ndarray | None,
+) -> float:
     """Loss elements (into loss_out, or only summed) and factor * d loss / d x of one block.
 
     Returns the sum of the loss elements; it is not finite when the block needs the exact
@@ -194,9 +265,9 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
     if grad_out is None:
         twice_s = t1
         np.abs(x, out=t0)
-        np.exp(t0, out=t0)                  # exp(|x|); inf above 709 gives s = 0, as it should
+        np.exp(t0, out=t0)  # exp(|x|); inf above 709 gives s = 0, as it should
         np.add(t0, work.half, out=twice_s)
-        np.divide(work.one, twice_s, out=twice_s)       # 2 s = 2 e / (2 + e) = 1 / (exp(|x|) + 1/2)
+        np.divide(work.one, twice_s, out=twice_s)  # 2 s = 2 e / (2 + e) = 1 / (exp(|x|) + 1/2)
         tail = _atanh_tail(twice_s, work)
         if q is None and eps == 0.0 and w is None and m is None and loss_out is None:
             # loss = (max(x, 0) - x y) + 2 s + tail: sums of non-negative terms (targets in
@@ -205,19 +276,22 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
             np.maximum(x, work.zero, out=part)
             np.multiply(x, y, out=t5, dtype=np.float64)
             np.subtract(part, t5, out=part)
-            return (float(np.add.reduce(part)) + float(np.add.reduce(twice_s))
-                    + float(np.add.reduce(tail, dtype=np.float64)))
+            return (
+                float(np.add.reduce(part))
+                + float(np.add.reduce(twice_s))
+                + float(np.add.reduce(tail, dtype=np.float64))
+            )
         np.add(twice_s, tail, out=log1p_e)
     else:
         big, sig_neg, sig_pos, s = t0, t1, t2, t3
-        np.exp(x, out=big)                  # F = exp(x); inf above 709 (NaN below: exact kernel)
+        np.exp(x, out=big)  # F = exp(x); inf above 709 (NaN below: exact kernel)
         np.add(big, work.one, out=sig_neg)
-        np.divide(work.factor, sig_neg, out=sig_neg)    # factor sigma(-x) = factor / (1 + F)
-        np.multiply(big, sig_neg, out=sig_pos)          # factor sigma(x) = F factor sigma(-x)
+        np.divide(work.factor, sig_neg, out=sig_neg)  # factor sigma(-x) = factor / (1 + F)
+        np.multiply(big, sig_neg, out=sig_pos)  # factor sigma(x) = F factor sigma(-x)
         small = big
-        np.minimum(sig_pos, sig_neg, out=small)         # factor sigma(-|x|) = factor e / (1 + e)
+        np.minimum(sig_pos, sig_neg, out=small)  # factor sigma(-|x|) = factor e / (1 + e)
         np.subtract(work.twice_factor, small, out=s)
-        np.divide(small, s, out=s)                      # s = e / (2 + e)
+        np.divide(small, s, out=s)  # s = e / (2 + e)
         tail = _atanh_tail(s, work)
         if q is None and eps == 0.0 and w is None and m is None and loss_out is None:
             part = t4
@@ -225,8 +299,11 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
             np.multiply(x, y, out=t5)
             np.subtract(part, t5, out=part)
             _plain_grad(work, y, sig_pos, sig_neg, None, grad_out, t7)
-            return (float(np.add.reduce(part)) + 2.0 * float(np.add.reduce(s))
-                    + float(np.add.reduce(tail, dtype=np.float64)))
+            return (
+                float(np.add.reduce(part))
+                + 2.0 * float(np.add.reduce(s))
+                + float(np.add.reduce(tail, dtype=np.float64))
+            )
         np.add(s, s, out=log1p_e)
         np.add(log1p_e, tail, out=log1p_e)
     plain = q is None and eps == 0.0
@@ -246,17 +323,19 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
         if scale is not None:
             np.multiply(part, scale, out=part)
         return float(np.add.reduce(part))
-    # General coefficients: A = w (1 - y'), B = w q y' (zeroed where masked), and
+    # General coefficients: A = w (1 - y'), B = w q y' (0 where masked: the mask is a 0/1
+    # coefficient here, exact while everything is finite), and
     # loss = A max(x, 0) + B max(-x, 0) + (A + B) log1p(e).
     a, b = t6, t7
     np.subtract(work.one, y, out=a)
     if eps == 0.0:
         np.copyto(b, y)
-    else:
-        np.multiply(a, 1.0 - eps, out=a)
-        np.add(a, eps / 2, out=a)
-        np.multiply(y, 1.0 - eps, out=b)
-        np.add(b, eps / 2, out=b)
+    else:  # y' = y keep + half and 1 - y' = (1 - y) keep + half
+        keep, half = _smoothing(eps)
+        np.multiply(a, keep, out=a)
+        np.add(a, half, out=a)
+        np.multiply(y, keep, out=b)
+        np.add(b, half, out=b)
     if q is not None:
         np.multiply(b, q, out=b)
     for coefficient in (w, m):
@@ -265,7 +344,7 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
             np.multiply(b, coefficient, out=b)
     loss = t4 if loss_out is None else loss_out
     relu_neg = spare
-    np.subtract(relu, x, out=relu_neg)      # max(-x, 0), exactly
+    np.subtract(relu, x, out=relu_neg)  # max(-x, 0), exactly
     np.multiply(a, relu, out=loss)
     np.multiply(relu_neg, b, out=relu_neg)
     np.add(loss, relu_neg, out=loss)
@@ -279,8 +358,15 @@ def _fast_block(work: _Workspace, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
     return float(np.add.reduce(loss))
 
 
-def _plain_grad(work: _Workspace, y: np.ndarray, sig_pos: np.ndarray, sig_neg: np.ndarray,
-                scale: np.ndarray | None, grad_out: np.ndarray, scratch: np.ndarray) -> None:
+def _plain_grad(
+    work: _Workspace,
+    y: np.ndarray,
+    sig_pos: np.ndarray,
+    sig_neg: np.ndarray,
+    scale: np.ndarray | None,
+    grad_out: np.ndarray,
+    scratch: np.ndarray,
+) -> None:
     """grad = scale ((1 - y) sigma(x) - y sigma(-x)), the sigmoids already times the factor."""
     np.subtract(work.one, y, out=scratch)
     np.multiply(sig_pos, scratch, out=sig_pos)
@@ -290,44 +376,41 @@ def _plain_grad(work: _Workspace, y: np.ndarray, sig_pos: np.ndarray, sig_neg: n
         np.multiply(grad_out, scale, out=grad_out)
 
 
-def _exact_block(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, q: np.ndarray | None,
-                 m: np.ndarray | None, eps: float, factor: float, loss_out: np.ndarray | None,
-                 grad_out: np.ndarray | None) -> float:
-    """The reference's formulas on one block, with the exact zero-coefficient rule; returns the
-    sum of the loss elements."""
-    y = y.astype(np.float64, copy=False)    # the plain forward passes float32 targets
-    e = np.exp(-np.abs(x))
-    log1p_e = np.log1p(e)
-    if eps == 0.0:
-        yp, one_minus = y, 1.0 - y
-    else:
-        yp, one_minus = y * (1.0 - eps) + eps / 2, (1.0 - y) * (1.0 - eps) + eps / 2
-    q_yp = yp if q is None else q * yp
-    bracket = (zero_safe(one_minus, np.maximum(x, 0.0) + log1p_e)
-               + zero_safe(q_yp, np.maximum(-x, 0.0) + log1p_e))
-    loss = bracket if w is None else zero_safe(w, bracket)
-    keep = None if m is None else m != 0
-    if keep is not None:
-        loss = np.where(keep, loss, 0.0)
+def _exact_block(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    q: np.ndarray | None,
+    m: np.ndarray | None,
+    eps: float,
+    factor: float,
+    loss_out: np.ndarray | None,
+    grad_out: np.ndarray | None,
+) -> float:
+    """The reference's formulas on one block, with the core's zero-coefficient and mask rules;
+    returns the sum of the loss elements."""
+    y = y.astype(np.float64, copy=False)  # the plain forward passes float32 targets
+    yp, one_minus = rules.smoothed_targets(y, eps)
+    parts = LogitParts.of(x)
+    elements = zero_safe(NUMPY_OPS, w, parts.bracket(yp, one_minus, q))
+    kept = rules.reduce_elements(
+        NUMPY_OPS, elements, "none", keep=None if m is None else m != 0, weight=None
+    )
     if loss_out is not None:
-        loss_out[...] = loss
+        loss_out[...] = kept.loss
     if grad_out is not None:
-        big = 1.0 / (1.0 + e)               # sigma(|x|)
-        small = e * big                     # sigma(-|x|), never 1 - big
-        positive = x >= 0
-        sig_pos, sig_neg = np.where(positive, big, small), np.where(positive, small, big)
-        c_pos = one_minus if w is None else w * one_minus
-        c_neg = q_yp if w is None else (w * yp if q is None else w * q * yp)
-        grad = (zero_safe(c_pos, sig_pos) - zero_safe(c_neg, sig_neg)) * factor
-        grad_out[...] = grad if keep is None else np.where(keep, grad, 0.0)
-    return float(np.add.reduce(loss))
+        # d(loss)/d(element): the reduction's factor where kept, exactly 0 where masked out.
+        scale = zero_safe(NUMPY_OPS, kept.factor, factor)
+        grad_out[...] = zero_safe(NUMPY_OPS, scale, parts.slope(yp, one_minus, q, w))
+    return float(np.add.reduce(kept.loss))
 
 
 # -- the pass -------------------------------------------------------------------
 
 
-def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
-                 block_size: int = BLOCK_SIZE) -> tuple[np.ndarray, np.ndarray | None]:
+def fused_logits(
+    ops: Operands, eps: float, reduction: str, *, want_grad: bool, block_size: int = BLOCK_SIZE
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Loss (reduced, or elementwise for "none") and, if ``want_grad``, d loss / d logits.
 
     Results have the logits' dtype and follow the reference's semantics exactly: masked-out
@@ -336,64 +419,51 @@ def fused_logits(ops: Operands, eps: float, reduction: str, *, want_grad: bool,
     x = ops.inputs
     dtype = x.dtype
     size = math.prod(ops.shape)
-    den = denominator(ops, reduction)
     elementwise = reduction == "none"
-    if den == 0.0:
+    by = denominator(ops, reduction)
+    _, factor = rules.divide_or_zero(NUMPY_OPS, 1.0, by)
+    if factor == 0.0:  # a zero denominator: nothing to compute, the loss and gradient are 0
         loss = np.zeros(ops.shape if elementwise else (), dtype)
         return loss, (np.zeros(ops.shape, dtype) if want_grad else None)
-    factor = 1.0 / den
 
     loss_elements = np.empty(ops.shape, dtype) if elementwise else None
     grad = np.empty(ops.shape, dtype) if want_grad else None
-    optional = [ops.weight, ops.pos_weight, ops.mask]
-    present = [value is not None for value in optional]
-    inputs = [x, ops.targets] + [value for value in optional if value is not None]
-    outputs = [out for out in (loss_elements, grad) if out is not None]
-    operands = inputs + outputs
-    # float32, float16 or bfloat16 (any byte order): prepare_operands allows only these and float64.
-    fast = dtype.itemsize < 8
-    op_dtypes = [np.dtype(np.float64)] * len(operands)
-    if fast and not want_grad and not elementwise and not any(present) and eps == 0.0:
+    # Block tuples hold x, y, then weight, pos_weight, mask, loss, grad where present.
+    slots = [ops.weight, ops.pos_weight, ops.mask, loss_elements, grad]
+    inputs = [x, ops.targets] + [value for value in slots[:3] if value is not None]
+    outputs = [value for value in slots[3:] if value is not None]
+    positions = iter(range(2, 2 + len(inputs) + len(outputs)))
+    at = [-1 if value is None else next(positions) for value in slots]  # -1: the None below
+    fast = _fast_kernel_serves(dtype)
+    op_dtypes: list[np.dtype[Any]] = [np.dtype(np.float64)] * (len(inputs) + len(outputs))
+    if fast and not want_grad and len(inputs) == 2 and not elementwise and eps == 0.0:
         # The plain forward uses the targets once, in x * y: no need for a float64 copy.
         op_dtypes[1] = np.dtype(np.float32)
     # Equal blocks of about block_size (never a small last one: each block costs ~25 calls).
     block = -(-size // max(1, round(size / block_size))) if size else 1
     iterator = np.nditer(
-        operands, flags=list(_ITER_FLAGS),
+        inputs + outputs,
+        flags=list(_ITER_FLAGS),
         op_flags=[["readonly"]] * len(inputs) + [["writeonly"]] * len(outputs),
-        op_dtypes=op_dtypes, casting="unsafe", buffersize=block)
+        op_dtypes=op_dtypes,
+        casting="unsafe",
+        buffersize=block,
+    )
     work = _Workspace(block, factor, want_grad) if fast else None
-    # Position of each operand in a block tuple (None when absent).
-    where: dict[str, int | None] = {}
-    position = 2
-    for name, value in zip(("weight", "pos_weight", "mask"), optional):
-        where[name] = position if value is not None else None
-        position += value is not None
-    for name, value in (("loss", loss_elements), ("grad", grad)):
-        where[name] = position if value is not None else None
-        position += value is not None
-    w_at, q_at, m_at, l_at, g_at = (where[name] for name in
-                                    ("weight", "pos_weight", "mask", "loss", "grad"))
     sums: list[float] = []
     with iterator:
         for blocks in iterator:
-            xb, yb = blocks[0], blocks[1]
-            wb = None if w_at is None else blocks[w_at]
-            qb = None if q_at is None else blocks[q_at]
-            mb = None if m_at is None else blocks[m_at]
-            lb = None if l_at is None else blocks[l_at]
-            gb = None if g_at is None else blocks[g_at]
+            wb, qb, mb, lb, gb = map((*blocks, None).__getitem__, at)
             total = math.inf
-            if fast:
-                total = _fast_block(work, xb, yb, wb, qb, mb, eps, lb, gb)
-            if not math.isfinite(total):    # float64 inputs, or inf/NaN/overflow in this block
-                total = _exact_block(xb, yb, wb, qb, mb, eps, factor, lb, gb)
+            if work is not None:
+                total = _fast_block(work, blocks[0], blocks[1], wb, qb, mb, eps, lb, gb)
+            if not math.isfinite(total):  # float64 inputs, or inf/NaN/overflow in this block
+                total = _exact_block(blocks[0], blocks[1], wb, qb, mb, eps, factor, lb, gb)
             sums.append(total)
     if elementwise:
-        loss = loss_elements
-    else:
-        loss = np.asarray(_total(sums) / den).astype(dtype)
-    return loss, grad
+        return loss_elements, grad
+    loss, _ = rules.divide_or_zero(NUMPY_OPS, _total(sums), by)
+    return np.asarray(loss).astype(dtype), grad
 
 
 def supports_fast_path(names: tuple[str, ...]) -> bool:

@@ -7,26 +7,27 @@ with e = exp(-|x|) and l = log1p(e),
     softplus(-x) = max(-x, 0) + l        sigma(-x) = the other one
 
 Every quantity is a sum or product of non-negative terms, so nothing cancels
-and float32 results rounded from these are within 1 ULP of exact.
+and float32 results rounded from these are within 1 ULP of exact. The
+coefficients multiply through ``rules.zero_safe`` (a coefficient of exactly 0
+contributes exactly 0); None stands for a coefficient of 1.
 
 >>> import numpy as np
 >>> parts = LogitParts.of(np.array([-30.0, 0.0, 30.0]))
 >>> parts.softplus_neg.tolist()[2] > 0
 True
+>>> parts.bracket(np.array([0.0, 1.0, 1.0]), np.array([1.0, 0.0, 0.0]), None).tolist()[1]
+0.6931471805599453
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-
-def zero_safe(coefficient: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """coefficient * value where a zero coefficient gives exactly 0 (also times inf)."""
-    with np.errstate(invalid="ignore"):
-        product = np.multiply(coefficient, value)
-    return np.where(np.equal(coefficient, 0), 0.0, product)
+from bce_core.arrays import NUMPY_OPS
+from bce_core.rules import times, zero_safe
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,27 @@ class LogitParts:
 
     def sigmoids(self) -> tuple[np.ndarray, np.ndarray]:
         """(sigma(x), sigma(-x)); NaN stays NaN in both."""
-        big = 1.0 / (1.0 + self.e)      # sigma(|x|)
-        small = self.e * big            # sigma(-|x|), never 1 - big
+        big = 1.0 / (1.0 + self.e)  # sigma(|x|)
+        small = self.e * big  # sigma(-|x|), never 1 - big
         positive = self.x >= 0
         return np.where(positive, big, small), np.where(positive, small, big)
+
+    def bracket(self, yp: np.ndarray, one_minus_yp: np.ndarray, q: Any) -> np.ndarray:
+        """(1 - y') softplus(x) + q y' softplus(-x): the element loss before the weight."""
+        return zero_safe(NUMPY_OPS, one_minus_yp, self.softplus_pos) + zero_safe(
+            NUMPY_OPS, times(q, yp), self.softplus_neg
+        )
+
+    def slope(
+        self,
+        yp: np.ndarray,
+        one_minus_yp: np.ndarray,
+        q: Any,
+        w: Any,
+        sigmoids: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """d loss / d x = w (1 - y') sigma(x) - w q y' sigma(-x) (``sigmoids`` if already made)."""
+        sig_pos, sig_neg = self.sigmoids() if sigmoids is None else sigmoids
+        return zero_safe(NUMPY_OPS, times(w, one_minus_yp), sig_pos) - zero_safe(
+            NUMPY_OPS, times(times(w, q), yp), sig_neg
+        )

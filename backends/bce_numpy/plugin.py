@@ -11,11 +11,13 @@ from bce_core.plugin import ArrayType, BackendSpec, hookimpl
 
 @hookimpl
 def bce_backends() -> list[BackendSpec]:
-    return [BackendSpec(
-        name="numpy",
-        loader="bce_numpy.backend:NumpyBackend",
-        # ndarray and NumPy scalars (numpy.generic), including bfloat16 from ml_dtypes arrays.
-        array_types=(ArrayType("numpy", "ndarray"), ArrayType("numpy", "generic")),
-        requires=("numpy",),
-        description="NumPy, float64 working precision, exact to 4 ULP",
-    )]
+    return [
+        BackendSpec(
+            name="numpy",
+            loader="bce_numpy.backend:NumpyBackend",
+            # ndarray and NumPy scalars (numpy.generic), including bfloat16 from ml_dtypes arrays.
+            array_types=(ArrayType("numpy", "ndarray"), ArrayType("numpy", "generic")),
+            requires=("numpy",),
+            description="NumPy, float64 working precision, exact to 4 ULP",
+        )
+    ]
