@@ -107,10 +107,14 @@ def smoothing_constants(eps: float) -> tuple[Fraction, Fraction]:
     return 1 - exact, exact / 2
 
 
-def _smoothing_floats(eps: float) -> tuple[float, float]:
+def smoothing_floats(eps: float) -> tuple[float, float]:
     """``smoothing_constants(eps)`` rounded to floats, without Fractions (an eager call would
     pay for them on every step): IEEE subtraction is correctly rounded and halving is exact,
-    so these are the exact constants rounded once."""
+    so these are the exact constants rounded once.
+
+    >>> smoothing_floats(0.1)
+    (0.9, 0.05)
+    """
     return 1.0 - eps, eps * 0.5
 
 
@@ -120,7 +124,7 @@ def smoothed_target_slope(eps: float) -> float:
     >>> smoothed_target_slope(0.25)
     0.75
     """
-    return _smoothing_floats(eps)[0]
+    return smoothing_floats(eps)[0]
 
 
 def smoothed_targets(
@@ -148,7 +152,7 @@ def smoothed_targets(
     if affine is None:
         if eps is None:
             raise ValueError("smoothed_targets: eps=None needs an affine that holds the smoothing.")
-        keep, half = _smoothing_floats(eps)
+        keep, half = smoothing_floats(eps)
         return y * keep + half, one_minus * keep + half
     return affine(y), affine(one_minus)
 

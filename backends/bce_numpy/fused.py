@@ -167,8 +167,6 @@ def denominator(ops: Operands, reduction: str) -> float:
     >>> denominator(ops, "weighted_mean"), denominator(ops, "mean"), denominator(ops, "sum")
     (4.0, 8.0, 1.0)
     """
-    if reduction == "none":  # nothing is divided: the elements are the result
-        return 1.0
     return float(
         rules.denominator(
             _BLOCKED_SUMS, reduction, ops.shape, keep=ops.mask, weight=ops.weight, like=None
@@ -177,13 +175,6 @@ def denominator(ops: Operands, reduction: str) -> float:
 
 
 # -- block kernels --------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _smoothing(eps: float) -> tuple[float, float]:
-    """``rules.smoothing_constants`` rounded to float64 (cached: exact fractions are slow)."""
-    keep, half = rules.smoothing_constants(eps)
-    return float(keep), float(half)
 
 
 @functools.lru_cache(maxsize=16)
@@ -331,7 +322,7 @@ def _fast_block(
     if eps == 0.0:
         np.copyto(b, y)
     else:  # y' = y keep + half and 1 - y' = (1 - y) keep + half
-        keep, half = _smoothing(eps)
+        keep, half = rules.smoothing_floats(eps)
         np.multiply(a, keep, out=a)
         np.add(a, half, out=a)
         np.multiply(y, keep, out=b)

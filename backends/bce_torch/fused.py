@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import torch
 
 from bce_core import rules
-from bce_core.rules import smoothed_targets, smoothing_constants, zero_safe
+from bce_core.rules import smoothed_targets, smoothing_floats, zero_safe
 
 from .kernels import LogitParts, logit_grad, logit_loss
 from .operands import TORCH_OPS as OPS
@@ -72,7 +72,7 @@ def coefficients(x: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch
                  label_smoothing: float) -> tuple[torch.Tensor | None, ...]:
     """weight, pos_weight and the smoothing in the working dtype; None where absent (or 0).
 
-    The smoothing is the tensor (1 - eps, eps / 2) of ``rules.smoothing_constants``, so
+    The smoothing is the tensor (1 - eps, eps / 2) of ``rules.smoothing_floats``, so
     one compiled program serves every value (a Python number would be compiled in).
 
     >>> coefficients(torch.zeros(2, dtype=torch.float16), None, None, 0.1)
@@ -80,7 +80,7 @@ def coefficients(x: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch
     """
     dtype = working_dtype(x.dtype)
     smoothing = None if label_smoothing == 0 else torch.tensor(
-        [float(c) for c in smoothing_constants(label_smoothing)], dtype=dtype, device=x.device)
+        smoothing_floats(label_smoothing), dtype=dtype, device=x.device)
     return (None if weight is None else weight.to(dtype),
             None if pos_weight is None else pos_weight.to(dtype), smoothing)
 
