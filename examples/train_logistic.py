@@ -40,7 +40,7 @@ class Data:
 @dataclass
 class Result:
     backend: str
-    curve: list[float]       # training loss before each step
+    curve: list[float]  # training loss before each step
     final_loss: float
     test_accuracy: float
 
@@ -132,8 +132,9 @@ def jax_trainer(data: Data, w: np.ndarray, b: np.ndarray, lr: float) -> tuple[St
     return step, predict
 
 
-def tensorflow_trainer(data: Data, w: np.ndarray, b: np.ndarray,
-                       lr: float) -> tuple[Step, Callable]:
+def tensorflow_trainer(
+    data: Data, w: np.ndarray, b: np.ndarray, lr: float
+) -> tuple[Step, Callable]:
     import tensorflow as tf
 
     x, y = tf.constant(data.train_x), tf.constant(data.train_y)
@@ -143,8 +144,7 @@ def tensorflow_trainer(data: Data, w: np.ndarray, b: np.ndarray,
     @tf.function
     def update() -> tf.Tensor:
         with tf.GradientTape() as tape:
-            loss = bce_core.binary_cross_entropy_with_logits(
-                tf.linalg.matvec(x, weight) + bias, y)
+            loss = bce_core.binary_cross_entropy_with_logits(tf.linalg.matvec(x, weight) + bias, y)
         optimiser.apply_gradients(zip(tape.gradient(loss, [weight, bias]), [weight, bias]))
         return loss
 
@@ -154,8 +154,12 @@ def tensorflow_trainer(data: Data, w: np.ndarray, b: np.ndarray,
     return lambda: float(update()), predict
 
 
-TRAINERS = {"numpy": numpy_trainer, "torch": torch_trainer, "jax": jax_trainer,
-            "tensorflow": tensorflow_trainer}
+TRAINERS = {
+    "numpy": numpy_trainer,
+    "torch": torch_trainer,
+    "jax": jax_trainer,
+    "tensorflow": tensorflow_trainer,
+}
 
 
 def train(backend: str, *, steps: int = 200, lr: float = 0.5, seed: int = 0) -> Result:
@@ -170,14 +174,21 @@ def train(backend: str, *, steps: int = 200, lr: float = 0.5, seed: int = 0) -> 
 
 
 def installed_backends() -> list[str]:
-    return [info.name for info in bce_core.available_backends()
-            if info.status == "ok" and info.name in TRAINERS]
+    return [
+        info.name
+        for info in bce_core.available_backends()
+        if info.status == "ok" and info.name in TRAINERS
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", action="append", choices=sorted(TRAINERS),
-                        help="backend to train with (repeatable; default: every installed one)")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=sorted(TRAINERS),
+        help="backend to train with (repeatable; default: every installed one)",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -185,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'backend':<12} {'first loss':>11} {'final loss':>11} {'test accuracy':>14}")
     for name in args.backend or installed_backends():
         result = train(name, steps=args.steps, lr=args.lr, seed=args.seed)
-        print(f"{name:<12} {result.curve[0]:>11.6f} {result.final_loss:>11.6f} "
-              f"{result.test_accuracy:>14.4f}")
+        print(
+            f"{name:<12} {result.curve[0]:>11.6f} {result.final_loss:>11.6f} "
+            f"{result.test_accuracy:>14.4f}"
+        )
     return 0
 
 

@@ -41,13 +41,20 @@ class UnstableSoftplus(NumpyBackend):
             sp_neg = np.log1p(np.exp(-x.astype(np.float32)))
             elements = (1 - y) * sp + y * sp_neg
         reduction = options.get("reduction", "mean")
-        if reduction == "none" or options.get("mask") is not None or \
-                options.get("weight") is not None or options.get("pos_weight") is not None:
+        if (
+            reduction == "none"
+            or options.get("mask") is not None
+            or options.get("weight") is not None
+            or options.get("pos_weight") is not None
+        ):
             return super().binary_cross_entropy_with_logits(logits, targets, **options)
         total = elements.sum()
-        value = {"sum": total, "mean": total / max(elements.size, 1),
-                 "batch_mean": total / max(elements.shape[0] if elements.ndim else 1, 1),
-                 "weighted_mean": total / max(elements.size, 1)}[reduction]
+        value = {
+            "sum": total,
+            "mean": total / max(elements.size, 1),
+            "batch_mean": total / max(elements.shape[0] if elements.ndim else 1, 1),
+            "weighted_mean": total / max(elements.size, 1),
+        }[reduction]
         return np.asarray(value).astype(x.dtype)
 
 
@@ -74,9 +81,12 @@ class WeightMissingFromGradient(NumpyBackend):
         loss, grads = super().value_and_grad(logits, targets, **options)
         if options.get("weight") is None:
             return loss, grads
-        unweighted = {**options, "weight": None,
-                      "wrt": tuple(n for n in _names(options.get("wrt", "logits"))
-                                   if n != "weight") or "logits"}
+        unweighted = {
+            **options,
+            "weight": None,
+            "wrt": tuple(n for n in _names(options.get("wrt", "logits")) if n != "weight")
+            or "logits",
+        }
         _, plain = super().value_and_grad(logits, targets, **unweighted)
         plain = plain if isinstance(plain, tuple) else (plain,)
         if isinstance(grads, tuple):
@@ -92,7 +102,8 @@ class MeanIgnoresMask(NumpyBackend):
     def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any:
         if options.get("reduction", "mean") == "mean" and options.get("mask") is not None:
             total = super().binary_cross_entropy_with_logits(
-                logits, targets, **{**options, "reduction": "sum"})
+                logits, targets, **{**options, "reduction": "sum"}
+            )
             return np.asarray(total / max(np.asarray(logits).size, 1), total.dtype)
         return super().binary_cross_entropy_with_logits(logits, targets, **options)
 
@@ -128,14 +139,21 @@ class HalfAccumulatedInHalf(NumpyBackend):
 
     def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any:
         x = np.asarray(logits)
-        if x.dtype.itemsize != 2 or options.get("reduction", "mean") != "sum" \
-                or options.get("mask") is not None:
+        if (
+            x.dtype.itemsize != 2
+            or options.get("reduction", "mean") != "sum"
+            or options.get("mask") is not None
+        ):
             return super().binary_cross_entropy_with_logits(logits, targets, **options)
         elements = super().binary_cross_entropy_with_logits(
-            logits, targets, **{**options, "reduction": "none"})
+            logits, targets, **{**options, "reduction": "none"}
+        )
         with np.errstate(all="ignore"):
-            return np.cumsum(elements.ravel(), dtype=x.dtype)[-1] if elements.size else \
-                np.zeros((), x.dtype)
+            return (
+                np.cumsum(elements.ravel(), dtype=x.dtype)[-1]
+                if elements.size
+                else np.zeros((), x.dtype)
+            )
 
 
 class WrongDtype(NumpyBackend):
@@ -188,56 +206,106 @@ class MaskMultipliedAfter(NumpyBackend):
     name = "mask_multiplied_after"
 
     @quiet_float_errors
-    def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, *, mask: Any = None,
-                                         reduction: str = "mean", validate: bool = False,
-                                         **options: Any) -> Any:
+    def binary_cross_entropy_with_logits(
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        **options: Any,
+    ) -> Any:
         if mask is None:
             return super().binary_cross_entropy_with_logits(
-                logits, targets, reduction=reduction, validate=validate, **options)
+                logits, targets, reduction=reduction, validate=validate, **options
+            )
         reduction = check_reduction(reduction)
-        ops = self._prepare("logits", logits, targets, options.get("weight"),
-                            options.get("pos_weight"), mask, validate)
-        elements = super().binary_cross_entropy_with_logits(logits, targets, reduction="none",
-                                                            **options)
+        ops = self._prepare(
+            "logits",
+            logits,
+            targets,
+            options.get("weight"),
+            options.get("pos_weight"),
+            mask,
+            validate,
+        )
+        elements = super().binary_cross_entropy_with_logits(
+            logits, targets, reduction="none", **options
+        )
         return _reduced(elements.astype(np.float64) * _keep(ops), ops, reduction)
 
     @quiet_float_errors
-    def binary_cross_entropy(self, probs: Any, targets: Any, *, mask: Any = None,
-                             reduction: str = "mean", validate: bool = False,
-                             **options: Any) -> Any:
+    def binary_cross_entropy(
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        **options: Any,
+    ) -> Any:
         if mask is None:
-            return super().binary_cross_entropy(probs, targets, reduction=reduction,
-                                                validate=validate, **options)
+            return super().binary_cross_entropy(
+                probs, targets, reduction=reduction, validate=validate, **options
+            )
         reduction = check_reduction(reduction)
-        ops = self._prepare("probs", probs, targets, options.get("weight"),
-                            options.get("pos_weight"), mask, validate)
+        ops = self._prepare(
+            "probs",
+            probs,
+            targets,
+            options.get("weight"),
+            options.get("pos_weight"),
+            mask,
+            validate,
+        )
         elements = super().binary_cross_entropy(probs, targets, reduction="none", **options)
         return _reduced(elements.astype(np.float64) * _keep(ops), ops, reduction)
 
     @quiet_float_errors
-    def value_and_grad(self, logits: Any, targets: Any, *, mask: Any = None,
-                       reduction: str = "mean", validate: bool = False,
-                       wrt: str | tuple[str, ...] = "logits", **options: Any) -> Any:
+    def value_and_grad(
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        wrt: str | tuple[str, ...] = "logits",
+        **options: Any,
+    ) -> Any:
         # The weight and pos_weight gradients (summed to their shapes) are the right ones.
-        loss, grads = super().value_and_grad(logits, targets, mask=mask, reduction=reduction,
-                                             validate=validate, wrt=wrt, **options)
+        loss, grads = super().value_and_grad(
+            logits, targets, mask=mask, reduction=reduction, validate=validate, wrt=wrt, **options
+        )
         if mask is None:
             return loss, grads
         names, as_tuple = check_wrt(wrt)
-        ops = self._prepare("logits", logits, targets, options.get("weight"),
-                            options.get("pos_weight"), mask, validate)
-        loss = self.binary_cross_entropy_with_logits(logits, targets, mask=mask,
-                                                     reduction=reduction, **options)
+        ops = self._prepare(
+            "logits",
+            logits,
+            targets,
+            options.get("weight"),
+            options.get("pos_weight"),
+            mask,
+            validate,
+        )
+        loss = self.binary_cross_entropy_with_logits(
+            logits, targets, mask=mask, reduction=reduction, **options
+        )
         grads = list(grads) if as_tuple else [grads]
         elementwise = tuple(n for n in names if n in ("logits", "targets"))
         if elementwise:
-            _, partials = super().value_and_grad(logits, targets, reduction="sum",
-                                                 wrt=elementwise, **options)
+            _, partials = super().value_and_grad(
+                logits, targets, reduction="sum", wrt=elementwise, **options
+            )
             den = denominator(ops, reduction)
             scale = 0.0 if den == 0.0 else 1.0 / den
             for name, partial in zip(elementwise, partials):
-                grads[names.index(name)] = (partial.astype(np.float64) * _keep(ops) * scale
-                                            ).astype(ops.inputs.dtype)
+                grads[names.index(name)] = (partial.astype(np.float64) * _keep(ops) * scale).astype(
+                    ops.inputs.dtype
+                )
         return loss, tuple(grads) if as_tuple else grads[0]
 
 
@@ -247,8 +315,9 @@ class IgnoresLogClamp(NumpyBackend):
 
     name = "ignores_log_clamp"
 
-    def binary_cross_entropy(self, probs: Any, targets: Any, *,
-                             log_clamp: float = DEFAULT_LOG_CLAMP, **options: Any) -> Any:
+    def binary_cross_entropy(
+        self, probs: Any, targets: Any, *, log_clamp: float = DEFAULT_LOG_CLAMP, **options: Any
+    ) -> Any:
         check_log_clamp(log_clamp)
         return super().binary_cross_entropy(probs, targets, log_clamp=DEFAULT_LOG_CLAMP, **options)
 
@@ -263,19 +332,30 @@ class WrongBeyondSize(NumpyBackend):
 
     name = "wrong_beyond_size"
 
-    def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, *,
-                                         pos_weight: Any = None, **options: Any) -> Any:
+    def binary_cross_entropy_with_logits(
+        self, logits: Any, targets: Any, *, pos_weight: Any = None, **options: Any
+    ) -> Any:
         if np.size(logits) > LARGE_INPUT:
-            super().binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight,
-                                                     **options)  # the argument checks
+            super().binary_cross_entropy_with_logits(
+                logits, targets, pos_weight=pos_weight, **options
+            )  # the argument checks
             pos_weight = None
-        return super().binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight,
-                                                        **options)
+        return super().binary_cross_entropy_with_logits(
+            logits, targets, pos_weight=pos_weight, **options
+        )
 
-    def value_and_grad(self, logits: Any, targets: Any, *, pos_weight: Any = None,
-                       wrt: str | tuple[str, ...] = "logits", **options: Any) -> Any:
-        loss, grads = super().value_and_grad(logits, targets, pos_weight=pos_weight, wrt=wrt,
-                                             **options)
+    def value_and_grad(
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        pos_weight: Any = None,
+        wrt: str | tuple[str, ...] = "logits",
+        **options: Any,
+    ) -> Any:
+        loss, grads = super().value_and_grad(
+            logits, targets, pos_weight=pos_weight, wrt=wrt, **options
+        )
         if np.size(logits) <= LARGE_INPUT or pos_weight is None:
             return loss, grads
         names, as_tuple = check_wrt(wrt)
@@ -296,25 +376,40 @@ class WrongRemainder(NumpyBackend):
 
     def _blocked(self, ops: Operands, eps: float) -> tuple[np.ndarray, np.ndarray]:
         """Element losses and d(sum)/d logits, block by block (masked-out elements are 0)."""
+
         def flat(a: Any) -> Any:
             return None if a is None else np.broadcast_to(a, ops.shape).ravel()
 
-        x, y, w, q, m = (flat(a) for a in (ops.inputs, ops.targets, ops.weight, ops.pos_weight,
-                                           ops.mask))
+        x, y, w, q, m = (
+            flat(a) for a in (ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask)
+        )
         n = x.size
         elements, grad = np.zeros(n, x.dtype), np.zeros(n, x.dtype)
         stop = n if n <= self.block else n - n % self.block
         for start in range(0, stop, self.block):
             s = slice(start, min(start + self.block, stop))
             elements[s], grad[s] = NumpyBackend.value_and_grad(
-                self, x[s], y[s], weight=None if w is None else w[s],
-                pos_weight=None if q is None else q[s], mask=None if m is None else m[s],
-                label_smoothing=eps, reduction="none")
+                self,
+                x[s],
+                y[s],
+                weight=None if w is None else w[s],
+                pos_weight=None if q is None else q[s],
+                mask=None if m is None else m[s],
+                label_smoothing=eps,
+                reduction="none",
+            )
         return elements.reshape(ops.shape), grad.reshape(ops.shape)
 
     def binary_cross_entropy_with_logits(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
         validate: bool = False,
     ) -> Any:
         eps = check_label_smoothing(label_smoothing)
@@ -323,14 +418,22 @@ class WrongRemainder(NumpyBackend):
         elements, _ = self._blocked(ops, eps)
         return _reduced(elements.astype(np.float64), ops, reduction)
 
-    def value_and_grad(self, logits: Any, targets: Any, *, wrt: str | tuple[str, ...] = "logits",
-                       **options: Any) -> Any:
+    def value_and_grad(
+        self, logits: Any, targets: Any, *, wrt: str | tuple[str, ...] = "logits", **options: Any
+    ) -> Any:
         _, grads = super().value_and_grad(logits, targets, wrt=wrt, **options)
         names, as_tuple = check_wrt(wrt)
         eps = check_label_smoothing(options.get("label_smoothing", 0.0))
         reduction = check_reduction(options.get("reduction", "mean"))
-        ops = self._prepare("logits", logits, targets, options.get("weight"),
-                            options.get("pos_weight"), options.get("mask"), False)
+        ops = self._prepare(
+            "logits",
+            logits,
+            targets,
+            options.get("weight"),
+            options.get("pos_weight"),
+            options.get("mask"),
+            False,
+        )
         elements, grad = self._blocked(ops, eps)
         loss = _reduced(elements.astype(np.float64), ops, reduction)
         grads = list(grads) if as_tuple else [grads]
@@ -374,8 +477,15 @@ class ZeroesMaskedInPlace(NumpyBackend):
     name = "zeroes_masked_in_place"
 
     def _zero_masked(self, logits: Any, targets: Any, options: dict[str, Any]) -> None:
-        ops = self._prepare("logits", logits, targets, options.get("weight"),
-                            options.get("pos_weight"), options.get("mask"), False)
+        ops = self._prepare(
+            "logits",
+            logits,
+            targets,
+            options.get("weight"),
+            options.get("pos_weight"),
+            options.get("mask"),
+            False,
+        )
         x = _caller_array(logits)
         if ops.mask is not None and x is not None:
             np.copyto(x, x.dtype.type(0.0), where=~np.broadcast_to(ops.mask, ops.shape))
@@ -410,7 +520,8 @@ class SmoothsTargetsInPlace(NumpyBackend):
     def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any:
         eps = self._smooth(targets, options)
         return super().binary_cross_entropy_with_logits(
-            logits, targets, **{**options, "label_smoothing": eps})
+            logits, targets, **{**options, "label_smoothing": eps}
+        )
 
     def value_and_grad(self, logits: Any, targets: Any, **options: Any) -> Any:
         given = check_label_smoothing(options.get("label_smoothing", 0.0))
@@ -435,17 +546,26 @@ class SharedScratchBuffer(NumpyBackend):
     def __init__(self) -> None:
         self._scratch = np.empty(0)
 
-    def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, *,
-                                         reduction: str = "mean", **options: Any) -> Any:
-        elements = super().binary_cross_entropy_with_logits(logits, targets, reduction="none",
-                                                            **options)
+    def binary_cross_entropy_with_logits(
+        self, logits: Any, targets: Any, *, reduction: str = "mean", **options: Any
+    ) -> Any:
+        elements = super().binary_cross_entropy_with_logits(
+            logits, targets, reduction="none", **options
+        )
         reduction = check_reduction(reduction)
         if self._scratch.size < elements.size:
             self._scratch = np.empty(elements.size)
-        scratch = self._scratch[:elements.size]
+        scratch = self._scratch[: elements.size]
         np.copyto(scratch, elements.ravel())
-        ops = self._prepare("logits", logits, targets, options.get("weight"),
-                            options.get("pos_weight"), options.get("mask"), False)
+        ops = self._prepare(
+            "logits",
+            logits,
+            targets,
+            options.get("weight"),
+            options.get("pos_weight"),
+            options.get("mask"),
+            False,
+        )
         den = 1.0 if reduction == "none" else denominator(ops, reduction)
         time.sleep(0)  # as any call that releases the GIL here would
         if reduction == "none":
@@ -468,14 +588,16 @@ class ValidateChangesResult(NumpyBackend):
             return x.astype(np.float32), x.dtype
         return logits, None
 
-    def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, *,
-                                         validate: bool = False, **options: Any) -> Any:
+    def binary_cross_entropy_with_logits(
+        self, logits: Any, targets: Any, *, validate: bool = False, **options: Any
+    ) -> Any:
         x, dtype = self._checked(logits, validate)
         loss = super().binary_cross_entropy_with_logits(x, targets, validate=validate, **options)
         return loss if dtype is None else loss.astype(dtype)
 
-    def value_and_grad(self, logits: Any, targets: Any, *, validate: bool = False,
-                       **options: Any) -> Any:
+    def value_and_grad(
+        self, logits: Any, targets: Any, *, validate: bool = False, **options: Any
+    ) -> Any:
         x, dtype = self._checked(logits, validate)
         loss, grads = super().value_and_grad(x, targets, validate=validate, **options)
         if dtype is None:
@@ -483,7 +605,6 @@ class ValidateChangesResult(NumpyBackend):
         if isinstance(grads, tuple):
             return loss.astype(dtype), tuple(g.astype(dtype) for g in grads)
         return loss.astype(dtype), grads.astype(dtype)
-
 
 
 class ClassicFormula(NumpyBackend):
@@ -498,14 +619,17 @@ class ClassicFormula(NumpyBackend):
         xw = x.astype(work)
         eps = options.get("label_smoothing", 0.0)
         y = np.asarray(targets).astype(x.dtype).astype(work) * (1 - eps) + eps / 2
-        q = np.asarray(1.0 if options.get("pos_weight") is None else options["pos_weight"],
-                       dtype=x.dtype).astype(work)
-        w = np.asarray(1.0 if options.get("weight") is None else options["weight"],
-                       dtype=x.dtype).astype(work)
+        q = np.asarray(
+            1.0 if options.get("pos_weight") is None else options["pos_weight"], dtype=x.dtype
+        ).astype(work)
+        w = np.asarray(
+            1.0 if options.get("weight") is None else options["weight"], dtype=x.dtype
+        ).astype(work)
         with np.errstate(all="ignore"):
             log_weight = 1 + (q - 1) * y
-            elements = (1 - y) * xw + log_weight * (np.log1p(np.exp(-np.abs(xw)))
-                                                    + np.maximum(-xw, 0))
+            elements = (1 - y) * xw + log_weight * (
+                np.log1p(np.exp(-np.abs(xw))) + np.maximum(-xw, 0)
+            )
             sig = 1 / (1 + np.exp(-xw))
             grad = log_weight * sig - q * y  # d/dx of the line above, simplified
         return w * elements, w * grad
@@ -518,15 +642,21 @@ class ClassicFormula(NumpyBackend):
         # Reduce with the spec's plumbing: only the element formula is classic.
         from bce_core.arrays import reduce_loss
 
-        reduced = reduce_loss(np.broadcast_to(elements, np.shape(logits)).astype(np.float64),
-                              options.get("reduction", "mean"), mask=options.get("mask"),
-                              weight=options.get("weight"))
+        reduced = reduce_loss(
+            np.broadcast_to(elements, np.shape(logits)).astype(np.float64),
+            options.get("reduction", "mean"),
+            mask=options.get("mask"),
+            weight=options.get("weight"),
+        )
         return np.asarray(reduced.loss).astype(np.asarray(logits).dtype)
 
     def value_and_grad(self, logits: Any, targets: Any, **options: Any) -> Any:
         loss, grads = super().value_and_grad(logits, targets, **options)
-        if options.get("reduction", "mean") != "none" or options.get("mask") is not None or \
-                not np.all(np.isfinite(np.asarray(logits, np.float64))):
+        if (
+            options.get("reduction", "mean") != "none"
+            or options.get("mask") is not None
+            or not np.all(np.isfinite(np.asarray(logits, np.float64)))
+        ):
             return loss, grads
         names = _names(options.get("wrt", "logits"))
         if "logits" not in names:
@@ -536,14 +666,29 @@ class ClassicFormula(NumpyBackend):
         if not isinstance(grads, tuple):
             return loss, grad
         where = names.index("logits")
-        return loss, grads[:where] + (grad,) + grads[where + 1:]
+        return loss, grads[:where] + (grad,) + grads[where + 1 :]
 
 
-BROKEN = [UnstableSoftplus, PosWeightOnNegatives, WeightMissingFromGradient, MeanIgnoresMask,
-          SmoothingTwice, SoftGradientSign, HalfAccumulatedInHalf, WrongDtype, WrongDevice,
-          MaskMultipliedAfter, IgnoresLogClamp, WrongBeyondSize, WrongRemainder,
-          ClipsLogitsInPlace, ZeroesMaskedInPlace, SmoothsTargetsInPlace, SharedScratchBuffer,
-          ValidateChangesResult]
+BROKEN = [
+    UnstableSoftplus,
+    PosWeightOnNegatives,
+    WeightMissingFromGradient,
+    MeanIgnoresMask,
+    SmoothingTwice,
+    SoftGradientSign,
+    HalfAccumulatedInHalf,
+    WrongDtype,
+    WrongDevice,
+    MaskMultipliedAfter,
+    IgnoresLogClamp,
+    WrongBeyondSize,
+    WrongRemainder,
+    ClipsLogitsInPlace,
+    ZeroesMaskedInPlace,
+    SmoothsTargetsInPlace,
+    SharedScratchBuffer,
+    ValidateChangesResult,
+]
 
 
 try:
@@ -569,20 +714,29 @@ class TorchBuiltin(TorchBackend):  # type: ignore[misc, valid-type]
         # a finite second derivative for NaN targets, no gradient for weight) or cannot express
         # the call, use the exact backend.
         work = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
-        weights_need_grad = any(isinstance(options.get(k), torch.Tensor) and
-                                options[k].requires_grad for k in ("weight", "pos_weight"))
-        if (torch.compiler.is_compiling() or options.get("mask") is not None
-                or reduction not in ("none", "sum", "mean") or logits.numel() == 0
-                or weights_need_grad or not bool(torch.isfinite(logits).all())
-                or not bool(torch.isfinite(torch.as_tensor(targets, dtype=work)).all())):
+        weights_need_grad = any(
+            isinstance(options.get(k), torch.Tensor) and options[k].requires_grad
+            for k in ("weight", "pos_weight")
+        )
+        if (
+            torch.compiler.is_compiling()
+            or options.get("mask") is not None
+            or reduction not in ("none", "sum", "mean")
+            or logits.numel() == 0
+            or weights_need_grad
+            or not bool(torch.isfinite(logits).all())
+            or not bool(torch.isfinite(torch.as_tensor(targets, dtype=work)).all())
+        ):
             return exact
         eps = options.get("label_smoothing", 0.0)
         y = targets.to(work) * (1 - eps) + eps / 2
-        weight, pos_weight = (None if options.get(k) is None else
-                              torch.as_tensor(options[k]).to(work)
-                              for k in ("weight", "pos_weight"))
+        weight, pos_weight = (
+            None if options.get(k) is None else torch.as_tensor(options[k]).to(work)
+            for k in ("weight", "pos_weight")
+        )
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.to(work), y, weight=weight, pos_weight=pos_weight, reduction=reduction)
+            logits.to(work), y, weight=weight, pos_weight=pos_weight, reduction=reduction
+        )
         return loss.to(logits.dtype)
 
 
@@ -594,8 +748,12 @@ class TorchTouchesGrad(TorchBackend):  # type: ignore[misc, valid-type]
     name = "torch_touches_grad"
 
     def binary_cross_entropy_with_logits(self, logits: Any, targets: Any, **options: Any) -> Any:
-        if (isinstance(logits, torch.Tensor) and not torch.compiler.is_compiling()
-                and logits.is_leaf and logits.grad is not None):
+        if (
+            isinstance(logits, torch.Tensor)
+            and not torch.compiler.is_compiling()
+            and logits.is_leaf
+            and logits.grad is not None
+        ):
             logits.grad.zero_()
         return super().binary_cross_entropy_with_logits(logits, targets, **options)
 

@@ -28,8 +28,9 @@ def fresh_registry() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                      fresh_registry: None) -> Callable[..., Path]:
+def make_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_registry: None
+) -> Callable[..., Path]:
     """Install a throw-away distribution (modules + entry points) on sys.path.
 
     ``make_distribution("acme-bce", {"acme": "acme_plugin"}, {"acme_plugin": "source"})``

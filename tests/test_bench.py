@@ -52,15 +52,24 @@ def check_comparisons(backend: dict[str, Any], size: int = 100, repeat: int = 2)
 
 
 def variants(backend: dict[str, Any]) -> set[tuple[str, str, str, str | None]]:
-    return {(row["dtype"], row["task"], row["ours"]["label"],
-             row["native"]["label"] if row["native"] else None) for row in backend["comparisons"]}
+    return {
+        (
+            row["dtype"],
+            row["task"],
+            row["ours"]["label"],
+            row["native"]["label"] if row["native"] else None,
+        )
+        for row in backend["comparisons"]
+    }
 
 
 def test_numpy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = bench(tmp_path, "--backend", "numpy", *TINY)
     out = capsys.readouterr().out
-    assert data["command"] == f"bce bench --backend numpy --sizes 100 --repeat 2 --json " \
-                              f"{tmp_path / 'bench.json'}"
+    assert (
+        data["command"] == f"bce bench --backend numpy --sizes 100 --repeat 2 --json "
+        f"{tmp_path / 'bench.json'}"
+    )
     assert {"cpu", "cores", "python", "platform"} <= set(data["machine"])
     assert "numpy" in data["machine"]["versions"]
     assert data["config"]["sizes"] == [100] and data["config"]["dtypes"] == ["float32"]
@@ -69,7 +78,8 @@ def test_numpy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (numpy["name"], numpy["device"], numpy["failures"]) == ("numpy", "cpu", [])
     assert variants(numpy) == {
         ("float32", "forward", "api", "naive formula"),
-        ("float32", "forward+grad", "value_and_grad", "naive formula + grad")}
+        ("float32", "forward+grad", "value_and_grad", "naive formula + grad"),
+    }
     check_comparisons(numpy)
     losses = {row["ours"]["loss"] for row in numpy["comparisons"]}
     assert len(losses) == 1 and 0.5 < losses.pop() < 2.5  # the same mean loss in both tasks
@@ -84,17 +94,21 @@ def test_numpy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "naive formula" in out and "per-call overhead" in out
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--sizes", "0"], "argument --sizes: '0' is not a positive integer"),
-    (["--sizes", "2.5"], "argument --sizes: '2.5' is not a positive integer"),
-    (["--sizes", "1e3,ten"], "argument --sizes: 'ten' is not a positive integer"),
-    (["--sizes", ","], "argument --sizes: no size given"),
-    (["--dtype", "float8"], "argument --dtype: unknown dtype 'float8'"),
-    (["--dtype", "flaot32"], "did you mean 'float32'?"),
-    (["--repeat", "0"], "argument --repeat: '0' is not a positive integer"),
-])
-def test_argument_errors_name_the_argument(args: list[str], message: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sizes", "0"], "argument --sizes: '0' is not a positive integer"),
+        (["--sizes", "2.5"], "argument --sizes: '2.5' is not a positive integer"),
+        (["--sizes", "1e3,ten"], "argument --sizes: 'ten' is not a positive integer"),
+        (["--sizes", ","], "argument --sizes: no size given"),
+        (["--dtype", "float8"], "argument --dtype: unknown dtype 'float8'"),
+        (["--dtype", "flaot32"], "did you mean 'float32'?"),
+        (["--repeat", "0"], "argument --repeat: '0' is not a positive integer"),
+    ],
+)
+def test_argument_errors_name_the_argument(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["bench", *args])
     assert exited.value.code == 2
@@ -136,8 +150,9 @@ def ghosts(make_distribution: Any) -> None:
     make_distribution("ghost-bce", {"ghost": "ghost_plugin"}, {"ghost_plugin": GHOSTS})
 
 
-def test_unavailable_backends_are_skipped_and_listed(ghosts: None, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_unavailable_backends_are_skipped_and_listed(
+    ghosts: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = bench(tmp_path, "--backend", "numpy,ghost", "--backend", "broken", *TINY)
     out = capsys.readouterr().out
     assert [b["name"] for b in data["backends"]] == ["numpy"]
@@ -158,8 +173,10 @@ def test_nothing_to_time_exits_1(ghosts: None, capsys: pytest.CaptureFixture[str
 def test_backend_without_native_baseline_is_timed_alone(ghosts: None, tmp_path: Path) -> None:
     data = bench(tmp_path, "--backend", "mine", *TINY)
     (mine,) = data["backends"]
-    assert variants(mine) == {("float32", "forward", "api", None),
-                              ("float32", "forward+grad", "value_and_grad", None)}
+    assert variants(mine) == {
+        ("float32", "forward", "api", None),
+        ("float32", "forward+grad", "value_and_grad", None),
+    }
     check_comparisons(mine)
     notes = " ".join(mine["notes"])
     assert "no native baseline" in notes and "backend='mine'" in notes
@@ -168,24 +185,29 @@ def test_backend_without_native_baseline_is_timed_alone(ghosts: None, tmp_path: 
 def test_write_readme_replaces_the_section(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
-    assert main(["bench", "--backend", "numpy", *TINY, "--write-readme",
-                 "--readme", str(readme)]) == 0
+    assert (
+        main(["bench", "--backend", "numpy", *TINY, "--write-readme", "--readme", str(readme)]) == 0
+    )
     text = readme.read_text()
     section = text.split("<!-- bench:begin -->")[1].split("<!-- bench:end -->")[0]
     assert text.startswith("# Title\n\n") and text.endswith("<!-- bench:end -->\n\nafter\n")
     assert "old" not in section
-    assert f"`bce bench --backend numpy --sizes 100 --repeat 2 --write-readme --readme " \
-           f"{readme}`" in section
+    assert (
+        f"`bce bench --backend numpy --sizes 100 --repeat 2 --write-readme --readme "
+        f"{readme}`" in section
+    )
     assert "cores" in section and "| numpy | 100 | float32 | forward |" in section
     assert "per-call" in section.lower()
 
 
 def test_write_readme_without_markers_fails_before_timing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# no markers here\n")
-    assert main(["bench", "--backend", "numpy", *TINY, "--write-readme",
-                 "--readme", str(readme)]) == 1
+    assert (
+        main(["bench", "--backend", "numpy", *TINY, "--write-readme", "--readme", str(readme)]) == 1
+    )
     captured = capsys.readouterr()
     assert "<!-- bench:begin -->" in captured.err and "markers" in captured.err
     assert "naive formula" not in captured.out  # nothing was timed
@@ -198,11 +220,13 @@ def test_interleaved_rounds_call_each_function_the_same_number_of_times() -> Non
     def counting(key: str) -> Any:
         def run() -> None:
             calls[key] += 1
+
         return run
 
     # "slow" is known to take 10 s a call: one call per sample and no estimate.
-    timings = interleaved({"slow": counting("slow"), "fast": counting("fast")}, repeat=4,
-                          known={"slow": 10.0})
+    timings = interleaved(
+        {"slow": counting("slow"), "fast": counting("fast")}, repeat=4, known={"slow": 10.0}
+    )
     assert calls["slow"] == 1 + 4  # the warm-up, then one call in each round
     assert timings["slow"].number == 1 and timings["slow"].repeat == 4
     assert timings["fast"].repeat == 4 and timings["fast"].number >= 1
@@ -210,13 +234,14 @@ def test_interleaved_rounds_call_each_function_the_same_number_of_times() -> Non
 
 
 def test_importing_the_bench_imports_no_framework() -> None:
-    script = ("import sys, bce_bench.cli, bce_bench.suite, bce_bench.report\n"
-              "from bce_core.cli import build_parser\n"
-              "assert 'bench' in build_parser().format_help()\n"
-              "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'keras', 'optax') "
-              "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
+    script = (
+        "import sys, bce_bench.cli, bce_bench.suite, bce_bench.report\n"
+        "from bce_core.cli import build_parser\n"
+        "assert 'bench' in build_parser().format_help()\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'keras', 'optax') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -263,7 +288,8 @@ def test_framework_against_its_own_loss(framework: str, tmp_path: Path) -> None:
 
 
 def test_bfloat16_without_ml_dtypes_is_skipped_for_numpy(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import ml_dtypes now raises ImportError
     data = bench(tmp_path, "--backend", "numpy", "--dtype", "float32,bfloat16", *TINY)
     (numpy,) = data["backends"]

@@ -20,8 +20,7 @@ RIGHT = NumpyBackend()
 
 def _data(size: int, seed: int = 0, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal(size).astype(dtype) * 3,
-            rng.integers(0, 2, size).astype(dtype))
+    return (rng.standard_normal(size).astype(dtype) * 3, rng.integers(0, 2, size).astype(dtype))
 
 
 # -- masks -------------------------------------------------------------------------------
@@ -43,9 +42,11 @@ def test_mask_multiplied_after_lets_a_masked_out_value_poison_the_loss(bad: floa
     assert np.isfinite(RIGHT.value_and_grad(x, y, mask=mask)[1]).all()
     # Without a bad value under the mask it agrees with the NumPy backend.
     x[3] = 0.5
-    np.testing.assert_allclose(backend.binary_cross_entropy_with_logits(x, y, mask=mask),
-                               RIGHT.binary_cross_entropy_with_logits(x, y, mask=mask),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        backend.binary_cross_entropy_with_logits(x, y, mask=mask),
+        RIGHT.binary_cross_entropy_with_logits(x, y, mask=mask),
+        rtol=1e-6,
+    )
 
 
 def test_mask_multiplied_after_also_poisons_the_probability_form() -> None:
@@ -92,10 +93,14 @@ def test_wrong_beyond_size_forgets_pos_weight_above_50000_elements() -> None:
     q = np.float32(3.0)
     for size, same in ((broken.LARGE_INPUT, True), (broken.LARGE_INPUT + 1, False)):
         x, y = _data(size)
-        assert (backend.binary_cross_entropy_with_logits(x, y, pos_weight=q)
-                == RIGHT.binary_cross_entropy_with_logits(x, y, pos_weight=q)) == same
-        got, want = backend.value_and_grad(x, y, pos_weight=q), RIGHT.value_and_grad(
-            x, y, pos_weight=q)
+        assert (
+            backend.binary_cross_entropy_with_logits(x, y, pos_weight=q)
+            == RIGHT.binary_cross_entropy_with_logits(x, y, pos_weight=q)
+        ) == same
+        got, want = (
+            backend.value_and_grad(x, y, pos_weight=q),
+            RIGHT.value_and_grad(x, y, pos_weight=q),
+        )
         assert (got[0] == want[0]) == same
         assert np.array_equal(got[1], want[1]) == same
 
@@ -114,7 +119,8 @@ def test_wrong_remainder_drops_the_elements_after_the_last_whole_block() -> None
     for size in (backend.block - 1, 2 * backend.block):
         x, y = _data(size)
         assert backend.binary_cross_entropy_with_logits(x, y) == pytest.approx(
-            RIGHT.binary_cross_entropy_with_logits(x, y), rel=1e-6)
+            RIGHT.binary_cross_entropy_with_logits(x, y), rel=1e-6
+        )
 
 
 # -- the caller's arrays -----------------------------------------------------------------
@@ -138,7 +144,8 @@ def test_smooths_targets_in_place_is_right_once_and_changes_the_callers_targets(
     backend = broken.SmoothsTargetsInPlace()
     first = backend.binary_cross_entropy_with_logits(x, y, label_smoothing=0.2)
     assert first == pytest.approx(
-        float(RIGHT.binary_cross_entropy_with_logits(x, before, label_smoothing=0.2)), rel=1e-6)
+        float(RIGHT.binary_cross_entropy_with_logits(x, before, label_smoothing=0.2)), rel=1e-6
+    )
     np.testing.assert_allclose(y, before * 0.8 + 0.1, rtol=1e-6)
     second = backend.binary_cross_entropy_with_logits(x, y, label_smoothing=0.2)
     assert second != pytest.approx(float(first), rel=1e-4)
@@ -185,8 +192,9 @@ def test_shared_scratch_buffer_mixes_up_concurrent_calls() -> None:
 def test_validate_changes_result_loses_float64_bits() -> None:
     x, y = _data(64, dtype=np.float64)
     backend = broken.ValidateChangesResult()
-    assert backend.binary_cross_entropy_with_logits(x, y) == \
-        RIGHT.binary_cross_entropy_with_logits(x, y)
+    assert backend.binary_cross_entropy_with_logits(x, y) == RIGHT.binary_cross_entropy_with_logits(
+        x, y
+    )
     got = backend.binary_cross_entropy_with_logits(x, y, validate=True)
     want = RIGHT.binary_cross_entropy_with_logits(x, y, validate=True)
     assert got.dtype == np.float64

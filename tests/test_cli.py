@@ -23,13 +23,19 @@ def test_backends_json_lists_every_builtin_backend(capsys: pytest.CaptureFixture
 
 
 def test_backends_table_through_python_dash_m() -> None:
-    out = subprocess.run([sys.executable, "-m", "bce_core", "backends"], capture_output=True,
-                         text=True, check=True, env={"COLUMNS": "200", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-m", "bce_core", "backends"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
     assert "numpy" in out.stdout and "ok" in out.stdout
 
 
-def test_conformance_on_numpy_passes_and_writes_json(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_conformance_on_numpy_passes_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = tmp_path / "report.json"
     assert main(["conformance", "--backend", "numpy", "--json", str(report)]) == 0
     data = json.loads(report.read_text())

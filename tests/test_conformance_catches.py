@@ -34,7 +34,8 @@ def broken_distribution(make_distribution, monkeypatch: pytest.MonkeyPatch) -> N
 NEEDS_TORCH = pytest.mark.skipif(broken_backends.torch is None, reason="needs torch")
 
 WRONG = broken_backends.BROKEN + [
-    pytest.param(broken_backends.TorchTouchesGrad, id="torch_touches_grad", marks=NEEDS_TORCH)]
+    pytest.param(broken_backends.TorchTouchesGrad, id="torch_touches_grad", marks=NEEDS_TORCH)
+]
 
 
 #: Where each backend's class of bug must be caught: a piece of the failing case's id, or of a
@@ -58,13 +59,15 @@ DTYPES_OF = {"half_accumulated_in_half": ("float16",), "validate_changes_result"
 
 
 def _matches(failure: CaseResult, needle: str) -> bool:
-    return needle in failure.case or any(needle in c.quantity
-                                         for c in failure.comparisons if not c.passed)
+    return needle in failure.case or any(
+        needle in c.quantity for c in failure.comparisons if not c.passed
+    )
 
 
 @pytest.mark.parametrize("cls", WRONG, ids=lambda c: c.name)
-def test_each_wrong_backend_fails_with_a_named_case(cls: type, broken_distribution: None,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_each_wrong_backend_fails_with_a_named_case(
+    cls: type, broken_distribution: None, capsys: pytest.CaptureFixture
+) -> None:
     report = run_suite([cls.name], dtypes=DTYPES_OF.get(cls.name, ("float32",)))
     assert report.failures, f"{cls.name} passed conformance"
     data_failures = [f for f in report.failures if not f.case.startswith("error/")]
@@ -91,7 +94,8 @@ def test_the_faithful_classic_formula_passes_with_a_lower_grade(broken_distribut
 
 
 def test_a_wrapper_of_pytorchs_own_loss_passes_with_a_lower_grade(
-        broken_distribution: None) -> None:
+    broken_distribution: None,
+) -> None:
     pytest.importorskip("torch")
     report = run_suite(["torch_builtin"], dtypes=("float32",))
     assert report.failures == []

@@ -32,12 +32,16 @@ def at(profile: ErrorProfile, logit: float) -> int:
 
 def assert_ours_grade_a(profile: ErrorProfile) -> None:
     for name, errors in profile.ours.items():
-        assert np.all(errors <= GRADE_A_ULP), (profile.backend, profile.dtype, name,
-                                               float(errors.max()))
+        assert np.all(errors <= GRADE_A_ULP), (
+            profile.backend,
+            profile.dtype,
+            name,
+            float(errors.max()),
+        )
 
 
 class PlainBackend:
-    """A backend with only the methods of ``bce_core.plugin.Backend``, as a third-party one may be."""
+    """A backend with only the methods of ``bce_core.plugin.Backend``, as a third party's may be."""
 
     name = "plain"
 
@@ -76,8 +80,14 @@ class PlainBackend:
 
 
 def report_of(*backends) -> Report:
-    return Report("1.0", [{"name": b.name, "status": "ok", "version": b.version(),
-                           "devices": ["cpu"]} for b in backends], [])
+    return Report(
+        "1.0",
+        [
+            {"name": b.name, "status": "ok", "version": b.version(), "devices": ["cpu"]}
+            for b in backends
+        ],
+        [],
+    )
 
 
 def png_size(encoded: str) -> tuple[int, int]:
@@ -104,9 +114,12 @@ def test_vectorised_ulp_errors_match_the_oracle(dtype: str) -> None:
     exact_grads = [oracle.element_grad(a, b) for a, b in zip(x, y)]
     expected = {
         "loss": oracle.ulp_errors(loss, [oracle.element_loss(a, b) for a, b in zip(x, y)], dtype),
-        "grad": oracle.ulp_errors(grad, [g for g, _ in exact_grads], dtype,
-                                  [None if b in (0.0, 1.0) else larger
-                                   for b, (_, larger) in zip(y, exact_grads)]),
+        "grad": oracle.ulp_errors(
+            grad,
+            [g for g, _ in exact_grads],
+            dtype,
+            [None if b in (0.0, 1.0) else larger for b, (_, larger) in zip(y, exact_grads)],
+        ),
     }
     for name, got in (("loss", sweep.loss.errors(loss)), ("grad", sweep.grad.errors(grad))):
         np.testing.assert_array_equal(np.isinf(got), np.isinf(expected[name]))
@@ -200,7 +213,7 @@ def test_page_has_one_figure_per_backend_with_caption(tmp_path: Path) -> None:
     assert re.findall(r'<h3 id="backend-(\w+)">', text) == ["numpy", "plain"]
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", text)
     assert "dashed: The textbook" in captions[0] and "no framework curve" in captions[1]
-    assert "src=\"http" not in text  # self-contained
+    assert 'src="http' not in text  # self-contained
 
 
 def test_figure_size_follows_the_number_of_panels() -> None:
@@ -215,12 +228,12 @@ def test_figure_size_follows_the_number_of_panels() -> None:
     assert figure_size(4, 4)[1] > figure_size(4, 2)[1]  # a second device adds two rows
 
 
-def test_page_without_matplotlib_has_a_note(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_page_without_matplotlib_has_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     page = tmp_path / "report.html"
-    write_html(report_of(NumpyBackend()), page,
-               [error_profile(NumpyBackend(), "cpu", "float32")])
+    write_html(report_of(NumpyBackend()), page, [error_profile(NumpyBackend(), "cpu", "float32")])
     text = page.read_text()
     assert "Install matplotlib" in text and "<img" not in text
 

@@ -30,8 +30,7 @@ FLOAT64 = all_cases(("float64",))
 
 
 def _as64(case: Case) -> dict[str, np.ndarray]:
-    return {k: (v if v.dtype == bool else v.astype(np.float64))
-            for k, v in case.inputs().items()}
+    return {k: (v if v.dtype == bool else v.astype(np.float64)) for k, v in case.inputs().items()}
 
 
 def _reference_loss(case: Case) -> np.ndarray:
@@ -39,26 +38,33 @@ def _reference_loss(case: Case) -> np.ndarray:
     options = {k: arrays.get(k) for k in ("weight", "pos_weight", "mask")}
     options.update(label_smoothing=case.label_smoothing, reduction=case.reduction)
     if case.form == "logits":
-        return reference.binary_cross_entropy_with_logits(arrays["logits"], arrays["targets"],
-                                                          **options)
-    return reference.binary_cross_entropy(arrays["probs"], arrays["targets"],
-                                          log_clamp=case.log_clamp_value, **options)
+        return reference.binary_cross_entropy_with_logits(
+            arrays["logits"], arrays["targets"], **options
+        )
+    return reference.binary_cross_entropy(
+        arrays["probs"], arrays["targets"], log_clamp=case.log_clamp_value, **options
+    )
 
 
-@pytest.mark.parametrize("case", [c for c in FLOAT64 if c.form == "logits" or c.values != "edge"],
-                         ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "case", [c for c in FLOAT64 if c.form == "logits" or c.values != "edge"], ids=lambda c: c.id
+)
 def test_golden_values_agree_with_the_float64_reference(case: Case) -> None:
     golden = expected(case)
-    np.testing.assert_allclose(golden.loss, _reference_loss(case), rtol=1e-12, atol=1e-300,
-                               equal_nan=True)
+    np.testing.assert_allclose(
+        golden.loss, _reference_loss(case), rtol=1e-12, atol=1e-300, equal_nan=True
+    )
     if case.form == "logits":
         arrays = _as64(case)
-        names = tuple(n for n in ("logits", "targets", "weight", "pos_weight")
-                      if n in golden.grads)
+        names = tuple(n for n in ("logits", "targets", "weight", "pos_weight") if n in golden.grads)
         _, grads = reference.value_and_grad(
-            arrays["logits"], arrays["targets"], wrt=names, label_smoothing=case.label_smoothing,
-            reduction=case.reduction, **{k: arrays.get(k) for k in ("weight", "pos_weight",
-                                                                    "mask")})
+            arrays["logits"],
+            arrays["targets"],
+            wrt=names,
+            label_smoothing=case.label_smoothing,
+            reduction=case.reduction,
+            **{k: arrays.get(k) for k in ("weight", "pos_weight", "mask")},
+        )
         # The reference may cancel (q softplus(-x) - softplus(x) at tiny x): allow float64
         # rounding of the terms' size, |x| + 1 per element (summed for broadcast operands).
         with np.errstate(over="ignore"):
@@ -80,8 +86,9 @@ def test_a_tiled_case_costs_one_oracle_call_per_pool_entry_and_sums_exactly() ->
     assert arrays["logits"].shape == (2 * 10**6 + 11,)
     assert arrays["mask"][-1] and np.isfinite(arrays["logits"][-1])
     assert arrays["logits"][-1] == np.float32(1e37)  # the dominant tail
-    columns = np.stack([arrays[k].astype(np.float64) for k in
-                        ("logits", "targets", "weight", "pos_weight")])
+    columns = np.stack(
+        [arrays[k].astype(np.float64) for k in ("logits", "targets", "weight", "pos_weight")]
+    )
     distinct = np.unique(np.where(np.isnan(columns), 12345.0, columns), axis=1)
     assert distinct.shape[1] <= TILE + 1
 
@@ -103,20 +110,31 @@ def test_masked_out_elements_hold_nan_and_infinities_and_kept_ones_are_finite() 
 def test_every_documented_option_and_value_is_exercised() -> None:
     """Each keyword of the public functions takes a non-default value in some case, every
     reduction meets every operand in both forms, and every log_clamp regime is run."""
-    for function in (bce_core.binary_cross_entropy_with_logits, bce_core.binary_cross_entropy,
-                     bce_core.value_and_grad):
-        keywords = [p for p in inspect.signature(function).parameters.values()
-                    if p.kind is p.KEYWORD_ONLY and p.name not in ("backend", "wrt")]
+    for function in (
+        bce_core.binary_cross_entropy_with_logits,
+        bce_core.binary_cross_entropy,
+        bce_core.value_and_grad,
+    ):
+        keywords = [
+            p
+            for p in inspect.signature(function).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name not in ("backend", "wrt")
+        ]
         for parameter in keywords:
             name = parameter.name
             form = "probs" if function is bce_core.binary_cross_entropy else "logits"
-            varied = [c for c in all_cases() if c.form == form and
-                      (getattr(c, name, None) not in (None, parameter.default, 0.0))]
+            varied = [
+                c
+                for c in all_cases()
+                if c.form == form and (getattr(c, name, None) not in (None, parameter.default, 0.0))
+            ]
             assert varied, f"no {form} case varies {name}"
     for form in ("logits", "probs"):
         for reduction in REDUCTIONS:
-            assert any(c.form == form and c.reduction == reduction and c.weight and
-                       c.pos_weight and c.mask for c in all_cases()), (form, reduction)
+            assert any(
+                c.form == form and c.reduction == reduction and c.weight and c.pos_weight and c.mask
+                for c in all_cases()
+            ), (form, reduction)
     clamps = {c.log_clamp_value for c in all_cases() if c.form == "probs"}
     assert {-np.inf, -100.0, -10.0, 0.0} <= clamps
     # value_and_grad: the runner asks for every name, alone and together.

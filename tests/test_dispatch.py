@@ -38,10 +38,14 @@ class OtherTensor:
 class FakePlugin:
     @hookimpl
     def bce_backends(self) -> list[BackendSpec]:
-        return [BackendSpec("fake", f"{__name__}:make_fake",
-                            array_types=(ArrayType("fakefw", "FakeTensor"),)),
-                BackendSpec("other", f"{__name__}:make_other",
-                            array_types=(ArrayType("otherfw", None),))]
+        return [
+            BackendSpec(
+                "fake", f"{__name__}:make_fake", array_types=(ArrayType("fakefw", "FakeTensor"),)
+            ),
+            BackendSpec(
+                "other", f"{__name__}:make_other", array_types=(ArrayType("otherfw", None),)
+            ),
+        ]
 
 
 def make_fake() -> FakeBackend:

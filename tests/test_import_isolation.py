@@ -23,8 +23,7 @@ print(json.dumps({{"after_import": after_import, "after_call": after_call,
 
 
 def test_no_framework_is_imported() -> None:
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["after_import"] == []
     assert result["after_call"] == []
@@ -33,6 +32,5 @@ def test_no_framework_is_imported() -> None:
 
 def test_import_does_not_build_the_registry() -> None:
     script = "import bce_core, bce_core.registry as r; print(r._registry is None)"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

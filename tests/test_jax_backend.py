@@ -24,14 +24,13 @@ from bce_core.compensated import UNDERFLOW  # noqa: E402
 from bce_core.registry import get_registry  # noqa: E402
 from bce_jax import chunks, fused  # noqa: E402
 from bce_jax.backend import JaxBackend  # noqa: E402
-from bce_numpy.backend import NumpyBackend  # noqa: E402
 
 BACKEND = JaxBackend()
 NAMES = ("logits", "targets", "weight", "pos_weight")
 FLOATS = (np.float32, np.float64)
 ULP_LIMIT = 4.0
 #: Unit roundoff per dtype, for parity tolerances.
-EPS = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24, "float64": 2.0 ** -53}
+EPS = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
 
 
 def dtype_name(dtype: object) -> str:
@@ -45,7 +44,9 @@ def host(value: object) -> np.ndarray:
 # -- tolerances ------------------------------------------------------------------
 
 
-def ulps(got: np.ndarray, exact: np.ndarray, dtype: object, at: np.ndarray | None = None) -> np.ndarray:
+def ulps(
+    got: np.ndarray, exact: np.ndarray, dtype: object, at: np.ndarray | None = None
+) -> np.ndarray:
     """|got - exact| in ULP of ``dtype`` at ``at`` (default: at exact), like the oracle's ulp_of;
     for values whose exact value is known to far better than ``dtype``'s precision."""
     info = ml_dtypes.finfo(dtype)
@@ -56,8 +57,9 @@ def ulps(got: np.ndarray, exact: np.ndarray, dtype: object, at: np.ndarray | Non
     return np.abs(np.asarray(got, np.float64) - exact) / spacing
 
 
-def assert_parity(got: object, expected: object, scale: object, dtype: object,
-                  terms: int = 1, k: float = 8.0) -> None:
+def assert_parity(
+    got: object, expected: object, scale: object, dtype: object, terms: int = 1, k: float = 8.0
+) -> None:
     """|got - expected| <= (k + terms) eps scale (+ the smallest normal number); inf and NaN
     must match, once ``expected`` is rounded to ``dtype`` (where it may overflow to inf)."""
     with np.errstate(over="ignore"):
@@ -74,7 +76,8 @@ def assert_parity(got: object, expected: object, scale: object, dtype: object,
     bad = ~special & ~(error <= allowed)
     assert not bad.any(), (
         f"{int(bad.sum())} elements off, worst {error[bad].max():.3g} vs {allowed[bad].min():.3g}: "
-        f"got {got[bad][:4]}, expected {expected[bad][:4]}")
+        f"got {got[bad][:4]}, expected {expected[bad][:4]}"
+    )
 
 
 def element_scales(x: np.ndarray, y: np.ndarray, w: object, q: object, eps: float) -> dict:
@@ -87,15 +90,19 @@ def element_scales(x: np.ndarray, y: np.ndarray, w: object, q: object, eps: floa
         sp_pos, sp_neg = reference.softplus(x), reference.softplus(-x)
         sig_pos, sig_neg = reference.sigmoid(x), reference.sigmoid(-x)
         bracket = np.abs(one_minus) * sp_pos + q * np.abs(yp) * sp_neg
-        return {"loss": w * (bracket + np.abs(x)), "bracket": bracket + np.abs(x),
-                "logits": w * (np.abs(one_minus) * sig_pos + q * np.abs(yp) * sig_neg),
-                "targets": w * (1 - eps) * (q * sp_neg + sp_pos + np.abs(x)),
-                "pos_weight": w * np.abs(yp) * sp_neg,
-                "hessian": w * (np.abs(one_minus) + q * np.abs(yp)) * sig_pos * sig_neg}
+        return {
+            "loss": w * (bracket + np.abs(x)),
+            "bracket": bracket + np.abs(x),
+            "logits": w * (np.abs(one_minus) * sig_pos + q * np.abs(yp) * sig_neg),
+            "targets": w * (1 - eps) * (q * sp_neg + sp_pos + np.abs(x)),
+            "pos_weight": w * np.abs(yp) * sp_neg,
+            "hessian": w * (np.abs(one_minus) + q * np.abs(yp)) * sig_pos * sig_neg,
+        }
 
 
-def reduced_scale(scale: np.ndarray, reduction: str, mask: object, weight: object,
-                  shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+def reduced_scale(
+    scale: np.ndarray, reduction: str, mask: object, weight: object, shape: tuple[int, ...]
+) -> tuple[np.ndarray, int]:
     """The parity scale of a reduced value and the number of terms it sums."""
     full = np.broadcast_to(scale, shape)
     if reduction == "none":
@@ -110,8 +117,9 @@ def reference_factor(dummy: np.ndarray, reduction: str, mask: object, weight: ob
     return reduce_loss(dummy, reduction, mask=mask, weight=w).factor
 
 
-def gradient_scale(scale: np.ndarray, factor: object, shape: tuple[int, ...],
-                   full: tuple[int, ...]) -> tuple[np.ndarray, int]:
+def gradient_scale(
+    scale: np.ndarray, factor: object, shape: tuple[int, ...], full: tuple[int, ...]
+) -> tuple[np.ndarray, int]:
     total = np.broadcast_to(np.nan_to_num(np.abs(scale) * np.abs(np.asarray(factor))), full)
     summed = sum_to_shape(np.array(total), shape)
     return summed, max(int(np.prod(full)) // max(int(np.prod(shape)), 1), 1)
@@ -125,12 +133,28 @@ def sweep(dtype: object) -> np.ndarray:
     ones, +-inf and NaN."""
     info = np.finfo(dtype)
     rng = np.random.default_rng(7)
-    magnitudes = np.concatenate([
-        np.geomspace(1e-30, 1e4, 120), np.linspace(0, 60, 61), np.linspace(60, 110, 26),
-        np.linspace(700, 750, 11), rng.uniform(0, 30, 40),
-        [20, 50, 100, 88, 103, 745, 1e30, info.max, info.tiny, info.smallest_subnormal,
-         3 * info.smallest_subnormal],
-    ])
+    magnitudes = np.concatenate(
+        [
+            np.geomspace(1e-30, 1e4, 120),
+            np.linspace(0, 60, 61),
+            np.linspace(60, 110, 26),
+            np.linspace(700, 750, 11),
+            rng.uniform(0, 30, 40),
+            [
+                20,
+                50,
+                100,
+                88,
+                103,
+                745,
+                1e30,
+                info.max,
+                info.tiny,
+                info.smallest_subnormal,
+                3 * info.smallest_subnormal,
+            ],
+        ]
+    )
     with np.errstate(over="ignore"):
         finite = magnitudes.astype(dtype)
     values = np.concatenate([finite, -finite, np.array([np.inf, -np.inf, np.nan], dtype)])
@@ -150,8 +174,12 @@ def exact() -> dict:
             y_d, eps_d = float(np.asarray(y, dtype)), float(np.asarray(eps, dtype))
             losses = [oracle.element_loss(float(x), y_d, eps=eps_d) for x in xs]
             grads = [oracle.element_grad(float(x), y_d, eps=eps_d) for x in xs]
-            table[dtype_name(dtype), y, eps] = (xs, losses, [g[0] for g in grads],
-                                                [g[1] for g in grads])
+            table[dtype_name(dtype), y, eps] = (
+                xs,
+                losses,
+                [g[0] for g in grads],
+                [g[1] for g in grads],
+            )
     return table
 
 
@@ -161,8 +189,9 @@ def loss_paths(x: object, y: object, eps: float) -> dict:
     return {
         "eager": fn(x, y, label_smoothing=eps, reduction="none"),
         "jit": jax.jit(lambda a, b: fn(a, b, label_smoothing=eps, reduction="none"))(x, y),
-        "api": bce_core.binary_cross_entropy_with_logits(x, y, label_smoothing=eps,
-                                                         reduction="none"),
+        "api": bce_core.binary_cross_entropy_with_logits(
+            x, y, label_smoothing=eps, reduction="none"
+        ),
         "value_and_grad": BACKEND.value_and_grad(x, y, label_smoothing=eps, reduction="none")[0],
     }
 
@@ -178,10 +207,12 @@ def grad_paths(x: object, y: object, eps: float) -> dict:
         "grad_hess": BACKEND.grad_hess(x, y)[0] if eps == 0 else None,
         "autodiff": jax.grad(total)(x),
         "autodiff_jit": jax.jit(jax.grad(total))(x),
-        "autodiff_sum": BACKEND.autodiff_value_and_grad(x, y, wrt=("logits",), label_smoothing=eps,
-                                                        reduction="sum")[1][0],
-        "jvp": jax.jvp(lambda a: fn(a, y, label_smoothing=eps, reduction="none"), (x,),
-                       (jnp.ones_like(x),))[1],
+        "autodiff_sum": BACKEND.autodiff_value_and_grad(
+            x, y, wrt=("logits",), label_smoothing=eps, reduction="sum"
+        )[1][0],
+        "jvp": jax.jvp(
+            lambda a: fn(a, y, label_smoothing=eps, reduction="none"), (x,), (jnp.ones_like(x),)
+        )[1],
     }
 
 
@@ -192,8 +223,9 @@ AUTODIFF_PATHS = {"autodiff", "autodiff_jit", "autodiff_sum", "jvp"}
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
 @pytest.mark.parametrize("y,eps", SOFT_CASES)
-def test_loss_within_4_ulp_of_exact_over_the_sweep(exact: dict, dtype: object, y: float,
-                                                   eps: float) -> None:
+def test_loss_within_4_ulp_of_exact_over_the_sweep(
+    exact: dict, dtype: object, y: float, eps: float
+) -> None:
     xs, losses, _, _ = exact[dtype_name(dtype), y, eps]
     x, t = jnp.asarray(xs), jnp.full(xs.shape, y, dtype)
     for path, got in loss_paths(x, t, eps).items():
@@ -205,8 +237,9 @@ def test_loss_within_4_ulp_of_exact_over_the_sweep(exact: dict, dtype: object, y
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
 @pytest.mark.parametrize("y,eps", SOFT_CASES)
-def test_gradient_within_4_ulp_of_its_larger_term(exact: dict, dtype: object, y: float,
-                                                  eps: float) -> None:
+def test_gradient_within_4_ulp_of_its_larger_term(
+    exact: dict, dtype: object, y: float, eps: float
+) -> None:
     xs, _, grads, larger = exact[dtype_name(dtype), y, eps]
     x, t = jnp.asarray(xs), jnp.full(xs.shape, y, dtype)
     tiny = np.finfo(dtype).tiny
@@ -226,8 +259,14 @@ def test_gradient_within_4_ulp_of_its_larger_term(exact: dict, dtype: object, y:
 @pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
 def test_subnormal_results_are_exact_where_the_backend_returns_them(dtype: object) -> None:
     # XLA on CPU flushes subnormal arithmetic; the backend rebuilds such tails from their bits.
-    x = jnp.asarray(np.array([-100.0, -95.0, -88.5, 100.0] if dtype == np.float32
-                             else [-720.0, -740.0, -709.5, 720.0], dtype))
+    x = jnp.asarray(
+        np.array(
+            [-100.0, -95.0, -88.5, 100.0]
+            if dtype == np.float32
+            else [-720.0, -740.0, -709.5, 720.0],
+            dtype,
+        )
+    )
     y = jnp.asarray(np.array([0.0, 0.0, 0.0, 1.0], dtype))
     loss = BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none")
     _, grad = BACKEND.value_and_grad(x, y, reduction="none")
@@ -236,18 +275,27 @@ def test_subnormal_results_are_exact_where_the_backend_returns_them(dtype: objec
         expected = oracle.element_loss(float(xi), float(y[i]))
         assert 0 < float(expected) < np.finfo(dtype).tiny
         assert oracle.ulp_error(float(loss[i]), expected, dtype_name(dtype)) <= 1
-        assert oracle.ulp_error(float(grad[i]), oracle.element_grad(float(xi), float(y[i]))[0],
-                                dtype_name(dtype)) <= 1
-        assert oracle.ulp_error(float(hess[i]), oracle.element_hessian(float(xi), float(y[i])),
-                                dtype_name(dtype)) <= 1
+        assert (
+            oracle.ulp_error(
+                float(grad[i]), oracle.element_grad(float(xi), float(y[i]))[0], dtype_name(dtype)
+            )
+            <= 1
+        )
+        assert (
+            oracle.ulp_error(
+                float(hess[i]), oracle.element_hessian(float(xi), float(y[i])), dtype_name(dtype)
+            )
+            <= 1
+        )
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=dtype_name)
 def test_every_gradient_matches_the_reference_over_the_sweep(dtype: object) -> None:
     x = sweep(dtype)
     rng = np.random.default_rng(9)
-    y = np.where(rng.uniform(size=x.size) < 0.5, rng.integers(0, 2, x.size),
-                 rng.uniform(size=x.size)).astype(dtype)
+    y = np.where(
+        rng.uniform(size=x.size) < 0.5, rng.integers(0, 2, x.size), rng.uniform(size=x.size)
+    ).astype(dtype)
     w, q = rng.uniform(0, 3, x.size).astype(dtype), rng.uniform(0.2, 4, x.size).astype(dtype)
     options = dict(weight=w, pos_weight=q, label_smoothing=0.1, reduction="sum")
     expected_loss, expected = reference.value_and_grad(x, y, wrt=NAMES, **options)
@@ -268,8 +316,9 @@ def test_infinite_and_nan_logits_follow_the_spec() -> None:
     loss = np.asarray(BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none"))
     np.testing.assert_array_equal(loss[:5], [0.0, 0.0, np.inf, np.inf, np.inf])
     assert np.isnan(loss[5])
-    grad = np.asarray(jax.grad(lambda a: BACKEND.binary_cross_entropy_with_logits(
-        a, y, reduction="sum"))(x))
+    grad = np.asarray(
+        jax.grad(lambda a: BACKEND.binary_cross_entropy_with_logits(a, y, reduction="sum"))(x)
+    )
     np.testing.assert_array_equal(grad[:5], [0.0, 0.0, 1.0, -1.0, 0.5])
     assert np.isnan(grad[5])
 
@@ -278,12 +327,16 @@ def test_float32_dense_sweep_within_4_ulp() -> None:
     # float32 is computed natively; the float64 reference is exact enough to grade it.
     rng = np.random.default_rng(3)
     n = 60_000
-    x = np.concatenate([rng.uniform(-20, 20, n), rng.uniform(-1.5, 1.5, n),
-                        rng.normal(0, 4, n)]).astype(np.float32)
+    x = np.concatenate(
+        [rng.uniform(-20, 20, n), rng.uniform(-1.5, 1.5, n), rng.normal(0, 4, n)]
+    ).astype(np.float32)
     y = rng.uniform(0, 1, x.size).astype(np.float32)
     loss, grad = jax.jit(lambda a, b: BACKEND.value_and_grad(a, b, reduction="none"))(x, y)
-    autodiff = jax.jit(jax.grad(lambda a: jnp.sum(BACKEND.binary_cross_entropy_with_logits(
-        a, y, reduction="none"))))(x)
+    autodiff = jax.jit(
+        jax.grad(
+            lambda a: jnp.sum(BACKEND.binary_cross_entropy_with_logits(a, y, reduction="none"))
+        )
+    )(x)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     expected = reference.binary_cross_entropy_with_logits(x64, y64, reduction="none")
     pos, neg = (1 - y64) * reference.sigmoid(x64), y64 * reference.sigmoid(-x64)
@@ -298,11 +351,15 @@ def test_float32_dense_sweep_with_one_option_within_4_ulp(option: str) -> None:
     x = np.concatenate([rng.uniform(-20, 20, 40_000), rng.uniform(-1.5, 1.5, 40_000)])
     x = x.astype(np.float32)
     y = rng.uniform(0, 1, x.size).astype(np.float32)
-    value = {"label_smoothing": 0.125, "weight": rng.uniform(0.1, 5, x.size).astype(np.float32),
-             "pos_weight": rng.uniform(0.2, 4, x.size).astype(np.float32)}[option]
-    loss, grad = jax.jit(lambda a, b, v: BACKEND.value_and_grad(
-        a, b, reduction="none", **{option: v}), static_argnums=() if option != "label_smoothing"
-        else (2,))(x, y, value)
+    value = {
+        "label_smoothing": 0.125,
+        "weight": rng.uniform(0.1, 5, x.size).astype(np.float32),
+        "pos_weight": rng.uniform(0.2, 4, x.size).astype(np.float32),
+    }[option]
+    loss, grad = jax.jit(
+        lambda a, b, v: BACKEND.value_and_grad(a, b, reduction="none", **{option: v}),
+        static_argnums=() if option != "label_smoothing" else (2,),
+    )(x, y, value)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     w = np.float64(value) if option == "weight" else 1.0
     q = np.float64(value) if option == "pos_weight" else 1.0
@@ -326,13 +383,23 @@ def test_float32_dense_sweep_with_every_option_within_4_ulp() -> None:
     rng = np.random.default_rng(12)
     n = 16_000
     tails = np.concatenate([np.geomspace(1e-30, 1e4, n // 4), rng.uniform(60.0, 110.0, n // 4)])
-    x = np.concatenate([rng.uniform(-1e4, 1e4, n), rng.uniform(-30, 30, n), rng.uniform(-2, 2, n),
-                        rng.normal(0, 5, n), tails * rng.choice([-1.0, 1.0], tails.size)])
+    x = np.concatenate(
+        [
+            rng.uniform(-1e4, 1e4, n),
+            rng.uniform(-30, 30, n),
+            rng.uniform(-2, 2, n),
+            rng.normal(0, 5, n),
+            tails * rng.choice([-1.0, 1.0], tails.size),
+        ]
+    )
     x = x.astype(np.float32)
-    y, w, q = (rng.uniform(lo, hi, x.size).astype(np.float32)
-               for lo, hi in ((0.0, 1.0), (0.25, 4.0), (0.25, 4.0)))
-    options = dict(weight=jnp.asarray(w), pos_weight=jnp.asarray(q), label_smoothing=0.1,
-                   reduction="none")
+    y, w, q = (
+        rng.uniform(lo, hi, x.size).astype(np.float32)
+        for lo, hi in ((0.0, 1.0), (0.25, 4.0), (0.25, 4.0))
+    )
+    options = dict(
+        weight=jnp.asarray(w), pos_weight=jnp.asarray(q), label_smoothing=0.1, reduction="none"
+    )
     xj, yj = jnp.asarray(x), jnp.asarray(y)
     loss = BACKEND.binary_cross_entropy_with_logits(xj, yj, **options)
     fused_loss, fused = BACKEND.value_and_grad(xj, yj, **options)
@@ -346,8 +413,10 @@ def test_float32_dense_sweep_with_every_option_within_4_ulp() -> None:
     yp, one_minus = reference.smoothed_targets(y64, 0.1)
     exact = w64 * (one_minus * reference.softplus(x64) + q64 * yp * reference.softplus(-x64))
     pos, neg = w64 * one_minus * reference.sigmoid(x64), w64 * q64 * yp * reference.sigmoid(-x64)
-    worst = {"loss": ulps(host(loss), exact, np.float32).max(),
-             "value_and_grad loss": ulps(host(fused_loss), exact, np.float32).max()}
+    worst = {
+        "loss": ulps(host(loss), exact, np.float32).max(),
+        "value_and_grad loss": ulps(host(fused_loss), exact, np.float32).max(),
+    }
     for path, grad in (("value_and_grad", fused), ("autodiff", autodiff), ("jit", compiled)):
         assert grad.dtype == jnp.float32
         worst[path] = ulps(host(grad), pos - neg, np.float32, np.maximum(pos, neg)).max()
@@ -365,8 +434,7 @@ def test_weighted_far_tails_within_4_ulp(dtype: object) -> None:
     x = (rng.uniform(*span, 1500) * rng.choice([-1.0, 1.0], 1500)).astype(dtype)
     y = (x > 0).astype(dtype)  # the side where only the exp(-|x|) term is left
     w, q = (rng.uniform(0.25, 4.0, x.size).astype(dtype) for _ in range(2))
-    loss, grad = BACKEND.value_and_grad(jnp.asarray(x), y, weight=w, pos_weight=q,
-                                        reduction="none")
+    loss, grad = BACKEND.value_and_grad(jnp.asarray(x), y, weight=w, pos_weight=q, reduction="none")
     args = [tuple(map(float, values)) for values in zip(x, y, w, q)]
     exact_loss = [oracle.element_loss(*a) for a in args]
     exact_grad = [oracle.element_grad(*a)[0] for a in args]
@@ -400,8 +468,9 @@ def test_float64_dense_sweep_within_4_ulp(with_options: bool) -> None:
     def worst(got: object, exact: np.ndarray, at: np.ndarray) -> float:
         # The error in long double, then in ULP of float64 at ``at``.
         error = np.abs(np.asarray(got).astype(np.longdouble) - exact)
-        return ulps(error.astype(np.float64), np.zeros(x.size), np.float64,
-                    at.astype(np.float64)).max()
+        return ulps(
+            error.astype(np.float64), np.zeros(x.size), np.float64, at.astype(np.float64)
+        ).max()
 
     errors = (worst(loss, exact_loss, exact_loss), worst(grad, pos - neg, np.maximum(pos, neg)))
     assert max(errors) <= (COMBINED_OPTIONS_TARGET if with_options else ULP_LIMIT), errors
@@ -422,7 +491,7 @@ def test_underflow_constants_are_correctly_rounded() -> None:
 def problems(draw: st.DrawFn) -> dict:
     dtype = draw(st.sampled_from(FLOATS))
     shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     size = int(np.prod(shape))
     reduction = draw(st.sampled_from(["none", "sum", "mean", "weighted_mean", "batch_mean"]))
     if reduction == "batch_mean" and not shape:
@@ -438,7 +507,8 @@ def problems(draw: st.DrawFn) -> dict:
     w_shape, q_shape = broadcastable(), broadcastable()
     targets = rng.integers(0, 2, shape) if hard else rng.uniform(0, 1, shape)
     return dict(
-        dtype=dtype, reduction=reduction,
+        dtype=dtype,
+        reduction=reduction,
         logits=(rng.normal(0, 6, shape) * rng.choice([1, 1, 1, 10], shape)).astype(dtype),
         targets=np.asarray(targets, dtype),
         weight=None if w_shape is None else rng.uniform(0, 2, w_shape).astype(dtype),
@@ -455,16 +525,19 @@ def check_against_reference(problem: dict, autodiff: str | None) -> None:
     dtype, reduction = p.pop("dtype"), p["reduction"]
     x, y, w, q, mask = (p[k] for k in ("logits", "targets", "weight", "pos_weight", "mask"))
     options = {k: p[k] for k in ("weight", "pos_weight", "mask", "label_smoothing", "reduction")}
-    native = {k: (None if v is None else jnp.asarray(v)) for k, v in
-              (("weight", w), ("pos_weight", q), ("mask", mask))}
+    native = {
+        k: (None if v is None else jnp.asarray(v))
+        for k, v in (("weight", w), ("pos_weight", q), ("mask", mask))
+    }
     native_options = {**options, **native}
     shape = x.shape
     scales = element_scales(x, y, w, q, p["label_smoothing"])
     loss_scale, terms = reduced_scale(scales["loss"], reduction, mask, w, shape)
     expected_loss = reference.binary_cross_entropy_with_logits(x, y, **options)
 
-    loss = BACKEND.binary_cross_entropy_with_logits(jnp.asarray(x), jnp.asarray(y),
-                                                    **native_options)
+    loss = BACKEND.binary_cross_entropy_with_logits(
+        jnp.asarray(x), jnp.asarray(y), **native_options
+    )
     assert loss.dtype == dtype
     assert_parity(loss, expected_loss, loss_scale, dtype, terms)
 
@@ -472,12 +545,16 @@ def check_against_reference(problem: dict, autodiff: str | None) -> None:
     _, expected_grads = reference.value_and_grad(x, y, wrt=wrt, **options)
     factor = reference_factor(np.ones(shape), reduction, mask, w)
     grad_scales = {**scales, "weight": scales["bracket"] + np.abs(expected_loss)}
-    results = {"value_and_grad": BACKEND.value_and_grad(jnp.asarray(x), jnp.asarray(y), wrt=wrt,
-                                                        **native_options)}
+    results = {
+        "value_and_grad": BACKEND.value_and_grad(
+            jnp.asarray(x), jnp.asarray(y), wrt=wrt, **native_options
+        )
+    }
     if autodiff is not None:
         # NumPy operands next to the JAX logits go through autodiff too.
         results["autodiff"] = BACKEND.autodiff_value_and_grad(
-            jnp.asarray(x), y, wrt=wrt, compiled=autodiff == "compiled", **options)
+            jnp.asarray(x), y, wrt=wrt, compiled=autodiff == "compiled", **options
+        )
     for path, (got_loss, grads) in results.items():
         assert_parity(got_loss, expected_loss, loss_scale, dtype, terms)
         for name, grad, expected in zip(wrt, grads, expected_grads):
@@ -513,10 +590,12 @@ def test_second_order_matches_the_reference_hessian() -> None:
     results = {
         "grad_hess": hess,
         "hessian": jnp.diag(full),
-        "eager": BACKEND.autodiff_second_derivative(jnp.asarray(x), y, weight=w, pos_weight=q,
-                                                    reduction="sum"),
-        "compiled": BACKEND.autodiff_second_derivative(jnp.asarray(x), y, weight=w, pos_weight=q,
-                                                       reduction="sum", compiled=True),
+        "eager": BACKEND.autodiff_second_derivative(
+            jnp.asarray(x), y, weight=w, pos_weight=q, reduction="sum"
+        ),
+        "compiled": BACKEND.autodiff_second_derivative(
+            jnp.asarray(x), y, weight=w, pos_weight=q, reduction="sum", compiled=True
+        ),
     }
     for got in results.values():
         assert_parity(got, expected_hess, scales["hessian"], np.float64)
@@ -538,12 +617,19 @@ def test_mixed_second_derivatives_are_finite_and_symmetric() -> None:
 def test_vmap_jit_and_grad_compose() -> None:
     x = np.linspace(-8, 8, 12).reshape(4, 3)
     y = (np.arange(12).reshape(4, 3) % 3) / 2
-    per_row = jax.jit(jax.vmap(jax.value_and_grad(
-        lambda a, b: BACKEND.binary_cross_entropy_with_logits(a, b, reduction="sum"))))
+    per_row = jax.jit(
+        jax.vmap(
+            jax.value_and_grad(
+                lambda a, b: BACKEND.binary_cross_entropy_with_logits(a, b, reduction="sum")
+            )
+        )
+    )
     losses, grads = per_row(jnp.asarray(x), jnp.asarray(y))
-    np.testing.assert_allclose(np.asarray(losses),
-                               reference.binary_cross_entropy_with_logits(x, y, reduction="none")
-                               .sum(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(
+        np.asarray(losses),
+        reference.binary_cross_entropy_with_logits(x, y, reduction="none").sum(axis=1),
+        rtol=1e-14,
+    )
     np.testing.assert_allclose(np.asarray(grads), reference.grad_hess(x, y)[0], rtol=1e-14)
 
 
@@ -554,57 +640,76 @@ def test_probability_form_and_its_autodiff_match_the_reference() -> None:
     for clamp in (-100.0, -np.inf):
         for eps in (0.0, 0.1):
             options = dict(weight=w, pos_weight=q, label_smoothing=eps)
-            expected = reference.binary_cross_entropy(p, y, log_clamp=clamp, reduction="none",
-                                                      **options)
-            got = BACKEND.binary_cross_entropy(jnp.asarray(p), y, log_clamp=clamp,
-                                               reduction="none", **options)
+            expected = reference.binary_cross_entropy(
+                p, y, log_clamp=clamp, reduction="none", **options
+            )
+            got = BACKEND.binary_cross_entropy(
+                jnp.asarray(p), y, log_clamp=clamp, reduction="none", **options
+            )
             np.testing.assert_allclose(host(got), expected, rtol=1e-14)
-            loss, grad = BACKEND.autodiff_probs_grad(jnp.asarray(p), y, log_clamp=clamp,
-                                                     reduction="sum", **options)
+            loss, grad = BACKEND.autodiff_probs_grad(
+                jnp.asarray(p), y, log_clamp=clamp, reduction="sum", **options
+            )
             np.testing.assert_allclose(float(loss), expected.sum(), rtol=1e-14)
-            np.testing.assert_allclose(host(grad), reference.probs_grad(p, y, **options),
-                                       rtol=1e-12)
-    _, grad = BACKEND.autodiff_probs_grad(jnp.asarray(p, jnp.float32), y, compiled=True,
-                                          reduction="none")
-    np.testing.assert_allclose(host(grad), reference.probs_grad(p.astype(np.float32), y),
-                               rtol=1e-5)
-    outside = BACKEND.binary_cross_entropy(jnp.array([-0.1, 1.1]), jnp.array([1.0, 0.0]),
-                                           reduction="none")
+            np.testing.assert_allclose(
+                host(grad), reference.probs_grad(p, y, **options), rtol=1e-12
+            )
+    _, grad = BACKEND.autodiff_probs_grad(
+        jnp.asarray(p, jnp.float32), y, compiled=True, reduction="none"
+    )
+    np.testing.assert_allclose(host(grad), reference.probs_grad(p.astype(np.float32), y), rtol=1e-5)
+    outside = BACKEND.binary_cross_entropy(
+        jnp.array([-0.1, 1.1]), jnp.array([1.0, 0.0]), reduction="none"
+    )
     assert np.isnan(host(outside)).all()
 
 
 # -- large inputs, a chunk of rows at a time (CPU) -----------------------------------------
 
 
-LOGITS_OUTPUTS = ("loss", "grad:logits", "grad:targets", "grad:weight", "grad:pos_weight",
-                  "full:weight", "full:pos_weight", "curvature")
+LOGITS_OUTPUTS = (
+    "loss",
+    "grad:logits",
+    "grad:targets",
+    "grad:weight",
+    "grad:pos_weight",
+    "full:weight",
+    "full:pos_weight",
+    "curvature",
+)
 
 
 def chunk_problem(dtype: object, shape: tuple[int, ...]) -> dict:
     rng = np.random.default_rng(21)
     x = rng.normal(0, 8, shape) * rng.choice([1.0, 1.0, 12.0], shape)  # and some far tails
-    return dict(x=jnp.asarray(x.astype(dtype)),
-                y=jnp.asarray(np.where(rng.uniform(size=shape) < 0.5, rng.integers(0, 2, shape),
-                                       rng.uniform(size=shape)).astype(dtype)),
-                w=jnp.asarray(rng.uniform(0.25, 2, shape[-1:]).astype(dtype)),  # along the rows
-                q=jnp.asarray(rng.uniform(0.5, 3, (shape[0], 1)).astype(dtype)),  # one per row
-                mask=jnp.asarray(rng.uniform(size=shape) < 0.8))
+    return dict(
+        x=jnp.asarray(x.astype(dtype)),
+        y=jnp.asarray(
+            np.where(
+                rng.uniform(size=shape) < 0.5, rng.integers(0, 2, shape), rng.uniform(size=shape)
+            ).astype(dtype)
+        ),
+        w=jnp.asarray(rng.uniform(0.25, 2, shape[-1:]).astype(dtype)),  # along the rows
+        q=jnp.asarray(rng.uniform(0.5, 3, (shape[0], 1)).astype(dtype)),  # one per row
+        mask=jnp.asarray(rng.uniform(size=shape) < 0.8),
+    )
 
 
 def by_program(problem: dict, reduction: str, probs: bool = False) -> dict:
     x, y, w, q, mask = (problem[k] for k in ("x", "y", "w", "q", "mask"))
     if probs:
         want = tuple(k.replace("logits", "probs") for k in LOGITS_OUTPUTS if k != "curvature")
-        return fused.probs_program(jax.nn.sigmoid(x), y, w, q, mask, eps=0.1,
-                                     reduction=reduction, clamp=-100.0, want=want)
-    return fused.logits_program(x, y, w, q, mask, eps=0.1, reduction=reduction,
-                                  want=LOGITS_OUTPUTS)
+        return fused.probs_program(
+            jax.nn.sigmoid(x), y, w, q, mask, eps=0.1, reduction=reduction, clamp=-100.0, want=want
+        )
+    return fused.logits_program(x, y, w, q, mask, eps=0.1, reduction=reduction, want=LOGITS_OUTPUTS)
 
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> object:
     """Chunk loops from 16 elements on and chunks of 3 rows: call ``small_chunks()`` after the
     whole-array results (compiled programs are cached per shape, so caches are cleared)."""
+
     def apply() -> None:
         monkeypatch.setattr(chunks, "MIN_ELEMENTS", 16)
         monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 3 * 7)
@@ -616,14 +721,18 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> object:
 
 @pytest.mark.parametrize("probs", [False, True], ids=["logits", "probs"])
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean", "batch_mean"])
-def test_chunked_programs_match_the_whole_array_programs(small_chunks: object, reduction: str,
-                                                         probs: bool) -> None:
+def test_chunked_programs_match_the_whole_array_programs(
+    small_chunks: object, reduction: str, probs: bool
+) -> None:
     problem = chunk_problem(np.float32, (38, 7))  # 12 chunks of 3 rows and 2 rows left over
     whole = by_program(problem, reduction, probs)
     small_chunks()
     x, y = problem["x"], problem["y"]
-    lowered = jax.jit(lambda a, b: fused.logits_program(
-        a, b, None, None, None, eps=0.0, reduction=reduction, want=("loss",))).lower(x, y)
+    lowered = jax.jit(
+        lambda a, b: fused.logits_program(
+            a, b, None, None, None, eps=0.0, reduction=reduction, want=("loss",)
+        )
+    ).lower(x, y)
     assert "while" in lowered.as_text()  # the chunk loop is really there
     chunked = by_program(problem, reduction, probs)
     assert set(chunked) == set(whole)
@@ -632,8 +741,13 @@ def test_chunked_programs_match_the_whole_array_programs(small_chunks: object, r
         # The same elementwise arithmetic; sums only add in another order (and the weight's
         # gradient under "weighted_mean" subtracts the loss: relative to the largest value).
         tolerance = 64 * EPS["float32"]
-        np.testing.assert_allclose(host(value), host(whole[key]), rtol=tolerance,
-                                   atol=tolerance * np.abs(host(whole[key])).max(), err_msg=key)
+        np.testing.assert_allclose(
+            host(value),
+            host(whole[key]),
+            rtol=tolerance,
+            atol=tolerance * np.abs(host(whole[key])).max(),
+            err_msg=key,
+        )
 
 
 def test_chunked_paths_through_autodiff_vmap_and_float64(small_chunks: object) -> None:
@@ -644,10 +758,14 @@ def test_chunked_paths_through_autodiff_vmap_and_float64(small_chunks: object) -
         return BACKEND.binary_cross_entropy_with_logits(a, b, weight=w, label_smoothing=0.1)
 
     def results() -> list:
-        return [*jax.jit(jax.value_and_grad(loss))(x, y), *BACKEND.value_and_grad(x, y, weight=w),
-                jax.hessian(lambda a: BACKEND.binary_cross_entropy_with_logits(
-                    a, y.ravel(), reduction="sum"))(x.ravel()),
-                *jax.vmap(jax.value_and_grad(loss))(x.reshape(4, 10, 5), y.reshape(4, 10, 5))]
+        return [
+            *jax.jit(jax.value_and_grad(loss))(x, y),
+            *BACKEND.value_and_grad(x, y, weight=w),
+            jax.hessian(
+                lambda a: BACKEND.binary_cross_entropy_with_logits(a, y.ravel(), reduction="sum")
+            )(x.ravel()),
+            *jax.vmap(jax.value_and_grad(loss))(x.reshape(4, 10, 5), y.reshape(4, 10, 5)),
+        ]
 
     whole = results()
     small_chunks()
@@ -702,8 +820,9 @@ def test_results_stay_on_the_input_device(device: str) -> None:
         BACKEND.autodiff_second_derivative(x, y, compiled=True),
     ]
     flat = [r for item in results for r in (item if isinstance(item, tuple) else (item,))]
-    expected_loss = reference.binary_cross_entropy_with_logits(np.asarray(x), y, weight=w,
-                                                               reduction="none")
+    expected_loss = reference.binary_cross_entropy_with_logits(
+        np.asarray(x), y, weight=w, reduction="none"
+    )
     for result in flat:
         assert result.devices() == {target_device}
         assert result.dtype == jnp.float32
@@ -713,23 +832,27 @@ def test_results_stay_on_the_input_device(device: str) -> None:
 # -- masks, zero weights and zero denominators ----------------------------------------------
 
 
-@pytest.mark.parametrize("reduction,compiled", [("none", False), ("weighted_mean", False),
-                                                ("mean", True)])
-def test_masked_out_and_zero_weight_elements_give_exact_zeros(reduction: str,
-                                                              compiled: bool) -> None:
+@pytest.mark.parametrize(
+    "reduction,compiled", [("none", False), ("weighted_mean", False), ("mean", True)]
+)
+def test_masked_out_and_zero_weight_elements_give_exact_zeros(
+    reduction: str, compiled: bool
+) -> None:
     x = jnp.array([np.nan, np.inf, -np.inf, 0.5, np.nan])
     y = np.array([0.5, 0.0, 1.0, 1.0, 0.5])
     mask = np.array([False, False, False, True, True])
     w = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
     names = ("logits", "targets", "weight", "pos_weight")
     q = np.ones(5)
-    loss, grads = BACKEND.autodiff_value_and_grad(x, y, wrt=names, weight=w, pos_weight=q,
-                                                  mask=mask, reduction=reduction,
-                                                  compiled=compiled)
-    _, fused = BACKEND.value_and_grad(x, y, wrt=names, weight=w, pos_weight=q, mask=mask,
-                                      reduction=reduction)
+    loss, grads = BACKEND.autodiff_value_and_grad(
+        x, y, wrt=names, weight=w, pos_weight=q, mask=mask, reduction=reduction, compiled=compiled
+    )
+    _, fused = BACKEND.value_and_grad(
+        x, y, wrt=names, weight=w, pos_weight=q, mask=mask, reduction=reduction
+    )
     expected_loss, expected = reference.value_and_grad(
-        np.asarray(x), y, wrt=names, weight=w, pos_weight=q, mask=mask, reduction=reduction)
+        np.asarray(x), y, wrt=names, weight=w, pos_weight=q, mask=mask, reduction=reduction
+    )
     np.testing.assert_allclose(host(loss), expected_loss, rtol=1e-15)
     for name, a, b, want in zip(names, grads, fused, expected):
         if name == "weight":  # d/dw is the bracket: NaN where w = 0 and x is NaN, as specified
@@ -751,8 +874,7 @@ def test_zero_denominators_give_zero_loss_and_zero_gradients(case: int) -> None:
         dict(mask=np.zeros(3, bool), weight=np.ones(3), reduction="weighted_mean"),
     ][case]
     wrt = ("logits", "targets") + (("weight",) if "weight" in options else ())
-    loss, grads = BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, compiled=case % 2 == 1,
-                                                  **options)
+    loss, grads = BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, compiled=case % 2 == 1, **options)
     fused_loss, fused = BACKEND.value_and_grad(x, y, wrt=wrt, **options)
     assert float(loss) == 0.0 and float(fused_loss) == 0.0
     for grad in (*grads, *fused):
@@ -781,10 +903,16 @@ class CompiledPrograms:
         jax.config.update("jax_enable_compilation_cache", self._cache)
 
 
-@pytest.mark.parametrize("options", [dict(reduction="none"),
-                                     dict(reduction="weighted_mean", label_smoothing=0.1,
-                                          mask=np.arange(35).reshape(5, 7) % 3 > 0)],
-                         ids=["none", "weighted_mean"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(reduction="none"),
+        dict(
+            reduction="weighted_mean", label_smoothing=0.1, mask=np.arange(35).reshape(5, 7) % 3 > 0
+        ),
+    ],
+    ids=["none", "weighted_mean"],
+)
 def test_the_loss_and_its_derivatives_share_one_compilation(options: dict) -> None:
     # Shapes no other test uses, so everything below compiles anew. The loss, value_and_grad,
     # grad_hess and JAX's own first and second derivatives, eagerly, all run one program:
@@ -823,8 +951,9 @@ def test_reductions_and_log_clamps_share_their_programs() -> None:
     # The runtime denominator divides as a compiled-in one does: the same bits as under jit.
     for reduction in ("sum", "mean", "batch_mean"):
         eager = BACKEND.binary_cross_entropy_with_logits(x, y, reduction=reduction)
-        traced = jax.jit(lambda a, b, r=reduction: BACKEND.binary_cross_entropy_with_logits(
-            a, b, reduction=r))(x, y)
+        traced = jax.jit(
+            lambda a, b, r=reduction: BACKEND.binary_cross_entropy_with_logits(a, b, reduction=r)
+        )(x, y)
         assert host(eager).tobytes() == host(traced).tobytes(), reduction
 
 
@@ -835,8 +964,9 @@ def test_eager_calls_compile_only_the_programs() -> None:
     x = jnp.asarray(rng.uniform(-4, 4, (5, 3)).astype(np.float32))
     y, ints = rng.uniform(0, 1, (5, 3)), jnp.asarray(rng.integers(0, 2, (5, 3)))
     with CompiledPrograms() as compiled:
-        BACKEND.binary_cross_entropy_with_logits(x, y, weight=np.ones(3),
-                                                 mask=np.ones((5, 3), bool))
+        BACKEND.binary_cross_entropy_with_logits(
+            x, y, weight=np.ones(3), mask=np.ones((5, 3), bool)
+        )
         BACKEND.binary_cross_entropy_with_logits(x, ints, reduction="sum")
     assert compiled.names == ["jit(logits_program)"] * 2
     x, y = (jnp.asarray(rng.uniform(0, 1, (4, 9)).astype(np.float32)) for _ in range(2))
@@ -880,8 +1010,9 @@ def test_an_empty_batch_has_zero_loss() -> None:
 
 def test_validation_skips_masked_elements_and_refuses_to_run_under_jit() -> None:
     x, y = jnp.zeros(3), jnp.array([2.0, 0.0, 1.0])
-    loss = BACKEND.binary_cross_entropy_with_logits(x, y, mask=np.array([False, True, True]),
-                                                    validate=True, reduction="sum")
+    loss = BACKEND.binary_cross_entropy_with_logits(
+        x, y, mask=np.array([False, True, True]), validate=True, reduction="sum"
+    )
     assert float(loss) == pytest.approx(2 * np.log(2))
     traced = jax.jit(lambda a: BACKEND.binary_cross_entropy_with_logits(a, y, validate=True))
     with pytest.raises(ValueError, match="cannot run under jax.jit"):
@@ -901,12 +1032,15 @@ def test_dispatch_picks_jax_from_arrays_and_tracers() -> None:
     assert isinstance(loss, jax.Array) and loss.dtype == jnp.float32
     assert float(loss) == pytest.approx(5.1966, abs=1e-4)
     # Inside jit, grad and vmap the arrays are tracers: still the JAX backend.
-    traced = jax.jit(jax.grad(lambda a: bce_core.binary_cross_entropy_with_logits(
-        a, np.array([[0.0], [1.0]]))))(x)
-    np.testing.assert_allclose(np.asarray(traced).ravel(),
-                               reference.grad_hess([9.7, 0.0], [0.0, 1.0])[0] / 2, rtol=1e-6)
-    per_row = jax.vmap(lambda a: bce_core.binary_cross_entropy_with_logits(
-        a, jnp.ones(3), reduction="sum"))(jnp.zeros((2, 3)))
+    traced = jax.jit(
+        jax.grad(lambda a: bce_core.binary_cross_entropy_with_logits(a, np.array([[0.0], [1.0]])))
+    )(x)
+    np.testing.assert_allclose(
+        np.asarray(traced).ravel(), reference.grad_hess([9.7, 0.0], [0.0, 1.0])[0] / 2, rtol=1e-6
+    )
+    per_row = jax.vmap(
+        lambda a: bce_core.binary_cross_entropy_with_logits(a, jnp.ones(3), reduction="sum")
+    )(jnp.zeros((2, 3)))
     np.testing.assert_allclose(np.asarray(per_row), [3 * np.log(2)] * 2, rtol=1e-6)
     loss, grad = bce_core.value_and_grad(x, np.array([[0.0], [1.0]]), reduction="sum")
     assert isinstance(grad, jax.Array)

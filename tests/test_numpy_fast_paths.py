@@ -32,18 +32,34 @@ except ImportError:  # bfloat16 cases need it
 BACKEND = NumpyBackend()
 
 #: Unit roundoff of each dtype.
-UNIT = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24,
-        "float64": 2.0 ** -53}
+UNIT = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
 #: Smallest subnormal of each dtype (absolute error floor).
-TINY = {"float16": 2.0 ** -24, "bfloat16": 2.0 ** -133, "float32": 2.0 ** -149,
-        "float64": 2.0 ** -1074}
+TINY = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149, "float64": 2.0**-1074}
 #: Allowed error in units of UNIT times the scale: the result is rounded once from float64
 #: (1 unit), the float64 intermediates of the fast kernel add far less than one more.
 UNITS = {"float16": 1.01, "bfloat16": 1.01, "float32": 2.0, "float64": 8.0}
 
 DTYPES = ["float32", "float64", "float16"] + (["bfloat16"] if ml_dtypes is not None else [])
-SPECIALS = [0.0, -0.0, 1e-30, -1e-30, 1e-45, 88.0, -88.0, 103.0, -103.0, 750.0, -750.0,
-            1e4, -1e4, 3e38, -3e38, np.inf, -np.inf, np.nan]
+SPECIALS = [
+    0.0,
+    -0.0,
+    1e-30,
+    -1e-30,
+    1e-45,
+    88.0,
+    -88.0,
+    103.0,
+    -103.0,
+    750.0,
+    -750.0,
+    1e4,
+    -1e4,
+    3e38,
+    -3e38,
+    np.inf,
+    -np.inf,
+    np.nan,
+]
 
 
 def np_dtype(name: str) -> np.dtype:
@@ -57,10 +73,12 @@ def scales(x: np.ndarray, y: np.ndarray, w, q, eps: float) -> tuple[np.ndarray, 
     """Per-element magnitudes of the loss and of the gradient's two terms (float64)."""
     yp, one_minus = reference.smoothed_targets(y, eps)
     with np.errstate(all="ignore"):
-        loss = np.abs(w) * (one_minus * reference.softplus(x) + np.abs(q) * yp
-                            * reference.softplus(-x))
-        grad = np.abs(w) * (one_minus * reference.sigmoid(x) + np.abs(q) * yp
-                            * reference.sigmoid(-x))
+        loss = np.abs(w) * (
+            one_minus * reference.softplus(x) + np.abs(q) * yp * reference.softplus(-x)
+        )
+        grad = np.abs(w) * (
+            one_minus * reference.sigmoid(x) + np.abs(q) * yp * reference.sigmoid(-x)
+        )
     return loss, grad
 
 
@@ -72,20 +90,24 @@ def assert_close(got: np.ndarray, expected: np.ndarray, scale, dtype: str, what:
     scale = np.broadcast_to(np.asarray(scale, np.float64), got.shape)
     finite = np.isfinite(expected)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=f"{what}: NaN")
-    np.testing.assert_array_equal(got[~finite & ~np.isnan(expected)],
-                                  expected[~finite & ~np.isnan(expected)],
-                                  err_msg=f"{what}: inf")
+    np.testing.assert_array_equal(
+        got[~finite & ~np.isnan(expected)],
+        expected[~finite & ~np.isnan(expected)],
+        err_msg=f"{what}: inf",
+    )
     with np.errstate(all="ignore"):
         allowed = UNITS[dtype] * UNIT[dtype] * scale + TINY[dtype]
         error = np.abs(got - expected)
-    bad = finite & (got != expected) & ~(error <= allowed)   # a NaN scale: equality only
+    bad = finite & (got != expected) & ~(error <= allowed)  # a NaN scale: equality only
     # A finite expected value beyond the dtype's range is matched by the inf it rounds to.
     largest = float(np.finfo(np.float32 if dtype == "bfloat16" else dtype).max)
     bad &= ~(np.isinf(got) & (np.abs(expected) > largest))
     if bad.any():
         i = np.flatnonzero(bad)[0]
-        raise AssertionError(f"{what}: at flat index {i} got {got.flat[i]!r}, expected "
-                             f"{expected.flat[i]!r} (allowed {allowed.flat[i]:.3g})")
+        raise AssertionError(
+            f"{what}: at flat index {i} got {got.flat[i]!r}, expected "
+            f"{expected.flat[i]!r} (allowed {allowed.flat[i]:.3g})"
+        )
 
 
 def reference_factor(ops, reduction: str) -> np.ndarray:
@@ -101,8 +123,9 @@ def element_scales(ops, label_smoothing: float, reduction: str) -> tuple[np.ndar
     the reduction's factor; 0 where the reduction drops the element."""
     w64 = 1.0 if ops.weight is None else ops.weight.astype(np.float64)
     q64 = 1.0 if ops.pos_weight is None else ops.pos_weight.astype(np.float64)
-    loss_scale, grad_scale = scales(ops.inputs.astype(np.float64),
-                                    ops.targets.astype(np.float64), w64, q64, label_smoothing)
+    loss_scale, grad_scale = scales(
+        ops.inputs.astype(np.float64), ops.targets.astype(np.float64), w64, q64, label_smoothing
+    )
     factor = reference_factor(ops, reduction)
     with np.errstate(all="ignore"):
         loss_scale = np.where(factor == 0, 0.0, np.broadcast_to(loss_scale, ops.shape) * factor)
@@ -110,29 +133,55 @@ def element_scales(ops, label_smoothing: float, reduction: str) -> tuple[np.ndar
     return loss_scale, grad_scale
 
 
-def check_against_reference(x, y, *, weight=None, pos_weight=None, mask=None,
-                            label_smoothing=0.0, reduction="mean", want_grad=True,
-                            block_size=BLOCK_SIZE) -> None:
+def check_against_reference(
+    x,
+    y,
+    *,
+    weight=None,
+    pos_weight=None,
+    mask=None,
+    label_smoothing=0.0,
+    reduction="mean",
+    want_grad=True,
+    block_size=BLOCK_SIZE,
+) -> None:
     """fused_logits against the reference: loss and (optionally) d loss / d logits."""
     ops = prepare_operands("logits", x, y, weight=weight, pos_weight=pos_weight, mask=mask)
     with np.errstate(all="ignore"):
-        loss, grad = fused_logits(ops, label_smoothing, reduction, want_grad=want_grad,
-                                  block_size=block_size)
-    check_results(ops, loss, grad if want_grad else None, x, y, weight=weight,
-                  pos_weight=pos_weight, mask=mask, label_smoothing=label_smoothing,
-                  reduction=reduction)
+        loss, grad = fused_logits(
+            ops, label_smoothing, reduction, want_grad=want_grad, block_size=block_size
+        )
+    check_results(
+        ops,
+        loss,
+        grad if want_grad else None,
+        x,
+        y,
+        weight=weight,
+        pos_weight=pos_weight,
+        mask=mask,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
     if not want_grad:
         assert grad is None
 
 
-def check_results(ops, loss, grad, x, y, *, weight, pos_weight, mask, label_smoothing,
-                  reduction) -> None:
+def check_results(
+    ops, loss, grad, x, y, *, weight, pos_weight, mask, label_smoothing, reduction
+) -> None:
     """Loss (and gradient, unless None) of the backend against the reference."""
     dtype = np.asarray(x).dtype.name
-    result_dtype = np.asarray(x).dtype                  # byte order included
+    result_dtype = np.asarray(x).dtype  # byte order included
     ref_loss, ref_grad = reference.value_and_grad(
-        x, y, weight=weight, pos_weight=pos_weight, mask=mask,
-        label_smoothing=label_smoothing, reduction=reduction)
+        x,
+        y,
+        weight=weight,
+        pos_weight=pos_weight,
+        mask=mask,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
     assert loss.dtype == result_dtype
     assert loss.shape == np.shape(ref_loss)
     loss_scale, grad_scale = element_scales(ops, label_smoothing, reduction)
@@ -163,24 +212,26 @@ def cases(draw):
     mask with zeros, label smoothing, reduction, with or without gradient, block size."""
     dtype = draw(st.sampled_from(DTYPES))
     ndim = draw(st.integers(0, 3))
-    shape = tuple(draw(st.lists(st.integers(0 if ndim else 1, 6), min_size=ndim,
-                                max_size=ndim)))
+    shape = tuple(draw(st.lists(st.integers(0 if ndim else 1, 6), min_size=ndim, max_size=ndim)))
     if draw(st.booleans()) and ndim:
-        shape = shape[:-1] + (draw(st.integers(7, 60)),)   # several small blocks
+        shape = shape[:-1] + (draw(st.integers(7, 60)),)  # several small blocks
     size = math.prod(shape)
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = draw(st.sampled_from([0.5, 3.0, 20.0]))
     x = rng.normal(0.0, scale, size)  # size 1 for 0-d
     if size and draw(st.booleans()):
         count = draw(st.integers(1, min(size, 4)))
         x[rng.choice(size, count, replace=False)] = rng.choice(SPECIALS, count)
-    with np.errstate(over="ignore"):    # 3e38 in float16 is inf, as intended
+    with np.errstate(over="ignore"):  # 3e38 in float16 is inf, as intended
         x = x.astype(np_dtype(dtype)).reshape(shape)
     kind = draw(st.sampled_from(["hard", "soft", "int", "bool"]))
     hard = np.asarray(rng.integers(0, 2, shape))
-    y = {"hard": hard.astype(np_dtype(dtype)), "int": hard.astype(np.int64),
-         "bool": hard.astype(bool),
-         "soft": np.asarray(rng.uniform(0.0, 1.0, shape)).astype(np_dtype(dtype))}[kind]
+    y = {
+        "hard": hard.astype(np_dtype(dtype)),
+        "int": hard.astype(np.int64),
+        "bool": hard.astype(bool),
+        "soft": np.asarray(rng.uniform(0.0, 1.0, shape)).astype(np_dtype(dtype)),
+    }[kind]
 
     def broadcastable() -> tuple[int, ...]:
         lead = draw(st.integers(0, ndim))
@@ -228,8 +279,9 @@ def test_backend_entry_points_use_the_fused_pass(case) -> None:
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     arrays = {k: options.get(k) for k in ("weight", "pos_weight", "mask")}
     ops = prepare_operands("logits", x, y, **arrays)
-    common = dict(arrays, label_smoothing=options.get("label_smoothing", 0.0),
-                  reduction=options["reduction"])
+    common = dict(
+        arrays, label_smoothing=options.get("label_smoothing", 0.0), reduction=options["reduction"]
+    )
     check_results(ops, loss, None, x, y, **common)
     check_results(ops, loss_vg, grad, x, y, **common)
 
@@ -237,8 +289,9 @@ def test_backend_entry_points_use_the_fused_pass(case) -> None:
 # -- block boundaries ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 2 * BLOCK_SIZE + 1,
-                                  3 * BLOCK_SIZE + 5])
+@pytest.mark.parametrize(
+    "size", [BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 2 * BLOCK_SIZE + 1, 3 * BLOCK_SIZE + 5]
+)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_default_block_boundaries(size: int, reduction: str) -> None:
     """Sizes around the default block (the pass splits into equal blocks of about BLOCK_SIZE)."""
@@ -267,12 +320,16 @@ def test_many_blocks_with_broadcast_weight_and_mask(block_size: int, reduction: 
     x[71, 1], y[71, 1], mask[71, 1] = -np.inf, 0.0, True
     x[72, 2], y[72, 2], mask[72, 2] = np.inf, 1.0, True
     x[3, 1], mask[3, 1] = np.nan, False
-    for options in (dict(weight=weight, pos_weight=pos_weight, mask=mask),
-                    dict(weight=weight, mask=mask), dict(mask=mask[:1].repeat(rows, 0)),
-                    dict(pos_weight=pos_weight, mask=mask, label_smoothing=0.1)):
+    for options in (
+        dict(weight=weight, pos_weight=pos_weight, mask=mask),
+        dict(weight=weight, mask=mask),
+        dict(mask=mask[:1].repeat(rows, 0)),
+        dict(pos_weight=pos_weight, mask=mask, label_smoothing=0.1),
+    ):
         for want_grad in (True, False):
-            check_against_reference(x, y, reduction=reduction, want_grad=want_grad,
-                                    block_size=block_size, **options)
+            check_against_reference(
+                x, y, reduction=reduction, want_grad=want_grad, block_size=block_size, **options
+            )
 
 
 def test_exact_kernel_handles_one_block_among_fast_ones() -> None:
@@ -330,10 +387,13 @@ def test_non_contiguous_inputs(dtype: str, layout: str) -> None:
         check_against_reference(x, y, weight=w, mask=mask, reduction=reduction, block_size=500)
         check_against_reference(x, y, reduction=reduction)
         loss, grad = BACKEND.value_and_grad(x, y, weight=w, mask=mask, reduction=reduction)
-        loss_c, grad_c = BACKEND.value_and_grad(np.ascontiguousarray(x), np.ascontiguousarray(y),
-                                                weight=np.ascontiguousarray(w),
-                                                mask=np.ascontiguousarray(mask),
-                                                reduction=reduction)
+        loss_c, grad_c = BACKEND.value_and_grad(
+            np.ascontiguousarray(x),
+            np.ascontiguousarray(y),
+            weight=np.ascontiguousarray(w),
+            mask=np.ascontiguousarray(mask),
+            reduction=reduction,
+        )
         np.testing.assert_allclose(loss, loss_c, rtol=4 * UNIT[dtype])
         np.testing.assert_allclose(grad, grad_c, rtol=4 * UNIT[dtype], atol=TINY[dtype])
 
@@ -374,8 +434,9 @@ def test_fully_masked_and_zero_weight_batches_give_zero() -> None:
     for reduction in ("mean", "weighted_mean", "batch_mean"):
         loss, grad = BACKEND.value_and_grad(x, y, mask=np.zeros(3, bool), reduction=reduction)
         assert loss == 0 and np.all(grad == 0)
-    loss, grad = BACKEND.value_and_grad(x[1:2], y[1:2], weight=np.zeros(1, np.float32),
-                                        reduction="weighted_mean")
+    loss, grad = BACKEND.value_and_grad(
+        x[1:2], y[1:2], weight=np.zeros(1, np.float32), reduction="weighted_mean"
+    )
     assert loss == 0 and np.all(grad == 0)
 
 
@@ -396,10 +457,16 @@ def test_reduced_and_fused_losses_are_exact_to_a_few_ulp(dtype: type, target: fl
     x = sweep(dtype)
     name = np.dtype(dtype).name
     exact = [oracle.element_loss(float(v), float(np.asarray(target, dtype))) for v in x]
-    forward = [BACKEND.binary_cross_entropy_with_logits(x[i:i + 1], np.full(1, target, dtype),
-                                                        reduction="sum") for i in range(x.size)]
-    fused = [BACKEND.value_and_grad(x[i:i + 1], np.full(1, target, dtype), reduction="sum")[0]
-             for i in range(x.size)]
+    forward = [
+        BACKEND.binary_cross_entropy_with_logits(
+            x[i : i + 1], np.full(1, target, dtype), reduction="sum"
+        )
+        for i in range(x.size)
+    ]
+    fused = [
+        BACKEND.value_and_grad(x[i : i + 1], np.full(1, target, dtype), reduction="sum")[0]
+        for i in range(x.size)
+    ]
     for got in (forward, fused):
         errors = oracle.ulp_errors(np.array(got, np.float64), exact, name)
         assert errors.max() <= 4.0, f"{errors.max():.2f} ULP at x={x[errors.argmax()]!r}"
@@ -417,9 +484,10 @@ def test_float32_loss_and_gradient_peak_memory(reduction: str) -> None:
     y = (rng.uniform(size=n) > 0.5).astype(np.float32)
     extra = {}
     if reduction == "weighted_mean":
-        extra = dict(weight=rng.uniform(0.5, 2.0, n).astype(np.float32),
-                     mask=rng.uniform(size=n) < 0.9)
-    BACKEND.value_and_grad(x[:10], y[:10], reduction=reduction)   # imports, caches
+        extra = dict(
+            weight=rng.uniform(0.5, 2.0, n).astype(np.float32), mask=rng.uniform(size=n) < 0.9
+        )
+    BACKEND.value_and_grad(x[:10], y[:10], reduction=reduction)  # imports, caches
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -442,8 +510,13 @@ def test_float32_loss_and_gradient_peak_memory(reduction: str) -> None:
 
 def test_concurrent_calls_do_not_share_state() -> None:
     rng = np.random.default_rng(3)
-    inputs = [((rng.standard_normal(50_000) * (k + 1)).astype(np.float32),
-               rng.uniform(0, 1, 50_000).astype(np.float32)) for k in range(4)]
+    inputs = [
+        (
+            (rng.standard_normal(50_000) * (k + 1)).astype(np.float32),
+            rng.uniform(0, 1, 50_000).astype(np.float32),
+        )
+        for k in range(4)
+    ]
     expected = [BACKEND.value_and_grad(x, y) for x, y in inputs]
     results: dict[int, list] = {}
 

@@ -53,15 +53,30 @@ def make_tiny_distribution(root: Path) -> Path:
 
 
 def run_pytest(root: Path, *args: str, bug: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("TINY_BUG", None)
     if bug:
         env["TINY_BUG"] = "1"
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pyargs",
-               "bce_conformance", "--bce-backend", "tiny", "--bce-dtype", "float32",
-               "-W", "ignore::pytest.PytestAssertRewriteWarning", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=root, env=env,
-                          timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--pyargs",
+        "bce_conformance",
+        "--bce-backend",
+        "tiny",
+        "--bce-dtype",
+        "float32",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +100,15 @@ def test_a_bug_fails_with_the_case_and_a_reproduction(tiny: Path) -> None:
 
 def test_expected_failures_file_marks_xfail_and_warns_about_stale_entries(tiny: Path) -> None:
     listing = tiny / "expected-failures.txt"
-    listing.write_text(textwrap.dedent("""\
+    listing.write_text(
+        textwrap.dedent("""\
         # known bug: batch_mean doubles the loss
         logits/random:3/f32/(2,1,3,2)/soft/batch_mean
         logits/random:4/f32/(6,4)/soft/batch_mean/weight(6,1)/pos_weight(4,)/mask(6,4)/ls0.05
         logits/random:4/f32/(6,4)/soft/batch_mean/weight(6,4)/pos_weight(6,4)/mask(6,4)/ls0.05/masked-nonfinite
         logits/no/such/case
-    """))
+    """)
+    )
     result = run_pytest(tiny, "--bce-expected-failures", str(listing), bug=True)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "3 xfailed" in result.stdout
@@ -103,7 +120,21 @@ def test_expected_failures_file_marks_xfail_and_warns_about_stale_entries(tiny: 
 
 def test_without_the_option_the_suite_is_not_collected(tiny: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tiny)}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                             "--pyargs", "bce_conformance", "-q"], capture_output=True,
-                            text=True, cwd=tiny, env=env, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--pyargs",
+            "bce_conformance",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tiny,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 5  # no tests: the plugin is inert

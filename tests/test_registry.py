@@ -45,9 +45,11 @@ def test_builtin_backends_are_registered_through_entry_points(fresh_registry: No
 
 
 def test_third_party_plugin_is_found_and_used(make_distribution) -> None:
-    make_distribution("acme-bce", {"acme": "acme_plugin"},
-                      {"acme_plugin": GOOD_PLUGIN, "acme_backend": GOOD_BACKEND,
-                       "acme_arrays": ACME_ARRAYS})
+    make_distribution(
+        "acme-bce",
+        {"acme": "acme_plugin"},
+        {"acme_plugin": GOOD_PLUGIN, "acme_backend": GOOD_BACKEND, "acme_arrays": ACME_ARRAYS},
+    )
     info = {i.name: i for i in bce_core.available_backends()}["acme"]
     assert (info.status, info.version, info.distribution) == ("ok", "9.9", "acme-bce")
     import acme_arrays
@@ -60,38 +62,54 @@ def test_third_party_plugin_is_found_and_used(make_distribution) -> None:
 
 
 def test_plugin_that_raises_on_import_is_reported_and_others_work(make_distribution) -> None:
-    make_distribution("broken-bce", {"broken": "broken_plugin"},
-                      {"broken_plugin": "raise RuntimeError('boom at import')"})
+    make_distribution(
+        "broken-bce",
+        {"broken": "broken_plugin"},
+        {"broken_plugin": "raise RuntimeError('boom at import')"},
+    )
     registry = get_registry()
     errors = {e.plugin: e for e in registry.plugin_errors}
     assert "boom at import" in errors["broken"].error
     assert errors["broken"].distribution == "broken-bce"
-    assert float(bce_core.binary_cross_entropy_with_logits([0.0], [1.0])) == pytest.approx(np.log(2))
+    assert float(bce_core.binary_cross_entropy_with_logits([0.0], [1.0])) == pytest.approx(
+        np.log(2)
+    )
 
 
 def test_plugin_whose_hook_raises_is_isolated(make_distribution) -> None:
-    make_distribution("hookfail-bce", {"hookfail": "hookfail_plugin"}, {"hookfail_plugin": """
+    make_distribution(
+        "hookfail-bce",
+        {"hookfail": "hookfail_plugin"},
+        {
+            "hookfail_plugin": """
         from bce_core.plugin import hookimpl
 
         @hookimpl
         def bce_backends():
             raise ValueError("cannot describe myself")
-    """})
+    """
+        },
+    )
     registry = get_registry()
     assert any("cannot describe myself" in e.error for e in registry.plugin_errors)
     assert "numpy" in registry.names()
 
 
 def test_backend_that_fails_to_load_is_reported_as_failed(make_distribution) -> None:
-    make_distribution("lazyfail-bce", {"lazyfail": "lazyfail_plugin"}, {
-        "lazyfail_plugin": """
+    make_distribution(
+        "lazyfail-bce",
+        {"lazyfail": "lazyfail_plugin"},
+        {
+            "lazyfail_plugin": """
             from bce_core.plugin import BackendSpec, hookimpl
 
             @hookimpl
             def bce_backends():
                 return [BackendSpec(name="lazyfail", loader="lazyfail_backend:Backend")]
         """,
-        "lazyfail_backend": "raise ImportError('missing shared library libacme.so')"})
+            "lazyfail_backend": "raise ImportError('missing shared library libacme.so')",
+        },
+    )
     info = {i.name: i for i in bce_core.available_backends()}["lazyfail"]
     assert info.status == "failed"
     assert "libacme.so" in info.error
@@ -100,16 +118,24 @@ def test_backend_that_fails_to_load_is_reported_as_failed(make_distribution) -> 
 
 
 def test_duplicate_backend_name_is_an_error_naming_both(make_distribution) -> None:
-    make_distribution("acme-bce", {"acme": "acme_plugin"},
-                      {"acme_plugin": GOOD_PLUGIN, "acme_backend": GOOD_BACKEND,
-                       "acme_arrays": ACME_ARRAYS})
-    make_distribution("rival-bce", {"rival": "rival_plugin"}, {"rival_plugin": """
+    make_distribution(
+        "acme-bce",
+        {"acme": "acme_plugin"},
+        {"acme_plugin": GOOD_PLUGIN, "acme_backend": GOOD_BACKEND, "acme_arrays": ACME_ARRAYS},
+    )
+    make_distribution(
+        "rival-bce",
+        {"rival": "rival_plugin"},
+        {
+            "rival_plugin": """
         from bce_core.plugin import BackendSpec, hookimpl
 
         @hookimpl
         def bce_backends():
             return [BackendSpec(name="acme", loader="acme_backend:AcmeBackend")]
-    """})
+    """
+        },
+    )
     with pytest.raises(BackendConflictError) as raised:
         bce_core.get_backend("acme")
     message = str(raised.value)
@@ -120,9 +146,11 @@ def test_duplicate_backend_name_is_an_error_naming_both(make_distribution) -> No
 
 
 def test_autoload_can_be_disabled(make_distribution, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_distribution("acme-bce", {"acme": "acme_plugin"},
-                      {"acme_plugin": GOOD_PLUGIN, "acme_backend": GOOD_BACKEND,
-                       "acme_arrays": ACME_ARRAYS})
+    make_distribution(
+        "acme-bce",
+        {"acme": "acme_plugin"},
+        {"acme_plugin": GOOD_PLUGIN, "acme_backend": GOOD_BACKEND, "acme_arrays": ACME_ARRAYS},
+    )
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
     registry = get_registry()
     assert "acme" not in registry.names()
@@ -137,14 +165,20 @@ def test_unknown_name_suggests_the_closest(fresh_registry: None) -> None:
 
 
 def test_known_but_uninstalled_backend_names_the_extra(make_distribution) -> None:
-    make_distribution("ghost-bce", {"ghost": "ghost_plugin"}, {"ghost_plugin": """
+    make_distribution(
+        "ghost-bce",
+        {"ghost": "ghost_plugin"},
+        {
+            "ghost_plugin": """
         from bce_core.plugin import BackendSpec, hookimpl
 
         @hookimpl
         def bce_backends():
             return [BackendSpec(name="ghost", loader="ghost_backend:Backend",
                                 requires=("ghost_framework_not_installed",), extra="ghost")]
-    """})
+    """
+        },
+    )
     with pytest.raises(BackendUnavailableError, match=r"pip install 'bce-core\[ghost\]'"):
         bce_core.get_backend("ghost")
     info = {i.name: i for i in bce_core.available_backends()}["ghost"]
@@ -185,23 +219,29 @@ def test_built_in_backends_satisfy_the_typed_contract(name: str) -> None:
         pytest.skip(f"{name} is {info.status}: {info.error}")
     backend = bce_core.get_backend(name)
     assert isinstance(backend, plugin.Backend)
-    declared = {protocol for protocol in ("AutodiffBackend", "ParameterBackend",
-                                          "FrameworkLossBackend")
-                if isinstance(backend, getattr(plugin, protocol))}
+    declared = {
+        protocol
+        for protocol in ("AutodiffBackend", "ParameterBackend", "FrameworkLossBackend")
+        if isinstance(backend, getattr(plugin, protocol))
+    }
     assert declared == CAPABILITIES[name]
     assert backend.device_of(backend.asarray(np.zeros(2, np.float32))) == backend.devices()[0]
     assert all(isinstance(size, int) and size > 0 for size in backend.size_thresholds("cpu"))
 
 
-def test_an_object_short_of_the_protocol_is_refused_naming_what_it_lacks(
-        make_distribution) -> None:
-    make_distribution("half-bce", {"half": "half_plugin"}, {"half_plugin": """
+def test_an_object_short_of_the_protocol_is_refused_naming_what_it_lacks(make_distribution) -> None:
+    make_distribution(
+        "half-bce",
+        {"half": "half_plugin"},
+        {
+            "half_plugin": """
         from bce_core.plugin import BackendSpec, hookimpl
 
         @hookimpl
         def bce_backends():
             return [BackendSpec(name="half", loader="half_backend:HalfBackend")]
-    """, "half_backend": """
+    """,
+            "half_backend": """
         class HalfBackend:
             name = "half"
 
@@ -210,7 +250,9 @@ def test_an_object_short_of_the_protocol_is_refused_naming_what_it_lacks(
 
             def devices(self):
                 return ["cpu"]
-    """})
+    """,
+        },
+    )
     with pytest.raises(BackendUnavailableError) as error:
         bce_core.get_backend("half")
     lacking = str(error.value).split(" lacks ")[1]

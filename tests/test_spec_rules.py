@@ -30,7 +30,8 @@ def reference_api() -> SimpleNamespace:
         loss=reference.binary_cross_entropy_with_logits,
         loss_probs=reference.binary_cross_entropy,
         value_and_grad=reference.value_and_grad,
-        grad_hess=reference.grad_hess)
+        grad_hess=reference.grad_hess,
+    )
 
 
 @pytest.fixture(params=["reference", *BACKEND_FRAMEWORKS])
@@ -52,8 +53,9 @@ def softplus(z: float) -> float:
 
 
 def test_seed_example_through_the_public_api() -> None:
-    loss = bce_core.binary_cross_entropy_with_logits(np.array([[9.7], [0.0]]),
-                                                     np.array([[0.0], [1.0]]))
+    loss = bce_core.binary_cross_entropy_with_logits(
+        np.array([[9.7], [0.0]]), np.array([[0.0], [1.0]])
+    )
     assert float(loss) == pytest.approx(5.196604231088621, rel=1e-15)
     assert isinstance(loss, np.ndarray) and loss.shape == ()
 
@@ -67,8 +69,10 @@ def test_element_loss_matches_the_formula(api: SimpleNamespace) -> None:
     w = np.array([0.5, 1.0, 2.0])
     q = np.array([3.0, 0.5, 1.5])
     got = api.loss(x, y, weight=w, pos_weight=q, reduction="none")
-    expected = [wi * ((1 - yi) * softplus(xi) + qi * yi * softplus(-xi))
-                for xi, yi, wi, qi in zip(x, y, w, q)]
+    expected = [
+        wi * ((1 - yi) * softplus(xi) + qi * yi * softplus(-xi))
+        for xi, yi, wi, qi in zip(x, y, w, q)
+    ]
     np.testing.assert_allclose(got, expected, rtol=1e-15)
 
 
@@ -81,12 +85,17 @@ def test_label_smoothing_moves_targets_towards_one_half(api: SimpleNamespace) ->
     expected = [(1 - t) * softplus(a) + t * softplus(-a) for a, t in zip(x, yp)]
     np.testing.assert_allclose(got, expected, rtol=1e-15)
     # eps = 1 makes every target 1/2.
-    np.testing.assert_allclose(api.loss(x, y, label_smoothing=1.0, reduction="none"),
-                               api.loss(x, np.full(2, 0.5), reduction="none"), rtol=1e-15)
+    np.testing.assert_allclose(
+        api.loss(x, y, label_smoothing=1.0, reduction="none"),
+        api.loss(x, np.full(2, 0.5), reduction="none"),
+        rtol=1e-15,
+    )
 
 
 @pytest.mark.parametrize("eps", [-0.1, 1.5, float("nan")])
-def test_label_smoothing_outside_unit_interval_is_rejected(api: SimpleNamespace, eps: float) -> None:
+def test_label_smoothing_outside_unit_interval_is_rejected(
+    api: SimpleNamespace, eps: float
+) -> None:
     with pytest.raises(ValueError, match=r"label_smoothing=.* is outside \[0, 1\]"):
         api.loss([0.0], [1.0], label_smoothing=eps)
 
@@ -110,16 +119,21 @@ def test_weight_broadcasts_without_enlarging(api: SimpleNamespace, shape: tuple[
     y = np.full((4, 3), 0.3)
     w = np.arange(1, 1 + int(np.prod(shape))).reshape(shape).astype(float)
     got = api.loss(x, y, weight=w, reduction="none")
-    np.testing.assert_allclose(got, np.broadcast_to(w, (4, 3)) * api.loss(x, y, reduction="none"),
-                               rtol=1e-15)
+    np.testing.assert_allclose(
+        got, np.broadcast_to(w, (4, 3)) * api.loss(x, y, reduction="none"), rtol=1e-15
+    )
 
 
 @pytest.mark.parametrize("argument", ["weight", "pos_weight", "mask"])
-def test_enlarging_broadcast_is_rejected_naming_both_shapes(api: SimpleNamespace,
-                                                            argument: str) -> None:
+def test_enlarging_broadcast_is_rejected_naming_both_shapes(
+    api: SimpleNamespace, argument: str
+) -> None:
     value = np.ones((2, 4, 3), bool if argument == "mask" else float)
-    with pytest.raises(ValueError, match=rf"{argument} shape \(2, 4, 3\) does not broadcast to "
-                                         rf"logits shape \(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{argument} shape \(2, 4, 3\) does not broadcast to "
+        rf"logits shape \(4, 3\)",
+    ):
         api.loss(np.zeros((4, 3)), np.zeros((4, 3)), **{argument: value})
 
 
@@ -165,18 +179,26 @@ def test_reductions(api: SimpleNamespace) -> None:
     elements = api.loss(x, y, weight=w, reduction="none")
     kept = elements[m]
     full_w = np.broadcast_to(w, x.shape)
-    expected = {"sum": kept.sum(), "mean": kept.sum() / 4,
-                "weighted_mean": kept.sum() / full_w[m].sum(), "batch_mean": kept.sum() / 3}
+    expected = {
+        "sum": kept.sum(),
+        "mean": kept.sum() / 4,
+        "weighted_mean": kept.sum() / full_w[m].sum(),
+        "batch_mean": kept.sum() / 3,
+    }
     for reduction, value in expected.items():
         got = api.loss(x, y, weight=w, mask=m, reduction=reduction)
         assert float(got) == pytest.approx(value, rel=1e-14), reduction
-    np.testing.assert_array_equal(api.loss(x, y, weight=w, mask=m, reduction="none"),
-                                  np.where(m, elements, 0.0))
+    np.testing.assert_array_equal(
+        api.loss(x, y, weight=w, mask=m, reduction="none"), np.where(m, elements, 0.0)
+    )
 
 
 def test_invalid_reduction_lists_the_valid_names(api: SimpleNamespace) -> None:
-    with pytest.raises(ValueError, match="reduction='avg' is not a valid reduction; use one of "
-                                         "'none', 'sum', 'mean', 'weighted_mean', 'batch_mean'"):
+    with pytest.raises(
+        ValueError,
+        match="reduction='avg' is not a valid reduction; use one of "
+        "'none', 'sum', 'mean', 'weighted_mean', 'batch_mean'",
+    ):
         api.loss([0.0], [1.0], reduction="avg")
     with pytest.raises(ValueError, match="Did you mean 'mean'"):
         api.loss([0.0], [1.0], reduction="maen")
@@ -184,8 +206,9 @@ def test_invalid_reduction_lists_the_valid_names(api: SimpleNamespace) -> None:
 
 @pytest.mark.parametrize("reduction", ["mean", "weighted_mean", "batch_mean", "sum"])
 @pytest.mark.parametrize("case", ["empty", "all masked"])
-def test_zero_denominator_gives_zero_with_zero_gradient(api: SimpleNamespace, reduction: str,
-                                                        case: str) -> None:
+def test_zero_denominator_gives_zero_with_zero_gradient(
+    api: SimpleNamespace, reduction: str, case: str
+) -> None:
     n = 0 if case == "empty" else 3
     x = np.full(n, np.nan if case == "all masked" else 1.0)
     y = np.ones(n)
@@ -199,18 +222,29 @@ def test_zero_denominator_gives_zero_with_zero_gradient(api: SimpleNamespace, re
 
 
 @pytest.mark.parametrize("weight", [[0.0, 0.0], [1.0, -1.0]], ids=["zeros", "cancelling"])
-def test_weighted_mean_with_zero_total_weight_is_zero(api: SimpleNamespace,
-                                                      weight: list[float]) -> None:
-    loss, (g_x, g_w) = api.value_and_grad(np.array([1.0, 2.0]), np.ones(2),
-                                          weight=np.array(weight), reduction="weighted_mean",
-                                          wrt=("logits", "weight"))
+def test_weighted_mean_with_zero_total_weight_is_zero(
+    api: SimpleNamespace, weight: list[float]
+) -> None:
+    loss, (g_x, g_w) = api.value_and_grad(
+        np.array([1.0, 2.0]),
+        np.ones(2),
+        weight=np.array(weight),
+        reduction="weighted_mean",
+        wrt=("logits", "weight"),
+    )
     assert float(loss) == 0.0 and np.all(g_x == 0.0) and np.all(g_w == 0.0)
     # Under "mean" a zero weight zeroes the logits gradient, but the loss still depends on w.
-    loss, (g_x, g_w) = api.value_and_grad(np.array([1.0, 2.0]), np.ones(2), weight=np.zeros(2),
-                                          reduction="mean", wrt=("logits", "weight"))
+    loss, (g_x, g_w) = api.value_and_grad(
+        np.array([1.0, 2.0]),
+        np.ones(2),
+        weight=np.zeros(2),
+        reduction="mean",
+        wrt=("logits", "weight"),
+    )
     assert float(loss) == 0.0 and np.all(g_x == 0.0)
-    np.testing.assert_allclose(g_w, api.loss(np.array([1.0, 2.0]), np.ones(2),
-                                             reduction="none") / 2, rtol=1e-15)
+    np.testing.assert_allclose(
+        g_w, api.loss(np.array([1.0, 2.0]), np.ones(2), reduction="none") / 2, rtol=1e-15
+    )
 
 
 def test_batch_mean_needs_a_batch_axis(api: SimpleNamespace) -> None:
@@ -275,14 +309,16 @@ def test_validation_names_the_first_bad_index_and_value(api: SimpleNamespace) ->
 
 
 def test_validation_skips_masked_elements(api: SimpleNamespace) -> None:
-    loss = api.loss(np.array([0.0, np.nan]), np.array([1.0, 7.0]),
-                    mask=np.array([True, False]), validate=True)
+    loss = api.loss(
+        np.array([0.0, np.nan]), np.array([1.0, 7.0]), mask=np.array([True, False]), validate=True
+    )
     assert float(loss) == pytest.approx(np.log(2))
 
 
 def test_without_validation_bad_probabilities_give_nan(api: SimpleNamespace) -> None:
-    loss = api.loss_probs(np.array([1.5, -0.5, np.nan, 0.5]), np.array([1.0, 0.0, 0.0, 1.0]),
-                          reduction="none")
+    loss = api.loss_probs(
+        np.array([1.5, -0.5, np.nan, 0.5]), np.array([1.0, 0.0, 0.0, 1.0]), reduction="none"
+    )
     assert np.isnan(loss[:3]).all() and loss[3] == pytest.approx(np.log(2))
 
 
@@ -293,8 +329,9 @@ def test_probability_form_and_its_clamp(api: SimpleNamespace) -> None:
     p = np.array([0.0, 1.0, 0.25, 0.0])
     y = np.array([1.0, 0.0, 0.5, 0.0])
     loss = api.loss_probs(p, y, reduction="none")
-    np.testing.assert_allclose(loss, [100.0, 100.0, -(0.5 * np.log(0.25) + 0.5 * np.log(0.75)),
-                                      0.0], rtol=1e-15)
+    np.testing.assert_allclose(
+        loss, [100.0, 100.0, -(0.5 * np.log(0.25) + 0.5 * np.log(0.75)), 0.0], rtol=1e-15
+    )
     exact = api.loss_probs(p, y, reduction="none", log_clamp=float("-inf"))
     np.testing.assert_array_equal(exact[[0, 1, 3]], [np.inf, np.inf, 0.0])
 
@@ -303,9 +340,11 @@ def test_probability_form_agrees_with_logits_form(api: SimpleNamespace) -> None:
     x = np.linspace(-5, 5, 11)
     y = np.linspace(0, 1, 11)
     p = 1 / (1 + np.exp(-x))
-    np.testing.assert_allclose(api.loss_probs(p, y, pos_weight=np.array(2.0), reduction="none"),
-                               api.loss(x, y, pos_weight=np.array(2.0), reduction="none"),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        api.loss_probs(p, y, pos_weight=np.array(2.0), reduction="none"),
+        api.loss(x, y, pos_weight=np.array(2.0), reduction="none"),
+        rtol=1e-12,
+    )
 
 
 def test_log_clamp_must_be_non_positive(api: SimpleNamespace) -> None:
@@ -321,8 +360,9 @@ def test_wrt_tuple_returns_gradients_in_order_and_shapes(api: SimpleNamespace) -
     y = np.full((4, 3), 0.5)
     w = np.ones((4, 1))
     q = np.ones(3)
-    loss, grads = api.value_and_grad(x, y, weight=w, pos_weight=q,
-                                     wrt=("pos_weight", "logits", "weight", "targets"))
+    loss, grads = api.value_and_grad(
+        x, y, weight=w, pos_weight=q, wrt=("pos_weight", "logits", "weight", "targets")
+    )
     assert [g.shape for g in grads] == [(3,), (4, 3), (4, 1), (4, 3)]
     _, single = api.value_and_grad(x, y, weight=w, pos_weight=q, wrt="weight")
     np.testing.assert_array_equal(single, grads[2])
@@ -351,19 +391,32 @@ def central_difference(f, value: np.ndarray, step: float = 1e-6) -> np.ndarray:
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean", "batch_mean"])
 def test_gradients_match_finite_differences(api: SimpleNamespace, reduction: str) -> None:
     rng = np.random.default_rng(3)
-    args = {"logits": rng.normal(0, 2, (4, 3)), "targets": rng.uniform(0, 1, (4, 3)),
-            "weight": rng.uniform(0.5, 2, (4, 1)), "pos_weight": rng.uniform(0.5, 2, (3,))}
-    options = {"mask": rng.uniform(size=(4, 3)) < 0.7, "label_smoothing": 0.1,
-               "reduction": reduction}
+    args = {
+        "logits": rng.normal(0, 2, (4, 3)),
+        "targets": rng.uniform(0, 1, (4, 3)),
+        "weight": rng.uniform(0.5, 2, (4, 1)),
+        "pos_weight": rng.uniform(0.5, 2, (3,)),
+    }
+    options = {
+        "mask": rng.uniform(size=(4, 3)) < 0.7,
+        "label_smoothing": 0.1,
+        "reduction": reduction,
+    }
     names = ("logits", "targets", "weight", "pos_weight")
     _, grads = api.value_and_grad(**args, **options, wrt=names)
 
     for name, grad in zip(names, grads):
+
         def f(value: np.ndarray, name: str = name) -> float:
-            return float(np.sum(reference.binary_cross_entropy_with_logits(
-                **{**args, name: value}, **options)))
-        np.testing.assert_allclose(grad, central_difference(f, args[name]), rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
+            return float(
+                np.sum(
+                    reference.binary_cross_entropy_with_logits(**{**args, name: value}, **options)
+                )
+            )
+
+        np.testing.assert_allclose(
+            grad, central_difference(f, args[name]), rtol=1e-6, atol=1e-8, err_msg=name
+        )
 
 
 def test_grad_hess_matches_finite_differences(api: SimpleNamespace) -> None:
@@ -372,12 +425,26 @@ def test_grad_hess_matches_finite_differences(api: SimpleNamespace) -> None:
     w = np.array([1.0, 2.0, 0.5, 1.0, 3.0])
     q = np.array(1.7)
     grad, hess = api.grad_hess(x, y, weight=w, pos_weight=q)
-    loss = lambda v: float(np.sum(reference.binary_cross_entropy_with_logits(  # noqa: E731
-        v, y, weight=w, pos_weight=q, reduction="sum")))
+
+    def loss(v: np.ndarray) -> float:
+        return float(
+            np.sum(
+                reference.binary_cross_entropy_with_logits(
+                    v, y, weight=w, pos_weight=q, reduction="sum"
+                )
+            )
+        )
+
+    def first(v: np.ndarray) -> np.ndarray:
+        return reference.grad_hess(v, y, weight=w, pos_weight=q)[0]
+
     np.testing.assert_allclose(grad, central_difference(loss, x), rtol=1e-6, atol=1e-9)
-    first = lambda v: reference.grad_hess(v, y, weight=w, pos_weight=q)[0]  # noqa: E731
-    numeric = np.array([(first(x + h * e)[i] - first(x - h * e)[i]) / (2 * h)
-                        for i, e, h in [(i, np.eye(5)[i], 1e-6) for i in range(5)]])
+    numeric = np.array(
+        [
+            (first(x + h * e)[i] - first(x - h * e)[i]) / (2 * h)
+            for i, e, h in [(i, np.eye(5)[i], 1e-6) for i in range(5)]
+        ]
+    )
     np.testing.assert_allclose(hess, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -385,8 +452,14 @@ def test_scalar_weight_gets_a_scalar_gradient(api: SimpleNamespace) -> None:
     x = np.array([[0.5, -1.0], [2.0, 0.0]])
     y = np.array([[1.0, 0.0], [0.0, 1.0]])
     for reduction in ("mean", "weighted_mean"):
-        _, (g_w, g_q) = api.value_and_grad(x, y, weight=np.array(2.0), pos_weight=np.array(1.5),
-                                           reduction=reduction, wrt=("weight", "pos_weight"))
+        _, (g_w, g_q) = api.value_and_grad(
+            x,
+            y,
+            weight=np.array(2.0),
+            pos_weight=np.array(1.5),
+            reduction=reduction,
+            wrt=("weight", "pos_weight"),
+        )
         assert g_w.shape == () and g_q.shape == ()
     _, g_q = api.value_and_grad(x, y, pos_weight=np.array(1.5), reduction="sum", wrt="pos_weight")
     expected = float(np.sum(y * np.logaddexp(0, -x)))

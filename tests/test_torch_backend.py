@@ -28,20 +28,24 @@ from bce_conformance.runner import CaseRunner  # noqa: E402
 from bce_core import reference  # noqa: E402
 from bce_core.plugin import AutodiffBackend, Backend  # noqa: E402
 from bce_core.registry import get_registry  # noqa: E402
-from bce_numpy.backend import NumpyBackend  # noqa: E402
 from bce_torch import backend as backend_module  # noqa: E402
 from bce_torch.backend import TorchBackend  # noqa: E402
 
 # torch loads its forward-mode decompositions with torch.jit.script, which warns.
 pytestmark = pytest.mark.filterwarnings(
-    r"ignore:`torch\.jit\.script(_method)?` is deprecated:DeprecationWarning")
+    r"ignore:`torch\.jit\.script(_method)?` is deprecated:DeprecationWarning"
+)
 
 ULP_BOUND = 4.0
 BACKEND = TorchBackend()
 FLOATS = {"float32": torch.float32, "float64": torch.float64}
 ALL_FLOATS = {**FLOATS, "float16": torch.float16, "bfloat16": torch.bfloat16}
-NO_GPU = pytest.param("cuda:0", marks=pytest.mark.skip(
-    reason="no GPU: torch sees no usable CUDA or MPS device on this machine"))
+NO_GPU = pytest.param(
+    "cuda:0",
+    marks=pytest.mark.skip(
+        reason="no GPU: torch sees no usable CUDA or MPS device on this machine"
+    ),
+)
 GPUS = [d for d in BACKEND.devices() if d != "cpu"] or [NO_GPU]
 DEVICES = ["cpu", *GPUS]
 ARGUMENTS = ("logits", "targets", "weight", "pos_weight")
@@ -90,16 +94,41 @@ def sweep(dtype: type) -> np.ndarray:
     """Logits from -1e4 to 1e4: tiny values, subnormals, the tails where exp(-|x|) is
     subnormal, the largest finite values and zero."""
     info = np.finfo(dtype)
-    magnitudes = np.concatenate([
-        np.geomspace(1e-30, 1e4, 200), np.linspace(0.05, 60, 200),
-        [info.smallest_subnormal, info.tiny, 1e-300 if dtype == np.float64 else 1e-40,
-         20.0, 50.0, 87.5, 88.7, 100.0, 103.9, 700.0, 709.7, 745.2, 1e4, info.max]])
+    magnitudes = np.concatenate(
+        [
+            np.geomspace(1e-30, 1e4, 200),
+            np.linspace(0.05, 60, 200),
+            [
+                info.smallest_subnormal,
+                info.tiny,
+                1e-300 if dtype == np.float64 else 1e-40,
+                20.0,
+                50.0,
+                87.5,
+                88.7,
+                100.0,
+                103.9,
+                700.0,
+                709.7,
+                745.2,
+                1e4,
+                info.max,
+            ],
+        ]
+    )
     return np.concatenate([magnitudes, -magnitudes, [0.0]]).astype(dtype)
 
 
 # (targets, weight, pos_weight, label_smoothing)
-CONFIGS = [(0.0, 1.0, 1.0, 0.0), (1.0, 1.0, 1.0, 0.0), (0.3, 1.0, 1.0, 0.0),
-           (1.0, 0.7, 2.5, 0.0), (0.0, 3.0, 0.4, 0.0), (0.85, 1.3, 1.7, 0.1), (1.0, 1.0, 1.0, 0.2)]
+CONFIGS = [
+    (0.0, 1.0, 1.0, 0.0),
+    (1.0, 1.0, 1.0, 0.0),
+    (0.3, 1.0, 1.0, 0.0),
+    (1.0, 0.7, 2.5, 0.0),
+    (0.0, 3.0, 0.4, 0.0),
+    (0.85, 1.3, 1.7, 0.1),
+    (1.0, 1.0, 1.0, 0.2),
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -123,12 +152,16 @@ def test_loss_and_every_gradient_path_are_within_4_ulp(dtype: type, config: tupl
     BACKEND.binary_cross_entropy_with_logits(leaf, full(y), **options).sum().backward()
     gh_grad, _ = BACKEND.grad_hess(x, full(y), weight=full(w), pos_weight=full(q))
     results = {"loss": oracle.ulp_errors(loss.numpy(), exact_loss, name)}
-    for label, grad in (("value_and_grad", vg_grad), ("autograd", leaf.grad),
-                        ("grad_hess", gh_grad)):
+    for label, grad in (
+        ("value_and_grad", vg_grad),
+        ("autograd", leaf.grad),
+        ("grad_hess", gh_grad),
+    ):
         if label == "grad_hess" and eps:
             continue
-        results[label] = oracle.ulp_errors(grad.numpy(), [g[0] for g in exact_grad], name,
-                                           references)
+        results[label] = oracle.ulp_errors(
+            grad.numpy(), [g[0] for g in exact_grad], name, references
+        )
     for label, ulps in results.items():
         worst = int(np.argmax(ulps))
         assert ulps[worst] <= ULP_BOUND, f"{label}: {ulps[worst]:.2f} ULP at x={x[worst].item()!r}"
@@ -164,7 +197,7 @@ def test_conformance_error_cases_raise(case) -> None:
 def _broadcast_shape(shape: tuple[int, ...], draw) -> tuple[int, ...]:
     """A shape that broadcasts to ``shape`` without enlarging it."""
     keep = draw(st.integers(0, len(shape)))
-    tail = shape[len(shape) - keep:]
+    tail = shape[len(shape) - keep :]
     return tuple(d if draw(st.booleans()) else 1 for d in tail)
 
 
@@ -177,10 +210,15 @@ def calls(draw):
     x = np.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
     kind = draw(st.sampled_from(["hard", "soft", "bool"]))
     y = rng.integers(0, 2, shape)
-    y = np.asarray(y.astype(bool) if kind == "bool" else (
-        y.astype(dtype) if kind == "hard" else rng.uniform(0, 1, shape).astype(dtype)))
-    options = {"reduction": draw(st.sampled_from(bce_core.spec.REDUCTIONS)),
-               "label_smoothing": draw(st.sampled_from([0.0, 0.1]))}
+    y = np.asarray(
+        y.astype(bool)
+        if kind == "bool"
+        else (y.astype(dtype) if kind == "hard" else rng.uniform(0, 1, shape).astype(dtype))
+    )
+    options = {
+        "reduction": draw(st.sampled_from(bce_core.spec.REDUCTIONS)),
+        "label_smoothing": draw(st.sampled_from([0.0, 0.1])),
+    }
     if options["reduction"] == "batch_mean" and not shape:
         options["reduction"] = "sum"
     for name, low, high in (("weight", 0.0, 2.0), ("pos_weight", 0.5, 3.0)):
@@ -193,8 +231,9 @@ def calls(draw):
 
 def _assert_close(got, expected, dtype: str, scale: float = 1.0) -> None:
     rtol, atol = (2e-5, 2e-6) if dtype == "float32" else (1e-12, 1e-13)
-    np.testing.assert_allclose(numpy(got), np.asarray(expected, np.float64), rtol=rtol,
-                               atol=atol * scale)
+    np.testing.assert_allclose(
+        numpy(got), np.asarray(expected, np.float64), rtol=rtol, atol=atol * scale
+    )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -202,8 +241,11 @@ def _assert_close(got, expected, dtype: str, scale: float = 1.0) -> None:
 def test_random_calls_match_the_reference_in_every_path(call) -> None:
     x, y, options = call
     dtype = x.dtype.name
-    native = {k: torch.from_numpy(np.asarray(v)) for k, v in options.items()
-              if k in ("weight", "pos_weight", "mask")}
+    native = {
+        k: torch.from_numpy(np.asarray(v))
+        for k, v in options.items()
+        if k in ("weight", "pos_weight", "mask")
+    }
     rest = {k: v for k, v in options.items() if k not in native}
     wrt = tuple(["logits", "targets"] + [n for n in ("weight", "pos_weight") if n in native])
     scale = 1.0 + float(np.abs(x).max(initial=0.0))
@@ -217,8 +259,9 @@ def test_random_calls_match_the_reference_in_every_path(call) -> None:
         assert grad.shape == expected.shape and grad.dtype == FLOATS[dtype]
         _assert_close(grad, expected, dtype, scale)
     targets = torch.from_numpy(y.astype(dtype))  # differentiable targets must be floating
-    loss, grads = BACKEND.autodiff_value_and_grad(torch.from_numpy(x), targets, wrt=wrt,
-                                                  **native, **rest)
+    loss, grads = BACKEND.autodiff_value_and_grad(
+        torch.from_numpy(x), targets, wrt=wrt, **native, **rest
+    )
     _assert_close(loss, expected_loss, dtype, scale)
     for grad, expected in zip(grads, expected_grads):
         assert grad.shape == expected.shape
@@ -232,15 +275,28 @@ def test_random_calls_match_the_reference_in_every_path(call) -> None:
 def test_backward_gives_the_four_gradients(reduction: str) -> None:
     rng = np.random.default_rng(3)
     x, y = rng.normal(0, 4, (5, 3)), rng.uniform(0, 1, (5, 3))
-    w, q, m = rng.uniform(0.2, 2, (5, 1)), rng.uniform(0.5, 3, (3,)), rng.uniform(size=(5, 3)) < .7
+    w, q, m = rng.uniform(0.2, 2, (5, 1)), rng.uniform(0.5, 3, (3,)), rng.uniform(size=(5, 3)) < 0.7
     leaves = [torch.tensor(v, requires_grad=True) for v in (x, y, w, q)]
     loss = BACKEND.binary_cross_entropy_with_logits(
-        leaves[0], leaves[1], weight=leaves[2], pos_weight=leaves[3], mask=torch.from_numpy(m),
-        label_smoothing=0.05, reduction=reduction)
+        leaves[0],
+        leaves[1],
+        weight=leaves[2],
+        pos_weight=leaves[3],
+        mask=torch.from_numpy(m),
+        label_smoothing=0.05,
+        reduction=reduction,
+    )
     loss.sum().backward()
     expected_loss, expected = reference.value_and_grad(
-        x, y, weight=w, pos_weight=q, mask=m, label_smoothing=0.05, reduction=reduction,
-        wrt=ARGUMENTS)
+        x,
+        y,
+        weight=w,
+        pos_weight=q,
+        mask=m,
+        label_smoothing=0.05,
+        reduction=reduction,
+        wrt=ARGUMENTS,
+    )
     np.testing.assert_allclose(loss.detach().numpy(), expected_loss, rtol=1e-13)
     for leaf, grad in zip(leaves, expected):
         np.testing.assert_allclose(leaf.grad.numpy(), grad, rtol=1e-12, atol=1e-15)
@@ -254,9 +310,9 @@ def test_second_derivative_is_the_spec_hessian_including_at_zero() -> None:
     np.testing.assert_allclose(second.numpy(), hess, rtol=1e-14)
     assert second[0].item() == pytest.approx(1.5 * 1.0 * 2.0 * 0.25)  # w (1 + (q-1) y) / 4 at 0
     loss_sum = lambda z: BACKEND.binary_cross_entropy_with_logits(  # noqa: E731
-        z, y, weight=w, pos_weight=q, reduction="sum")
-    np.testing.assert_allclose(torch.func.hessian(loss_sum)(x).diagonal().numpy(), hess,
-                               rtol=1e-14)
+        z, y, weight=w, pos_weight=q, reduction="sum"
+    )
+    np.testing.assert_allclose(torch.func.hessian(loss_sum)(x).diagonal().numpy(), hess, rtol=1e-14)
     nested = torch.func.grad(lambda z: torch.func.grad(loss_sum)(z).sum())(x)
     np.testing.assert_allclose(nested.numpy(), hess, rtol=1e-14)
 
@@ -264,8 +320,12 @@ def test_second_derivative_is_the_spec_hessian_including_at_zero() -> None:
 def test_mixed_second_derivatives_match_differences_of_the_reference_gradient() -> None:
     """d/dv of d loss/du for every pair of (logits, targets, weight, pos_weight)."""
     rng = np.random.default_rng(5)
-    values = [rng.normal(0, 3, 4), rng.uniform(0, 1, 4), rng.uniform(0.5, 2, 4),
-              rng.uniform(0.5, 2, 4)]
+    values = [
+        rng.normal(0, 3, 4),
+        rng.uniform(0, 1, 4),
+        rng.uniform(0.5, 2, 4),
+        rng.uniform(0.5, 2, 4),
+    ]
     options = dict(label_smoothing=0.1, reduction="mean")
 
     def loss(x, y, w, q):
@@ -278,28 +338,38 @@ def test_mixed_second_derivatives_match_differences_of_the_reference_gradient() 
         down = [v.copy() for v in values]
         up[j][2] += step
         down[j][2] -= step
-        grads_up = reference.value_and_grad(*up[:2], weight=up[2], pos_weight=up[3],
-                                            wrt=ARGUMENTS, **options)[1]
-        grads_down = reference.value_and_grad(*down[:2], weight=down[2], pos_weight=down[3],
-                                              wrt=ARGUMENTS, **options)[1]
+        grads_up = reference.value_and_grad(
+            *up[:2], weight=up[2], pos_weight=up[3], wrt=ARGUMENTS, **options
+        )[1]
+        grads_down = reference.value_and_grad(
+            *down[:2], weight=down[2], pos_weight=down[3], wrt=ARGUMENTS, **options
+        )[1]
         for i in range(4):
             difference = (grads_up[i] - grads_down[i]) / (2 * step)
-            np.testing.assert_allclose(hessian[i][j][:, 2].numpy(), difference, atol=1e-7,
-                                       err_msg=f"d2 loss / d{ARGUMENTS[i]} d{ARGUMENTS[j]}")
+            np.testing.assert_allclose(
+                hessian[i][j][:, 2].numpy(),
+                difference,
+                atol=1e-7,
+                err_msg=f"d2 loss / d{ARGUMENTS[i]} d{ARGUMENTS[j]}",
+            )
 
 
 def test_torch_func_grad_vmap_and_jvp() -> None:
     x, y = t([[0.0, 2.0, -3.0], [40.0, -1.0, 0.5]]), t([[1.0, 0.0, 0.3], [1.0, 0.0, 1.0]])
     per_row = torch.func.vmap(lambda a, b: BACKEND.binary_cross_entropy_with_logits(a, b))(x, y)
-    expected = [float(reference.binary_cross_entropy_with_logits(a, b))
-                for a, b in zip(x.numpy(), y.numpy())]
+    expected = [
+        float(reference.binary_cross_entropy_with_logits(a, b))
+        for a, b in zip(x.numpy(), y.numpy())
+    ]
     np.testing.assert_allclose(per_row.numpy(), expected, rtol=1e-15)
     grad = torch.func.grad(lambda a: BACKEND.binary_cross_entropy_with_logits(a, y))(x)
-    np.testing.assert_allclose(grad.numpy(), reference.value_and_grad(x.numpy(), y.numpy())[1],
-                               rtol=1e-15)
+    np.testing.assert_allclose(
+        grad.numpy(), reference.value_and_grad(x.numpy(), y.numpy())[1], rtol=1e-15
+    )
     tangent = torch.ones_like(x)
     _, directional = torch.func.jvp(
-        lambda a: BACKEND.binary_cross_entropy_with_logits(a, y, reduction="sum"), (x,), (tangent,))
+        lambda a: BACKEND.binary_cross_entropy_with_logits(a, y, reduction="sum"), (x,), (tangent,)
+    )
     assert directional.item() == pytest.approx(grad.sum().item() * x.numel(), rel=1e-14)
 
 
@@ -307,19 +377,27 @@ def test_probability_form_gradients_are_pytorchs_formula() -> None:
     p = t([0.0, 1e-30, 0.25, 0.5, 1.0 - 1e-7, 1.0])
     y = t([1.0, 1.0, 0.3, 0.0, 0.0, 0.0])
     loss, grad = BACKEND.autodiff_probs_grad(p, y, reduction="none", label_smoothing=0.1)
-    np.testing.assert_allclose(grad.numpy(), reference.probs_grad(p.numpy(), y.numpy(),
-                                                                  label_smoothing=0.1), rtol=1e-14)
-    np.testing.assert_allclose(loss.numpy(), reference.binary_cross_entropy(
-        p.numpy(), y.numpy(), reduction="none", label_smoothing=0.1), rtol=1e-15)
-    leaves = [t(v, torch.float64).requires_grad_(True) for v in ([0.3, 0.9], [0.2, 1.0], [1.5, 0.5],
-                                                                 [2.0, 3.0])]
-    BACKEND.binary_cross_entropy(leaves[0], leaves[1], weight=leaves[2], pos_weight=leaves[3],
-                                 reduction="sum").backward()
+    np.testing.assert_allclose(
+        grad.numpy(), reference.probs_grad(p.numpy(), y.numpy(), label_smoothing=0.1), rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        loss.numpy(),
+        reference.binary_cross_entropy(p.numpy(), y.numpy(), reduction="none", label_smoothing=0.1),
+        rtol=1e-15,
+    )
+    leaves = [
+        t(v, torch.float64).requires_grad_(True)
+        for v in ([0.3, 0.9], [0.2, 1.0], [1.5, 0.5], [2.0, 3.0])
+    ]
+    BACKEND.binary_cross_entropy(
+        leaves[0], leaves[1], weight=leaves[2], pos_weight=leaves[3], reduction="sum"
+    ).backward()
     grads = [leaf.grad.tolist() for leaf in leaves]
     # d/dp = w (p (1 + (q-1) y) - q y) / (p (1 - p)); d/dy = -w (q log p - log(1-p)); ...
     assert grads[0] == pytest.approx([1.5 * (0.3 * 1.2 - 0.4) / 0.21, 0.5 * (0.9 * 3 - 3) / 0.09])
-    assert grads[1] == pytest.approx([-1.5 * (2 * np.log(0.3) - np.log(0.7)),
-                                      -0.5 * (3 * np.log(0.9) - np.log(0.1))])
+    assert grads[1] == pytest.approx(
+        [-1.5 * (2 * np.log(0.3) - np.log(0.7)), -0.5 * (3 * np.log(0.9) - np.log(0.1))]
+    )
 
 
 # -- torch.compile ------------------------------------------------------------------------
@@ -338,13 +416,15 @@ def test_compiled_training_step_through_the_public_api() -> None:
     @torch.compile(fullgraph=True)
     def step(logits, targets, pos_weight, mask):
         return bce_core.binary_cross_entropy_with_logits(
-            logits, targets, pos_weight=pos_weight, mask=mask, label_smoothing=0.1)
+            logits, targets, pos_weight=pos_weight, mask=mask, label_smoothing=0.1
+        )
 
     leaves = [torch.from_numpy(v).requires_grad_(True) for v in (x, y, q)]
     loss = step(*leaves, torch.from_numpy(m))
     loss.backward()
     expected_loss, expected_grads = reference.value_and_grad(
-        x, y, pos_weight=q, mask=m, label_smoothing=0.1, wrt=("logits", "targets", "pos_weight"))
+        x, y, pos_weight=q, mask=m, label_smoothing=0.1, wrt=("logits", "targets", "pos_weight")
+    )
     assert loss.dtype == torch.float32
     np.testing.assert_allclose(loss.item(), expected_loss, rtol=2e-6)
     assert leaves[1].grad[0, 0].item() == -np.inf
@@ -355,8 +435,9 @@ def test_compiled_training_step_through_the_public_api() -> None:
 def test_compiled_second_derivative_with_a_mask() -> None:
     x, y = t([[0.0, 2.0, -3.0], [40.0, -1.0, 0.5]]), t([[1.0, 0.0, 0.3], [1.0, 0.0, 1.0]])
     w, m = t([[2.0], [0.5]]), torch.tensor([[True, False, True], [True, True, True]])
-    second = BACKEND.autodiff_second_derivative(x, y, weight=w, mask=m, reduction="sum",
-                                                compiled=True)
+    second = BACKEND.autodiff_second_derivative(
+        x, y, weight=w, mask=m, reduction="sum", compiled=True
+    )
     _, hess = reference.grad_hess(x.numpy(), y.numpy(), weight=w.numpy())
     np.testing.assert_allclose(second.numpy(), np.where(m.numpy(), hess, 0.0), rtol=1e-14)
     assert second[0, 0].item() == 0.5  # w / 4 at x = 0
@@ -388,8 +469,11 @@ def test_zero_denominators_give_zero_loss_and_zero_gradients(reduction: str) -> 
     w = t([[0.0], [0.0]]).requires_grad_(True)
     mask = torch.zeros(2, 2, dtype=torch.bool)
     empty = dict(logits=torch.zeros(0, 2, requires_grad=True), targets=torch.zeros(0, 2))
-    cases = {"mean": (x, dict(mask=mask)), "weighted_mean": (x, dict(weight=w)),
-             "batch_mean": (empty["logits"], {})}
+    cases = {
+        "mean": (x, dict(mask=mask)),
+        "weighted_mean": (x, dict(weight=w)),
+        "batch_mean": (empty["logits"], {}),
+    }
     logits, options = cases[reduction]
     targets = empty["targets"] if reduction == "batch_mean" else torch.zeros(2, 2)
     loss = BACKEND.binary_cross_entropy_with_logits(logits, targets, reduction=reduction, **options)
@@ -453,8 +537,9 @@ def test_gpu_loss_and_gradients_match_cpu(device: str) -> None:
     loss = BACKEND.binary_cross_entropy_with_logits(on_gpu, y.numpy(), pos_weight=[1.0, 2.0, 3.0])
     loss.backward()
     assert BACKEND.device_of(loss) == device and BACKEND.device_of(on_gpu.grad) == device
-    expected_loss, expected_grad = reference.value_and_grad(x.numpy(), y.numpy(),
-                                                            pos_weight=[1.0, 2.0, 3.0])
+    expected_loss, expected_grad = reference.value_and_grad(
+        x.numpy(), y.numpy(), pos_weight=[1.0, 2.0, 3.0]
+    )
     np.testing.assert_allclose(loss.item(), expected_loss, rtol=1e-14)
     np.testing.assert_allclose(on_gpu.grad.cpu().numpy(), expected_grad, rtol=1e-14)
 

@@ -51,15 +51,34 @@ def test_conformance_grid_passes_through_the_one_pass_path(dtype: str) -> None:
 def _sweep(dtype: type) -> np.ndarray:
     """Logits over every regime: tiny, moderate, the subnormal tails, huge and zero."""
     info = np.finfo(dtype)
-    magnitudes = np.concatenate([np.geomspace(1e-30, 1e4, 150), np.linspace(0.05, 60, 150),
-                                 [info.smallest_subnormal, info.tiny, 87.5, 88.7, 100.0, 103.9,
-                                  700.0, 709.7, 745.2, info.max]])
+    magnitudes = np.concatenate(
+        [
+            np.geomspace(1e-30, 1e4, 150),
+            np.linspace(0.05, 60, 150),
+            [
+                info.smallest_subnormal,
+                info.tiny,
+                87.5,
+                88.7,
+                100.0,
+                103.9,
+                700.0,
+                709.7,
+                745.2,
+                info.max,
+            ],
+        ]
+    )
     return np.concatenate([magnitudes, -magnitudes, [0.0]]).astype(dtype)
 
 
 # (targets, weight, pos_weight, label_smoothing)
-CONFIGS = [(1.0, None, None, 0.0), (0.3, None, None, 0.0), (0.0, 3.0, 0.4, 0.0),
-           (0.85, 1.3, 1.7, 0.1)]
+CONFIGS = [
+    (1.0, None, None, 0.0),
+    (0.3, None, None, 0.0),
+    (0.0, 3.0, 0.4, 0.0),
+    (0.85, 1.3, 1.7, 0.1),
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -82,8 +101,9 @@ def test_loss_and_gradients_are_within_4_ulp_of_exact(dtype: type, config: tuple
     ONE_PASS.binary_cross_entropy_with_logits(leaf, full(y), **options).sum().backward()
     results = {"loss": oracle.ulp_errors(loss.numpy(), exact_loss, name)}
     for label, grad in (("value_and_grad", vg_grad), ("autograd", leaf.grad)):
-        results[label] = oracle.ulp_errors(grad.numpy(), [g[0] for g in exact_grad], name,
-                                           references)
+        results[label] = oracle.ulp_errors(
+            grad.numpy(), [g[0] for g in exact_grad], name, references
+        )
     for label, ulps in results.items():
         worst = int(np.argmax(ulps))
         assert ulps[worst] <= ULP_BOUND, f"{label}: {ulps[worst]:.2f} ULP at x={x[worst].item()!r}"
@@ -129,8 +149,9 @@ def test_zero_denominators_give_zero_loss_and_zero_gradient() -> None:
     loss.backward()
     assert loss.item() == 0.0 and x.grad.tolist() == [0.0, 0.0, 0.0]
     zero_weights = torch.zeros(3)
-    loss, grad = ONE_PASS.value_and_grad(x.detach(), y, weight=zero_weights,
-                                         reduction="weighted_mean")
+    loss, grad = ONE_PASS.value_and_grad(
+        x.detach(), y, weight=zero_weights, reduction="weighted_mean"
+    )
     assert loss.item() == 0.0 and grad.tolist() == [0.0, 0.0, 0.0]
 
 
@@ -189,6 +210,7 @@ def test_a_failed_compile_warns_once_and_computes_eagerly(monkeypatch) -> None:
     def broken_compile(*args, **kwargs):
         def fail(*a, **k):
             raise RuntimeError("no C++ compiler found")
+
         return fail
 
     monkeypatch.setattr(compiled.torch, "compile", broken_compile)

@@ -73,11 +73,13 @@ def ours(name: str, autodiff: bool) -> Implementation:
         options = dict(pos_weight=args[2], reduction="none")
         loss = backend.binary_cross_entropy_with_logits(args[0], args[1], **options)
         if autodiff:
-            _, (grad,) = backend.autodiff_value_and_grad(args[0], args[1], wrt=("logits",),
-                                                         **options)
+            _, (grad,) = backend.autodiff_value_and_grad(
+                args[0], args[1], wrt=("logits",), **options
+            )
         else:
             _, grad = backend.value_and_grad(args[0], args[1], **options)
         return backend.to_numpy(loss), backend.to_numpy(grad)
+
     return run
 
 
@@ -89,7 +91,8 @@ def torch_native(x: np.ndarray, y: np.ndarray, q: np.ndarray) -> tuple[np.ndarra
 
     tx = torch.tensor(x, requires_grad=True)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
-        tx, torch.tensor(y), pos_weight=torch.tensor(q), reduction="none")
+        tx, torch.tensor(y), pos_weight=torch.tensor(q), reduction="none"
+    )
     (grad,) = torch.autograd.grad(loss.sum(), tx)
     return loss.detach().numpy(), grad.numpy()
 
@@ -100,8 +103,9 @@ def tensorflow_native(x: np.ndarray, y: np.ndarray, q: np.ndarray) -> tuple[np.n
     tx = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(tx)
-        loss = tf.nn.weighted_cross_entropy_with_logits(labels=tf.constant(y), logits=tx,
-                                                        pos_weight=tf.constant(q))
+        loss = tf.nn.weighted_cross_entropy_with_logits(
+            labels=tf.constant(y), logits=tx, pos_weight=tf.constant(q)
+        )
     return loss.numpy(), tape.gradient(loss, tx).numpy()
 
 
@@ -145,10 +149,12 @@ def implementations() -> tuple[dict[str, Implementation], list[str]]:
         found[f"bce-core {info.name}"] = ours(info.name, autodiff=False)
         if hasattr(bce_core.get_backend(info.name), "autodiff_value_and_grad"):
             found[f"bce-core {info.name} (autodiff)"] = ours(info.name, autodiff=True)
-    natives = {"torch": ("PyTorch binary_cross_entropy_with_logits", torch_native),
-               "tensorflow": ("TensorFlow weighted_cross_entropy_with_logits", tensorflow_native),
-               "optax": ("optax sigmoid_binary_cross_entropy", optax_native),
-               "keras": ("Keras 3 ops.binary_crossentropy (TensorFlow)", keras_native)}
+    natives = {
+        "torch": ("PyTorch binary_cross_entropy_with_logits", torch_native),
+        "tensorflow": ("TensorFlow weighted_cross_entropy_with_logits", tensorflow_native),
+        "optax": ("optax sigmoid_binary_cross_entropy", optax_native),
+        "keras": ("Keras 3 ops.binary_crossentropy (TensorFlow)", keras_native),
+    }
     for module, (label, function) in natives.items():
         needs = ("keras", "tensorflow") if module == "keras" else (module,)
         if all(importlib.util.find_spec(m) for m in needs):
@@ -172,8 +178,15 @@ def exact(x: np.ndarray, y: np.ndarray, q: np.ndarray) -> tuple[list, list, list
     return losses, grads, scales
 
 
-def measure(name: str, function: Implementation, dtype: str, x: np.ndarray, y: np.ndarray,
-            q: np.ndarray, expected: tuple[list, list, list]) -> Row:
+def measure(
+    name: str,
+    function: Implementation,
+    dtype: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    q: np.ndarray,
+    expected: tuple[list, list, list],
+) -> Row:
     losses, grads, scales = expected
     with np.errstate(all="ignore"):
         loss, grad = function(x, y, q)
@@ -183,9 +196,14 @@ def measure(name: str, function: Implementation, dtype: str, x: np.ndarray, y: n
     # reverse); those are counted, and the ULP columns cover the rest.
     bad = np.isinf(loss_ulps) | np.isinf(grad_ulps)
     examples = sorted({f"x={x[i]:g} y={y[i]:g} q={q[i]:g}" for i in np.flatnonzero(bad)})[:3]
-    return Row(name, dtype, float(np.max(np.where(np.isinf(loss_ulps), 0, loss_ulps))),
-               float(np.max(np.where(np.isinf(grad_ulps), 0, grad_ulps))), int(bad.sum()),
-               "; ".join(examples))
+    return Row(
+        name,
+        dtype,
+        float(np.max(np.where(np.isinf(loss_ulps), 0, loss_ulps))),
+        float(np.max(np.where(np.isinf(grad_ulps), 0, grad_ulps))),
+        int(bad.sum()),
+        "; ".join(examples),
+    )
 
 
 def fmt(ulps: float) -> str:
@@ -208,8 +226,10 @@ def table(rows: list[Row], missing: list[str], seconds: float, points: int) -> s
         "|---|---|---:|---:|---:|---|",
     ]
     for row in rows:
-        lines.append(f"| {row.name} | {row.dtype} | {fmt(row.worst_loss)} | "
-                     f"{fmt(row.worst_grad)} | {row.nonfinite} | {row.examples} |")
+        lines.append(
+            f"| {row.name} | {row.dtype} | {fmt(row.worst_loss)} | "
+            f"{fmt(row.worst_grad)} | {row.nonfinite} | {row.examples} |"
+        )
     if missing:
         lines += ["", "Not measured (not installed): " + ", ".join(missing) + "."]
     return "\n".join(lines)
@@ -218,8 +238,9 @@ def table(rows: list[Row], missing: list[str], seconds: float, points: int) -> s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", type=int, default=300, help="logits per sign (default 300)")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="replace the comparison section of README.md")
+    parser.add_argument(
+        "--write-readme", action="store_true", help="replace the comparison section of README.md"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     found, missing = implementations()
@@ -232,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rows.append(measure(name, function, dtype, x, y, q, expected))
             except Exception as exc:  # report, keep measuring the others
-                rows.append(Row(name, dtype, np.inf, np.inf, -1, f"raised {type(exc).__name__}: {exc}"))
+                rows.append(
+                    Row(name, dtype, np.inf, np.inf, -1, f"raised {type(exc).__name__}: {exc}")
+                )
     text = table(rows, missing, time.perf_counter() - start, args.points)
     print(text)
     if args.write_readme:

@@ -152,8 +152,9 @@ def _logit_slope_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
     if given(dw):
         tangent = _accumulate(tangent, logit_slope(x, y, None, q, eps) * dw)
     if given(dq):
-        tangent = _accumulate(tangent, -weighted(w, rules.zero_safe(OPS, smoothed,
-                                                                    sigmoid(-x))) * dq)
+        tangent = _accumulate(
+            tangent, -weighted(w, rules.zero_safe(OPS, smoothed, sigmoid(-x))) * dq
+        )
     return out, _tangent_out(out, tangent)
 
 
@@ -190,15 +191,15 @@ logit_loss.defjvp(_logit_loss_jvp, symbolic_zeros=True)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4, 5))
-def probs_loss(p: Array, y: Array, w: Array | None, q: Array | None, eps: float,
-               clamp: float) -> Array:
+def probs_loss(
+    p: Array, y: Array, w: Array | None, q: Array | None, eps: float, clamp: float
+) -> Array:
     """Element loss -w [ q y' max(log p, c) + (1 - y') max(log1p(-p), c) ].
 
     >>> round(float(probs_loss(jnp.float32(0.5), jnp.float32(1.0), None, None, 0.0, -100.0)), 6)
     0.693147
     """
-    return weighted(w, kernels.probs_partial("weight", kernels.probs_logs(p, clamp), y, w, q,
-                                             eps))
+    return weighted(w, kernels.probs_partial("weight", kernels.probs_logs(p, clamp), y, w, q, eps))
 
 
 def _probs_loss_jvp(eps: float, clamp: float, primals: tuple, tangents: tuple) -> tuple:
@@ -220,15 +221,20 @@ probs_loss.defjvp(_probs_loss_jvp, symbolic_zeros=True)
 # -- the differentiable losses ----------------------------------------------------------------
 
 
-def _counted(reduction: str, shape: tuple[int, ...], mask: Array | None,
-             weight: Array | None) -> Array | None:
+def _counted(
+    reduction: str, shape: tuple[int, ...], mask: Array | None, weight: Array | None
+) -> Array | None:
     """The elements that count (full shape; None for all): the mask's, and none of them where
     the denominator of "weighted_mean" is 0 (``rules.denominator``)."""
     keep = None if mask is None else jnp.broadcast_to(mask, shape)
     if reduction != "weighted_mean":
         return keep
-    nonzero = rules.denominator(OPS, reduction, shape, keep=keep, weight=weight,
-                                like=jnp.zeros((), np.float32)) != 0
+    nonzero = (
+        rules.denominator(
+            OPS, reduction, shape, keep=keep, weight=weight, like=jnp.zeros((), np.float32)
+        )
+        != 0
+    )
     return jnp.broadcast_to(nonzero if keep is None else keep & nonzero, shape)
 
 
@@ -242,36 +248,59 @@ def _guard(keep: Array | None, value: Array | None, safe: float) -> Array | None
 
 
 @partial(jax.jit, static_argnames=("eps", "reduction"))
-def differentiable_logits_loss(x: Array, y: Array, w: Array | None, q: Array | None,
-                               mask: Array | None, *, eps: float, reduction: str) -> Array:
+def differentiable_logits_loss(
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    *,
+    eps: float,
+    reduction: str,
+) -> Array:
     """The reduced loss from logits, differentiable by JAX with the spec's derivatives to any
     order: what the glue falls back on for mixed and higher derivatives."""
     dtype, work = x.dtype, working_dtype(x.dtype)
     x, y, w, q = (None if v is None else v.astype(work) for v in (x, y, w, q))
     keep = _counted(reduction, x.shape, mask, w)
-    elements = logit_loss(_guard(keep, x, 0.0), _guard(keep, y, 0.0), _guard(keep, w, 1.0),
-                          _guard(keep, q, 1.0), eps)
-    return rules.reduce_elements(OPS, elements, reduction, keep=keep,
-                                 weight=w).loss.astype(dtype)
+    elements = logit_loss(
+        _guard(keep, x, 0.0), _guard(keep, y, 0.0), _guard(keep, w, 1.0), _guard(keep, q, 1.0), eps
+    )
+    return rules.reduce_elements(OPS, elements, reduction, keep=keep, weight=w).loss.astype(dtype)
 
 
 @partial(jax.jit, static_argnames=("eps", "reduction", "clamp"))
-def differentiable_probs_loss(p: Array, y: Array, w: Array | None, q: Array | None,
-                              mask: Array | None, *, eps: float, reduction: str,
-                              clamp: float) -> Array:
+def differentiable_probs_loss(
+    p: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    *,
+    eps: float,
+    reduction: str,
+    clamp: float,
+) -> Array:
     """The reduced loss from probabilities, differentiable by JAX with the spec's derivatives."""
     dtype, work = p.dtype, working_dtype(p.dtype)
     p, y, w, q = (None if v is None else v.astype(work) for v in (p, y, w, q))
     keep = _counted(reduction, p.shape, mask, w)
-    elements = probs_loss(_guard(keep, p, 0.5), _guard(keep, y, 0.0), _guard(keep, w, 1.0),
-                          _guard(keep, q, 1.0), eps, clamp)
-    return rules.reduce_elements(OPS, elements, reduction, keep=keep,
-                                 weight=w).loss.astype(dtype)
+    elements = probs_loss(
+        _guard(keep, p, 0.5),
+        _guard(keep, y, 0.0),
+        _guard(keep, w, 1.0),
+        _guard(keep, q, 1.0),
+        eps,
+        clamp,
+    )
+    return rules.reduce_elements(OPS, elements, reduction, keep=keep, weight=w).loss.astype(dtype)
 
 
 #: The differentiable loss of each form, by the name of its input.
 DIFFERENTIABLE: dict[str, Callable[..., Array]] = {
-    "logits": differentiable_logits_loss, "probs": differentiable_probs_loss}
+    "logits": differentiable_logits_loss,
+    "probs": differentiable_probs_loss,
+}
 
 
 # -- the glue: the loss as a JAX operation whose derivatives are the programs' outputs -----------
@@ -282,8 +311,9 @@ def _key(name: str, value: Array, x: Array, full: bool) -> str:
     return f"full:{name}" if full and np.shape(value) != np.shape(x) else f"grad:{name}"
 
 
-def _contract(grads: tuple[Array, ...], tangents: tuple[Array, ...], reduction: str,
-              dtype: np.dtype) -> Array:
+def _contract(
+    grads: tuple[Array, ...], tangents: tuple[Array, ...], reduction: str, dtype: np.dtype
+) -> Array:
     """The loss's tangent: sum over arguments of (gradient . tangent); elementwise for "none"
     (the gradients are then per element, and the tangents broadcast to the element shape).
 
@@ -296,8 +326,9 @@ def _contract(grads: tuple[Array, ...], tangents: tuple[Array, ...], reduction: 
         tangent = _cast(tangent, work)
         if np.shape(tangent) != np.shape(grad):
             lead = np.ndim(grad) - np.ndim(tangent)  # NumPy broadcasting aligns trailing axes
-            tangent = lax.broadcast_in_dim(tangent, np.shape(grad),
-                                           tuple(range(lead, np.ndim(grad))))
+            tangent = lax.broadcast_in_dim(
+                tangent, np.shape(grad), tuple(range(lead, np.ndim(grad)))
+            )
         term = lax.mul(_widened(grad, work), tangent)
         if reduction != "none":
             term = lax.reduce_sum(term, tuple(range(np.ndim(term))))
@@ -327,12 +358,20 @@ def _widened(value: Array, dtype: np.dtype) -> Array | np.ndarray:
 
 def _moving(form: Form, primals: tuple, tangents: tuple) -> tuple[str, ...]:
     """Names of the arguments that are given and carry a tangent."""
-    return tuple(name for name, value, tangent in zip(form.names, primals, tangents)
-                 if value is not None and given(tangent))
+    return tuple(
+        name
+        for name, value, tangent in zip(form.names, primals, tangents)
+        if value is not None and given(tangent)
+    )
 
 
-def _jvp_along(function: Callable[..., Any], form: Form, moving: tuple[str, ...],
-               primals: tuple, tangents: tuple) -> Any:
+def _jvp_along(
+    function: Callable[..., Any],
+    form: Form,
+    moving: tuple[str, ...],
+    primals: tuple,
+    tangents: tuple,
+) -> Any:
     """JAX's tangent of ``function(x, y, w, q)`` along the arguments named ``moving``."""
     fixed = dict(zip(form.names, primals[:4]))
 
@@ -340,15 +379,23 @@ def _jvp_along(function: Callable[..., Any], form: Form, moving: tuple[str, ...]
         merged = {**fixed, **dict(zip(moving, values))}
         return function(*(merged[n] for n in form.names))
 
-    return jax.jvp(along, tuple(fixed[n] for n in moving),
-                   tuple(tangents[form.names.index(n)] for n in moving))[1]
+    return jax.jvp(
+        along, tuple(fixed[n] for n in moving), tuple(tangents[form.names.index(n)] for n in moving)
+    )[1]
 
 
 # -- the loss -----------------------------------------------------------------------------
 
 
-def loss(form: Form, x: Array, y: Array, w: Array | None, q: Array | None,
-         mask: Array | None, options: Options) -> Array:
+def loss(
+    form: Form,
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    options: Options,
+) -> Array:
     """The reduced loss: through ``loss_op`` while JAX traces (jit, grad, vmap), and straight
     from the compiled program for concrete arrays, where no transformation can be watching
     (a custom_jvp call costs hundreds of microseconds of Python eagerly)."""
@@ -358,8 +405,15 @@ def loss(form: Form, x: Array, y: Array, w: Array | None, q: Array | None,
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(5, 6))
-def loss_op(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None,
-            form: Form, options: Options) -> Array:
+def loss_op(
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    form: Form,
+    options: Options,
+) -> Array:
     """The reduced loss, differentiable by JAX to any order."""
     return fused.outputs(form, x, y, w, q, mask, options, ("loss",))["loss"]
 
@@ -371,8 +425,9 @@ def _loss_jvp(form: Form, options: Options, primals: tuple, tangents: tuple) -> 
         value = loss_op(x, y, w, q, mask, form, options)
         return value, jnp.zeros_like(value)
     reduction = dict(options)["reduction"]
-    full = reduction == "none" and any(np.shape(primals[form.names.index(n)]) != np.shape(x)
-                                       for n in names)
+    full = reduction == "none" and any(
+        np.shape(primals[form.names.index(n)]) != np.shape(x) for n in names
+    )
     value, grads = grads_op(x, y, w, q, mask, form, options, names, full)
     chosen = tuple(tangents[form.names.index(n)] for n in names)
     return value, _contract(grads, chosen, reduction, value.dtype)
@@ -385,9 +440,17 @@ loss_op.defjvp(_loss_jvp, symbolic_zeros=True)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7, 8))
-def grads_op(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None,
-             form: Form, options: Options, names: tuple[str, ...],
-             full: bool) -> tuple[Array, tuple[Array, ...]]:
+def grads_op(
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    form: Form,
+    options: Options,
+    names: tuple[str, ...],
+    full: bool,
+) -> tuple[Array, tuple[Array, ...]]:
     """(loss, its gradients with respect to ``names``), in the arguments' shapes, or per element
     for broadcast weight and pos_weight when ``full``."""
     args = dict(zip(form.names, (x, y, w, q)))
@@ -396,14 +459,24 @@ def grads_op(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array |
     return out["loss"], tuple(out[key] for key in keys)
 
 
-def _grads_by_autodiff(form: Form, options: Options, names: tuple[str, ...], full: bool,
-                       mask: Array | None, *args: Array) -> tuple[Array, tuple[Array, ...]]:
+def _grads_by_autodiff(
+    form: Form,
+    options: Options,
+    names: tuple[str, ...],
+    full: bool,
+    mask: Array | None,
+    *args: Array,
+) -> tuple[Array, tuple[Array, ...]]:
     """``grads_op`` by JAX's autodiff of the form's differentiable loss (any order)."""
     args = dict(zip(form.names, args))
     x = args[form.names[0]]
     if full:
-        args = {n: jnp.broadcast_to(v, np.shape(x)) if n in names and n in ("weight", "pos_weight")
-                else v for n, v in args.items()}
+        args = {
+            n: jnp.broadcast_to(v, np.shape(x))
+            if n in names and n in ("weight", "pos_weight")
+            else v
+            for n, v in args.items()
+        }
 
     differentiable = DIFFERENTIABLE[form.names[0]]
 
@@ -415,8 +488,14 @@ def _grads_by_autodiff(form: Form, options: Options, names: tuple[str, ...], ful
     return value, pullback(jnp.ones_like(value))
 
 
-def _grads_jvp(form: Form, options: Options, names: tuple[str, ...], full: bool,
-               primals: tuple, tangents: tuple) -> tuple:
+def _grads_jvp(
+    form: Form,
+    options: Options,
+    names: tuple[str, ...],
+    full: bool,
+    primals: tuple,
+    tangents: tuple,
+) -> tuple:
     x, y, w, q, mask = primals
     value, grads = grads_op(x, y, w, q, mask, form, options, names, full)
     moving = _moving(form, primals[:4], tangents[:4])
@@ -431,8 +510,13 @@ def _grads_jvp(form: Form, options: Options, names: tuple[str, ...], full: bool,
     if not moving:
         return (value, grads), jax.tree.map(jnp.zeros_like, (value, grads))
     # Anything else: JAX differentiates the differentiable loss, through the spec's derivatives.
-    dvalue, dgrads = _jvp_along(partial(_grads_by_autodiff, form, options, names, full, mask),
-                                form, moving, primals, tangents)
+    dvalue, dgrads = _jvp_along(
+        partial(_grads_by_autodiff, form, options, names, full, mask),
+        form,
+        moving,
+        primals,
+        tangents,
+    )
     return (value, grads), (dvalue, tuple(dgrads))
 
 
@@ -443,17 +527,22 @@ grads_op.defjvp(_grads_jvp, symbolic_zeros=True)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(5, 6))
-def curvature_op(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None,
-                 form: Form, options: Options) -> Array:
+def curvature_op(
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    form: Form,
+    options: Options,
+) -> Array:
     """d (gradient with respect to the logits) / d logits, per element."""
     return fused.outputs(form, x, y, w, q, mask, options, ("curvature",))["curvature"]
 
 
-def _curvature_by_autodiff(form: Form, options: Options, mask: Array | None,
-                           *args: Array) -> Array:
+def _curvature_by_autodiff(form: Form, options: Options, mask: Array | None, *args: Array) -> Array:
     def gradient(v: Array) -> Array:
-        return _grads_by_autodiff(form, options, (form.names[0],), False, mask,
-                                  v, *args[1:])[1][0]
+        return _grads_by_autodiff(form, options, (form.names[0],), False, mask, v, *args[1:])[1][0]
 
     return jax.jvp(gradient, (args[0],), (jnp.ones_like(args[0]),))[1]
 
@@ -464,8 +553,9 @@ def _curvature_jvp(form: Form, options: Options, primals: tuple, tangents: tuple
     moving = _moving(form, primals[:4], tangents[:4])
     if not moving:
         return value, jnp.zeros_like(value)
-    return value, _jvp_along(partial(_curvature_by_autodiff, form, options, mask),
-                             form, moving, primals, tangents)
+    return value, _jvp_along(
+        partial(_curvature_by_autodiff, form, options, mask), form, moving, primals, tangents
+    )
 
 
 curvature_op.defjvp(_curvature_jvp, symbolic_zeros=True)

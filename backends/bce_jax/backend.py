@@ -64,8 +64,7 @@ def _ones(value: jax.Array, traced: bool) -> Any:
 
 
 def _arrays(prepared: Operands[jax.Array]) -> tuple[Any, ...]:
-    return (prepared.inputs, prepared.targets, prepared.weight, prepared.pos_weight,
-            prepared.mask)
+    return (prepared.inputs, prepared.targets, prepared.weight, prepared.pos_weight, prepared.mask)
 
 
 def _works(device: jax.Device) -> bool:
@@ -102,8 +101,9 @@ class JaxBackend:
                         candidates = jax.local_devices(backend=platform)
                     except RuntimeError:  # no such platform in this installation
                         continue
-                    found += [_device_name(platform, i) for i, d in enumerate(candidates)
-                              if _works(d)]
+                    found += [
+                        _device_name(platform, i) for i, d in enumerate(candidates) if _works(d)
+                    ]
                 self._devices = tuple(found)
             return list(self._devices)
 
@@ -116,8 +116,10 @@ class JaxBackend:
         try:
             return jax.local_devices(backend=platform)[int(index or 0)]
         except (RuntimeError, IndexError, ValueError):
-            raise ValueError(f"device={name!r} is not a JAX device here; use one of "
-                             f"{', '.join(map(repr, self.devices()))}.") from None
+            raise ValueError(
+                f"device={name!r} is not a JAX device here; use one of "
+                f"{', '.join(map(repr, self.devices()))}."
+            ) from None
 
     def asarray(self, array: Any, device: str | None = None) -> jax.Array:
         """A JAX array of the same dtype on ``device`` (bfloat16 from ml_dtypes stays bfloat16).
@@ -155,78 +157,144 @@ class JaxBackend:
         return (fused.SMALL + 1,)
 
     @staticmethod
-    def _prepare(input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, check_data: bool) -> tuple[Any, ...]:
+    def _prepare(
+        input_name: str,
+        inputs: Any,
+        targets: Any,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        check_data: bool,
+    ) -> tuple[Any, ...]:
         """(inputs, targets, weight, pos_weight, mask) checked and converted (``operands``)."""
-        prepared = prepare_operands(input_name, inputs, targets, weight=weight,
-                                    pos_weight=pos_weight, mask=mask)
+        prepared = prepare_operands(
+            input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask
+        )
         if check_data:
             validate_data(prepared, input_name)
         return _arrays(prepared)
 
     def binary_cross_entropy_with_logits(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
         validate: bool = False,
     ) -> jax.Array:
         options = check_options(label_smoothing=label_smoothing, reduction=reduction)
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        return autodiff.loss(fused.LOGITS, *prepared,
-                             (("eps", options.eps), ("reduction", options.reduction)))
+        return autodiff.loss(
+            fused.LOGITS, *prepared, (("eps", options.eps), ("reduction", options.reduction))
+        )
 
     def binary_cross_entropy(
-        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP,
+        validate: bool = False,
     ) -> jax.Array:
-        options = check_options(label_smoothing=label_smoothing, reduction=reduction,
-                                log_clamp=log_clamp)
+        options = check_options(
+            label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp
+        )
         prepared = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        return autodiff.loss(fused.PROBS, *prepared, (("clamp", options.log_clamp),
-                                                      ("eps", options.eps),
-                                                      ("reduction", options.reduction)))
+        return autodiff.loss(
+            fused.PROBS,
+            *prepared,
+            (("clamp", options.log_clamp), ("eps", options.eps), ("reduction", options.reduction)),
+        )
 
     def value_and_grad(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[jax.Array, Any]:
-        options = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
-                                weight=weight, pos_weight=pos_weight)
+        options = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            wrt=wrt,
+            weight=weight,
+            pos_weight=pos_weight,
+        )
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         # One program per set of names, whatever their order or repetition.
         keys = tuple(f"grad:{name}" for name in fused.NAMES if name in options.wrt)
-        out = fused.outputs(fused.LOGITS, *prepared,
-                            (("eps", options.eps), ("reduction", options.reduction)),
-                            ("loss", *keys))
-        return out["loss"], rules.pack_gradients([out[f"grad:{name}"] for name in options.wrt],
-                                                 options.wrt_as_tuple)
+        out = fused.outputs(
+            fused.LOGITS,
+            *prepared,
+            (("eps", options.eps), ("reduction", options.reduction)),
+            ("loss", *keys),
+        )
+        return out["loss"], rules.pack_gradients(
+            [out[f"grad:{name}"] for name in options.wrt], options.wrt_as_tuple
+        )
 
-    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
-                  pos_weight: Any = None) -> tuple[jax.Array, jax.Array]:
+    def grad_hess(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Elementwise (d loss / dx, d2 loss / dx2), weights applied, in the logits' shape."""
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
-        out = fused.outputs(fused.LOGITS, *prepared[:4], None,
-                            (("eps", 0.0), ("reduction", "none")), ("grad:logits", "curvature"))
+        out = fused.outputs(
+            fused.LOGITS,
+            *prepared[:4],
+            None,
+            (("eps", 0.0), ("reduction", "none")),
+            ("grad:logits", "curvature"),
+        )
         return out["grad:logits"], out["curvature"]
 
     # -- JAX's own autodiff through the loss ----------------------------------
 
-    def _differentiable(self, form: str, inputs: Any, targets: Any, *, weight: Any,
-                        pos_weight: Any, mask: Any, validate: bool, **options: Any
-                        ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], jax.Array], tuple]:
+    def _differentiable(
+        self,
+        form: str,
+        inputs: Any,
+        targets: Any,
+        *,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        validate: bool,
+        **options: Any,
+    ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], jax.Array], tuple]:
         """The checked arrays by name (mask included), the loss as a function of such a dict,
         and a hashable key of the other ``options``. Validated once here, outside any
         transformation, since validation cannot run on traced values."""
         input_name = "logits" if form == "logits" else "probs"
         prepared = self._prepare(input_name, inputs, targets, weight, pos_weight, mask, validate)
         arrays = dict(zip((input_name, "targets", "weight", "pos_weight", "mask"), prepared))
-        method = (self.binary_cross_entropy_with_logits if form == "logits"
-                  else self.binary_cross_entropy)
+        method = (
+            self.binary_cross_entropy_with_logits if form == "logits" else self.binary_cross_entropy
+        )
 
         def loss(values: dict[str, Any]) -> jax.Array:
-            return method(values[input_name], values["targets"], weight=values["weight"],
-                          pos_weight=values["pos_weight"], mask=values["mask"], **options)
+            return method(
+                values[input_name],
+                values["targets"],
+                weight=values["weight"],
+                pos_weight=values["pos_weight"],
+                mask=values["mask"],
+                **options,
+            )
 
         return arrays, loss, (form, *sorted(options.items()))
 
@@ -240,9 +308,18 @@ class JaxBackend:
             return function
 
     def autodiff_value_and_grad(
-        self, logits: Any, targets: Any, *, wrt: tuple[str, ...], compiled: bool = False,
-        weight: Any = None, pos_weight: Any = None, label_smoothing: float = 0.0,
-        mask: Any = None, reduction: str = "mean", validate: bool = False,
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        wrt: tuple[str, ...],
+        compiled: bool = False,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
     ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """(loss, gradients of the summed loss w.r.t. each name in ``wrt``) by JAX's reverse
         mode: ``jax.vjp`` with a cotangent of ones, which is ``jax.grad`` of the sum.
@@ -252,28 +329,51 @@ class JaxBackend:
         >>> g.tolist()
         [0.5, -0.5]
         """
-        names = check_options(label_smoothing=label_smoothing, reduction=reduction, wrt=wrt,
-                              weight=weight, pos_weight=pos_weight).wrt
+        names = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            wrt=wrt,
+            weight=weight,
+            pos_weight=pos_weight,
+        ).wrt
         arrays, loss, key = self._differentiable(
-            "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask,
-            validate=validate, label_smoothing=label_smoothing, reduction=reduction)
+            "logits",
+            logits,
+            targets,
+            weight=weight,
+            pos_weight=pos_weight,
+            mask=mask,
+            validate=validate,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
         moving = tuple(dict.fromkeys(names))
 
         def build() -> Callable[..., Any]:
             def run(diff: dict[str, jax.Array], rest: dict[str, Any]) -> tuple[Any, Any]:
                 value, pullback = jax.vjp(lambda values: loss({**rest, **values}), diff)
                 return value, pullback(_ones(value, compiled))[0]
+
             return run
 
         run = self._compiled(("value_and_grad", moving, key), build) if compiled else build()
-        value, grads = run({n: arrays[n] for n in moving},
-                           {n: v for n, v in arrays.items() if n not in moving})
+        value, grads = run(
+            {n: arrays[n] for n in moving}, {n: v for n, v in arrays.items() if n not in moving}
+        )
         return value, tuple(grads[n] for n in names)
 
     def autodiff_second_derivative(
-        self, logits: Any, targets: Any, *, compiled: bool = False, weight: Any = None,
-        pos_weight: Any = None, label_smoothing: float = 0.0, mask: Any = None,
-        reduction: str = "mean", validate: bool = False,
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        compiled: bool = False,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
     ) -> jax.Array:
         """d/dlogits of sum(d loss / d logits) by nested reverse mode (``jax.vjp`` with
         cotangents of ones, as nested ``jax.grad`` of sums): the Hessian's diagonal.
@@ -283,25 +383,44 @@ class JaxBackend:
         [0.25]
         """
         arrays, loss, key = self._differentiable(
-            "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask,
-            validate=validate, label_smoothing=label_smoothing, reduction=reduction)
+            "logits",
+            logits,
+            targets,
+            weight=weight,
+            pos_weight=pos_weight,
+            mask=mask,
+            validate=validate,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
 
         def build() -> Callable[..., Any]:
             def second(x: jax.Array, rest: dict[str, Any]) -> jax.Array:
                 def first(v: jax.Array) -> jax.Array:
                     value, pullback = jax.vjp(lambda u: loss({**rest, "logits": u}), v)
                     return pullback(_ones(value, compiled))[0]
+
                 gradient, pullback = jax.vjp(first, x)
                 return pullback(_ones(gradient, compiled))[0]
+
             return second
 
         run = self._compiled(("second", key), build) if compiled else build()
         return run(arrays["logits"], {n: v for n, v in arrays.items() if n != "logits"})
 
     def autodiff_probs_grad(
-        self, probs: Any, targets: Any, *, compiled: bool = False, weight: Any = None,
-        pos_weight: Any = None, label_smoothing: float = 0.0, mask: Any = None,
-        reduction: str = "mean", log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        compiled: bool = False,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP,
+        validate: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
         """(loss, d summed loss / d probs) of the probability form by JAX's reverse mode.
 
@@ -310,14 +429,23 @@ class JaxBackend:
         [-4.0]
         """
         arrays, loss, key = self._differentiable(
-            "probs", probs, targets, weight=weight, pos_weight=pos_weight, mask=mask,
-            validate=validate, label_smoothing=label_smoothing, reduction=reduction,
-            log_clamp=log_clamp)
+            "probs",
+            probs,
+            targets,
+            weight=weight,
+            pos_weight=pos_weight,
+            mask=mask,
+            validate=validate,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            log_clamp=log_clamp,
+        )
 
         def build() -> Callable[..., Any]:
             def run(p: jax.Array, rest: dict[str, Any]) -> tuple[Any, Any]:
                 value, pullback = jax.vjp(lambda v: loss({**rest, "probs": v}), p)
                 return value, pullback(_ones(value, compiled))[0]
+
             return run
 
         run = self._compiled(("probs", key), build) if compiled else build()
@@ -343,6 +471,7 @@ class JaxBackend:
                 loss = optax.sigmoid_binary_cross_entropy(x, y)
                 grad = jax.grad(lambda v: jnp.sum(optax.sigmoid_binary_cross_entropy(v, y)))(x)
                 return loss, grad
+
             return run
 
         x = logits if isinstance(logits, jax.Array) else jnp.asarray(logits)

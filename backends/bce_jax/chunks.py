@@ -68,8 +68,9 @@ def has_rows(value_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     return len(value_shape) == len(shape) and value_shape[0] == shape[0]
 
 
-def _rows(value: Array | None, shape: tuple[int, ...], start: int | Array,
-          size: int) -> Array | None:
+def _rows(
+    value: Array | None, shape: tuple[int, ...], start: int | Array, size: int
+) -> Array | None:
     """Rows [start, start + size) of an operand that has rows; others (and None) whole."""
     if value is None or not has_rows(value.shape, shape):
         return value
@@ -78,8 +79,13 @@ def _rows(value: Array | None, shape: tuple[int, ...], start: int | Array,
     return lax.dynamic_slice_in_dim(value, start, size, axis=0)
 
 
-def _looped(fn: Callable[..., Outputs], shape: tuple[int, ...], rows: int,
-            out_shapes: Mapping[str, tuple[int, ...]], *operands: Array | None) -> Outputs:
+def _looped(
+    fn: Callable[..., Outputs],
+    shape: tuple[int, ...],
+    rows: int,
+    out_shapes: Mapping[str, tuple[int, ...]],
+    *operands: Array | None,
+) -> Outputs:
     """The chunk loop over whole chunks, then the rows left over."""
     count = shape[0] // rows
     dtype = operands[0].dtype
@@ -101,8 +107,10 @@ def _looped(fn: Callable[..., Outputs], shape: tuple[int, ...], rows: int,
     def body(i: Array, carry: tuple) -> tuple:
         return add(carry, chunk(i * rows, rows), i * rows)
 
-    start = ({k: jnp.zeros(s, dtype) for k, s in out_shapes.items()},
-             {k: jnp.zeros(s, dtype) for k, s in out_shapes.items() if k not in placed})
+    start = (
+        {k: jnp.zeros(s, dtype) for k, s in out_shapes.items()},
+        {k: jnp.zeros(s, dtype) for k, s in out_shapes.items() if k not in placed},
+    )
     carry = lax.fori_loop(0, count, body, start)
     if count * rows < shape[0]:
         carry = add(carry, chunk(count * rows, shape[0] - count * rows), count * rows)
@@ -110,8 +118,12 @@ def _looped(fn: Callable[..., Outputs], shape: tuple[int, ...], rows: int,
     return {k: v if k in placed else Pair(v, low[k]).value(PRIMITIVES) for k, v in arrays.items()}
 
 
-def by_chunks(fn: Callable[..., Outputs], operands: Sequence[Array | None],
-              shape: tuple[int, ...], out_shapes: Mapping[str, tuple[int, ...]]) -> Outputs:
+def by_chunks(
+    fn: Callable[..., Outputs],
+    operands: Sequence[Array | None],
+    shape: tuple[int, ...],
+    out_shapes: Mapping[str, tuple[int, ...]],
+) -> Outputs:
     """``fn(*operands)``, a chunk of rows at a time on CPU.
 
     ``fn`` maps operands that broadcast NumPy-style to ``shape`` (None allowed; the first
@@ -122,5 +134,6 @@ def by_chunks(fn: Callable[..., Outputs], operands: Sequence[Array | None],
     rows = chunk_rows(shape)
     if rows is None:
         return fn(*operands)
-    return lax.platform_dependent(*operands, cpu=partial(_looped, fn, shape, rows, out_shapes),
-                                  default=fn)
+    return lax.platform_dependent(
+        *operands, cpu=partial(_looped, fn, shape, rows, out_shapes), default=fn
+    )

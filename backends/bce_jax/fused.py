@@ -83,8 +83,16 @@ class Plan(NamedTuple):
     counted: Array | None = None
 
     @classmethod
-    def of(cls, reduction: str, shape: tuple[int, ...], *, mask: Array | None,
-           weight: Array | None, dtype: np.dtype[Any], denominator: Any = None) -> Plan:
+    def of(
+        cls,
+        reduction: str,
+        shape: tuple[int, ...],
+        *,
+        mask: Array | None,
+        weight: Array | None,
+        dtype: np.dtype[Any],
+        denominator: Any = None,
+    ) -> Plan:
         """The plan of ``reduction`` (for ``SCALED``, with the runtime ``denominator``)."""
         keep = None if mask is None else jnp.broadcast_to(mask, shape)
         if reduction == "none":
@@ -94,11 +102,15 @@ class Plan(NamedTuple):
             by = jnp.asarray(denominator, dtype)
             if keep is not None:
                 counted = by == COUNT_KEPT
-                by = jnp.where(counted, rules.denominator(OPS, "mean", shape, keep=keep,
-                                                          weight=None, like=by), by)
+                by = jnp.where(
+                    counted,
+                    rules.denominator(OPS, "mean", shape, keep=keep, weight=None, like=by),
+                    by,
+                )
         else:
-            by = rules.denominator(OPS, reduction, shape, keep=keep, weight=weight,
-                                   like=jnp.zeros((), dtype))
+            by = rules.denominator(
+                OPS, reduction, shape, keep=keep, weight=weight, like=jnp.zeros((), dtype)
+            )
         return cls(reduction, shape, keep, by, rules.divide_or_zero(OPS, 1.0, by)[1], counted)
 
     def within(self, shape: tuple[int, ...], keep: Array | None) -> Plan:
@@ -125,16 +137,26 @@ class Plan(NamedTuple):
         product = jnp.where(self.by == 1, total, total * self.scale)
         return product if self.counted is None else jnp.where(self.counted, quotient, product)
 
-    def gradient(self, name: str, element_partial: Array, like_shape: tuple[int, ...] | None,
-                 loss: Array | None) -> Array:
+    def gradient(
+        self,
+        name: str,
+        element_partial: Array,
+        like_shape: tuple[int, ...] | None,
+        loss: Array | None,
+    ) -> Array:
         """d(element loss)/d(name) turned into the gradient of the reduced loss with respect to
         an argument of ``like_shape`` (None: the element shape); ``loss`` is the whole input's
         reduced loss, which the weight's gradient under "weighted_mean" needs."""
         factor = self.scale if self.keep is None else jnp.where(self.keep, self.scale, 0.0)
         return rules.reduction_gradients(
-            OPS, [name], {name: lambda: element_partial}, shape=self.shape,
-            arg_shapes={name: like_shape}, reduction=self.reduction,
-            reduced=rules.Reduced(loss, factor))[0]
+            OPS,
+            [name],
+            {name: lambda: element_partial},
+            shape=self.shape,
+            arg_shapes={name: like_shape},
+            reduction=self.reduction,
+            reduced=rules.Reduced(loss, factor),
+        )[0]
 
 
 # -- the programs ---------------------------------------------------------------------------
@@ -144,8 +166,9 @@ def _up(value: Array | None, dtype: np.dtype[Any]) -> Array | None:
     return None if value is None else value.astype(dtype)
 
 
-def _output_shape(key: str, names: tuple[str, ...], operands: tuple[Array | None, ...],
-                  reduction: str) -> tuple[int, ...]:
+def _output_shape(
+    key: str, names: tuple[str, ...], operands: tuple[Array | None, ...], reduction: str
+) -> tuple[int, ...]:
     """The shape of output ``key`` (see ``logits_program``)."""
     kind, _, name = key.partition(":")
     shape = operands[0].shape
@@ -162,22 +185,35 @@ def _output_shape(key: str, names: tuple[str, ...], operands: tuple[Array | None
 OutputsOf = Callable[..., dict[str, Array]]
 
 
-def _check_outputs(program: str, want: tuple[str, ...], names: tuple[str, ...],
-                   curvature: bool) -> None:
+def _check_outputs(
+    program: str, want: tuple[str, ...], names: tuple[str, ...], curvature: bool
+) -> None:
     for key in want:
         kind, _, name = key.partition(":")
-        if not (key == "loss" or (key == "curvature" and curvature)
-                or (kind in ("grad", "full") and name in names)):
+        if not (
+            key == "loss"
+            or (key == "curvature" and curvature)
+            or (kind in ("grad", "full") and name in names)
+        ):
             raise ValueError(f"{program} has no output {key!r}")
 
 
-def _evaluate(outputs_of: OutputsOf, names: tuple[str, ...], operands: tuple[Array | None, ...],
-              plan: Plan, want: tuple[str, ...], dtype: np.dtype[Any]) -> dict[str, Array]:
+def _evaluate(
+    outputs_of: OutputsOf,
+    names: tuple[str, ...],
+    operands: tuple[Array | None, ...],
+    plan: Plan,
+    want: tuple[str, ...],
+    dtype: np.dtype[Any],
+) -> dict[str, Array]:
     """The outputs ``want`` in ``dtype``: in one pass over the operands' chunks, except those
     that need the whole input's loss (the weight's gradient under "weighted_mean"), which
     take a second pass once it is known."""
-    late = tuple(key for key in want if plan.reduction == "weighted_mean"
-                 and key in ("grad:weight", "full:weight"))
+    late = tuple(
+        key
+        for key in want
+        if plan.reduction == "weighted_mean" and key in ("grad:weight", "full:weight")
+    )
     early = tuple(key for key in want if key not in late)
     if late and "loss" not in early:
         early = ("loss", *early)
@@ -187,8 +223,9 @@ def _evaluate(outputs_of: OutputsOf, names: tuple[str, ...], operands: tuple[Arr
         return outputs_of(keys, loss, plan.within(args[0].shape, keep), *args)
 
     out_shapes = {key: _output_shape(key, names, operands, plan.reduction) for key in early}
-    out = chunks.by_chunks(partial(run, early, None), (*operands, plan.keep),
-                           operands[0].shape, out_shapes)
+    out = chunks.by_chunks(
+        partial(run, early, None), (*operands, plan.keep), operands[0].shape, out_shapes
+    )
     if "loss" in out:
         out["loss"] = plan.finish(out["loss"])
     if late:
@@ -196,21 +233,34 @@ def _evaluate(outputs_of: OutputsOf, names: tuple[str, ...], operands: tuple[Arr
     return {key: out[key].astype(dtype) for key in want}
 
 
-def _gradients(keys: tuple[str, ...], plan: Plan, loss: Array | None,
-               shapes: dict[str, tuple[int, ...] | None],
-               partial_of: Callable[[str], Array]) -> dict[str, Array]:
+def _gradients(
+    keys: tuple[str, ...],
+    plan: Plan,
+    loss: Array | None,
+    shapes: dict[str, tuple[int, ...] | None],
+    partial_of: Callable[[str], Array],
+) -> dict[str, Array]:
     """The outputs "grad:NAME" (in NAME's shape) and "full:NAME" (per element) among ``keys``."""
     out = {}
     for key in keys:
         kind, _, name = key.partition(":")
         if kind in ("grad", "full"):
-            out[key] = plan.gradient(name, partial_of(name),
-                                     shapes[name] if kind == "grad" else None, loss)
+            out[key] = plan.gradient(
+                name, partial_of(name), shapes[name] if kind == "grad" else None, loss
+            )
     return out
 
 
-def _logits_outputs(eps: float, keys: tuple[str, ...], loss: Array | None, plan: Plan,
-                    x: Array, y: Array, w: Array | None, q: Array | None) -> dict[str, Array]:
+def _logits_outputs(
+    eps: float,
+    keys: tuple[str, ...],
+    loss: Array | None,
+    plan: Plan,
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+) -> dict[str, Array]:
     """The outputs ``keys`` of ``logits_program`` on (a chunk of) its operands."""
     coefficients = kernels.coefficients(y, q, eps)
     parts = LogitParts.of(PRIMITIVES, x)
@@ -222,24 +272,42 @@ def _logits_outputs(eps: float, keys: tuple[str, ...], loss: Array | None, plan:
             return parts.slope(coefficients, w)
         return kernels.logit_partial(name, x, parts.softpluses(), y, w, q, eps)
 
-    out = _gradients(keys, plan, loss, {"logits": x.shape, "targets": y.shape,
-                                        "weight": None if w is None else w.shape,
-                                        "pos_weight": None if q is None else q.shape},
-                     partial_of)
+    out = _gradients(
+        keys,
+        plan,
+        loss,
+        {
+            "logits": x.shape,
+            "targets": y.shape,
+            "weight": None if w is None else w.shape,
+            "pos_weight": None if q is None else q.shape,
+        },
+        partial_of,
+    )
     if "loss" in keys:
         out["loss"] = plan.total(parts.loss(coefficients, w))
     if "curvature" in keys:
         smoothed, one_minus = rules.smoothed_targets(y, eps)
         c = one_minus + rules.zero_safe(OPS, q, smoothed)
-        out["curvature"] = plan.gradient("logits", parts.curvature(kernels.weighted(w, c)),
-                                         None, loss)
+        out["curvature"] = plan.gradient(
+            "logits", parts.curvature(kernels.weighted(w, c)), None, loss
+        )
     return out
 
 
 @partial(jax.jit, static_argnames=("eps", "reduction", "want"))
-def logits_program(x: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None,
-                   denominator: float | Array | None = None, *, eps: float, reduction: str,
-                   want: tuple[str, ...]) -> dict[str, Array]:
+def logits_program(
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    denominator: float | Array | None = None,
+    *,
+    eps: float,
+    reduction: str,
+    want: tuple[str, ...],
+) -> dict[str, Array]:
     """The outputs named in ``want``, each in the input's dtype:
 
     - ``"loss"``: the reduced loss;
@@ -255,14 +323,23 @@ def logits_program(x: Array, y: Array, w: Array | None, q: Array | None, mask: A
     _check_outputs("logits_program", want, NAMES, curvature=True)
     dtype, work = x.dtype, working_dtype(x.dtype)
     operands = tuple(_up(v, work) for v in (x, y, w, q))
-    plan = Plan.of(reduction, x.shape, mask=mask, weight=operands[2], dtype=work,
-                   denominator=denominator)
+    plan = Plan.of(
+        reduction, x.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
+    )
     return _evaluate(partial(_logits_outputs, eps), NAMES, operands, plan, want, dtype)
 
 
-def _probs_outputs(eps: float, clamp: float | Array, keys: tuple[str, ...], loss: Array | None,
-                   plan: Plan, p: Array, y: Array, w: Array | None,
-                   q: Array | None) -> dict[str, Array]:
+def _probs_outputs(
+    eps: float,
+    clamp: float | Array,
+    keys: tuple[str, ...],
+    loss: Array | None,
+    plan: Plan,
+    p: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+) -> dict[str, Array]:
     """The outputs ``keys`` of ``probs_program`` on (a chunk of) its operands."""
     logs = kernels.probs_logs(p, clamp)
 
@@ -271,27 +348,46 @@ def _probs_outputs(eps: float, clamp: float | Array, keys: tuple[str, ...], loss
             return kernels.probs_slope(p, y, w, q, eps)
         return kernels.probs_partial(name, logs, y, w, q, eps)
 
-    out = _gradients(keys, plan, loss, {"probs": p.shape, "targets": y.shape,
-                                        "weight": None if w is None else w.shape,
-                                        "pos_weight": None if q is None else q.shape},
-                     partial_of)
+    out = _gradients(
+        keys,
+        plan,
+        loss,
+        {
+            "probs": p.shape,
+            "targets": y.shape,
+            "weight": None if w is None else w.shape,
+            "pos_weight": None if q is None else q.shape,
+        },
+        partial_of,
+    )
     if "loss" in keys:
         out["loss"] = plan.total(kernels.weighted(w, partial_of("weight")))
     return out
 
 
 @partial(jax.jit, static_argnames=("eps", "reduction", "want"))
-def probs_program(p: Array, y: Array, w: Array | None, q: Array | None, mask: Array | None,
-                  denominator: float | Array | None = None, *, eps: float, reduction: str,
-                  clamp: float | Array, want: tuple[str, ...]) -> dict[str, Array]:
+def probs_program(
+    p: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    denominator: float | Array | None = None,
+    *,
+    eps: float,
+    reduction: str,
+    clamp: float | Array,
+    want: tuple[str, ...],
+) -> dict[str, Array]:
     """``logits_program`` for probabilities (NAMES with "probs" first; no curvature). The log
     clamp is a runtime value: one compilation serves every clamp."""
     names = ("probs", *NAMES[1:])
     _check_outputs("probs_program", want, names, curvature=False)
     dtype, work = p.dtype, working_dtype(p.dtype)
     operands = tuple(_up(v, work) for v in (p, y, w, q))
-    plan = Plan.of(reduction, p.shape, mask=mask, weight=operands[2], dtype=work,
-                   denominator=denominator)
+    plan = Plan.of(
+        reduction, p.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
+    )
     return _evaluate(partial(_probs_outputs, eps, clamp), names, operands, plan, want, dtype)
 
 
@@ -316,8 +412,9 @@ PROBS = Form(("probs", *NAMES[1:]), probs_program, False)
 Options = tuple[tuple[str, Any], ...]
 
 
-def _all_outputs(form: Form, x: Array, w: Array | None, q: Array | None,
-                 reduction: str) -> tuple[str, ...]:
+def _all_outputs(
+    form: Form, x: Array, w: Array | None, q: Array | None, reduction: str
+) -> tuple[str, ...]:
     keys = ["loss", f"grad:{form.names[0]}", "grad:targets"]
     for name, value in (("weight", w), ("pos_weight", q)):
         if value is not None:
@@ -349,8 +446,16 @@ def _rounded_up(form: Form, want: tuple[str, ...], everything: tuple[str, ...]) 
     return (*(k for k in everything if k in chosen), *(k for k in want if k not in everything))
 
 
-def outputs(form: Form, x: Array, y: Array, w: Array | None, q: Array | None,
-            mask: Array | None, options: Options, want: tuple[str, ...]) -> dict[str, Array]:
+def outputs(
+    form: Form,
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    options: Options,
+    want: tuple[str, ...],
+) -> dict[str, Array]:
     """The program's outputs ``want`` (and for small inputs, every output; for large eager
     ones, see ``_rounded_up``)."""
     kwargs = dict(options)

@@ -33,8 +33,15 @@ def weighted(w: Array | None, value: Array) -> Array:
     return rules.zero_safe(OPS, w, value)
 
 
-def logit_partial(name: str, x: Array, softpluses: tuple[Array, Array], y: Array,
-                  w: Array | None, q: Array | None, eps: float) -> Array:
+def logit_partial(
+    name: str,
+    x: Array,
+    softpluses: tuple[Array, Array],
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    eps: float,
+) -> Array:
     """d(element loss)/d(name) for targets, weight (the bracket) and pos_weight, from the
     softpluses (softplus(x), softplus(-x))."""
     sp_pos, sp_neg = softpluses
@@ -63,8 +70,9 @@ def probs_bracket(log_p: Array, log_1mp: Array, one_minus: Array, b: Array) -> A
     return -(rules.zero_safe(OPS, b, log_p) + rules.zero_safe(OPS, one_minus, log_1mp))
 
 
-def probs_partial(name: str, logs: tuple[Array, Array], y: Array, w: Array | None,
-                  q: Array | None, eps: float) -> Array:
+def probs_partial(
+    name: str, logs: tuple[Array, Array], y: Array, w: Array | None, q: Array | None, eps: float
+) -> Array:
     """d(element loss)/d(name) for targets, weight (the bracket) and pos_weight, from the
     clamped logs (max(log p, c), max(log1p(-p), c))."""
     log_p, log_1mp = logs

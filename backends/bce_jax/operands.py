@@ -143,7 +143,8 @@ def check_x64(name: str, dtype: np.dtype[Any]) -> None:
     if np.dtype(dtype) == np.float64 and not x64_enabled():
         raise TypeError(
             f"{name} is float64, but JAX has float64 disabled and would compute in float32; "
-            f"enable it with jax.config.update('jax_enable_x64', True) or pass float32 data.")
+            f"enable it with jax.config.update('jax_enable_x64', True) or pass float32 data."
+        )
 
 
 def device_of(array: Any) -> jax.Device | None:
@@ -244,11 +245,13 @@ class JaxConverter:
 CONVERTER = JaxConverter()
 
 
-def prepare_operands(input_name: str, inputs: Any, targets: Any, *, weight: Any,
-                     pos_weight: Any, mask: Any) -> Operands[Array]:
+def prepare_operands(
+    input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any, mask: Any
+) -> Operands[Array]:
     """``bce_core.rules.prepare_operands`` with JAX's converter."""
-    return rules.prepare_operands(CONVERTER, input_name, inputs, targets, weight=weight,
-                                  pos_weight=pos_weight, mask=mask)
+    return rules.prepare_operands(
+        CONVERTER, input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask
+    )
 
 
 def validate_data(ops: Operands[Array], input_name: str) -> None:
@@ -261,6 +264,7 @@ def validate_data(ops: Operands[Array], input_name: str) -> None:
         raise ValueError(
             "validate=True checks the data, which cannot run under jax.jit, jax.grad or "
             "jax.vmap (the values are abstract there); validate before the transformation, "
-            "or pass validate=False inside it.")
+            "or pass validate=False inside it."
+        )
     host = Operands(*(None if a is None else np.asarray(a) for a in arrays), ops.shape)
     validate_operands(host, input_name, input_in_unit_interval=input_name == "probs")

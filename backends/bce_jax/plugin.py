@@ -15,11 +15,13 @@ from bce_core.plugin import ArrayType, BackendSpec, hookimpl
 
 @hookimpl
 def bce_backends() -> list[BackendSpec]:
-    return [BackendSpec(
-        name="jax",
-        loader="bce_jax.backend:JaxBackend",
-        array_types=(ArrayType("jaxlib", None), ArrayType("jax", None)),
-        requires=("jax",),
-        extra="jax",
-        description="JAX, native float32 within 4 ULP, differentiable to any order",
-    )]
+    return [
+        BackendSpec(
+            name="jax",
+            loader="bce_jax.backend:JaxBackend",
+            array_types=(ArrayType("jaxlib", None), ArrayType("jax", None)),
+            requires=("jax",),
+            extra="jax",
+            description="JAX, native float32 within 4 ULP, differentiable to any order",
+        )
+    ]

@@ -40,8 +40,15 @@ import torch
 from bce_core.rules import Coefficient, smoothed_targets, sum_to_shape, times, zero_safe
 from bce_core.spec import PROBS_GRAD_EPS
 
-from .kernels import (LogitParts, logit_bracket, logit_loss, logit_partials, probs_bracket,
-                      probs_grad, probs_logs)
+from .kernels import (
+    LogitParts,
+    logit_bracket,
+    logit_loss,
+    logit_partials,
+    probs_bracket,
+    probs_grad,
+    probs_logs,
+)
 from .operands import TORCH_OPS as OPS
 from .operands import as_input, as_mask_tensor, as_operand_tensor
 
@@ -77,14 +84,18 @@ class Logistic(torch.autograd.Function):
         return (*parts.softplus(), *parts.sigmoids())
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...],
-                      output: tuple[torch.Tensor, ...]) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         ctx.save_for_backward(output[2], output[3])
         ctx.save_for_forward(output[2], output[3])
 
     @staticmethod
-    def backward(ctx: Any, d_sp_pos: torch.Tensor, d_sp_neg: torch.Tensor,
-                 d_sig_pos: torch.Tensor, d_sig_neg: torch.Tensor) -> torch.Tensor:
+    def backward(
+        ctx: Any,
+        d_sp_pos: torch.Tensor,
+        d_sp_neg: torch.Tensor,
+        d_sig_pos: torch.Tensor,
+        d_sig_neg: torch.Tensor,
+    ) -> torch.Tensor:
         sig_pos, sig_neg = ctx.saved_tensors
         curvature = sig_pos * sig_neg
         return d_sp_pos * sig_pos - d_sp_neg * sig_neg + (d_sig_pos - d_sig_neg) * curvature
@@ -109,15 +120,15 @@ class LogitLoss(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient,
-                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         parts = LogitParts.of(x)
         yp, one_minus_yp = smoothed_targets(y, eps)
         return logit_loss(parts, yp, one_minus_yp, w, q), parts.u
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...],
-                      output: tuple[torch.Tensor, ...]) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         x, y, w, q, eps = inputs
         ctx.set_materialize_grads(False)  # an unused u gets None, not a tensor of zeros
         ctx.save_for_backward(x, y, w, q, output[1])
@@ -125,8 +136,9 @@ class LogitLoss(torch.autograd.Function):
         ctx.eps = eps
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor | None,
-                 grad_u: torch.Tensor | None) -> tuple[Any, ...]:
+    def backward(
+        ctx: Any, grad: torch.Tensor | None, grad_u: torch.Tensor | None
+    ) -> tuple[Any, ...]:
         x, y, w, q, u = ctx.saved_tensors
         names = tuple(name for name, needed in zip(ARGUMENTS, ctx.needs_input_grad) if needed)
         grads: dict[str, Any] = {}
@@ -136,19 +148,28 @@ class LogitLoss(torch.autograd.Function):
             grads = dict(zip(names, outputs))
         if grad_u is not None and "logits" in names:
             grads["logits"] = _add(grads.get("logits"), zero_safe(OPS, grad_u, _u_derivative(x, u)))
-        return (grads.get("logits"), grads.get("targets"), _sum_to(grads.get("weight"), w),
-                _sum_to(grads.get("pos_weight"), q), None)
+        return (
+            grads.get("logits"),
+            grads.get("targets"),
+            _sum_to(grads.get("weight"), w),
+            _sum_to(grads.get("pos_weight"), q),
+            None,
+        )
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, w, q, u = ctx.saved_tensors
         given = {name: t for name, t in zip(ARGUMENTS, tangents) if t is not None}
         yp, one_minus_yp = smoothed_targets(y, ctx.eps)
-        partials = logit_partials(LogitParts.from_saved(x, u), yp, one_minus_yp, w, q, ctx.eps,
-                                  tuple(given))
+        partials = logit_partials(
+            LogitParts.from_saved(x, u), yp, one_minus_yp, w, q, ctx.eps, tuple(given)
+        )
         tangent_x = given.get("logits")
-        tangent_u = (torch.zeros_like(u) if tangent_x is None
-                     else zero_safe(OPS, tangent_x, _u_derivative(x, u)))
+        tangent_u = (
+            torch.zeros_like(u)
+            if tangent_x is None
+            else zero_safe(OPS, tangent_x, _u_derivative(x, u))
+        )
         return _directional(partials, given, x), tangent_u
 
 
@@ -165,9 +186,16 @@ class LogitLossGrad(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: Coefficient,
-                q: Coefficient, u: torch.Tensor, eps: float,
-                names: str) -> tuple[torch.Tensor, ...]:
+    def forward(
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: Coefficient,
+        q: Coefficient,
+        u: torch.Tensor,
+        eps: float,
+        names: str,
+    ) -> tuple[torch.Tensor, ...]:
         return _grad_times_partials(grad, x, y, w, q, u, eps, tuple(names.split(",")))
 
     @staticmethod
@@ -193,8 +221,16 @@ class LogitLossGrad(torch.autograd.Function):
                     out[other] = _add(out[other], zero_safe(OPS, scaled, entry()))
         full = x.shape
         grads = {k: v if v is None or v.shape == full else v.expand(full) for k, v in out.items()}
-        return (grads["grad"], grads["logits"], grads["targets"], _sum_to(grads["weight"], w),
-                _sum_to(grads["pos_weight"], q), None, None, None)
+        return (
+            grads["grad"],
+            grads["logits"],
+            grads["targets"],
+            _sum_to(grads["weight"], w),
+            _sum_to(grads["pos_weight"], q),
+            None,
+            None,
+            None,
+        )
 
     @staticmethod
     def jvp(ctx: Any, grad_tangent: Any, *tangents: Any) -> tuple[torch.Tensor, ...]:
@@ -217,17 +253,25 @@ def _u_derivative(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, -u, u)
 
 
-def _grad_times_partials(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: Coefficient,
-                         q: Coefficient, u: torch.Tensor | None, eps: float,
-                         names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+def _grad_times_partials(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: Coefficient,
+    q: Coefficient,
+    u: torch.Tensor | None,
+    eps: float,
+    names: tuple[str, ...],
+) -> tuple[torch.Tensor, ...]:
     """grad * d(element loss)/d(name) for each name (u = None: recomputed from x)."""
     yp, one_minus_yp = smoothed_targets(y, eps)
     partials = logit_partials(LogitParts(x, u), yp, one_minus_yp, w, q, eps, names)
     return tuple(zero_safe(OPS, grad, partials[name]) for name in names)
 
 
-def _directional(partials: dict[str, torch.Tensor], tangents: dict[str, torch.Tensor],
-                 like: torch.Tensor) -> torch.Tensor:
+def _directional(
+    partials: dict[str, torch.Tensor], tangents: dict[str, torch.Tensor], like: torch.Tensor
+) -> torch.Tensor:
     """The sum of tangent * partial over names (a zero tangent contributes exactly 0)."""
     total = None
     for name, tangent in tangents.items():
@@ -235,8 +279,9 @@ def _directional(partials: dict[str, torch.Tensor], tangents: dict[str, torch.Te
     return torch.zeros_like(like) if total is None else total.expand(like.shape)
 
 
-def _derivative_tables(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient,
-                       eps: float) -> tuple[dict[str, Any], dict[frozenset, Any]]:
+def _derivative_tables(
+    x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient, eps: float
+) -> tuple[dict[str, Any], dict[frozenset, Any]]:
     """First and second partial derivatives of the element loss, as lazy expressions.
 
     Built on ``Logistic``, so they can be differentiated again, to any order.
@@ -244,8 +289,10 @@ def _derivative_tables(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coef
     sp_pos, sp_neg, sig_pos, sig_neg = Logistic.apply(x)
     yp, one_minus_yp = smoothed_targets(y, eps)
     first = {
-        "logits": lambda: zero_safe(OPS, times(w, one_minus_yp), sig_pos)
-        - zero_safe(OPS, times(w, times(q, yp)), sig_neg),
+        "logits": lambda: (
+            zero_safe(OPS, times(w, one_minus_yp), sig_pos)
+            - zero_safe(OPS, times(w, times(q, yp)), sig_neg)
+        ),
         "targets": lambda: zero_safe(OPS, times(w, 1.0 - eps), zero_safe(OPS, q, sp_neg) - sp_pos),
         "weight": lambda: logit_bracket(sp_pos, sp_neg, yp, one_minus_yp, q),
         "pos_weight": lambda: zero_safe(OPS, times(w, yp), sp_neg),
@@ -253,9 +300,17 @@ def _derivative_tables(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coef
     return first, _second_partials(sp_pos, sp_neg, sig_pos, sig_neg, yp, one_minus_yp, w, q, eps)
 
 
-def _second_partials(sp_pos: torch.Tensor, sp_neg: torch.Tensor, sig_pos: torch.Tensor,
-                     sig_neg: torch.Tensor, yp: torch.Tensor, one_minus_yp: torch.Tensor,
-                     w: Coefficient, q: Coefficient, eps: float) -> dict[frozenset, Any]:
+def _second_partials(
+    sp_pos: torch.Tensor,
+    sp_neg: torch.Tensor,
+    sig_pos: torch.Tensor,
+    sig_neg: torch.Tensor,
+    yp: torch.Tensor,
+    one_minus_yp: torch.Tensor,
+    w: Coefficient,
+    q: Coefficient,
+    eps: float,
+) -> dict[frozenset, Any]:
     """The non-zero entries of the Hessian of the element loss in (x, y, w, q), lazily.
 
     With a = 1 - eps (= dy'/dy): d2/dx2 = w (1 - y' + q y') s(x) s(-x),
@@ -266,15 +321,19 @@ def _second_partials(sp_pos: torch.Tensor, sp_neg: torch.Tensor, sig_pos: torch.
     a = 1.0 - eps
     qyp = times(q, yp)
     return {
-        frozenset(("logits",)): lambda: times(w, one_minus_yp + (yp if qyp is None else qyp))
-        * (sig_pos * sig_neg),
-        frozenset(("logits", "targets")): lambda: -zero_safe(OPS, times(w, a),
-                                                              sig_pos + zero_safe(OPS, q, sig_neg)),
-        frozenset(("logits", "weight")): lambda: zero_safe(OPS, one_minus_yp, sig_pos)
-        - zero_safe(OPS, qyp, sig_neg),
+        frozenset(("logits",)): lambda: (
+            times(w, one_minus_yp + (yp if qyp is None else qyp)) * (sig_pos * sig_neg)
+        ),
+        frozenset(("logits", "targets")): lambda: (
+            -zero_safe(OPS, times(w, a), sig_pos + zero_safe(OPS, q, sig_neg))
+        ),
+        frozenset(("logits", "weight")): lambda: (
+            zero_safe(OPS, one_minus_yp, sig_pos) - zero_safe(OPS, qyp, sig_neg)
+        ),
         frozenset(("logits", "pos_weight")): lambda: -zero_safe(OPS, times(w, yp), sig_neg),
-        frozenset(("targets", "weight")): lambda: zero_safe(OPS, a,
-                                                            zero_safe(OPS, q, sp_neg) - sp_pos),
+        frozenset(("targets", "weight")): lambda: zero_safe(
+            OPS, a, zero_safe(OPS, q, sp_neg) - sp_pos
+        ),
         frozenset(("targets", "pos_weight")): lambda: zero_safe(OPS, times(w, a), sp_neg),
         frozenset(("weight", "pos_weight")): lambda: zero_safe(OPS, yp, sp_neg),
     }
@@ -293,8 +352,14 @@ class _ProbsLossNoJvp(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient, eps: float,
-                log_clamp: float) -> torch.Tensor:
+    def forward(
+        p: torch.Tensor,
+        y: torch.Tensor,
+        w: Coefficient,
+        q: Coefficient,
+        eps: float,
+        log_clamp: float,
+    ) -> torch.Tensor:
         yp, one_minus_yp = smoothed_targets(y, eps)
         return zero_safe(OPS, w, probs_bracket(p, *probs_logs(p, log_clamp), yp, one_minus_yp, q))
 
@@ -308,12 +373,17 @@ class _ProbsLossNoJvp(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         p, y, w, q = ctx.saved_tensors
-        names = tuple(name for name, needed in zip(PROBS_ARGUMENTS, ctx.needs_input_grad)
-                      if needed)
+        names = tuple(name for name, needed in zip(PROBS_ARGUMENTS, ctx.needs_input_grad) if needed)
         partials = _probs_partials(p, y, w, q, ctx.eps, ctx.log_clamp, names)
         grads = {name: zero_safe(OPS, grad, partial) for name, partial in partials.items()}
-        return (grads.get("probs"), grads.get("targets"), _sum_to(grads.get("weight"), w),
-                _sum_to(grads.get("pos_weight"), q), None, None)
+        return (
+            grads.get("probs"),
+            grads.get("targets"),
+            _sum_to(grads.get("weight"), w),
+            _sum_to(grads.get("pos_weight"), q),
+            None,
+            None,
+        )
 
 
 class ProbsLoss(_ProbsLossNoJvp):
@@ -327,8 +397,15 @@ class ProbsLoss(_ProbsLossNoJvp):
         return _directional(partials, given, p)
 
 
-def _probs_partials(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient, eps: float,
-                    log_clamp: float, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def _probs_partials(
+    p: torch.Tensor,
+    y: torch.Tensor,
+    w: Coefficient,
+    q: Coefficient,
+    eps: float,
+    log_clamp: float,
+    names: tuple[str, ...],
+) -> dict[str, torch.Tensor]:
     """d(element loss)/d(name) of the probability form, for each of ``names``."""
     yp, one_minus_yp = smoothed_targets(y, eps)
     out: dict[str, torch.Tensor] = {}
@@ -337,8 +414,9 @@ def _probs_partials(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coeffic
     if any(name != "probs" for name in names):
         log_p, log_1mp = probs_logs(p, log_clamp)
         if "targets" in names:
-            out["targets"] = -zero_safe(OPS, times(w, 1.0 - eps),
-                                        zero_safe(OPS, q, log_p) - log_1mp)
+            out["targets"] = -zero_safe(
+                OPS, times(w, 1.0 - eps), zero_safe(OPS, q, log_p) - log_1mp
+            )
         if "weight" in names:
             out["weight"] = probs_bracket(p, log_p, log_1mp, yp, one_minus_yp, q)
         if "pos_weight" in names:
@@ -368,16 +446,19 @@ class ZeroSafeProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, Any]:
         coefficient, value = ctx.saved_tensors
-        return (_sum_to(zero_safe(OPS, grad, value), coefficient),
-                _sum_to(zero_safe(OPS, grad, coefficient), value))
+        return (
+            _sum_to(zero_safe(OPS, grad, value), coefficient),
+            _sum_to(zero_safe(OPS, grad, coefficient), value),
+        )
 
 
 def _zero_safe_product(coefficient: Coefficient, value: torch.Tensor) -> torch.Tensor:
     return ZeroSafeProduct.apply(coefficient, value)
 
 
-def logit_loss_elements(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient,
-                        eps: float) -> torch.Tensor:
+def logit_loss_elements(
+    x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient, eps: float
+) -> torch.Tensor:
     """Differentiable element loss from logits: ``LogitLoss``, or plain ops under torch.compile.
 
     Under torch.compile the loss is the plain ops of ``kernels.logit_loss``, whose own
@@ -396,8 +477,9 @@ def logit_loss_elements(x: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coe
     return LogitLoss.apply(x, y, w, q, eps)[0]
 
 
-def probs_loss_elements(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient,
-                        eps: float, log_clamp: float) -> torch.Tensor:
+def probs_loss_elements(
+    p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coefficient, eps: float, log_clamp: float
+) -> torch.Tensor:
     """Differentiable element loss from probabilities (``ProbsLoss``).
 
     >>> p, y = torch.tensor([0.5]), torch.tensor([1.0])
@@ -415,8 +497,9 @@ def probs_loss_elements(p: torch.Tensor, y: torch.Tensor, w: Coefficient, q: Coe
 LossFunction = Callable[..., torch.Tensor]
 
 
-def as_tensors(x: torch.Tensor, targets: Any,
-               options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def as_tensors(
+    x: torch.Tensor, targets: Any, options: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
     """targets, weight, pos_weight and mask as tensors on x's device, before compiled code
     sees them (Dynamo's handling of NumPy arrays under torch.func is unreliable).
 
@@ -424,22 +507,29 @@ def as_tensors(x: torch.Tensor, targets: Any,
     >>> y.dtype, options["mask"].dtype
     (torch.float32, torch.bool)
     """
+
     def convert(name: str, value: Any) -> Any:
         if value is None or isinstance(value, torch.Tensor):
             return value
         return as_mask_tensor(value, x) if name == "mask" else as_operand_tensor(name, value, x)
 
-    converted = {k: convert(k, v) if k in ("weight", "pos_weight", "mask") else v
-                 for k, v in options.items()}
+    converted = {
+        k: convert(k, v) if k in ("weight", "pos_weight", "mask") else v for k, v in options.items()
+    }
     return convert("targets", targets), converted
 
 
-def _leaves(input_name: str, inputs: Any, targets: Any, options: dict[str, Any],
-            names: tuple[str, ...]) -> tuple[dict[str, Any], list[torch.Tensor]]:
+def _leaves(
+    input_name: str, inputs: Any, targets: Any, options: dict[str, Any], names: tuple[str, ...]
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """The call's arguments, with fresh leaf tensors requiring grad for each of ``names``."""
     x = as_input(input_name, inputs)
-    arguments = {input_name: x, "targets": targets, "weight": options.get("weight"),
-                 "pos_weight": options.get("pos_weight")}
+    arguments = {
+        input_name: x,
+        "targets": targets,
+        "weight": options.get("weight"),
+        "pos_weight": options.get("pos_weight"),
+    }
     leaves = []
     for name in names:
         key = input_name if name in ("logits", "probs") else name
@@ -450,9 +540,16 @@ def _leaves(input_name: str, inputs: Any, targets: Any, options: dict[str, Any],
     return arguments, leaves
 
 
-def autograd_value_and_grad(loss: LossFunction, input_name: str, inputs: Any, targets: Any,
-                            names: tuple[str, ...], options: dict[str, Any], *,
-                            tensors_first: bool) -> tuple[torch.Tensor, tuple[Any, ...]]:
+def autograd_value_and_grad(
+    loss: LossFunction,
+    input_name: str,
+    inputs: Any,
+    targets: Any,
+    names: tuple[str, ...],
+    options: dict[str, Any],
+    *,
+    tensors_first: bool,
+) -> tuple[torch.Tensor, tuple[Any, ...]]:
     """(loss, its gradients w.r.t. ``names``) by torch.autograd through ``loss``; with
     ``tensors_first`` the operands are made tensors before ``loss`` (compiled code) sees them.
 
@@ -465,15 +562,21 @@ def autograd_value_and_grad(loss: LossFunction, input_name: str, inputs: Any, ta
         targets, options = as_tensors(as_input(input_name, inputs), targets, options)
     arguments, leaves = _leaves(input_name, inputs, targets, options, names)
     rest = {k: v for k, v in options.items() if k not in ("weight", "pos_weight")}
-    value = loss(arguments[input_name], arguments["targets"], weight=arguments["weight"],
-                 pos_weight=arguments["pos_weight"], **rest)
+    value = loss(
+        arguments[input_name],
+        arguments["targets"],
+        weight=arguments["weight"],
+        pos_weight=arguments["pos_weight"],
+        **rest,
+    )
     # reduction="none": the gradient of the sum, as value_and_grad defines it.
     grads = torch.autograd.grad(value.sum(), leaves)
     return value.detach(), grads
 
 
-def autograd_second_derivative(loss: LossFunction, x: torch.Tensor, targets: Any,
-                               options: dict[str, Any]) -> torch.Tensor:
+def autograd_second_derivative(
+    loss: LossFunction, x: torch.Tensor, targets: Any, options: dict[str, Any]
+) -> torch.Tensor:
     """d/dx of sum(d loss / d x): torch.autograd.grad twice (create_graph=True).
 
     >>> from bce_torch.backend import TorchBackend
@@ -488,8 +591,9 @@ def autograd_second_derivative(loss: LossFunction, x: torch.Tensor, targets: Any
     return second
 
 
-def func_second_derivative(loss: LossFunction, x: torch.Tensor, targets: Any,
-                           options: dict[str, Any]) -> torch.Tensor:
+def func_second_derivative(
+    loss: LossFunction, x: torch.Tensor, targets: Any, options: dict[str, Any]
+) -> torch.Tensor:
     """The same by nested torch.func.grad, which torch.compile can compile (it cannot
     differentiate a compiled graph twice).
 
@@ -498,6 +602,7 @@ def func_second_derivative(loss: LossFunction, x: torch.Tensor, targets: Any,
     ...                        torch.zeros(1), [1.0], {"reduction": "sum"}).tolist()
     [0.25]
     """
+
     def total(z: torch.Tensor) -> torch.Tensor:
         return loss(z, targets, **options).sum()
 

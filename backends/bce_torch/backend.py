@@ -33,27 +33,52 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from bce_core.rules import (Operands, pack_gradients, reduce_elements, reduction_gradients,
-                            smoothed_targets)
-from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
-                           check_reduction, check_wrt, check_wrt_given)
+from bce_core.rules import (
+    Operands,
+    pack_gradients,
+    reduce_elements,
+    reduction_gradients,
+    smoothed_targets,
+)
+from bce_core.spec import (
+    DEFAULT_LOG_CLAMP,
+    check_label_smoothing,
+    check_log_clamp,
+    check_reduction,
+    check_wrt,
+    check_wrt_given,
+)
 
-from .autodiff import (as_tensors, autograd_second_derivative, autograd_value_and_grad,
-                       func_second_derivative, logit_loss_elements, probs_loss_elements)
-from .fused import (DEFAULT_MIN_ELEMENTS, CompiledLoss, CompiledPrograms, Kind, applies,
-                    coefficients, compiling_enabled, reduction_scale)
+from .autodiff import (
+    as_tensors,
+    autograd_second_derivative,
+    autograd_value_and_grad,
+    func_second_derivative,
+    logit_loss_elements,
+    probs_loss_elements,
+)
+from .fused import (
+    DEFAULT_MIN_ELEMENTS,
+    CompiledLoss,
+    CompiledPrograms,
+    Kind,
+    applies,
+    coefficients,
+    compiling_enabled,
+    reduction_scale,
+)
 from .kernels import LogitParts, logit_grad, logit_hessian, logit_loss, logit_partials
 from .operands import TORCH_OPS as OPS
-from .operands import (as_input, numpy_to_tensor, prepare, tensor_to_numpy, validate,
-                       working_dtype)
+from .operands import as_input, numpy_to_tensor, prepare, tensor_to_numpy, validate, working_dtype
 
 if TYPE_CHECKING:  # Unpack is in typing from Python 3.11
     from typing_extensions import Unpack
 
     from bce_core.plugin import LogitOptions, ProbsOptions
 
-Working = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None",
-                "torch.Tensor | None"]
+Working = tuple[
+    torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", "torch.Tensor | None"
+]
 
 
 def _working(ops: Operands[torch.Tensor]) -> Working:
@@ -65,9 +90,14 @@ def _working(ops: Operands[torch.Tensor]) -> Working:
     return (cast(ops.inputs), cast(ops.targets), cast(ops.weight), cast(ops.pos_weight), ops.mask)
 
 
-def _masked_out_made_safe(keep: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                          w: torch.Tensor | None, q: torch.Tensor | None,
-                          safe_x: float) -> Working:
+def _masked_out_made_safe(
+    keep: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    q: torch.Tensor | None,
+    safe_x: float,
+) -> Working:
     """Replace masked-out inputs by harmless values, so no NaN or inf there reaches any
     derivative (of any order): a where() on the output alone would give 0 * NaN."""
     x = torch.where(keep, x, safe_x)
@@ -169,22 +199,38 @@ class TorchBackend:
     def parameter_state(self, parameter: torch.Tensor) -> dict[str, np.ndarray | None]:
         """What a call must leave alone: the parameter's values and accumulated gradient."""
         grad = parameter.grad
-        return {"values": self.to_numpy(parameter.detach()),
-                "grad": None if grad is None else self.to_numpy(grad)}
+        return {
+            "values": self.to_numpy(parameter.detach()),
+            "grad": None if grad is None else self.to_numpy(grad),
+        }
 
     # -- the losses ---------------------------------------------------------------
 
     @staticmethod
-    def _prepare(input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, validate_data: bool) -> Operands[torch.Tensor]:
+    def _prepare(
+        input_name: str,
+        inputs: Any,
+        targets: Any,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        validate_data: bool,
+    ) -> Operands[torch.Tensor]:
         ops = prepare(input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask)
         if validate_data:
             validate(ops, input_name)
         return ops
 
     def binary_cross_entropy_with_logits(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
         validate: bool = False,
     ) -> torch.Tensor:
         eps = check_label_smoothing(label_smoothing)
@@ -194,32 +240,36 @@ class TorchBackend:
             return self._one_pass_loss(ops, eps, reduction)
         return self._eager_logits_loss(ops, eps, reduction)
 
-    def _one_pass_applies(self, ops: Operands[torch.Tensor],
-                          others: tuple[torch.Tensor | None, ...]) -> bool:
-        return self._one_pass_min is not None and applies(ops.inputs, ops.shape, others,
-                                                           self._one_pass_min)
+    def _one_pass_applies(
+        self, ops: Operands[torch.Tensor], others: tuple[torch.Tensor | None, ...]
+    ) -> bool:
+        return self._one_pass_min is not None and applies(
+            ops.inputs, ops.shape, others, self._one_pass_min
+        )
 
-    def _one_pass_loss(self, ops: Operands[torch.Tensor], eps: float,
-                       reduction: str) -> torch.Tensor:
+    def _one_pass_loss(
+        self, ops: Operands[torch.Tensor], eps: float, reduction: str
+    ) -> torch.Tensor:
         """The loss through the compiled kernel, differentiable in the logits."""
         x = ops.inputs
         w, q, smoothing = coefficients(x, ops.weight, ops.pos_weight, eps)
         scale, factor = reduction_scale(reduction, ops.shape, ops.mask, ops.weight, x.device)
 
         if not (x.requires_grad and torch.is_grad_enabled()):  # nothing for autograd to record
-            loss, _ = self._programs.run(Kind(scale, False), x, ops.targets, w, q, smoothing,
-                                         ops.mask, factor)
+            loss, _ = self._programs.run(
+                Kind(scale, False), x, ops.targets, w, q, smoothing, ops.mask, factor
+            )
             return loss.to(x.dtype)
 
         def recompute(z: torch.Tensor) -> torch.Tensor:
             return self._eager_logits_loss(dataclasses.replace(ops, inputs=z), eps, reduction)
 
-        return CompiledLoss.apply(x, ops.targets, w, q, smoothing, ops.mask, factor,
-                                  self._programs, scale, recompute)
+        return CompiledLoss.apply(
+            x, ops.targets, w, q, smoothing, ops.mask, factor, self._programs, scale, recompute
+        )
 
     @staticmethod
-    def _eager_logits_loss(ops: Operands[torch.Tensor], eps: float,
-                           reduction: str) -> torch.Tensor:
+    def _eager_logits_loss(ops: Operands[torch.Tensor], eps: float, reduction: str) -> torch.Tensor:
         """The loss through the eager Functions, differentiable in every operand, to any order."""
         x, y, w, q, keep = _working(ops)
         if keep is not None:
@@ -229,9 +279,17 @@ class TorchBackend:
         return loss.to(ops.inputs.dtype)
 
     def binary_cross_entropy(
-        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP,
+        validate: bool = False,
     ) -> torch.Tensor:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
@@ -245,9 +303,17 @@ class TorchBackend:
         return loss.to(ops.inputs.dtype)
 
     def value_and_grad(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[torch.Tensor, Any]:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
@@ -260,8 +326,9 @@ class TorchBackend:
             w, q, smoothing = coefficients(x, ops.weight, ops.pos_weight, eps)
             scale, factor = reduction_scale(reduction, shape, ops.mask, ops.weight, x.device)
             with torch.no_grad():
-                loss, grad = self._programs.run(Kind(scale, True), x, ops.targets, w, q,
-                                                smoothing, ops.mask, factor)
+                loss, grad = self._programs.run(
+                    Kind(scale, True), x, ops.targets, w, q, smoothing, ops.mask, factor
+                )
             return loss.to(dtype), pack_gradients([grad], as_tuple)
         with torch.no_grad():
             x, y, w, q, keep = _working(ops)
@@ -270,15 +337,24 @@ class TorchBackend:
             elements = logit_loss(parts, yp, one_minus_yp, w, q)
             reduced = reduce_elements(OPS, elements, reduction, keep=keep, weight=w)
             partials = logit_partials(parts, yp, one_minus_yp, w, q, eps, names)
-            arg_shapes = {"weight": None if w is None else tuple(w.shape),
-                          "pos_weight": None if q is None else tuple(q.shape)}
+            arg_shapes = {
+                "weight": None if w is None else tuple(w.shape),
+                "pos_weight": None if q is None else tuple(q.shape),
+            }
             grads = reduction_gradients(
-                OPS, names, {name: (lambda t=t: t) for name, t in partials.items()},
-                shape=shape, arg_shapes=arg_shapes, reduction=reduction, reduced=reduced)
+                OPS,
+                names,
+                {name: (lambda t=t: t) for name, t in partials.items()},
+                shape=shape,
+                arg_shapes=arg_shapes,
+                reduction=reduction,
+                reduced=reduced,
+            )
         return reduced.loss.to(dtype), pack_gradients([g.to(dtype) for g in grads], as_tuple)
 
-    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
-                  pos_weight: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def grad_hess(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
         with torch.no_grad():
             x, y, w, q, _ = _working(ops)
@@ -299,9 +375,11 @@ class TorchBackend:
         """
         with self._lock:
             if name not in self._compiled:
-                function = {"logits": self.binary_cross_entropy_with_logits,
-                            "probs": self.binary_cross_entropy,
-                            "second": self._second_derivative}[name]
+                function = {
+                    "logits": self.binary_cross_entropy_with_logits,
+                    "probs": self.binary_cross_entropy,
+                    "second": self._second_derivative,
+                }[name]
                 self._compiled[name] = torch.compile(function, fullgraph=True)
             return self._compiled[name]
 
@@ -312,16 +390,35 @@ class TorchBackend:
             return self.binary_cross_entropy_with_logits
         return self.binary_cross_entropy
 
-    def _autodiff(self, form: str, inputs: Any, targets: Any, names: tuple[str, ...],
-                  compiled: bool, options: dict[str, Any]) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    def _autodiff(
+        self,
+        form: str,
+        inputs: Any,
+        targets: Any,
+        names: tuple[str, ...],
+        compiled: bool,
+        options: dict[str, Any],
+    ) -> tuple[torch.Tensor, tuple[Any, ...]]:
         input_name = "logits" if form == "logits" else "probs"
-        return autograd_value_and_grad(self._loss_function(form, compiled), input_name, inputs,
-                                       targets, names, options, tensors_first=compiled)
+        return autograd_value_and_grad(
+            self._loss_function(form, compiled),
+            input_name,
+            inputs,
+            targets,
+            names,
+            options,
+            tensors_first=compiled,
+        )
 
-    def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
-                                compiled: bool = False,
-                                **options: Unpack[LogitOptions]
-                                ) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    def autodiff_value_and_grad(
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        wrt: tuple[str, ...],
+        compiled: bool = False,
+        **options: Unpack[LogitOptions],
+    ) -> tuple[torch.Tensor, tuple[Any, ...]]:
         """(loss, gradients w.r.t. each name in ``wrt``) by torch.autograd through the loss.
 
         >>> loss, (g,) = TorchBackend().autodiff_value_and_grad(
@@ -333,21 +430,21 @@ class TorchBackend:
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
         return self._autodiff("logits", logits, targets, names, compiled, {**options})
 
-    def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Unpack[ProbsOptions]
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def autodiff_probs_grad(
+        self, probs: Any, targets: Any, *, compiled: bool = False, **options: Unpack[ProbsOptions]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, d loss / d probs) of the probability form by torch.autograd.
 
         >>> loss, grad = TorchBackend().autodiff_probs_grad(torch.tensor([0.25]), [1.0])
         >>> grad.tolist()
         [-4.0]
         """
-        loss, (grad,) = self._autodiff("probs", probs, targets, ("probs",), compiled,
-                                       {**options})
+        loss, (grad,) = self._autodiff("probs", probs, targets, ("probs",), compiled, {**options})
         return loss, grad
 
-    def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Unpack[LogitOptions]) -> torch.Tensor:
+    def autodiff_second_derivative(
+        self, logits: Any, targets: Any, *, compiled: bool = False, **options: Unpack[LogitOptions]
+    ) -> torch.Tensor:
         """d/dlogits of sum(d loss / d logits) by nested autodiff: the diagonal of the Hessian.
 
         Eager: torch.autograd.grad twice (create_graph=True). Compiled: torch.compile
@@ -361,8 +458,9 @@ class TorchBackend:
         if compiled:
             targets, tensors = as_tensors(x, targets, {**options})
             return self._compiled_function("second")(x, targets, **tensors)
-        return autograd_second_derivative(self.binary_cross_entropy_with_logits, x, targets,
-                                          {**options})
+        return autograd_second_derivative(
+            self.binary_cross_entropy_with_logits, x, targets, {**options}
+        )
 
     def _second_derivative(self, x: torch.Tensor, targets: Any, **options: Any) -> torch.Tensor:
         """What ``autodiff_second_derivative(compiled=True)`` compiles."""

@@ -68,8 +68,12 @@ def compiling_enabled() -> bool:
     return os.environ.get(COMPILE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def coefficients(x: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch.Tensor | None,
-                 label_smoothing: float) -> tuple[torch.Tensor | None, ...]:
+def coefficients(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    label_smoothing: float,
+) -> tuple[torch.Tensor | None, ...]:
     """weight, pos_weight and the smoothing in the working dtype; None where absent (or 0).
 
     The smoothing is the tensor (1 - eps, eps / 2) of ``rules.smoothing_floats``, so
@@ -79,16 +83,30 @@ def coefficients(x: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch
     (None, None, tensor([0.9000, 0.0500]))
     """
     dtype = working_dtype(x.dtype)
-    smoothing = None if label_smoothing == 0 else torch.tensor(
-        smoothing_floats(label_smoothing), dtype=dtype, device=x.device)
-    return (None if weight is None else weight.to(dtype),
-            None if pos_weight is None else pos_weight.to(dtype), smoothing)
+    smoothing = (
+        None
+        if label_smoothing == 0
+        else torch.tensor(smoothing_floats(label_smoothing), dtype=dtype, device=x.device)
+    )
+    return (
+        None if weight is None else weight.to(dtype),
+        None if pos_weight is None else pos_weight.to(dtype),
+        smoothing,
+    )
 
 
-def one_pass(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, q: torch.Tensor | None,
-             smoothing: torch.Tensor | None, keep: torch.Tensor | None,
-             factor: torch.Tensor | None, *, scale: str,
-             with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def one_pass(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    q: torch.Tensor | None,
+    smoothing: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    factor: torch.Tensor | None,
+    *,
+    scale: str,
+    with_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(loss, d loss / d x) of w [(1 - y') softplus(x) + q y' softplus(-x)].
 
     ``smoothing`` is (1 - eps, eps / 2) as a tensor (see ``coefficients``), or None.
@@ -137,8 +155,12 @@ def transforms_active() -> bool:
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
 
 
-def applies(x: torch.Tensor, shape: tuple[int, ...], others: tuple[torch.Tensor | None, ...],
-            min_elements: int) -> bool:
+def applies(
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    others: tuple[torch.Tensor | None, ...],
+    min_elements: int,
+) -> bool:
     """Whether the one-pass path can compute this call: a large enough floating input of
     the loss's full shape on the CPU or CUDA, no transform active, and no other operand
     that autograd must differentiate (those calls take the eager Functions).
@@ -157,8 +179,9 @@ def applies(x: torch.Tensor, shape: tuple[int, ...], others: tuple[torch.Tensor 
     return not transforms_active()
 
 
-def _unweighted_loss(parts: LogitParts, yp: torch.Tensor,
-                     one_minus_yp: torch.Tensor) -> torch.Tensor:
+def _unweighted_loss(
+    parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor
+) -> torch.Tensor:
     """(1 - y') softplus(x) + y' softplus(-x) as c |x| + softplus(-|x|), c the target weight
     on x's side: the same value (the two target weights sum to 1), with fewer operations.
 
@@ -173,9 +196,13 @@ def _unweighted_loss(parts: LogitParts, yp: torch.Tensor,
 _FLOAT64 = torch.zeros((), dtype=torch.float64)
 
 
-def reduction_scale(reduction: str, shape: tuple[int, ...], keep: torch.Tensor | None,
-                    weight: torch.Tensor | None,
-                    device: torch.device) -> tuple[str, torch.Tensor | None]:
+def reduction_scale(
+    reduction: str,
+    shape: tuple[int, ...],
+    keep: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[str, torch.Tensor | None]:
     """``one_pass``'s scale for ``reduction`` and its factor (d loss / d element sum), a
     float64 tensor, so that one compiled program serves every reduction and batch size:
     1 / ``rules.denominator``, or 0 for a zero denominator (``rules.divide_or_zero``).
@@ -185,8 +212,14 @@ def reduction_scale(reduction: str, shape: tuple[int, ...], keep: torch.Tensor |
     """
     if reduction == "none":
         return "none", None
-    by = rules.denominator(OPS, reduction, shape, keep=keep, like=_FLOAT64,
-                           weight=None if weight is None else weight.to(torch.float64))
+    by = rules.denominator(
+        OPS,
+        reduction,
+        shape,
+        keep=keep,
+        like=_FLOAT64,
+        weight=None if weight is None else weight.to(torch.float64),
+    )
     _, factor = rules.divide_or_zero(OPS, 1.0, by)
     if not isinstance(factor, torch.Tensor):
         factor = torch.tensor(factor, dtype=torch.float64, device=device)
@@ -214,6 +247,7 @@ def _own_function(kind: Kind, number: int) -> Callable[..., Any]:
     torch.compile keeps compiled code, and its limit of recompiles, per code object;
     closures of one ``def`` share theirs, so every program would count against one limit.
     """
+
     def run(*args: Any) -> Any:
         return one_pass(*args, scale=kind.scale, with_grad=kind.with_grad)
 
@@ -245,15 +279,19 @@ class CompiledPrograms:
             if key not in self._programs:
                 # Small size hints must not make the CPU loop single-threaded for good.
                 self._programs[key] = torch.compile(
-                    _own_function(kind, len(self._programs)), fullgraph=True, dynamic=True,
-                    options={"cpp.min_chunk_size": 1})
+                    _own_function(kind, len(self._programs)),
+                    fullgraph=True,
+                    dynamic=True,
+                    options={"cpp.min_chunk_size": 1},
+                )
             return self._programs[key]
 
     def run(self, kind: Kind, *args: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The compiled program on ``args``; eager ``one_pass`` once compiling has failed."""
         # Detached: the program computes values; autograd is CompiledLoss's business.
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a
-                     for a in args)
+        args = tuple(
+            a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args
+        )
         if self.failure is None:
             try:
                 return self.program(kind, args)(*args)
@@ -266,10 +304,13 @@ class CompiledPrograms:
             first = self.failure is None
             self.failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
         if first:
-            warnings.warn(f"bce-core could not compile its one-pass Torch kernel "
-                          f"({self.failure}); computing eagerly from now on. Set "
-                          f"{COMPILE_ENV}=0 to skip compiling.", CompileFallbackWarning,
-                          stacklevel=4)
+            warnings.warn(
+                f"bce-core could not compile its one-pass Torch kernel "
+                f"({self.failure}); computing eagerly from now on. Set "
+                f"{COMPILE_ENV}=0 to skip compiling.",
+                CompileFallbackWarning,
+                stacklevel=4,
+            )
 
 
 class CompiledLoss(torch.autograd.Function):
@@ -281,10 +322,19 @@ class CompiledLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
-                smoothing: torch.Tensor, keep: torch.Tensor | None, factor: torch.Tensor,
-                programs: CompiledPrograms, scale: str,
-                recompute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        q: torch.Tensor,
+        smoothing: torch.Tensor,
+        keep: torch.Tensor | None,
+        factor: torch.Tensor,
+        programs: CompiledPrograms,
+        scale: str,
+        recompute: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
         with_grad = bool(ctx.needs_input_grad[0])
         kind = Kind(scale, with_grad)
         loss, grad = programs.run(kind, x, y, w, q, smoothing, keep, factor)
@@ -304,8 +354,9 @@ class CompiledLoss(torch.autograd.Function):
             # A second backward (retain_graph=True), or create_graph=True: the eager
             # Functions give a gradient that can itself be differentiated.
             with torch.enable_grad():
-                (grad_x,) = torch.autograd.grad(ctx.recompute(x), x, upstream,
-                                                create_graph=create_graph)
+                (grad_x,) = torch.autograd.grad(
+                    ctx.recompute(x), x, upstream, create_graph=create_graph
+                )
         elif not ctx.total:
             # A zero upstream gives exactly 0.
             grad_x = zero_safe(OPS, upstream.to(grad.dtype), grad)

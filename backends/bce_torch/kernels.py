@@ -46,8 +46,10 @@ Product = Callable[[Coefficient, torch.Tensor], torch.Tensor]
 
 #: Per working dtype: (|x| beyond which exp(-|x|) is subnormal, the shift K). K/2 <= |x| <= 2K
 #: holds wherever the small side is still representable, so K - |x| is exact there.
-_TAIL: dict[torch.dtype, tuple[float, float]] = {torch.float32: (87.0, 64.0),
-                                                  torch.float64: (708.0, 512.0)}
+_TAIL: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (87.0, 64.0),
+    torch.float64: (708.0, 512.0),
+}
 
 
 class LogitParts:
@@ -96,8 +98,14 @@ class LogitParts:
         big = 1.0 / (1.0 + self.e)
         return big, self.u * big
 
-    def combine(self, c_pos: Coefficient, c_neg: Coefficient, big: torch.Tensor,
-                small: torch.Tensor, product: Product | None = None) -> torch.Tensor:
+    def combine(
+        self,
+        c_pos: Coefficient,
+        c_neg: Coefficient,
+        big: torch.Tensor,
+        small: torch.Tensor,
+        product: Product | None = None,
+    ) -> torch.Tensor:
         """c_pos f(x) + c_neg f(-x) for f with f(|x|) = ``big`` and f(-|x|) = ``small`` * scale.
 
         The coefficient multiplies the small side before it is scaled, so a tiny
@@ -111,8 +119,7 @@ class LogitParts:
         c_big = _select(positive, c_pos, c_neg, big)
         c_small = _select(positive, c_neg, c_pos, big)
         if product is None:
-            return (zero_safe(OPS, c_big, big)
-                    + zero_safe(OPS, c_small, small) * self.scale)
+            return zero_safe(OPS, c_big, big) + zero_safe(OPS, c_small, small) * self.scale
         return product(c_big, big) + product(c_small, small) * self.scale
 
     def softplus(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,13 +132,16 @@ class LogitParts:
         big, small = self.sigmoid_sides()
         return self._by_sign(big, small * self.scale)
 
-    def _by_sign(self, big: torch.Tensor,
-                 small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _by_sign(self, big: torch.Tensor, small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.where(self.positive, big, small), torch.where(self.positive, small, big)
 
 
-def _select(condition: torch.Tensor, first: torch.Tensor | float, second: torch.Tensor | float,
-            like: torch.Tensor) -> torch.Tensor | float:
+def _select(
+    condition: torch.Tensor,
+    first: torch.Tensor | float,
+    second: torch.Tensor | float,
+    like: torch.Tensor,
+) -> torch.Tensor | float:
     """torch.where for coefficients, which may be Python numbers (then of ``like``'s dtype)."""
     if not isinstance(first, torch.Tensor) and not isinstance(second, torch.Tensor):
         if first == second:
@@ -140,38 +150,59 @@ def _select(condition: torch.Tensor, first: torch.Tensor | float, second: torch.
     return torch.where(condition, first, second)
 
 
-def logit_loss(parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor, w: Coefficient,
-               q: Coefficient, product: Product | None = None) -> torch.Tensor:
+def logit_loss(
+    parts: LogitParts,
+    yp: torch.Tensor,
+    one_minus_yp: torch.Tensor,
+    w: Coefficient,
+    q: Coefficient,
+    product: Product | None = None,
+) -> torch.Tensor:
     """w [(1 - y') softplus(x) + q y' softplus(-x)], the weight applied before the small side."""
-    return parts.combine(times(w, one_minus_yp), times(w, times(q, yp)), *parts.softplus_sides(),
-                         product=product)
+    return parts.combine(
+        times(w, one_minus_yp), times(w, times(q, yp)), *parts.softplus_sides(), product=product
+    )
 
 
-def logit_bracket(softplus_pos: torch.Tensor, softplus_neg: torch.Tensor, yp: torch.Tensor,
-                  one_minus_yp: torch.Tensor, q: Coefficient) -> torch.Tensor:
+def logit_bracket(
+    softplus_pos: torch.Tensor,
+    softplus_neg: torch.Tensor,
+    yp: torch.Tensor,
+    one_minus_yp: torch.Tensor,
+    q: Coefficient,
+) -> torch.Tensor:
     """(1 - y') softplus(x) + q y' softplus(-x): the element loss before the weight."""
     return zero_safe(OPS, one_minus_yp, softplus_pos) + zero_safe(OPS, times(q, yp), softplus_neg)
 
 
-def logit_grad(parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor,
-               w: Coefficient, q: Coefficient) -> torch.Tensor:
+def logit_grad(
+    parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor, w: Coefficient, q: Coefficient
+) -> torch.Tensor:
     """d loss / d x = w (1 - y') sigma(x) - w q y' sigma(-x)."""
     c_neg = times(w, times(q, yp))
-    return parts.combine(times(w, one_minus_yp), -1.0 if c_neg is None else -c_neg,
-                         *parts.sigmoid_sides())
+    return parts.combine(
+        times(w, one_minus_yp), -1.0 if c_neg is None else -c_neg, *parts.sigmoid_sides()
+    )
 
 
-def logit_hessian(parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor,
-                  w: Coefficient, q: Coefficient) -> torch.Tensor:
+def logit_hessian(
+    parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor, w: Coefficient, q: Coefficient
+) -> torch.Tensor:
     """d2 loss / d x2 = w (1 + (q - 1) y') sigma(x) sigma(-x), as w ((1 - y') + q y') r (e r)."""
     big, small = parts.sigmoid_sides()
     coefficient = times(w, one_minus_yp + (yp if q is None else q * yp))
     return coefficient * big * small * parts.scale
 
 
-def logit_partials(parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor,
-                   w: Coefficient, q: Coefficient, eps: float,
-                   names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def logit_partials(
+    parts: LogitParts,
+    yp: torch.Tensor,
+    one_minus_yp: torch.Tensor,
+    w: Coefficient,
+    q: Coefficient,
+    eps: float,
+    names: tuple[str, ...],
+) -> dict[str, torch.Tensor]:
     """d(element loss)/d(name) for each of ``names`` ("logits", "targets", "weight", "pos_weight").
 
     The softplus terms (one log1p) are computed only when a name other than the
@@ -196,16 +227,28 @@ def probs_logs(p: torch.Tensor, log_clamp: float) -> tuple[torch.Tensor, torch.T
     return torch.log(p).clamp_min(log_clamp), torch.log1p(-p).clamp_min(log_clamp)
 
 
-def probs_bracket(p: torch.Tensor, log_p: torch.Tensor, log_1mp: torch.Tensor, yp: torch.Tensor,
-                  one_minus_yp: torch.Tensor, q: Coefficient) -> torch.Tensor:
+def probs_bracket(
+    p: torch.Tensor,
+    log_p: torch.Tensor,
+    log_1mp: torch.Tensor,
+    yp: torch.Tensor,
+    one_minus_yp: torch.Tensor,
+    q: Coefficient,
+) -> torch.Tensor:
     """-(q y' max(log p, c) + (1 - y') max(log1p(-p), c)); NaN where p is outside [0, 1]."""
     bracket = -(zero_safe(OPS, times(q, yp), log_p) + zero_safe(OPS, one_minus_yp, log_1mp))
     # p outside [0, 1] (or NaN) is NaN even where its term's coefficient is 0.
     return torch.where((p >= 0) & (p <= 1), bracket, float("nan"))
 
 
-def probs_grad(p: torch.Tensor, yp: torch.Tensor, one_minus_yp: torch.Tensor, w: Coefficient,
-               q: Coefficient, floor: float) -> torch.Tensor:
+def probs_grad(
+    p: torch.Tensor,
+    yp: torch.Tensor,
+    one_minus_yp: torch.Tensor,
+    w: Coefficient,
+    q: Coefficient,
+    floor: float,
+) -> torch.Tensor:
     """d loss / d p = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), floor), as torch's BCELoss."""
     qy = times(q, yp)
     numerator = p * (one_minus_yp + qy) - qy

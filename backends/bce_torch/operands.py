@@ -26,9 +26,16 @@ from bce_core.rules import Operands
 from bce_core.spec import check_float_dtype, check_mask_dtype, check_operand_dtype
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
-    torch.float64: "float64", torch.bool: "bool", torch.uint8: "uint8", torch.int8: "int8",
-    torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.bool: "bool",
+    torch.uint8: "uint8",
+    torch.int8: "int8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
 }
 
 
@@ -42,7 +49,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 _FLOAT_DTYPES: dict[str, torch.dtype] = {
-    name: dtype for dtype, name in _DTYPE_NAMES.items() if dtype.is_floating_point}
+    name: dtype for dtype, name in _DTYPE_NAMES.items() if dtype.is_floating_point
+}
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -129,8 +137,10 @@ def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 #: Integer dtypes allowed for targets, weight and pos_weight (cast to the input's dtype).
 _INTEGER_DTYPES = frozenset(
-    getattr(torch, name) for name in ("uint8", "int8", "int16", "int32", "int64", "uint16",
-                                      "uint32", "uint64") if hasattr(torch, name))
+    getattr(torch, name)
+    for name in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64")
+    if hasattr(torch, name)
+)
 
 
 def _real_dtype(dtype: torch.dtype) -> bool:
@@ -142,8 +152,10 @@ def _on_device(name: str, tensor: torch.Tensor, device: torch.device) -> torch.T
         return tensor
     if tensor.ndim == 0 and tensor.device.type == "cpu":
         return tensor.to(device)  # a CPU scalar goes anywhere, as in torch itself
-    raise ValueError(f"{name} is on {tensor.device} but the input is on {device}; move it with "
-                     f"{name}.to({str(device)!r}).")
+    raise ValueError(
+        f"{name} is on {tensor.device} but the input is on {device}; move it with "
+        f"{name}.to({str(device)!r})."
+    )
 
 
 def _traced_array(value: Any, device: torch.device | None) -> torch.Tensor | None:
@@ -212,11 +224,19 @@ class TorchConverter:
 TORCH_CONVERTER = TorchConverter()
 
 
-def prepare(input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any,
-            mask: Any) -> Operands[torch.Tensor]:
+def prepare(
+    input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any, mask: Any
+) -> Operands[torch.Tensor]:
     """``rules.prepare_operands`` with torch's converter, every operand on the input's device."""
-    return rules.prepare_operands(TORCH_CONVERTER, input_name, inputs, targets, weight=weight,
-                                  pos_weight=pos_weight, mask=mask)
+    return rules.prepare_operands(
+        TORCH_CONVERTER,
+        input_name,
+        inputs,
+        targets,
+        weight=weight,
+        pos_weight=pos_weight,
+        mask=mask,
+    )
 
 
 def tracing() -> bool:
@@ -230,14 +250,18 @@ def validate(ops: Operands[torch.Tensor], input_name: str) -> None:
     Raises ValueError under torch.compile, a jit trace or a torch.func transform,
     where the data cannot be read.
     """
-    message = ("validate=True reads the data, which cannot be done under jit (torch.compile, "
-               "torch.jit or a torch.func transform); validate outside the compiled or "
-               "transformed function, or pass validate=False.")
+    message = (
+        "validate=True reads the data, which cannot be done under jit (torch.compile, "
+        "torch.jit or a torch.func transform); validate outside the compiled or "
+        "transformed function, or pass validate=False."
+    )
     if tracing():
         raise ValueError(message)
     try:
-        copies = (None if t is None else tensor_to_numpy(t)
-                  for t in (ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask))
+        copies = (
+            None if t is None else tensor_to_numpy(t)
+            for t in (ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask)
+        )
         arrays = Operands(*copies, ops.shape)
     except RuntimeError as exc:  # functorch wrappers and fake tensors have no data
         raise ValueError(message) from exc

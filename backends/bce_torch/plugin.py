@@ -16,12 +16,14 @@ from bce_core.plugin import ArrayType, BackendSpec, hookimpl
 
 @hookimpl
 def bce_backends() -> list[BackendSpec]:
-    return [BackendSpec(
-        name="torch",
-        loader="bce_torch.backend:TorchBackend",
-        # torch.Tensor and its subclasses (nn.Parameter, ...), found through the type's MRO.
-        array_types=(ArrayType("torch", "Tensor"),),
-        requires=("torch",),
-        extra="torch",
-        description="PyTorch, native float32/float64, exact to 4 ULP, autograd to second order",
-    )]
+    return [
+        BackendSpec(
+            name="torch",
+            loader="bce_torch.backend:TorchBackend",
+            # torch.Tensor and its subclasses (nn.Parameter, ...), found through the type's MRO.
+            array_types=(ArrayType("torch", "Tensor"),),
+            requires=("torch",),
+            extra="torch",
+            description="PyTorch, native float32/float64, exact to 4 ULP, autograd to second order",
+        )
+    ]

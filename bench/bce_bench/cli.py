@@ -48,24 +48,47 @@ MIN_WIDTH_OFF_TERMINAL = 180
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bce bench``."""
-    parser.add_argument("--backend", action="append", type=parse_names, metavar="NAME",
-                        help="backend to time (repeatable, or comma-separated); default: every "
-                             "installed one among numpy, torch, tensorflow and jax")
-    parser.add_argument("--sizes", type=parse_sizes, metavar="N,N,...",
-                        help="element counts, e.g. 1e3,1e5,1e7 (the default)")
-    parser.add_argument("--dtype", type=parse_dtypes, metavar="DTYPE,...",
-                        help="float16, bfloat16, float32, float64, comma-separated "
-                             "(default: float32)")
-    parser.add_argument("--repeat", type=positive_int, metavar="N",
-                        help="timed rounds per comparison; default: adaptive, about 0.3 s per "
-                             "variant, between 5 and 50 rounds")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        type=parse_names,
+        metavar="NAME",
+        help="backend to time (repeatable, or comma-separated); default: every "
+        "installed one among numpy, torch, tensorflow and jax",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        metavar="N,N,...",
+        help="element counts, e.g. 1e3,1e5,1e7 (the default)",
+    )
+    parser.add_argument(
+        "--dtype",
+        type=parse_dtypes,
+        metavar="DTYPE,...",
+        help="float16, bfloat16, float32, float64, comma-separated (default: float32)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=positive_int,
+        metavar="N",
+        help="timed rounds per comparison; default: adaptive, about 0.3 s per "
+        "variant, between 5 and 50 rounds",
+    )
     parser.add_argument("--json", metavar="PATH", help="write every number of the run as JSON")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="replace the section between <!-- bench:begin --> and "
-                             "<!-- bench:end --> in the README")
-    parser.add_argument("--readme", metavar="PATH", default=DEFAULT_README,
-                        help=f"the README that --write-readme rewrites (default: {DEFAULT_README} "
-                             "in the current directory)")
+    parser.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="replace the section between <!-- bench:begin --> and "
+        "<!-- bench:end --> in the README",
+    )
+    parser.add_argument(
+        "--readme",
+        metavar="PATH",
+        default=DEFAULT_README,
+        help=f"the README that --write-readme rewrites (default: {DEFAULT_README} "
+        "in the current directory)",
+    )
 
 
 def _backends(args: argparse.Namespace) -> list[str] | None:
@@ -122,15 +145,24 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"bce bench: error: {problem}", file=sys.stderr)
             return 1
-    config = Config(backends=_backends(args), sizes=args.sizes or DEFAULT_SIZES,
-                    dtypes=args.dtype or DEFAULT_DTYPES, repeat=args.repeat)
+    config = Config(
+        backends=_backends(args),
+        sizes=args.sizes or DEFAULT_SIZES,
+        dtypes=args.dtype or DEFAULT_DTYPES,
+        repeat=args.repeat,
+    )
     machine = machine_info()
     command = command_line(args)
     console.print(f"bce bench on {describe(machine)}", highlight=False, markup=False)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True,
-                  disable=not console.is_terminal) as progress:
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as progress:
         task = progress.add_task("loading backends", total=None)
         started = []
 
@@ -140,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
             started.append(description)
 
         callbacks = ProgressCallbacks(
-            on_total=lambda total: progress.update(task, total=total), on_step=on_step,
-            on_done=lambda: progress.update(task, advance=1))
+            on_total=lambda total: progress.update(task, total=total),
+            on_step=on_step,
+            on_done=lambda: progress.update(task, advance=1),
+        )
         result = run_bench(config, command=command, machine=machine, progress=callbacks)
     for line in legend_lines(result):
         console.print(line, highlight=False, markup=False)

@@ -86,8 +86,11 @@ def _torch() -> _Parts:
             torch.mps.synchronize()
         return result
 
-    return _Parts(sync, lambda tensor, dtype: tensor.to(getattr(torch, dtype)),
-                  lambda tensor: str(tensor.device))
+    return _Parts(
+        sync,
+        lambda tensor, dtype: tensor.to(getattr(torch, dtype)),
+        lambda tensor: str(tensor.device),
+    )
 
 
 def _tensorflow() -> _Parts:
@@ -101,15 +104,21 @@ def _tensorflow() -> _Parts:
                 float(tf.reshape(leaf, [-1])[-1])
         return result
 
-    return _Parts(sync, lambda tensor, dtype: tf.cast(tensor, getattr(tf, dtype)),
-                  lambda tensor: tensor.device.rpartition("device:")[2] or tensor.device)
+    return _Parts(
+        sync,
+        lambda tensor, dtype: tf.cast(tensor, getattr(tf, dtype)),
+        lambda tensor: tensor.device.rpartition("device:")[2] or tensor.device,
+    )
 
 
 def _jax() -> _Parts:
     import jax
 
-    return _Parts(jax.block_until_ready, lambda array, dtype: array.astype(dtype),
-                  lambda array: ", ".join(sorted(str(d) for d in array.devices())))
+    return _Parts(
+        jax.block_until_ready,
+        lambda array, dtype: array.astype(dtype),
+        lambda array: ", ".join(sorted(str(d) for d in array.devices())),
+    )
 
 
 def _other(backend: Backend) -> Sync:

@@ -41,7 +41,8 @@ def numpy_dtype(name: str) -> np.dtype:
         try:
             import ml_dtypes  # installed with JAX and TensorFlow, optional otherwise
         except ImportError:
-            raise DtypeUnavailable("bfloat16 NumPy arrays need ml_dtypes "
-                                   "(pip install ml_dtypes)") from None
+            raise DtypeUnavailable(
+                "bfloat16 NumPy arrays need ml_dtypes (pip install ml_dtypes)"
+            ) from None
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)

@@ -19,8 +19,17 @@ from pathlib import Path
 from typing import Any
 
 #: Distributions whose versions matter to the timings.
-PACKAGES = ("bce-core", "numpy", "ml_dtypes", "torch", "tensorflow", "keras", "jax", "jaxlib",
-            "optax")
+PACKAGES = (
+    "bce-core",
+    "numpy",
+    "ml_dtypes",
+    "torch",
+    "tensorflow",
+    "keras",
+    "jax",
+    "jaxlib",
+    "optax",
+)
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -76,5 +85,7 @@ def describe(info: dict[str, Any]) -> str:
     packages = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
     load = info["load_average"]
     at_start = f"; load average {load[0]:g} at the start" if load else ""
-    return (f"{info['cpu']}, {info['cores']} cores available ({info['logical_cpus']} logical "
-            f"CPUs), {info['platform']}, {info['python']}; {packages}{at_start}")
+    return (
+        f"{info['cpu']}, {info['cores']} cores available ({info['logical_cpus']} logical "
+        f"CPUs), {info['platform']}, {info['python']}; {packages}{at_start}"
+    )

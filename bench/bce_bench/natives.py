@@ -42,8 +42,10 @@ def _numpy(x: Any, y: Any) -> Natives:
     def loss_and_grad() -> tuple[Any, Any]:
         return loss(), (1 / (1 + np.exp(-x)) - y) / x.size
 
-    return [Variant("native", FORWARD, "naive formula", EAGER, loss),
-            Variant("native", FORWARD_GRAD, "naive formula + grad", EAGER, loss_and_grad)], []
+    return [
+        Variant("native", FORWARD, "naive formula", EAGER, loss),
+        Variant("native", FORWARD_GRAD, "naive formula + grad", EAGER, loss_and_grad),
+    ], []
 
 
 def _torch(x: Any, y: Any) -> Natives:
@@ -58,8 +60,10 @@ def _torch(x: Any, y: Any) -> Natives:
         value.backward()
         return value.detach(), leaf.grad
 
-    return [Variant("native", FORWARD, "F.bce_with_logits", EAGER, lambda: loss(x, y)),
-            Variant("native", FORWARD_GRAD, "F.bce_with_logits + backward()", EAGER, backward)], []
+    return [
+        Variant("native", FORWARD, "F.bce_with_logits", EAGER, lambda: loss(x, y)),
+        Variant("native", FORWARD_GRAD, "F.bce_with_logits + backward()", EAGER, backward),
+    ], []
 
 
 def _tensorflow(x: Any, y: Any) -> Natives:
@@ -75,6 +79,7 @@ def _tensorflow(x: Any, y: Any) -> Natives:
                 tape.watch(logits)
                 value = of(logits, targets)
             return value, tape.gradient(value, logits)
+
         return run
 
     eager_taped = taped(loss)
@@ -82,12 +87,19 @@ def _tensorflow(x: Any, y: Any) -> Natives:
     graph_taped = tf.function(eager_taped, autograph=False)
     variants = [
         Variant("native", FORWARD, "tf.nn.sigmoid_ce", EAGER, lambda: loss(x, y)),
-        Variant("native", FORWARD, "tf.nn.sigmoid_ce @tf.function", COMPILED,
-                lambda: graph_loss(x, y)),
-        Variant("native", FORWARD_GRAD, "tf.nn.sigmoid_ce + tape", EAGER,
-                lambda: eager_taped(x, y)),
-        Variant("native", FORWARD_GRAD, "tf.nn.sigmoid_ce + tape @tf.function", COMPILED,
-                lambda: graph_taped(x, y)),
+        Variant(
+            "native", FORWARD, "tf.nn.sigmoid_ce @tf.function", COMPILED, lambda: graph_loss(x, y)
+        ),
+        Variant(
+            "native", FORWARD_GRAD, "tf.nn.sigmoid_ce + tape", EAGER, lambda: eager_taped(x, y)
+        ),
+        Variant(
+            "native",
+            FORWARD_GRAD,
+            "tf.nn.sigmoid_ce + tape @tf.function",
+            COMPILED,
+            lambda: graph_taped(x, y),
+        ),
     ]
     keras, note = _keras_on_tensorflow()
     if keras is None:
@@ -99,10 +111,16 @@ def _tensorflow(x: Any, y: Any) -> Natives:
     keras_graph = tf.function(keras_loss, autograph=False)
     keras_taped = tf.function(taped(keras_loss), autograph=False)
     variants += [
-        Variant("native", FORWARD, "keras.ops.bce @tf.function", COMPILED,
-                lambda: keras_graph(x, y)),
-        Variant("native", FORWARD_GRAD, "keras.ops.bce + tape @tf.function", COMPILED,
-                lambda: keras_taped(x, y)),
+        Variant(
+            "native", FORWARD, "keras.ops.bce @tf.function", COMPILED, lambda: keras_graph(x, y)
+        ),
+        Variant(
+            "native",
+            FORWARD_GRAD,
+            "keras.ops.bce + tape @tf.function",
+            COMPILED,
+            lambda: keras_taped(x, y),
+        ),
     ]
     return variants, []
 
@@ -118,15 +136,18 @@ def _keras_on_tensorflow() -> tuple[Any, str]:
     if not hasattr(keras, "ops"):
         return None, f"Keras {keras.__version__} has no keras.ops (Keras 3 needed): not timed"
     if keras.backend.backend() != "tensorflow":
-        return None, (f"Keras runs on {keras.backend.backend()!r}, not TensorFlow "
-                      "(KERAS_BACKEND): keras.ops.binary_crossentropy not timed")
+        return None, (
+            f"Keras runs on {keras.backend.backend()!r}, not TensorFlow "
+            "(KERAS_BACKEND): keras.ops.binary_crossentropy not timed"
+        )
     return keras, ""
 
 
 def _jax(x: Any, y: Any) -> Natives:
     if importlib.util.find_spec("optax") is None:
-        return [], ["optax not installed: JAX's own loss (optax.sigmoid_binary_cross_entropy) "
-                    "not timed"]
+        return [], [
+            "optax not installed: JAX's own loss (optax.sigmoid_binary_cross_entropy) not timed"
+        ]
     import jax
     import optax
 
@@ -137,13 +158,22 @@ def _jax(x: Any, y: Any) -> Natives:
     return [
         Variant("native", FORWARD, "optax.sigmoid_bce", EAGER, lambda: loss(x, y)),
         Variant("native", FORWARD, "jit(optax.sigmoid_bce)", COMPILED, lambda: compiled(x, y)),
-        Variant("native", FORWARD_GRAD, "jit(value_and_grad(optax))", COMPILED,
-                lambda: value_and_grad(x, y)),
+        Variant(
+            "native",
+            FORWARD_GRAD,
+            "jit(value_and_grad(optax))",
+            COMPILED,
+            lambda: value_and_grad(x, y),
+        ),
     ], []
 
 
 NATIVES: dict[str, Callable[[Any, Any], Natives]] = {
-    "numpy": _numpy, "torch": _torch, "tensorflow": _tensorflow, "jax": _jax}
+    "numpy": _numpy,
+    "torch": _torch,
+    "tensorflow": _tensorflow,
+    "jax": _jax,
+}
 
 
 def native_variants(framework: str, x: Any, y: Any) -> Natives:

@@ -40,7 +40,8 @@ def parse_size(text: str) -> int:
     argparse.ArgumentTypeError: '2.5' is not a positive integer (write sizes as 1000 or 1e3)
     """
     problem = argparse.ArgumentTypeError(
-        f"{text!r} is not a positive integer (write sizes as 1000 or 1e3)")
+        f"{text!r} is not a positive integer (write sizes as 1000 or 1e3)"
+    )
     try:
         value = int(text)
     except ValueError:
@@ -75,7 +76,8 @@ def parse_dtypes(text: str) -> tuple[str, ...]:
             hint = closest_name(item, FLOAT_DTYPES)
             did_you_mean = f"; did you mean {hint!r}?" if hint else ""
             raise argparse.ArgumentTypeError(
-                f"unknown dtype {item!r}; choose from {', '.join(FLOAT_DTYPES)}{did_you_mean}")
+                f"unknown dtype {item!r}; choose from {', '.join(FLOAT_DTYPES)}{did_you_mean}"
+            )
     return tuple(dict.fromkeys(items))
 
 

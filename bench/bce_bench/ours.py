@@ -29,8 +29,10 @@ def _api(backend: str | None) -> tuple[Callable[[Any, Any], Any], Callable[[Any,
 
     if backend is None:
         return bce_core.binary_cross_entropy_with_logits, bce_core.value_and_grad
-    return (functools.partial(bce_core.binary_cross_entropy_with_logits, backend=backend),
-            functools.partial(bce_core.value_and_grad, backend=backend))
+    return (
+        functools.partial(bce_core.binary_cross_entropy_with_logits, backend=backend),
+        functools.partial(bce_core.value_and_grad, backend=backend),
+    )
 
 
 def _torch(api_loss: Callable[[Any, Any], Any], x: Any, y: Any) -> list[Variant]:
@@ -51,9 +53,12 @@ def _jax(api_loss: Callable[[Any, Any], Any], x: Any, y: Any) -> list[Variant]:
     # Compiled here; the first (warm-up) call traces and compiles, outside the timed rounds.
     forward = jax.jit(api_loss)
     value_and_grad = jax.jit(jax.value_and_grad(api_loss))
-    return [Variant("ours", FORWARD, "jit(api)", COMPILED, lambda: forward(x, y)),
-            Variant("ours", FORWARD_GRAD, "jit(value_and_grad(api))", COMPILED,
-                    lambda: value_and_grad(x, y))]
+    return [
+        Variant("ours", FORWARD, "jit(api)", COMPILED, lambda: forward(x, y)),
+        Variant(
+            "ours", FORWARD_GRAD, "jit(value_and_grad(api))", COMPILED, lambda: value_and_grad(x, y)
+        ),
+    ]
 
 
 def _tensorflow(api_loss: Callable[[Any, Any], Any], x: Any, y: Any) -> list[Variant]:
@@ -69,13 +74,19 @@ def _tensorflow(api_loss: Callable[[Any, Any], Any], x: Any, y: Any) -> list[Var
     # training steps run, in tf.function. No Python control flow here for AutoGraph to convert.
     forward = tf.function(api_loss, autograph=False)
     graph_taped = tf.function(taped, autograph=False)
-    return [Variant("ours", FORWARD, "api @tf.function", COMPILED, lambda: forward(x, y)),
-            Variant("ours", FORWARD_GRAD, "api + tape @tf.function", COMPILED,
-                    lambda: graph_taped(x, y))]
+    return [
+        Variant("ours", FORWARD, "api @tf.function", COMPILED, lambda: forward(x, y)),
+        Variant(
+            "ours", FORWARD_GRAD, "api + tape @tf.function", COMPILED, lambda: graph_taped(x, y)
+        ),
+    ]
 
 
 AUTODIFF: dict[str, Callable[..., list[Variant]]] = {
-    "torch": _torch, "jax": _jax, "tensorflow": _tensorflow}
+    "torch": _torch,
+    "jax": _jax,
+    "tensorflow": _tensorflow,
+}
 
 
 def our_variants(framework: str, x: Any, y: Any, backend: str | None = None) -> list[Variant]:
@@ -86,8 +97,9 @@ def our_variants(framework: str, x: Any, y: Any, backend: str | None = None) -> 
     loss, value_and_grad = _api(backend)
     variants = [
         Variant("ours", FORWARD, "api", EAGER, lambda: loss(x, y)),
-        Variant("ours", FORWARD_GRAD, "value_and_grad", EAGER, lambda: value_and_grad(x, y),
-                fused=True),
+        Variant(
+            "ours", FORWARD_GRAD, "value_and_grad", EAGER, lambda: value_and_grad(x, y), fused=True
+        ),
     ]
     extra = AUTODIFF.get(framework)
     return variants + (extra(loss, x, y) if extra is not None else [])

@@ -12,5 +12,8 @@ from bce_core.plugin import CommandSpec, hookimpl
 @hookimpl
 def bce_commands() -> list[CommandSpec]:
     # Timing code and frameworks are imported only when the command line is built or run.
-    return [CommandSpec.lazy("bench", "Time bce-core against each framework's own loss.",
-                             "bce_bench.cli")]
+    return [
+        CommandSpec.lazy(
+            "bench", "Time bce-core against each framework's own loss.", "bce_bench.cli"
+        )
+    ]

@@ -21,8 +21,9 @@ def replace_section(text: str, section: str) -> str:
     start = text.find(BEGIN)
     end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
     if start < 0 or end < 0:
-        raise MarkersMissing(f"the README lacks the {BEGIN} ... {END} markers around the bench "
-                             f"section")
+        raise MarkersMissing(
+            f"the README lacks the {BEGIN} ... {END} markers around the bench section"
+        )
     return f"{text[:start]}{BEGIN}\n{section.strip()}\n{text[end:]}"
 
 

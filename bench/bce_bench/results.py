@@ -59,10 +59,16 @@ class Comparison:
         return None if self.native is None else self.native.median_s / self.ours.median_s
 
     def to_json(self) -> dict[str, Any]:
-        return {"backend": self.backend, "size": self.size, "dtype": self.dtype, "task": self.task,
-                "ours": self.ours.to_json(),
-                "native": None if self.native is None else self.native.to_json(),
-                "ratio_native_over_ours": self.ratio, "disagreement": self.disagreement}
+        return {
+            "backend": self.backend,
+            "size": self.size,
+            "dtype": self.dtype,
+            "task": self.task,
+            "ours": self.ours.to_json(),
+            "native": None if self.native is None else self.native.to_json(),
+            "ratio_native_over_ours": self.ratio,
+            "disagreement": self.disagreement,
+        }
 
 
 @dataclass
@@ -81,8 +87,13 @@ class Overhead:
         return statistics.median(a - d for a, d in zip(self.api.samples_s, self.direct.samples_s))
 
     def to_json(self) -> dict[str, Any]:
-        return {"backend": self.backend, "size": self.size, "api": self.api.to_json(),
-                "direct": self.direct.to_json(), "overhead_s": self.overhead_s}
+        return {
+            "backend": self.backend,
+            "size": self.size,
+            "api": self.api.to_json(),
+            "direct": self.direct.to_json(),
+            "overhead_s": self.overhead_s,
+        }
 
 
 @dataclass
@@ -98,10 +109,15 @@ class BackendResult:
     failures: list[str] = field(default_factory=list)  # variants that raised
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "device": self.device,
-                "comparisons": [c.to_json() for c in self.comparisons],
-                "overhead": [o.to_json() for o in self.overheads],
-                "notes": self.notes, "failures": self.failures}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "device": self.device,
+            "comparisons": [c.to_json() for c in self.comparisons],
+            "overhead": [o.to_json() for o in self.overheads],
+            "notes": self.notes,
+            "failures": self.failures,
+        }
 
 
 @dataclass
@@ -125,8 +141,12 @@ class BenchResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"command": self.command, "machine": self.machine, "config": self.config,
-                "ratio": "native median time / bce-core median time (above 1: bce-core is faster)",
-                "backends": [b.to_json() for b in self.backends],
-                "skipped": [asdict(s) for s in self.skipped], "seconds": self.seconds}
-
+        return {
+            "command": self.command,
+            "machine": self.machine,
+            "config": self.config,
+            "ratio": "native median time / bce-core median time (above 1: bce-core is faster)",
+            "backends": [b.to_json() for b in self.backends],
+            "skipped": [asdict(s) for s in self.skipped],
+            "seconds": self.seconds,
+        }

@@ -56,10 +56,16 @@ class Config:
     seed: int = SEED
 
     def to_json(self) -> dict[str, Any]:
-        return {"backends": self.backends, "sizes": list(self.sizes), "dtypes": list(self.dtypes),
-                "repeat": self.repeat, "target_seconds_per_variant": self.target,
-                "overhead_sizes": list(self.overhead_sizes), "seed": self.seed,
-                "inputs": "float32 logits ~ N(0, 3) and targets in {0, 1}, 1-d, cast to the dtype"}
+        return {
+            "backends": self.backends,
+            "sizes": list(self.sizes),
+            "dtypes": list(self.dtypes),
+            "repeat": self.repeat,
+            "target_seconds_per_variant": self.target,
+            "overhead_sizes": list(self.overhead_sizes),
+            "seed": self.seed,
+            "inputs": "float32 logits ~ N(0, 3) and targets in {0, 1}, 1-d, cast to the dtype",
+        }
 
 
 @dataclass
@@ -117,16 +123,21 @@ def _warm(framework: Framework, run: Callable[[], Any]) -> _Outcome:
         return _Outcome(error=_short(exc))
     loss, grad = result if isinstance(result, tuple) else (result, None)
     try:
-        return _Outcome(seconds, float(framework.to_numpy(loss)),
-                        None if grad is None else float(np.abs(framework.to_numpy(grad)).sum()))
+        return _Outcome(
+            seconds,
+            float(framework.to_numpy(loss)),
+            None if grad is None else float(np.abs(framework.to_numpy(grad)).sum()),
+        )
     except Exception:  # the result cannot reach NumPy (bfloat16 without ml_dtypes): no check
         return _Outcome(seconds)
 
 
 def _disagreement(ours: _Outcome, native: _Outcome, dtype: str) -> str | None:
     problems = []
-    for what, a, b in (("loss", ours.loss, native.loss),
-                       ("sum |gradient|", ours.grad_sum, native.grad_sum)):
+    for what, a, b in (
+        ("loss", ours.loss, native.loss),
+        ("sum |gradient|", ours.grad_sum, native.grad_sum),
+    ):
         if a is None or b is None:
             continue
         relative = abs(a - b) / max(abs(a), abs(b), 1e-30)
@@ -136,34 +147,55 @@ def _disagreement(ours: _Outcome, native: _Outcome, dtype: str) -> str | None:
 
 
 def _measured(variant: Variant, timing: Timing, size: int, outcome: _Outcome) -> Measured:
-    return Measured(variant.label, variant.mode, timing.median, size, timing.samples,
-                    timing.number, outcome.loss)
+    return Measured(
+        variant.label,
+        variant.mode,
+        timing.median,
+        size,
+        timing.samples,
+        timing.number,
+        outcome.loss,
+    )
 
 
-def _group(framework: Framework, variants: list[Variant], size: int, dtype: str,
-           config: Config, result: BackendResult) -> None:
+def _group(
+    framework: Framework,
+    variants: list[Variant],
+    size: int,
+    dtype: str,
+    config: Config,
+    result: BackendResult,
+) -> None:
     """Warm up, check and time one task's variants; append the comparisons to ``result``."""
     outcomes = {v.key: _warm(framework, v.run) for v in variants}
     for variant in variants:
         error = outcomes[variant.key].error
         if error is not None:
-            result.failures.append(f"{variant.side} {variant.label!r} ({fmt_size(size)} {dtype}) "
-                                   f"raised {error}")
+            result.failures.append(
+                f"{variant.side} {variant.label!r} ({fmt_size(size)} {dtype}) raised {error}"
+            )
     alive = [v for v in variants if outcomes[v.key].error is None]
     sync = framework.sync
     functions = {v.key: (lambda run=v.run: sync(run())) for v in alive}
     # A compiling variant's first call includes its compilation: no estimate of later calls.
     known = {v.key: outcomes[v.key].seconds for v in alive if v.mode == EAGER}
     try:
-        timings = interleaved(functions, repeat=config.repeat, target=config.target,
-                              warm_up=False, known=known)
+        timings = interleaved(
+            functions, repeat=config.repeat, target=config.target, warm_up=False, known=known
+        )
     except Exception as exc:
-        result.failures.append(f"timing {variants[0].task} ({fmt_size(size)} {dtype}) raised "
-                               f"{_short(exc)}")
+        result.failures.append(
+            f"timing {variants[0].task} ({fmt_size(size)} {dtype}) raised {_short(exc)}"
+        )
         return
     for ours, native in pairs(alive):
-        row = Comparison(framework.name, size, dtype, ours.task,
-                         _measured(ours, timings[ours.key], size, outcomes[ours.key]))
+        row = Comparison(
+            framework.name,
+            size,
+            dtype,
+            ours.task,
+            _measured(ours, timings[ours.key], size, outcomes[ours.key]),
+        )
         if native is not None:
             row.native = _measured(native, timings[native.key], size, outcomes[native.key])
             row.disagreement = _disagreement(outcomes[ours.key], outcomes[native.key], dtype)
@@ -181,13 +213,16 @@ def _route(framework: Framework, seed: int, result: BackendResult) -> str | None
     owner = resolve_backend(None, (framework.tensor(make_inputs(1, seed)[0], "float32"),)).name
     if owner == framework.name:
         return None
-    result.notes.append(f"its arrays select the {owner!r} backend, so bce-core is called with "
-                        f"backend={framework.name!r}")
+    result.notes.append(
+        f"its arrays select the {owner!r} backend, so bce-core is called with "
+        f"backend={framework.name!r}"
+    )
     return framework.name
 
 
-def _overhead(framework: Framework, config: Config, route: str | None,
-              result: BackendResult) -> None:
+def _overhead(
+    framework: Framework, config: Config, route: str | None, result: BackendResult
+) -> None:
     """Per call: ``bce_core.binary_cross_entropy_with_logits`` against the backend's method."""
     import bce_core
 
@@ -199,15 +234,19 @@ def _overhead(framework: Framework, config: Config, route: str | None,
     for size in config.overhead_sizes:
         logits, targets = make_inputs(size, config.seed)
         x, y = framework.tensor(logits, "float32"), framework.tensor(targets, "float32")
-        functions = {"api": lambda: sync(api(x, y)),
-                     "direct": lambda: sync(direct.binary_cross_entropy_with_logits(x, y))}
+        functions = {
+            "api": lambda x=x, y=y: sync(api(x, y)),
+            "direct": lambda x=x, y=y: sync(direct.binary_cross_entropy_with_logits(x, y)),
+        }
         try:
             timings = interleaved(functions, repeat=config.repeat, target=config.overhead_target)
         except Exception as exc:
             result.failures.append(f"overhead at {size} elements raised {_short(exc)}")
             return
-        measured = {key: Measured(f"{key} call", "eager", t.median, size, t.samples, t.number)
-                    for key, t in timings.items()}
+        measured = {
+            key: Measured(f"{key} call", "eager", t.median, size, t.samples, t.number)
+            for key, t in timings.items()
+        }
         result.overheads.append(Overhead(framework.name, size, measured["api"], measured["direct"]))
 
 
@@ -237,16 +276,18 @@ def run_backend(name: str, version: str, config: Config, progress: Progress) -> 
             variants = our_variants(name, x, y, route) + natives
             for task in TASKS:
                 progress.on_step(f"{name} {fmt_size(size)} {dtype} {task}")
-                _group(framework, [v for v in variants if v.task == task], size, dtype, config,
-                       result)
+                _group(
+                    framework, [v for v in variants if v.task == task], size, dtype, config, result
+                )
             del x, y, variants, natives  # free the large inputs before the next size
     progress.on_step(f"{name} per-call overhead")
     _overhead(framework, config, route, result)
     return result
 
 
-def run_bench(config: Config, *, command: str, machine: dict[str, Any],
-              progress: Progress | None = None) -> BenchResult:
+def run_bench(
+    config: Config, *, command: str, machine: dict[str, Any], progress: Progress | None = None
+) -> BenchResult:
     """Measure every selected backend."""
     progress = progress or Progress()
     start = time.perf_counter()
@@ -257,9 +298,9 @@ def run_bench(config: Config, *, command: str, machine: dict[str, Any],
         try:
             result.backends.append(run_backend(name, version, config, progress))
         except Exception as exc:  # e.g. a backend whose asarray fails: the others still run
-            result.backends.append(BackendResult(name, version, failures=[
-                f"stopped: {_short(exc)}"]))
+            result.backends.append(
+                BackendResult(name, version, failures=[f"stopped: {_short(exc)}"])
+            )
     progress.on_done()
     result.seconds = time.perf_counter() - start
     return result
-

@@ -100,12 +100,15 @@ def rounds(functions: Mapping[Key, Any], repeat: int) -> list[list[Key]]:
     [['ours', 'native'], ['native', 'ours'], ['ours', 'native']]
     """
     keys = list(functions)
-    return [keys[r % len(keys):] + keys[:r % len(keys)] for r in range(repeat)] if keys else []
+    return [keys[r % len(keys) :] + keys[: r % len(keys)] for r in range(repeat)] if keys else []
 
 
 def interleaved(
-    functions: Mapping[Key, Callable[[], Any]], *, repeat: int | None = None,
-    target: float = TARGET_SECONDS, warm_up: bool = True,
+    functions: Mapping[Key, Callable[[], Any]],
+    *,
+    repeat: int | None = None,
+    target: float = TARGET_SECONDS,
+    warm_up: bool = True,
     known: Mapping[Key, float] | None = None,
 ) -> dict[Key, Timing]:
     """Time ``functions`` interleaved; each must return only once its work is done.

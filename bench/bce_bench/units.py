@@ -24,8 +24,11 @@ def fmt_time(seconds: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if seconds >= scale:
             value = seconds / scale
-            return f"{value:.2f} {unit}" if unit == "s" and value < 10 else \
-                f"{_three_digits(value)} {unit}"
+            return (
+                f"{value:.2f} {unit}"
+                if unit == "s" and value < 10
+                else f"{_three_digits(value)} {unit}"
+            )
     return f"{_three_digits(seconds / 1e-9)} ns"
 
 
@@ -33,15 +36,18 @@ def fmt_rate(per_second: float) -> str:
     """Elements per second with an SI prefix."""
     for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if per_second >= scale:
-            return f"{per_second / scale:.2f} {prefix}/s" if per_second / scale < 10 else \
-                f"{_three_digits(per_second / scale)} {prefix}/s"
+            return (
+                f"{per_second / scale:.2f} {prefix}/s"
+                if per_second / scale < 10
+                else f"{_three_digits(per_second / scale)} {prefix}/s"
+            )
     return f"{_three_digits(per_second)} /s"
 
 
 def fmt_size(elements: int) -> str:
     """Powers of ten from 1000 up as 1eN (as the --sizes option takes them), others in full."""
     exponent = round(math.log10(elements)) if elements > 0 else 0
-    return f"1e{exponent}" if exponent >= 3 and 10 ** exponent == elements else str(elements)
+    return f"1e{exponent}" if exponent >= 3 and 10**exponent == elements else str(elements)
 
 
 def fmt_ratio(ratio: float | None) -> str:

@@ -46,7 +46,10 @@ def pairs(variants: Sequence[Variant]) -> list[tuple[Variant, Variant | None]]:
     """(ours, native) for each comparison; (ours, None) where the framework has no counterpart."""
     result: list[tuple[Variant, Variant | None]] = []
     for ours in (v for v in variants if v.side == "ours"):
-        matches = [v for v in variants if v.side == "native" and v.task == ours.task
-                   and (ours.fused or v.mode == ours.mode)]
+        matches = [
+            v
+            for v in variants
+            if v.side == "native" and v.task == ours.task and (ours.fused or v.mode == ours.mode)
+        ]
         result += [(ours, native) for native in matches] or [(ours, None)]
     return result

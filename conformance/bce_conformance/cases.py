@@ -49,8 +49,11 @@ def numpy_dtype(name: str) -> np.dtype:
 def edge_logits(dtype: str) -> np.ndarray:
     """The logits where implementations break: zero, tiny, subnormal, tails, extremes, inf, NaN."""
     info = np.finfo(np.float32 if dtype == "bfloat16" else dtype)
-    largest = float(numpy_dtype(dtype).type(3.3895313892515355e38)) if dtype == "bfloat16" \
+    largest = (
+        float(numpy_dtype(dtype).type(3.3895313892515355e38))
+        if dtype == "bfloat16"
         else float(info.max)
+    )
     tiny = float(info.smallest_subnormal) if dtype != "bfloat16" else 9.2e-41
     magnitudes = [0.0, 1e-30, tiny, 1.0, 20.0, 50.0, 100.0, 1e4, largest]
     values = sorted({s * m for m in magnitudes for s in (1.0, -1.0)}) + [np.inf, -np.inf, np.nan]
@@ -67,17 +70,17 @@ def edge_probs(dtype: str) -> np.ndarray:
 class Case:
     """One conformance case: everything needed to build its inputs deterministically."""
 
-    form: str                       # "logits" or "probs"
-    values: str                     # "edge", "random:<scale>", "outside" (probs) or "tiled"
+    form: str  # "logits" or "probs"
+    values: str  # "edge", "random:<scale>", "outside" (probs) or "tiled"
     dtype: str
     shape: tuple[int, ...]
-    targets: str = "hard"           # "hard", "soft", "int", "bool" or "outside" ([0, 1])
+    targets: str = "hard"  # "hard", "soft", "int", "bool" or "outside" ([0, 1])
     reduction: str = "mean"
     weight: tuple[int, ...] | None = None
     pos_weight: tuple[int, ...] | None = None
     mask: tuple[int, ...] | None = None
     label_smoothing: float = 0.0
-    strided: bool = False           # inputs are non-contiguous views
+    strided: bool = False  # inputs are non-contiguous views
     seed: int = 0
     #: Probability form: the log_clamp passed (None: the default, not passed).
     log_clamp: float | None = None
@@ -91,8 +94,14 @@ class Case:
     @property
     def id(self) -> str:
         shape = "(" + ",".join(map(str, self.shape)) + ("," if len(self.shape) == 1 else "") + ")"
-        parts = [self.form, self.values, DTYPE_ABBREVIATIONS[self.dtype], shape, self.targets,
-                 self.reduction]
+        parts = [
+            self.form,
+            self.values,
+            DTYPE_ABBREVIATIONS[self.dtype],
+            shape,
+            self.targets,
+            self.reduction,
+        ]
         for name in ("weight", "pos_weight", "mask"):
             value = getattr(self, name)
             if value is not None:
@@ -122,8 +131,10 @@ class Case:
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the call, without the arrays."""
-        options: dict[str, Any] = {"label_smoothing": self.label_smoothing,
-                                   "reduction": self.reduction}
+        options: dict[str, Any] = {
+            "label_smoothing": self.label_smoothing,
+            "reduction": self.reduction,
+        }
         if self.log_clamp is not None:
             options["log_clamp"] = self.log_clamp
         if self.validate:
@@ -145,8 +156,11 @@ class Case:
             flat = np.resize(pool, size) if size else pool[:0]
         else:
             scale = float(self.values.split(":")[1])
-            flat = (rng.standard_normal(size) * scale if self.form == "logits"
-                    else rng.uniform(0.0, 1.0, size)).astype(dtype)
+            flat = (
+                rng.standard_normal(size) * scale
+                if self.form == "logits"
+                else rng.uniform(0.0, 1.0, size)
+            ).astype(dtype)
         x = flat.astype(dtype).reshape(self.shape)
         result = {self.form: x, "targets": self._targets(rng, self.shape, dtype)}
         if self.weight is not None:
@@ -171,22 +185,30 @@ class Case:
         for name, value in arrays.items():
             if name != "mask" and value.shape == self.shape and value.dtype.kind == "f":
                 arrays[name] = np.where(dropped, poison, value.astype(np.float64)).astype(
-                    value.dtype)
+                    value.dtype
+                )
         return arrays
 
     def _tiled_inputs(self) -> dict[str, np.ndarray]:
         """A large 1-d case: a pool of TILE values, element k holding entry k % TILE of each pool,
         so that the oracle runs once per pool entry. The last element is kept, finite and
         dominant (its loss outweighs the rest), so a dropped tail shows in a sum."""
-        pool = Case(self.form, "random:4" if self.form == "logits" else "random:1", self.dtype,
-                    (TILE,), targets=self.targets, reduction=self.reduction,
-                    weight=None if self.weight is None else (TILE,),
-                    pos_weight=None if self.pos_weight is None else (TILE,),
-                    mask=None if self.mask is None else (TILE,), masked=self.masked,
-                    seed=self.seed).inputs()
+        pool = Case(
+            self.form,
+            "random:4" if self.form == "logits" else "random:1",
+            self.dtype,
+            (TILE,),
+            targets=self.targets,
+            reduction=self.reduction,
+            weight=None if self.weight is None else (TILE,),
+            pos_weight=None if self.pos_weight is None else (TILE,),
+            mask=None if self.mask is None else (TILE,),
+            masked=self.masked,
+            seed=self.seed,
+        ).inputs()
         if self.form == "logits" and not self.masked:  # the tails too, where nothing is masked
             edges = edge_logits(self.dtype)
-            pool["logits"][:edges.size] = edges
+            pool["logits"][: edges.size] = edges
         index = np.arange(self.size) % TILE
         arrays = {name: value[index] for name, value in pool.items()}
         last = arrays[self.form]
@@ -222,71 +244,196 @@ def _strided_view(array: np.ndarray) -> np.ndarray:
 
 def logits_cases(dtype: str) -> list[Case]:
     """The logits-form grid for one dtype."""
-    cases = [Case("logits", "edge", dtype, (20,), targets=t, reduction=r,
-                  tags=("compile",) if (t, r) == ("hard", "none") else ())
-             for t in ("hard", "soft") for r in ("none", "mean")]
-    cases += [Case("logits", "edge", dtype, (20,), targets="soft", reduction="sum",
-                   label_smoothing=0.1)]
-    cases += [Case("logits", f"random:{scale}", dtype, shape, targets=t, reduction=r)
-              for scale, shape, t, r in [
-                  (1, (), "hard", "mean"), (1, (0,), "hard", "mean"), (1, (0, 3), "soft", "sum"),
-                  (3, (7,), "soft", "none"), (3, (4, 3), "int", "sum"), (30, (2, 3, 4), "bool", "mean"),
-                  (3, (2, 1, 3, 2), "soft", "batch_mean"), (1000, (5, 4), "hard", "mean")]]
+    cases = [
+        Case(
+            "logits",
+            "edge",
+            dtype,
+            (20,),
+            targets=t,
+            reduction=r,
+            tags=("compile",) if (t, r) == ("hard", "none") else (),
+        )
+        for t in ("hard", "soft")
+        for r in ("none", "mean")
+    ]
+    cases += [
+        Case("logits", "edge", dtype, (20,), targets="soft", reduction="sum", label_smoothing=0.1)
+    ]
+    cases += [
+        Case("logits", f"random:{scale}", dtype, shape, targets=t, reduction=r)
+        for scale, shape, t, r in [
+            (1, (), "hard", "mean"),
+            (1, (0,), "hard", "mean"),
+            (1, (0, 3), "soft", "sum"),
+            (3, (7,), "soft", "none"),
+            (3, (4, 3), "int", "sum"),
+            (30, (2, 3, 4), "bool", "mean"),
+            (3, (2, 1, 3, 2), "soft", "batch_mean"),
+            (1000, (5, 4), "hard", "mean"),
+        ]
+    ]
     for reduction in REDUCTIONS:
-        cases.append(Case("logits", "random:4", dtype, (6, 4), targets="soft", reduction=reduction,
-                          weight=(6, 1), pos_weight=(4,), mask=(6, 4), label_smoothing=0.05,
-                          tags=("compile",) if reduction == "weighted_mean" else ()))
+        cases.append(
+            Case(
+                "logits",
+                "random:4",
+                dtype,
+                (6, 4),
+                targets="soft",
+                reduction=reduction,
+                weight=(6, 1),
+                pos_weight=(4,),
+                mask=(6, 4),
+                label_smoothing=0.05,
+                tags=("compile",) if reduction == "weighted_mean" else (),
+            )
+        )
     cases += [
         Case("logits", "random:4", dtype, (6, 4), weight=(), reduction="weighted_mean"),
         Case("logits", "random:4", dtype, (6, 4), targets="soft", mask=(4,), reduction="mean"),
-        Case("logits", "random:4", dtype, (3, 5), targets="soft", strided=True, reduction="none",
-             weight=(3, 5), pos_weight=(5,)),
+        Case(
+            "logits",
+            "random:4",
+            dtype,
+            (3, 5),
+            targets="soft",
+            strided=True,
+            reduction="none",
+            weight=(3, 5),
+            pos_weight=(5,),
+        ),
         Case("logits", "random:2", dtype, (4,), mask=(4,), reduction="mean", seed=7),
         # Long enough that accumulating in the input's precision shows in half precision.
         Case("logits", "random:3", dtype, (64, 32), targets="soft", reduction="sum"),
     ]
     # Masked-out elements hold NaN and +-inf in every operand: they must add nothing.
-    cases += [Case("logits", "random:4", dtype, (6, 4), targets="soft", reduction=reduction,
-                   weight=(6, 4), pos_weight=(6, 4), mask=(6, 4), label_smoothing=0.05,
-                   masked="nonfinite") for reduction in REDUCTIONS]
     cases += [
-        Case("logits", "random:4", dtype, (6, 4), targets="soft", weight=(6, 1), pos_weight=(4,),
-             mask=(6, 4), masked="nonfinite", validate=True),
+        Case(
+            "logits",
+            "random:4",
+            dtype,
+            (6, 4),
+            targets="soft",
+            reduction=reduction,
+            weight=(6, 4),
+            pos_weight=(6, 4),
+            mask=(6, 4),
+            label_smoothing=0.05,
+            masked="nonfinite",
+        )
+        for reduction in REDUCTIONS
+    ]
+    cases += [
+        Case(
+            "logits",
+            "random:4",
+            dtype,
+            (6, 4),
+            targets="soft",
+            weight=(6, 1),
+            pos_weight=(4,),
+            mask=(6, 4),
+            masked="nonfinite",
+            validate=True,
+        ),
         # Nothing kept: zero denominators, with non-finite values everywhere.
-        Case("logits", "random:4", dtype, (3, 4), targets="soft", weight=(3, 4), mask=(3, 4),
-             masked="all"),
-        Case("logits", "random:4", dtype, (3, 4), targets="soft", reduction="weighted_mean",
-             weight=(3, 4), pos_weight=(4,), mask=(3, 4), masked="all"),
+        Case(
+            "logits",
+            "random:4",
+            dtype,
+            (3, 4),
+            targets="soft",
+            weight=(3, 4),
+            mask=(3, 4),
+            masked="all",
+        ),
+        Case(
+            "logits",
+            "random:4",
+            dtype,
+            (3, 4),
+            targets="soft",
+            reduction="weighted_mean",
+            weight=(3, 4),
+            pos_weight=(4,),
+            mask=(3, 4),
+            masked="all",
+        ),
         # validate=False computes the formula on targets outside [0, 1] (and NaN gives NaN);
         # validate=True on good data changes nothing.
         Case("logits", "random:3", dtype, (8,), targets="outside", reduction="none"),
-        Case("logits", "random:3", dtype, (4, 3), targets="soft", reduction="sum", weight=(4, 1),
-             pos_weight=(3,), validate=True),
+        Case(
+            "logits",
+            "random:3",
+            dtype,
+            (4, 3),
+            targets="soft",
+            reduction="sum",
+            weight=(4, 1),
+            pos_weight=(3,),
+            validate=True,
+        ),
     ]
     return cases
 
 
 def probs_cases(dtype: str) -> list[Case]:
     """The probability-form grid for one dtype."""
-    cases = [Case("probs", "edge", dtype, (10,), targets=t, reduction="none")
-             for t in ("hard", "soft")]
-    cases += [Case("probs", "random:1", dtype, shape, targets=t, reduction=r, **extra)
-              for shape, t, r, extra in [
-                  ((4, 3), "soft", "mean", {"pos_weight": (3,), "tags": ("compile",)}),
-                  ((5,), "int", "sum", {"weight": (5,), "label_smoothing": 0.2}),
-                  ((2, 3), "soft", "weighted_mean", {"weight": (2, 1), "mask": (2, 3)})]]
-    cases += [Case("probs", "random:1", dtype, (6, 4), targets="soft", reduction=reduction,
-                   weight=(6, 1), pos_weight=(4,), mask=(6, 4), label_smoothing=0.05)
-              for reduction in REDUCTIONS]
-    # Every log_clamp regime: exact logarithms, a clamp that bites early, everything clamped.
-    cases += [Case("probs", "edge", dtype, (10,), targets="soft", reduction="none", log_clamp=c)
-              for c in (-np.inf, -10.0, 0.0)]
+    cases = [
+        Case("probs", "edge", dtype, (10,), targets=t, reduction="none") for t in ("hard", "soft")
+    ]
     cases += [
-        Case("probs", "random:1", dtype, (6, 4), targets="soft", weight=(6, 4), mask=(6, 4),
-             masked="nonfinite", validate=True),
+        Case("probs", "random:1", dtype, shape, targets=t, reduction=r, **extra)
+        for shape, t, r, extra in [
+            ((4, 3), "soft", "mean", {"pos_weight": (3,), "tags": ("compile",)}),
+            ((5,), "int", "sum", {"weight": (5,), "label_smoothing": 0.2}),
+            ((2, 3), "soft", "weighted_mean", {"weight": (2, 1), "mask": (2, 3)}),
+        ]
+    ]
+    cases += [
+        Case(
+            "probs",
+            "random:1",
+            dtype,
+            (6, 4),
+            targets="soft",
+            reduction=reduction,
+            weight=(6, 1),
+            pos_weight=(4,),
+            mask=(6, 4),
+            label_smoothing=0.05,
+        )
+        for reduction in REDUCTIONS
+    ]
+    # Every log_clamp regime: exact logarithms, a clamp that bites early, everything clamped.
+    cases += [
+        Case("probs", "edge", dtype, (10,), targets="soft", reduction="none", log_clamp=c)
+        for c in (-np.inf, -10.0, 0.0)
+    ]
+    cases += [
+        Case(
+            "probs",
+            "random:1",
+            dtype,
+            (6, 4),
+            targets="soft",
+            weight=(6, 4),
+            mask=(6, 4),
+            masked="nonfinite",
+            validate=True,
+        ),
         Case("probs", "outside", dtype, (8,), targets="soft", reduction="none"),
-        Case("probs", "random:1", dtype, (4, 3), targets="hard", reduction="sum", log_clamp=-20.0,
-             validate=True),
+        Case(
+            "probs",
+            "random:1",
+            dtype,
+            (4, 3),
+            targets="hard",
+            reduction="sum",
+            log_clamp=-20.0,
+            validate=True,
+        ),
     ]
     return cases
 
@@ -347,10 +494,22 @@ def size_cases(dtype: str, size: int) -> list[Case]:
     """The large cases of one size: every element graded, options with masked-out non-finite
     values through a reduction, and the probability form."""
     n = (size,)
-    return [Case("logits", "tiled", dtype, n, targets="soft", reduction="none"),
-            Case("logits", "tiled", dtype, n, reduction="mean", weight=n, pos_weight=n, mask=n,
-                 label_smoothing=0.1, masked="nonfinite"),
-            Case("probs", "tiled", dtype, n, targets="soft", reduction="sum")]
+    return [
+        Case("logits", "tiled", dtype, n, targets="soft", reduction="none"),
+        Case(
+            "logits",
+            "tiled",
+            dtype,
+            n,
+            reduction="mean",
+            weight=n,
+            pos_weight=n,
+            mask=n,
+            label_smoothing=0.1,
+            masked="nonfinite",
+        ),
+        Case("probs", "tiled", dtype, n, targets="soft", reduction="sum"),
+    ]
 
 
 @cache
@@ -381,12 +540,28 @@ def thread_cases(dtype: str, sizes: Sequence[int]) -> list[ThreadCase]:
     ['threads/f32/(2048,)', 'threads/f32/(16411,)']
     """
     large_size = sorted(sizes)[1] if len(sizes) > 1 else sizes[0]
-    small = [Case("logits", "random:4", dtype, (2048,), targets="soft", weight=(2048,),
-                  pos_weight=(), mask=(2048,), label_smoothing=0.1, seed=seed) for seed in (1, 2)]
-    large = [Case("logits", "tiled", dtype, (large_size,), targets="soft", seed=seed)
-             for seed in (1, 2)]
-    return [ThreadCase(dtype, (small[0], small[1]), rounds=8),
-            ThreadCase(dtype, (large[0], large[1]), rounds=2)]
+    small = [
+        Case(
+            "logits",
+            "random:4",
+            dtype,
+            (2048,),
+            targets="soft",
+            weight=(2048,),
+            pos_weight=(),
+            mask=(2048,),
+            label_smoothing=0.1,
+            seed=seed,
+        )
+        for seed in (1, 2)
+    ]
+    large = [
+        Case("logits", "tiled", dtype, (large_size,), targets="soft", seed=seed) for seed in (1, 2)
+    ]
+    return [
+        ThreadCase(dtype, (small[0], small[1]), rounds=8),
+        ThreadCase(dtype, (large[0], large[1]), rounds=2),
+    ]
 
 
 def case_by_id(case_id: str) -> Case:
@@ -414,7 +589,7 @@ class ErrorCase:
     """A bad call and the exception type every backend must raise for it."""
 
     name: str
-    function: str                   # "logits", "probs" or "value_and_grad"
+    function: str  # "logits", "probs" or "value_and_grad"
     error: type[Exception]
     logits: Any = ((0.5, -0.5), (1.0, 2.0))
     targets: Any = ((0.0, 1.0), (1.0, 0.0))
@@ -424,8 +599,10 @@ class ErrorCase:
 
     def arrays(self) -> dict[str, Any]:
         dtype = np.int64 if self.name == "integer logits" else np.float32
-        return {"input": np.array(self.logits, dtype=dtype),
-                "targets": np.array(self.targets, dtype=np.float32)}
+        return {
+            "input": np.array(self.logits, dtype=dtype),
+            "targets": np.array(self.targets, dtype=np.float32),
+        }
 
 
 ERROR_CASES: tuple[ErrorCase, ...] = (
@@ -434,24 +611,58 @@ ERROR_CASES: tuple[ErrorCase, ...] = (
     ErrorCase("unknown reduction", "logits", ValueError, options={"reduction": "avg"}),
     ErrorCase("label smoothing above 1", "logits", ValueError, options={"label_smoothing": 1.5}),
     ErrorCase("label smoothing below 0", "logits", ValueError, options={"label_smoothing": -0.1}),
-    ErrorCase("weight enlarges the shape", "logits", ValueError,
-              options={"weight": np.ones((3, 2, 2), np.float32)}),
-    ErrorCase("pos_weight enlarges the shape", "logits", ValueError,
-              options={"pos_weight": np.ones((2, 2, 2), np.float32)}),
-    ErrorCase("mask enlarges the shape", "logits", ValueError,
-              options={"mask": np.ones((2, 2, 2), bool)}),
+    ErrorCase(
+        "weight enlarges the shape",
+        "logits",
+        ValueError,
+        options={"weight": np.ones((3, 2, 2), np.float32)},
+    ),
+    ErrorCase(
+        "pos_weight enlarges the shape",
+        "logits",
+        ValueError,
+        options={"pos_weight": np.ones((2, 2, 2), np.float32)},
+    ),
+    ErrorCase(
+        "mask enlarges the shape", "logits", ValueError, options={"mask": np.ones((2, 2, 2), bool)}
+    ),
     ErrorCase("integer mask", "logits", TypeError, options={"mask": np.ones((2, 2), np.int64)}),
-    ErrorCase("batch_mean of a 0-d input", "logits", ValueError, logits=0.5, targets=1.0,
-              options={"reduction": "batch_mean"}),
-    ErrorCase("validate: target above 1", "logits", ValueError, targets=((0.0, 1.0), (2.0, 0.0)),
-              options={"validate": True}),
-    ErrorCase("validate: NaN logit", "logits", ValueError, logits=((0.5, np.nan), (1.0, 2.0)),
-              options={"validate": True}),
-    ErrorCase("validate: probability above 1", "probs", ValueError, logits=((0.5, 1.5), (0.1, 0.2)),
-              options={"validate": True}),
-    ErrorCase("positive log_clamp", "probs", ValueError, logits=((0.5, 0.5), (0.1, 0.2)),
-              options={"log_clamp": 1.0}),
+    ErrorCase(
+        "batch_mean of a 0-d input",
+        "logits",
+        ValueError,
+        logits=0.5,
+        targets=1.0,
+        options={"reduction": "batch_mean"},
+    ),
+    ErrorCase(
+        "validate: target above 1",
+        "logits",
+        ValueError,
+        targets=((0.0, 1.0), (2.0, 0.0)),
+        options={"validate": True},
+    ),
+    ErrorCase(
+        "validate: NaN logit",
+        "logits",
+        ValueError,
+        logits=((0.5, np.nan), (1.0, 2.0)),
+        options={"validate": True},
+    ),
+    ErrorCase(
+        "validate: probability above 1",
+        "probs",
+        ValueError,
+        logits=((0.5, 1.5), (0.1, 0.2)),
+        options={"validate": True},
+    ),
+    ErrorCase(
+        "positive log_clamp",
+        "probs",
+        ValueError,
+        logits=((0.5, 0.5), (0.1, 0.2)),
+        options={"log_clamp": 1.0},
+    ),
     ErrorCase("unknown wrt", "value_and_grad", ValueError, options={"wrt": "logit"}),
-    ErrorCase("wrt weight without weight", "value_and_grad", ValueError,
-              options={"wrt": "weight"}),
+    ErrorCase("wrt weight without weight", "value_and_grad", ValueError, options={"wrt": "weight"}),
 )

@@ -32,23 +32,46 @@ from .runner import CaseResult, Report, run_suite
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bce conformance``."""
-    parser.add_argument("--backend", action="append", metavar="NAME",
-                        help="backend to check (repeatable); default: every installed backend")
-    parser.add_argument("--dtype", action="append", choices=DTYPES,
-                        help="dtype to check (repeatable); default: all four")
-    parser.add_argument("--device", choices=("cpu", "gpu", "all"), default="cpu",
-                        help="which devices to run on (default: cpu)")
-    parser.add_argument("--require-device", action="store_true",
-                        help="fail, rather than skip, when no requested device is usable")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        help="backend to check (repeatable); default: every installed backend",
+    )
+    parser.add_argument(
+        "--dtype",
+        action="append",
+        choices=DTYPES,
+        help="dtype to check (repeatable); default: all four",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu", "all"),
+        default="cpu",
+        help="which devices to run on (default: cpu)",
+    )
+    parser.add_argument(
+        "--require-device",
+        action="store_true",
+        help="fail, rather than skip, when no requested device is usable",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the full report as JSON")
-    parser.add_argument("--html", metavar="PATH",
-                        help="write an HTML report with error-versus-logit plots")
-    parser.add_argument("--isolate", action="store_true",
-                        help="run each backend in its own process, so one crash or import "
-                             "clash cannot take the others down")
-    parser.add_argument("--jobs", type=_positive, default=1, metavar="N",
-                        help="run up to N backends at once, each in its own process "
-                             "(implies --isolate; default 1)")
+    parser.add_argument(
+        "--html", metavar="PATH", help="write an HTML report with error-versus-logit plots"
+    )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run each backend in its own process, so one crash or import "
+        "clash cannot take the others down",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run up to N backends at once, each in its own process (implies --isolate; default 1)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profiles", action="store_true", help=argparse.SUPPRESS)
 
@@ -59,29 +82,49 @@ def _positive(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--jobs {text!r}: give a whole number of processes, "
-                                         f"1 or more (this machine has {os.cpu_count()} CPUs)")
+        raise argparse.ArgumentTypeError(
+            f"--jobs {text!r}: give a whole number of processes, "
+            f"1 or more (this machine has {os.cpu_count()} CPUs)"
+        )
     return value
 
 
 def _run_in_process(args: argparse.Namespace, console: Console) -> Report:
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True,
-                  disable=args.worker or not console.is_terminal) as progress:
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(
+        *columns, console=console, transient=True, disable=args.worker or not console.is_terminal
+    ) as progress:
         task = progress.add_task("conformance", total=None)
-        return run_suite(args.backend, dtypes=tuple(args.dtype or DTYPES), device=args.device,
-                         on_total=lambda total: progress.update(task, total=total),
-                         on_step=lambda what: progress.update(task, advance=1,
-                                                              description=what))
+        return run_suite(
+            args.backend,
+            dtypes=tuple(args.dtype or DTYPES),
+            device=args.device,
+            on_total=lambda total: progress.update(task, total=total),
+            on_step=lambda what: progress.update(task, advance=1, description=what),
+        )
 
 
 def _worker(name: str, args: argparse.Namespace) -> tuple[Report, list[ErrorProfile]]:
     """Run one backend in a child process; its report (and profiles) come back as JSON."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "report.json"
-        command = [sys.executable, "-m", "bce_conformance.cli", "--worker", "--backend", name,
-                   "--device", args.device, "--json", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "bce_conformance.cli",
+            "--worker",
+            "--backend",
+            name,
+            "--device",
+            args.device,
+            "--json",
+            str(out),
+        ]
         if args.html:
             command.append("--profiles")
         for dtype in args.dtype or ():
@@ -89,25 +132,36 @@ def _worker(name: str, args: argparse.Namespace) -> tuple[Report, list[ErrorProf
         finished = subprocess.run(command, capture_output=True, text=True)
         if out.exists():
             data = json.loads(out.read_text())
-            return (Report.from_json(data),
-                    [ErrorProfile.from_json(p) for p in data.get("profiles", [])])
+            return (
+                Report.from_json(data),
+                [ErrorProfile.from_json(p) for p in data.get("profiles", [])],
+            )
     tail = "\n".join(finished.stderr.strip().splitlines()[-5:])
     part = Report(_spec_version(), [], [])
-    part.results.append(CaseResult(name, args.device, "-", "process",
-                                   error=f"exited with {finished.returncode}: {tail}"))
+    part.results.append(
+        CaseResult(
+            name, args.device, "-", "process", error=f"exited with {finished.returncode}: {tail}"
+        )
+    )
     return part, []
 
 
-def _run_isolated(args: argparse.Namespace, console: Console
-                  ) -> tuple[Report, list[ErrorProfile]]:
+def _run_isolated(args: argparse.Namespace, console: Console) -> tuple[Report, list[ErrorProfile]]:
     """Each backend in its own process, up to ``--jobs`` at once; reports merged in order."""
     names = args.backend or get_registry().names()
     parts: dict[str, tuple[Report, list[ErrorProfile]]] = {}
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True,
-                  disable=not console.is_terminal) as progress, \
-            ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    with (
+        Progress(
+            *columns, console=console, transient=True, disable=not console.is_terminal
+        ) as progress,
+        ThreadPoolExecutor(max_workers=args.jobs) as pool,
+    ):
         task = progress.add_task("backends, each in its own process", total=len(names))
         futures = {pool.submit(_worker, name, args): name for name in names}
         for future in as_completed(futures):
@@ -129,9 +183,11 @@ def _run_isolated(args: argparse.Namespace, console: Console
 
 def _profiles(report: Report) -> list[ErrorProfile]:
     registry = get_registry()
-    return [error_profile(registry.get(row.backend), row.device, row.dtype)
-            for row in report.summaries()
-            if row.dtype not in ("errors", "-")]  # only dtypes the backend could run
+    return [
+        error_profile(registry.get(row.backend), row.device, row.dtype)
+        for row in report.summaries()
+        if row.dtype not in ("errors", "-")
+    ]  # only dtypes the backend could run
 
 
 def _spec_version() -> str:

@@ -91,8 +91,11 @@ def _distinct(case: Case, inputs: dict[str, np.ndarray]) -> _Distinct:
     columns = []
     for name in (case.form, "targets", "weight", "pos_weight"):
         value = inputs.get(name)
-        as_float = np.ones(shape) if value is None else \
-            np.broadcast_to(np.asarray(value).astype(dtype).astype(np.float64), shape)
+        as_float = (
+            np.ones(shape)
+            if value is None
+            else np.broadcast_to(np.asarray(value).astype(dtype).astype(np.float64), shape)
+        )
         columns.append(_codes(as_float.ravel()))
     code = np.zeros(int(np.prod(shape)), dtype=np.int64)
     for distinct, inverse in columns:
@@ -104,8 +107,11 @@ def _distinct(case: Case, inputs: dict[str, np.ndarray]) -> _Distinct:
         exact.append([MP.mpf(float(distinct[c % len(distinct)])) for c in tuples])
         tuples = tuples // len(distinct)
     q, w, y, x = exact
-    keep = np.broadcast_to(inputs["mask"], shape).ravel() if "mask" in inputs else \
-        np.ones(inverse.size, bool)
+    keep = (
+        np.broadcast_to(inputs["mask"], shape).ravel()
+        if "mask" in inputs
+        else np.ones(inverse.size, bool)
+    )
     counts = np.bincount(inverse[keep], minlength=len(x))
     return _Distinct(x, y, w, q, inverse, np.asarray(keep), counts)
 
@@ -135,12 +141,14 @@ def _zero_safe(factor: Any, value: Any) -> Any:
 def _spread(groups: _Distinct, values: list[Any], shape: tuple[int, ...]) -> np.ndarray:
     """Per-element float64 of per-tuple exact values, 0 where masked out."""
     rounded = np.array([float(v) for v in values], dtype=np.float64)
-    return np.where(groups.keep, rounded[groups.inverse] if rounded.size else 0.0,
-                    0.0).reshape(shape)
+    return np.where(groups.keep, rounded[groups.inverse] if rounded.size else 0.0, 0.0).reshape(
+        shape
+    )
 
 
-def _summed(groups: _Distinct, values: list[Any], shape: tuple[int, ...],
-            arg_shape: tuple[int, ...]) -> np.ndarray:
+def _summed(
+    groups: _Distinct, values: list[Any], shape: tuple[int, ...], arg_shape: tuple[int, ...]
+) -> np.ndarray:
     """Exact sums of per-element values over the axes an argument of ``arg_shape`` was
     broadcast along (kept elements only), rounded to float64."""
     if tuple(arg_shape) == tuple(shape):
@@ -171,9 +179,12 @@ def _expected(case: Case, inputs: dict[str, np.ndarray]) -> Expected:
     def partial_q(a: Any, b: Any, c: Any, d: Any) -> Any:
         return _zero_safe(c * oracle.smoothed(b, eps)[0], oracle.softplus(-a))
 
-    partials = {"logits": partial_x, "targets": groups.each(partial_y),
-                "weight": groups.each(lambda a, b, c, d: oracle.element_loss(a, b, 1.0, d, eps)),
-                "pos_weight": groups.each(partial_q)}
+    partials = {
+        "logits": partial_x,
+        "targets": groups.each(partial_y),
+        "weight": groups.each(lambda a, b, c, d: oracle.element_loss(a, b, 1.0, d, eps)),
+        "pos_weight": groups.each(partial_q),
+    }
     denominator = _denominator(case, groups)
     if denominator is None:
         loss = _spread(groups, elements, shape)
@@ -189,20 +200,27 @@ def _expected(case: Case, inputs: dict[str, np.ndarray]) -> Expected:
         if name == "weight" and case.reduction == "weighted_mean":
             partial = [p - reduced_loss for p in partial]
         scaled = [_zero_safe(factor, p) for p in partial]
-        grads[name] = _summed(groups, scaled, shape,
-                               np.shape(inputs[name]) if name in inputs else shape)
+        grads[name] = _summed(
+            groups, scaled, shape, np.shape(inputs[name]) if name in inputs else shape
+        )
     hessians = groups.each(lambda a, b, c, d: oracle.element_hessian_smoothed(a, b, c, d, eps))
     second = _spread(groups, [_zero_safe(factor, h) for h in hessians], shape)
     grad_hess = None
     if "mask" not in inputs and not eps:
         grad_hess = (_spread(groups, partial_x, shape), _spread(groups, hessians, shape))
     # Hard targets are graded against the exact gradient, soft ones against the larger term.
-    references = [None if (y == 0 or y == 1) and not eps else g[1]
-                  for y, g in zip(groups.y, grads_and_terms)]
+    references = [
+        None if (y == 0 or y == 1) and not eps else g[1] for y, g in zip(groups.y, grads_and_terms)
+    ]
     dtype = case.dtype
-    return Expected(loss=loss, grads=grads, grad_hess=grad_hess, second_derivative=second,
-                    exact_elements=ExactValues.of(elements, dtype).take(groups.inverse),
-                    exact_grads=ExactValues.of(partial_x, dtype, references).take(groups.inverse))
+    return Expected(
+        loss=loss,
+        grads=grads,
+        grad_hess=grad_hess,
+        second_derivative=second,
+        exact_elements=ExactValues.of(elements, dtype).take(groups.inverse),
+        exact_grads=ExactValues.of(partial_x, dtype, references).take(groups.inverse),
+    )
 
 
 def _expected_probs(case: Case, inputs: dict[str, np.ndarray], groups: _Distinct) -> Expected:
@@ -216,5 +234,8 @@ def _expected_probs(case: Case, inputs: dict[str, np.ndarray], groups: _Distinct
         factor = MP.mpf(0) if denominator == 0 else 1 / denominator
         loss = np.array(float(_total(groups, elements) * factor))
     grad = _spread(groups, [_zero_safe(factor, g) for g in partial], case.shape)
-    return Expected(loss=loss, grads={"probs": grad},
-                    exact_elements=ExactValues.of(elements, case.dtype).take(groups.inverse))
+    return Expected(
+        loss=loss,
+        grads={"probs": grad},
+        exact_elements=ExactValues.of(elements, case.dtype).take(groups.inverse),
+    )

@@ -32,7 +32,6 @@ FORMATS: dict[str, tuple[int, int, float]] = {
 }
 
 
-
 def _mp() -> Any:
     ctx = mpmath.MPContext()
     ctx.prec = PRECISION_BITS
@@ -48,7 +47,8 @@ def exact(value: float) -> Any:
 
 
 def softplus(x: Any) -> Any:
-    """log(1 + exp(x)), exactly (max(x,0) + log1p(exp(-|x|)) is an identity, not an approximation)."""
+    """log(1 + exp(x)), exactly (max(x,0) + log1p(exp(-|x|)) is an identity, not an
+    approximation)."""
     x = MP.mpf(x)
     if MP.isnan(x):
         return x
@@ -83,9 +83,11 @@ def element_loss(x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float 
     return _term(w, _term(one_minus, softplus(x)) + _term(q * yp, softplus(-MP.mpf(x))))
 
 
-def element_grad(x: float, y: float, w: float = 1.0, q: float = 1.0,
-                 eps: float = 0.0) -> tuple[Any, Any]:
-    """Exact d loss / d x and the magnitude of its larger term (the accuracy reference for soft targets)."""
+def element_grad(
+    x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0
+) -> tuple[Any, Any]:
+    """Exact d loss / d x and the magnitude of its larger term (the accuracy reference for soft
+    targets)."""
     yp, one_minus = smoothed(y, eps)
     w, q = MP.mpf(w), MP.mpf(q)
     positive = _term(w * one_minus, sigmoid(x))
@@ -98,8 +100,9 @@ def element_hessian(x: float, y: float, w: float = 1.0, q: float = 1.0) -> Any:
     return element_hessian_smoothed(x, y, w, q, 0.0)
 
 
-def element_hessian_smoothed(x: float, y: float, w: float = 1.0, q: float = 1.0,
-                             eps: float = 0.0) -> Any:
+def element_hessian_smoothed(
+    x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0
+) -> Any:
     """Exact d2 loss / d x2 with label smoothing: w ((1 - y') + q y') sigma(x) sigma(-x)."""
     yp, one_minus = smoothed(y, eps)
     w, q = MP.mpf(w), MP.mpf(q)
@@ -109,8 +112,7 @@ def element_hessian_smoothed(x: float, y: float, w: float = 1.0, q: float = 1.0,
     return coefficient * sigmoid(x) * sigmoid(-MP.mpf(x))
 
 
-def element_grad_probs(p: float, y: float, w: float = 1.0, q: float = 1.0,
-                       eps: float = 0.0) -> Any:
+def element_grad_probs(p: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0) -> Any:
     """Exact d loss / d p of the probability form, with the spec's floor on p (1 - p)."""
     p = MP.mpf(p)
     if MP.isnan(p) or p < 0 or p > 1:
@@ -120,8 +122,9 @@ def element_grad_probs(p: float, y: float, w: float = 1.0, q: float = 1.0,
     return MP.mpf(w) * (p * (one_minus + q * yp) - q * yp) / max(p * (1 - p), MP.mpf(1e-12))
 
 
-def element_loss_probs(p: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0,
-                       log_clamp: float = -100.0) -> Any:
+def element_loss_probs(
+    p: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0, log_clamp: float = -100.0
+) -> Any:
     """Exact element loss from a probability (NaN outside [0, 1])."""
     p = MP.mpf(p)
     if MP.isnan(p) or p < 0 or p > 1:
@@ -167,13 +170,13 @@ def ulp_error(got: float, expected: Any, dtype: str, *, reference: Any = None) -
     return float(abs(MP.mpf(got_f) - expected) / ulp_of(at, dtype))
 
 
-def ulp_errors(got: np.ndarray, expected: list[Any], dtype: str,
-               references: list[Any] | None = None) -> np.ndarray:
+def ulp_errors(
+    got: np.ndarray, expected: list[Any], dtype: str, references: list[Any] | None = None
+) -> np.ndarray:
     """``ulp_error`` over flat lists."""
     flat = np.asarray(got, dtype=np.float64).ravel()
     refs = references if references is not None else [None] * len(expected)
     return np.array([ulp_error(g, e, dtype, reference=r) for g, e, r in zip(flat, expected, refs)])
-
 
 
 @dataclass(frozen=True)
@@ -196,8 +199,7 @@ class ExactValues:
     tiny: np.ndarray
 
     @classmethod
-    def of(cls, exact: list[Any], dtype: str, references: list[Any] | None = None
-           ) -> ExactValues:
+    def of(cls, exact: list[Any], dtype: str, references: list[Any] | None = None) -> ExactValues:
         """From mpmath values (and the magnitudes their ULP is taken at; default themselves).
 
         >>> values = ExactValues.of([element_loss(0.0, 1.0)], "float32")
@@ -215,8 +217,9 @@ class ExactValues:
             finite = MP.isfinite(value)
             at = value if references is None or references[i] is None else references[i]
             high.append(float(value))
-            low.append(float(value - MP.mpf(high[-1])) if finite and
-                       math.isfinite(high[-1]) else 0.0)
+            low.append(
+                float(value - MP.mpf(high[-1])) if finite and math.isfinite(high[-1]) else 0.0
+            )
             spacing.append(float(ulp_of(at, dtype)) if finite else math.nan)
             nan.append(bool(MP.isnan(value)))
             overflows.append(not nan[-1] and (not finite or abs(value) > largest))
@@ -226,8 +229,13 @@ class ExactValues:
 
     def take(self, index: np.ndarray) -> ExactValues:
         """The values at ``index`` (to spread per-tuple values over a case's elements)."""
-        return ExactValues(self.dtype, *(getattr(self, name)[index] for name in (
-            "high", "low", "spacing", "nan", "overflows", "tiny")))
+        return ExactValues(
+            self.dtype,
+            *(
+                getattr(self, name)[index]
+                for name in ("high", "low", "spacing", "nan", "overflows", "tiny")
+            ),
+        )
 
     def errors(self, got: Any) -> np.ndarray:
         """|got - exact| in ULP, elementwise; inf where got is NaN or inf and exact is not."""
@@ -242,5 +250,4 @@ class ExactValues:
             infinite = np.where(got_inf & self.overflows & same_sign, 0.0, np.inf)
             errors = np.where(got_inf | np.isinf(self.high), infinite, errors)
             got_nan = np.isnan(got)
-            return np.where(got_nan | self.nan, np.where(got_nan & self.nan, 0.0, np.inf),
-                            errors)
+            return np.where(got_nan | self.nan, np.where(got_nan & self.nan, 0.0, np.inf), errors)

@@ -12,5 +12,8 @@ from bce_core.plugin import CommandSpec, hookimpl
 @hookimpl
 def bce_commands() -> list[CommandSpec]:
     # The suite itself is imported only when the command line is built.
-    return [CommandSpec.lazy("conformance", "Check backends against the specification.",
-                             "bce_conformance.cli")]
+    return [
+        CommandSpec.lazy(
+            "conformance", "Check backends against the specification.", "bce_conformance.cli"
+        )
+    ]

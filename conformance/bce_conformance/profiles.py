@@ -73,8 +73,13 @@ def exact_sweep(dtype: str) -> ExactSweep:
         grads.append(grad)
         # Soft targets: the gradient's error is measured against its larger term, as graded.
         references.append(None if yi in (0.0, 1.0) else larger)
-    return ExactSweep(dtype, logits, targets, ExactValues.of(losses, dtype),
-                      ExactValues.of(grads, dtype, references))
+    return ExactSweep(
+        dtype,
+        logits,
+        targets,
+        ExactValues.of(losses, dtype),
+        ExactValues.of(grads, dtype, references),
+    )
 
 
 @dataclass
@@ -106,17 +111,30 @@ class ErrorProfile:
         True
         """
         curves = lambda c: None if c is None else {k: _listed(v) for k, v in c.items()}  # noqa
-        return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
-                "logits": _listed(self.logits), "ours": curves(self.ours),
-                "framework": curves(self.framework), "framework_label": self.framework_label,
-                "note": self.note}
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "dtype": self.dtype,
+            "logits": _listed(self.logits),
+            "ours": curves(self.ours),
+            "framework": curves(self.framework),
+            "framework_label": self.framework_label,
+            "note": self.note,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ErrorProfile:
         curves = lambda c: None if c is None else {k: _unlisted(v) for k, v in c.items()}  # noqa
-        return cls(data["backend"], data["device"], data["dtype"], _unlisted(data["logits"]),
-                   curves(data["ours"]), curves(data["framework"]), data["framework_label"],
-                   data["note"])
+        return cls(
+            data["backend"],
+            data["device"],
+            data["dtype"],
+            _unlisted(data["logits"]),
+            curves(data["ours"]),
+            curves(data["framework"]),
+            data["framework_label"],
+            data["note"],
+        )
 
 
 def _listed(values: np.ndarray) -> list[float | str]:
@@ -156,9 +174,13 @@ def error_profile(backend: Any, device: str, dtype: str) -> ErrorProfile:
     y = backend.asarray(sweep.targets, device)
     loss = backend.to_numpy(backend.binary_cross_entropy_with_logits(x, y, reduction="none"))
     _, grad = backend.value_and_grad(x, y, reduction="none")
-    profile = ErrorProfile(backend.name, device, dtype,
-                           sweep_logits(dtype).astype(np.float64),
-                           _curves(sweep, loss, backend.to_numpy(grad)))
+    profile = ErrorProfile(
+        backend.name,
+        device,
+        dtype,
+        sweep_logits(dtype).astype(np.float64),
+        _curves(sweep, loss, backend.to_numpy(grad)),
+    )
     if not isinstance(backend, FrameworkLossBackend):
         profile.note = "no framework curve: the backend has no framework_loss method"
         return profile

@@ -30,14 +30,30 @@ class StaleExpectedFailure(pytest.PytestWarning):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bce", "bce-core conformance")
-    group.addoption("--bce-backend", metavar="NAME", default=None,
-                    help="run the bce-core conformance suite on this backend")
-    group.addoption("--bce-device", choices=("cpu", "gpu", "all"), default="cpu",
-                    help="devices to run on (default cpu); GPU cases skip when none is usable")
-    group.addoption("--bce-dtype", action="append", default=None,
-                    help="dtype to check (repeatable; default all four)")
-    group.addoption("--bce-expected-failures", metavar="FILE", default=None,
-                    help="file of case ids expected to fail (marked xfail; stale entries warned)")
+    group.addoption(
+        "--bce-backend",
+        metavar="NAME",
+        default=None,
+        help="run the bce-core conformance suite on this backend",
+    )
+    group.addoption(
+        "--bce-device",
+        choices=("cpu", "gpu", "all"),
+        default="cpu",
+        help="devices to run on (default cpu); GPU cases skip when none is usable",
+    )
+    group.addoption(
+        "--bce-dtype",
+        action="append",
+        default=None,
+        help="dtype to check (repeatable; default all four)",
+    )
+    group.addoption(
+        "--bce-expected-failures",
+        metavar="FILE",
+        default=None,
+        help="file of case ids expected to fail (marked xfail; stale entries warned)",
+    )
 
 
 def _enabled(config: pytest.Config) -> bool:
@@ -58,11 +74,12 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
     name = config.getoption("--bce-backend")
     info = get_registry().info(name)
-    lines = [f"bce-core {bce_core.__version__}, spec {bce_core.SPEC_VERSION}",
-             f"backend {name}: {info.status} {info.version or ''} devices "
-             f"{', '.join(info.devices) or 'none'}" + (f" ({info.error})" if info.error else "")]
-    lines += [f"plugin {e.plugin} failed to load: {e.error}"
-              for e in get_registry().plugin_errors]
+    lines = [
+        f"bce-core {bce_core.__version__}, spec {bce_core.SPEC_VERSION}",
+        f"backend {name}: {info.status} {info.version or ''} devices "
+        f"{', '.join(info.devices) or 'none'}" + (f" ({info.error})" if info.error else ""),
+    ]
+    lines += [f"plugin {e.plugin} failed to load: {e.error}" for e in get_registry().plugin_errors]
     return lines
 
 
@@ -105,8 +122,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         entry = _matching_entry(item, expected)
         if entry is not None:
             matched.add(entry)
-            item.add_marker(pytest.mark.xfail(reason=f"listed in the expected-failures file "
-                                                     f"(line {expected[entry]})", strict=False))
+            item.add_marker(
+                pytest.mark.xfail(
+                    reason=f"listed in the expected-failures file (line {expected[entry]})",
+                    strict=False,
+                )
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -121,8 +142,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not _enabled(config):
         return
     expected, matched = config.stash[_EXPECTED], config.stash[_MATCHED]
-    stale = [f"{entry} (line {line}): matches no case" for entry, line in expected.items()
-             if entry not in matched]
+    stale = [
+        f"{entry} (line {line}): matches no case"
+        for entry, line in expected.items()
+        if entry not in matched
+    ]
     stale += [f"{nodeid}: expected to fail but passed" for nodeid in config.stash[_XPASSED]]
     if stale:
         terminalreporter.section("bce: stale expected failures")

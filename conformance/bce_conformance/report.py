@@ -39,8 +39,10 @@ def header_lines(report: Report) -> list[str]:
         if info["status"] == "ok":
             lines.append(f"  {info['name']} {info['version']} on {', '.join(info['devices'])}")
         else:
-            lines.append(f"  {info['name']}: {info['status']}"
-                         + (f" ({info['error']})" if info["status"] == "failed" else ""))
+            lines.append(
+                f"  {info['name']}: {info['status']}"
+                + (f" ({info['error']})" if info["status"] == "failed" else "")
+            )
     for error in report.plugin_errors:
         lines.append(f"  plugin {error['plugin']} failed to load: {error['error']}")
     return lines
@@ -48,8 +50,16 @@ def header_lines(report: Report) -> list[str]:
 
 def summary_table(report: Report) -> Table:
     table = Table(title="bce conformance: parity (pass/fail) and accuracy (worst ULP vs exact)")
-    for column in ("backend", "device", "dtype", "passed", "failed", "loss ULP", "grad ULP",
-                   "grade"):
+    for column in (
+        "backend",
+        "device",
+        "dtype",
+        "passed",
+        "failed",
+        "loss ULP",
+        "grad ULP",
+        "grade",
+    ):
         label = column in ("backend", "device", "dtype")
         table.add_column(column, justify="left" if label else "right", no_wrap=label)
     for row in report.summaries():
@@ -57,36 +67,54 @@ def summary_table(report: Report) -> Table:
         if row.dtype == "errors" and row.failed:
             grade = "F"
         style = GRADE_STYLE[grade]
-        ulps = ("", "") if row.dtype == "errors" else (_number(row.worst_loss_ulp),
-                                                        _number(row.worst_grad_ulp))
-        table.add_row(row.backend, row.device, row.dtype, str(row.passed),
-                      f"[red]{row.failed}[/]" if row.failed else "0", *ulps,
-                      f"[{style}]{grade}[/]" if style else grade)
+        ulps = (
+            ("", "")
+            if row.dtype == "errors"
+            else (_number(row.worst_loss_ulp), _number(row.worst_grad_ulp))
+        )
+        table.add_row(
+            row.backend,
+            row.device,
+            row.dtype,
+            str(row.passed),
+            f"[red]{row.failed}[/]" if row.failed else "0",
+            *ulps,
+            f"[{style}]{grade}[/]" if style else grade,
+        )
     return table
 
 
 def print_report(report: Report, console: Console, *, max_failures: int = 40) -> None:
     """The closing table, skips, and failures with reproduction snippets."""
     console.print(summary_table(report))
-    console.print("Grades: A = passes and within 4 ULP of exact wherever graded; "
-                  "B = passes parity, less accurate; F = fails.", highlight=False)
+    console.print(
+        "Grades: A = passes and within 4 ULP of exact wherever graded; "
+        "B = passes parity, less accurate; F = fails.",
+        highlight=False,
+    )
     for skip in report.skipped:
         where = " ".join(skip.get(k, "") for k in ("backend", "device", "dtype")).strip()
         console.print(f"[yellow]skipped[/] {where}: {skip['reason']}", highlight=False)
     for failure in report.failures[:max_failures]:
-        console.print(f"[red]FAILED[/] {failure.backend} {failure.device} {failure.dtype} "
-                      f"{failure.case}", highlight=False)
+        console.print(
+            f"[red]FAILED[/] {failure.backend} {failure.device} {failure.dtype} {failure.case}",
+            highlight=False,
+        )
         if failure.error:
             console.print(f"    {failure.error}", highlight=False, markup=False)
         for comparison in failure.comparisons:
             if not comparison.passed:
-                console.print(f"    {comparison.quantity}: {comparison.detail}",
-                              highlight=False, markup=False)
-        console.print("    " + failure.reproduction().replace("\n", "\n    "),
-                      highlight=False, markup=False)
+                console.print(
+                    f"    {comparison.quantity}: {comparison.detail}", highlight=False, markup=False
+                )
+        console.print(
+            "    " + failure.reproduction().replace("\n", "\n    "), highlight=False, markup=False
+        )
     if len(report.failures) > max_failures:
-        console.print(f"... and {len(report.failures) - max_failures} more failures "
-                      f"(all are in the --json report)")
+        console.print(
+            f"... and {len(report.failures) - max_failures} more failures "
+            f"(all are in the --json report)"
+        )
 
 
 def render_text(report: Report) -> str:
@@ -147,8 +175,9 @@ def figure_size(columns: int, rows: int) -> tuple[float, float]:
 
 def _y_limits(profiles: list[ErrorProfile]) -> tuple[float, float, bool]:
     """(bottom, top, whether anything is clipped or non-finite), shared by a figure's panels."""
-    values = np.concatenate([v for p in profiles for curves in (p.ours, p.framework or {})
-                             for v in curves.values()])
+    values = np.concatenate(
+        [v for p in profiles for curves in (p.ours, p.framework or {}) for v in curves.values()]
+    )
     finite = values[np.isfinite(values)]
     clipped = bool(np.isinf(values).any() or (finite > CLIP_ULP).any())
     if clipped:
@@ -159,11 +188,12 @@ def _y_limits(profiles: list[ErrorProfile]) -> tuple[float, float, bool]:
 
 def _draw_panel(ax: Any, profile: ErrorProfile, quantity: str) -> None:
     """One quantity ("loss" or "grad") of one profile: ours solid, the framework dashed."""
-    positions = np.where(np.isinf(profile.logits), np.sign(profile.logits) * INF_POSITION,
-                         profile.logits)
+    positions = np.where(
+        np.isinf(profile.logits), np.sign(profile.logits) * INF_POSITION, profile.logits
+    )
     for row, (target, colour) in enumerate(TARGET_COLOURS.items()):
         key = f"{quantity} y={target:g}"
-        nonfinite_at = CLIP_ULP * 3 * 2.2 ** row  # one height per target, so marks never hide
+        nonfinite_at = CLIP_ULP * 3 * 2.2**row  # one height per target, so marks never hide
         for curves, style, mark in ((profile.ours, "-", "o"), (profile.framework, "--", "x")):
             if not curves:
                 continue
@@ -173,14 +203,22 @@ def _draw_panel(ax: Any, profile: ErrorProfile, quantity: str) -> None:
             ax.plot(positions, shown, linestyle=style, color=colour, linewidth=1.1)
             wrong = np.isinf(values)
             if wrong.any():
-                ax.plot(positions[wrong], np.full(int(wrong.sum()), nonfinite_at), mark,
-                        color=colour, markersize=5, markerfacecolor="none", linestyle="none")
+                ax.plot(
+                    positions[wrong],
+                    np.full(int(wrong.sum()), nonfinite_at),
+                    mark,
+                    color=colour,
+                    markersize=5,
+                    markerfacecolor="none",
+                    linestyle="none",
+                )
 
 
 def _any(profiles: list[ErrorProfile], which: str, test: Any) -> bool:
     """Whether ``test`` holds anywhere on the ``which`` ("ours" or "framework") curves."""
-    return any(bool(test(values).any()) for p in profiles
-               for values in (getattr(p, which) or {}).values())
+    return any(
+        bool(test(values).any()) for p in profiles for values in (getattr(p, which) or {}).values()
+    )
 
 
 def _legend_handles(profiles: list[ErrorProfile]) -> list[Any]:
@@ -196,17 +234,43 @@ def _legend_handles(profiles: list[ErrorProfile]) -> list[Any]:
     handles.append(Line2D([], [], color="black", label=f"bce-core {backend}"))
     if framework:
         handles.append(Line2D([], [], color="black", linestyle="--", label="framework's own"))
-    handles.append(Line2D([], [], color="grey", linewidth=0.8,
-                          label=f"{GRADE_A_ULP:g} ULP (grade A)"))
+    handles.append(
+        Line2D([], [], color="grey", linewidth=0.8, label=f"{GRADE_A_ULP:g} ULP (grade A)")
+    )
     if clipped:
-        handles.append(Line2D([], [], color="black", linestyle=":", linewidth=0.8,
-                              label=f"clipped at {_power(CLIP_ULP)} ULP"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                linestyle=":",
+                linewidth=0.8,
+                label=f"clipped at {_power(CLIP_ULP)} ULP",
+            )
+        )
     if _any(profiles, "framework", np.isinf):
-        handles.append(Line2D([], [], color="black", marker="x", linestyle="none",
-                              label="wrong NaN/inf\n(framework)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                marker="x",
+                linestyle="none",
+                label="wrong NaN/inf\n(framework)",
+            )
+        )
     if _any(profiles, "ours", np.isinf):
-        handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none",
-                              linestyle="none", label="wrong NaN/inf (ours)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                marker="o",
+                markerfacecolor="none",
+                linestyle="none",
+                label="wrong NaN/inf (ours)",
+            )
+        )
     return handles
 
 
@@ -236,10 +300,14 @@ def plot_backend(profiles: list[ErrorProfile]) -> str:
     figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(rows), len(dtypes), sharex=True, sharey=True, squeeze=False)
-    figure.subplots_adjust(left=MARGINS["left"] / width,
-                           right=1 - MARGINS["right"] / width,
-                           bottom=MARGINS["bottom"] / height, top=1 - MARGINS["top"] / height,
-                           wspace=GAPS[0] / PANEL[0], hspace=GAPS[1] / PANEL[1])
+    figure.subplots_adjust(
+        left=MARGINS["left"] / width,
+        right=1 - MARGINS["right"] / width,
+        bottom=MARGINS["bottom"] / height,
+        top=1 - MARGINS["top"] / height,
+        wspace=GAPS[0] / PANEL[0],
+        hspace=GAPS[1] / PANEL[1],
+    )
     bottom, top, clipped = _y_limits(profiles)
     by_key = {(p.device, p.dtype): p for p in profiles}
     ticks = [-INF_POSITION, -100, -1, 0, 1, 100, INF_POSITION]
@@ -268,13 +336,19 @@ def plot_backend(profiles: list[ErrorProfile]) -> str:
             if quantity == "loss":
                 ax.set_title(f"{dtype} on {device}", fontsize=9)
             if c == 0:
-                ax.set_ylabel(("loss" if quantity == "loss" else "d loss / d logit")
-                              + "\nULP error", fontsize=8)
+                ax.set_ylabel(
+                    ("loss" if quantity == "loss" else "d loss / d logit") + "\nULP error",
+                    fontsize=8,
+                )
             if r == len(rows) - 1:
                 ax.set_xlabel("logit", fontsize=8)
-    figure.legend(handles=_legend_handles(profiles), loc="upper left", fontsize=7, frameon=False,
-                  bbox_to_anchor=(1 - (MARGINS["right"] - 0.15) / width,
-                                  1 - MARGINS["top"] / height))
+    figure.legend(
+        handles=_legend_handles(profiles),
+        loc="upper left",
+        fontsize=7,
+        frameon=False,
+        bbox_to_anchor=(1 - (MARGINS["right"] - 0.15) / width, 1 - MARGINS["top"] / height),
+    )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -286,8 +360,7 @@ def _figures_html(report: Report, profiles: list[ErrorProfile]) -> str:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return ("<p>Install matplotlib (<code>pip install 'bce-core[report]'</code>) "
-                "for plots.</p>")
+        return "<p>Install matplotlib (<code>pip install 'bce-core[report]'</code>) for plots.</p>"
     versions = {info["name"]: info.get("version", "") for info in report.backends}
     by_backend: dict[str, list[ErrorProfile]] = {}
     for profile in profiles:
@@ -296,15 +369,21 @@ def _figures_html(report: Report, profiles: list[ErrorProfile]) -> str:
     for name, group in by_backend.items():
         label = next((p.framework_label for p in group if p.framework), "")
         theirs = f"dashed: {escape(label)}" if label else "no framework curve."
-        caption = (f"Solid: bce-core's {escape(name)} backend; {theirs} Top row of each device: "
-                   f"element loss; bottom row: d loss / d logit; colour: target 0, 1, 0.3.")
-        notes = "".join(f"<p class=\"note\">{escape(note)}</p>"
-                        for note in dict.fromkeys(p.note for p in group if p.note))
-        parts.append(f'<h3 id="backend-{escape(name)}">{escape(name)} '
-                     f"{escape(str(versions.get(name, '')))}</h3>\n"
-                     f'<figure><img alt="ULP error versus logit, {escape(name)}" '
-                     f'src="data:image/png;base64,{plot_backend(group)}">'
-                     f"<figcaption>{caption}</figcaption></figure>{notes}")
+        caption = (
+            f"Solid: bce-core's {escape(name)} backend; {theirs} Top row of each device: "
+            f"element loss; bottom row: d loss / d logit; colour: target 0, 1, 0.3."
+        )
+        notes = "".join(
+            f'<p class="note">{escape(note)}</p>'
+            for note in dict.fromkeys(p.note for p in group if p.note)
+        )
+        parts.append(
+            f'<h3 id="backend-{escape(name)}">{escape(name)} '
+            f"{escape(str(versions.get(name, '')))}</h3>\n"
+            f'<figure><img alt="ULP error versus logit, {escape(name)}" '
+            f'src="data:image/png;base64,{plot_backend(group)}">'
+            f"<figcaption>{caption}</figcaption></figure>{notes}"
+        )
     return "\n".join(parts)
 
 
@@ -327,17 +406,32 @@ def write_html(report: Report, path: str | Path, profiles: Iterable[ErrorProfile
     rows = []
     for row in report.summaries():
         grade = "-" if row.dtype == "errors" else row.grade
-        rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in (
-            row.backend, row.device, row.dtype, row.passed, row.failed,
-            "" if row.dtype == "errors" else _number(row.worst_loss_ulp),
-            "" if row.dtype == "errors" else _number(row.worst_grad_ulp), grade)) + "</tr>")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{escape(str(c))}</td>"
+                for c in (
+                    row.backend,
+                    row.device,
+                    row.dtype,
+                    row.passed,
+                    row.failed,
+                    "" if row.dtype == "errors" else _number(row.worst_loss_ulp),
+                    "" if row.dtype == "errors" else _number(row.worst_grad_ulp),
+                    grade,
+                )
+            )
+            + "</tr>"
+        )
     failures = []
     for failure in report.failures:
         details = [failure.error] if failure.error else []
         details += [f"{c.quantity}: {c.detail}" for c in failure.comparisons if not c.passed]
-        failures.append(f"<li><b>{escape(failure.backend)} {escape(failure.device)} "
-                        f"{escape(failure.case)}</b><pre>{escape(chr(10).join(details))}\n\n"
-                        f"{escape(failure.reproduction())}</pre></li>")
+        failures.append(
+            f"<li><b>{escape(failure.backend)} {escape(failure.device)} "
+            f"{escape(failure.case)}</b><pre>{escape(chr(10).join(details))}\n\n"
+            f"{escape(failure.reproduction())}</pre></li>"
+        )
     figures = _figures_html(report, profiles) if profiles else "<p>No profiles.</p>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bce conformance</title>
@@ -349,7 +443,7 @@ figure{{margin:0}}img{{max-width:100%}}figcaption,.note{{font-size:90%;color:#44
 <pre>{escape(chr(10).join(header_lines(report)))}</pre>
 <table><tr><th>backend</th><th>device</th><th>dtype</th><th>passed</th><th>failed</th>
 <th>loss ULP</th><th>grad ULP</th><th>grade</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <p>Grades: A = passes and within 4 ULP of exact wherever graded; B = passes parity, less
 accurate; F = fails.</p>
 <h2>Error versus logit</h2>
@@ -360,7 +454,7 @@ above {_power(CLIP_ULP)} ULP are clipped there; &times; marks a NaN or infinity 
 exact value differs (&#9675; the same for ours).</p>
 {figures}
 <h2>Failures ({len(report.failures)})</h2>
-<ul>{''.join(failures) or '<li>none</li>'}</ul>
+<ul>{"".join(failures) or "<li>none</li>"}</ul>
 </body></html>
 """
     Path(path).write_text(page, encoding="utf-8")

@@ -73,13 +73,14 @@ class CaseResult:
         return self.error is None and all(c.passed for c in self.comparisons)
 
     def worst(self, prefix: str) -> float:
-        values = [c.worst for c in self.comparisons
-                  if c.quantity.split(" ")[-1].startswith(prefix)]
+        values = [c.worst for c in self.comparisons if c.quantity.split(" ")[-1].startswith(prefix)]
         return max(values, default=0.0)
 
     def reproduction(self) -> str:
-        return ("from bce_conformance.runner import reproduce\n"
-                f"reproduce({self.backend!r}, {self.case!r}, device={self.device!r})")
+        return (
+            "from bce_conformance.runner import reproduce\n"
+            f"reproduce({self.backend!r}, {self.case!r}, device={self.device!r})"
+        )
 
 
 @dataclass
@@ -122,25 +123,38 @@ class Report:
         grouped: dict[tuple[str, str, str], list[CaseResult]] = {}
         for result in self.results:
             grouped.setdefault((result.backend, result.device, result.dtype), []).append(result)
-        return [Summary(b, d, t, sum(r.passed for r in rs), sum(not r.passed for r in rs),
-                        max((r.ulps.get("loss", 0.0) for r in rs), default=0.0),
-                        max((r.ulps.get("grad", 0.0) for r in rs), default=0.0),
-                        max(r.worst("loss") for r in rs), max(r.worst("grad") for r in rs))
-                for (b, d, t), rs in grouped.items()]
+        return [
+            Summary(
+                b,
+                d,
+                t,
+                sum(r.passed for r in rs),
+                sum(not r.passed for r in rs),
+                max((r.ulps.get("loss", 0.0) for r in rs), default=0.0),
+                max((r.ulps.get("grad", 0.0) for r in rs), default=0.0),
+                max(r.worst("loss") for r in rs),
+                max(r.worst("grad") for r in rs),
+            )
+            for (b, d, t), rs in grouped.items()
+        ]
 
     def to_json(self) -> dict[str, Any]:
         summary = [dict(asdict(s), grade=s.grade) for s in self.summaries()]
-        return {"spec_version": self.spec_version, "backends": self.backends,
-                "plugin_errors": self.plugin_errors, "summary": summary,
-                "skipped": self.skipped,
-                "failures": [dict(asdict(r), reproduction=r.reproduction())
-                             for r in self.failures],
-                "results": [asdict(r) for r in self.results]}
+        return {
+            "spec_version": self.spec_version,
+            "backends": self.backends,
+            "plugin_errors": self.plugin_errors,
+            "summary": summary,
+            "skipped": self.skipped,
+            "failures": [dict(asdict(r), reproduction=r.reproduction()) for r in self.failures],
+            "results": [asdict(r) for r in self.results],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
-        report = cls(data["spec_version"], data["backends"], data["plugin_errors"],
-                     skipped=data["skipped"])
+        report = cls(
+            data["spec_version"], data["backends"], data["plugin_errors"], skipped=data["skipped"]
+        )
         for result in data["results"]:
             comparisons = [Comparison(**c) for c in result.pop("comparisons")]
             report.results.append(CaseResult(comparisons=comparisons, **result))
@@ -152,11 +166,17 @@ class Report:
 
 def _float64(inputs: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, Any]:
     """The case's values as the backend sees them (cast to the input dtype), in float64."""
+
     def as64(name: str) -> Any:
         value = inputs.get(name)
         return 1.0 if value is None else np.asarray(value).astype(dtype).astype(np.float64)
-    return {"x": as64("logits") if "logits" in inputs else as64("probs"), "y": as64("targets"),
-            "w": as64("weight"), "q": as64("pos_weight")}
+
+    return {
+        "x": as64("logits") if "logits" in inputs else as64("probs"),
+        "y": as64("targets"),
+        "w": as64("weight"),
+        "q": as64("pos_weight"),
+    }
 
 
 class CaseRunner:
@@ -171,16 +191,23 @@ class CaseRunner:
         result = CaseResult(self.backend.name, self.device, case.dtype, case.id)
         try:
             inputs = case.inputs()
-            native = {name: self.backend.asarray(value, self.device)
-                      for name, value in inputs.items()}
+            native = {
+                name: self.backend.asarray(value, self.device) for name, value in inputs.items()
+            }
             before = {name: self._snapshot(value) for name, value in native.items()}
             golden = expected(case)
             check = self._check_logits if case.form == "logits" else self._check_probs
             check(case, inputs, native, golden, result)
             # Every call above got the caller's arrays: none may have written into them.
-            result.comparisons += [_unchanged(f"unchanged[{name}]", before[name],
-                                              self._snapshot(value), "the caller's " + name)
-                                   for name, value in native.items()]
+            result.comparisons += [
+                _unchanged(
+                    f"unchanged[{name}]",
+                    before[name],
+                    self._snapshot(value),
+                    "the caller's " + name,
+                )
+                for name, value in native.items()
+            ]
             result.comparisons += self._parameters(case, inputs, native, golden)
         except Exception as exc:  # a backend that raises fails the case, with its error
             result.error = f"{type(exc).__name__}: {exc}"
@@ -189,8 +216,9 @@ class CaseRunner:
     def _snapshot(self, value: Any) -> np.ndarray:
         return np.array(self.backend.to_numpy(value), copy=True)
 
-    def _parameters(self, case: Case, inputs: dict[str, np.ndarray], native: dict[str, Any],
-                    golden: Expected) -> list[Comparison]:
+    def _parameters(
+        self, case: Case, inputs: dict[str, np.ndarray], native: dict[str, Any], golden: Expected
+    ) -> list[Comparison]:
         """The input as a user's trainable parameter (a torch leaf with a gradient already
         accumulated, a tf.Variable), for backends that can make one: the loss is the same,
         and neither the forward nor ``value_and_grad`` touches the parameter or its gradient."""
@@ -198,8 +226,10 @@ class CaseRunner:
         if not isinstance(b, ParameterBackend):
             return []
         parameter = b.as_parameter(inputs[case.form], self.device)
-        before = {k: None if v is None else np.array(v, copy=True)
-                  for k, v in b.parameter_state(parameter).items()}
+        before = {
+            k: None if v is None else np.array(v, copy=True)
+            for k, v in b.parameter_state(parameter).items()
+        }
         options = self._options(case, native)
         v = _float64(inputs, numpy_dtype(case.dtype))
         if case.form == "logits":
@@ -209,14 +239,20 @@ class CaseRunner:
             scale = scales.loss
         else:
             loss = b.binary_cross_entropy(parameter, native["targets"], **options)
-            scale = probs_loss_scale(v["x"], v["y"], v["w"], v["q"], case.label_smoothing,
-                                     case.log_clamp_value)
+            scale = probs_loss_scale(
+                v["x"], v["y"], v["w"], v["q"], case.label_smoothing, case.log_clamp_value
+            )
         loss_scale, terms = reduced_scale(scale, case.reduction, inputs.get("mask"), v["w"])
-        out = [compare("parameter loss", self._numpy(loss), golden.loss, loss_scale, case.dtype,
-                       terms)]
+        out = [
+            compare("parameter loss", self._numpy(loss), golden.loss, loss_scale, case.dtype, terms)
+        ]
         after = b.parameter_state(parameter)
-        out += [_unchanged(f"unchanged[parameter {key}]", before[key], after.get(key),
-                           f"the parameter's {key}") for key in before]
+        out += [
+            _unchanged(
+                f"unchanged[parameter {key}]", before[key], after.get(key), f"the parameter's {key}"
+            )
+            for key in before
+        ]
         return out
 
     # -- helpers --
@@ -228,19 +264,35 @@ class CaseRunner:
         """The result's dtype and device."""
         out = []
         got = self._numpy(value).dtype.name
-        out.append(Comparison(f"dtype[{quantity}]", got == dtype, 0.0 if got == dtype else np.inf,
-                              "" if got == dtype else f"result dtype {got}, expected {dtype}"))
+        out.append(
+            Comparison(
+                f"dtype[{quantity}]",
+                got == dtype,
+                0.0 if got == dtype else np.inf,
+                "" if got == dtype else f"result dtype {got}, expected {dtype}",
+            )
+        )
         where = self.backend.device_of(value)
         ok = where == self.device
-        out.append(Comparison(f"device[{quantity}]", ok, 0.0 if ok else np.inf,
-                              "" if ok else f"result on {where}, expected {self.device}"))
+        out.append(
+            Comparison(
+                f"device[{quantity}]",
+                ok,
+                0.0 if ok else np.inf,
+                "" if ok else f"result on {where}, expected {self.device}",
+            )
+        )
         return out
 
     def _deterministic(self, first: Any, second: Any) -> Comparison:
         a, b = self._numpy(first), self._numpy(second)
         same = a.shape == b.shape and a.tobytes() == b.tobytes()
-        return Comparison("determinism[loss]", same, 0.0 if same else np.inf,
-                          "" if same else "two identical calls gave different bits")
+        return Comparison(
+            "determinism[loss]",
+            same,
+            0.0 if same else np.inf,
+            "" if same else "two identical calls gave different bits",
+        )
 
     @staticmethod
     def _options(case: Case, native: dict[str, Any]) -> dict[str, Any]:
@@ -249,8 +301,14 @@ class CaseRunner:
 
     # -- logits form --
 
-    def _check_logits(self, case: Case, inputs: dict[str, np.ndarray], native: dict[str, Any],
-                      golden: Expected, result: CaseResult) -> None:
+    def _check_logits(
+        self,
+        case: Case,
+        inputs: dict[str, np.ndarray],
+        native: dict[str, Any],
+        golden: Expected,
+        result: CaseResult,
+    ) -> None:
         b, out = self.backend, result.comparisons
         options = self._options(case, native)
         v = _float64(inputs, numpy_dtype(case.dtype))
@@ -266,19 +324,33 @@ class CaseRunner:
 
         wrt = ["logits"] + (["targets"] if case.targets in ("hard", "soft") else [])
         wrt += [name for name in ("weight", "pos_weight") if name in inputs]
-        element_scales = {"logits": scales.grad_logits, "targets": scales.grad_targets,
-                          # weighted_mean: d/dw = (bracket - loss) / sum(w)
-                          "weight": scales.bracket + np.abs(golden.loss),
-                          "pos_weight": scales.grad_pos_weight}
+        element_scales = {
+            "logits": scales.grad_logits,
+            "targets": scales.grad_targets,
+            # weighted_mean: d/dw = (bracket - loss) / sum(w)
+            "weight": scales.bracket + np.abs(golden.loss),
+            "pos_weight": scales.grad_pos_weight,
+        }
 
         def check_grads(label: str, loss: Any, grads: Sequence[Any]) -> None:
-            out.append(compare(f"{label}loss", self._numpy(loss), golden.loss, loss_scale,
-                               case.dtype, terms))
+            out.append(
+                compare(
+                    f"{label}loss", self._numpy(loss), golden.loss, loss_scale, case.dtype, terms
+                )
+            )
             for name, grad in zip(wrt, grads):
                 expected_grad = golden.grads[name]
                 scale, count = gradient_scale(element_scales[name], factor, expected_grad.shape)
-                out.append(compare(f"{label}grad[{name}]", self._numpy(grad), expected_grad,
-                                   scale, case.dtype, count))
+                out.append(
+                    compare(
+                        f"{label}grad[{name}]",
+                        self._numpy(grad),
+                        expected_grad,
+                        scale,
+                        case.dtype,
+                        count,
+                    )
+                )
                 out.extend(self._placement(f"{label}grad[{name}]", grad, case.dtype))
 
         loss, grads = b.value_and_grad(x, y, wrt=tuple(wrt), **options)
@@ -286,61 +358,120 @@ class CaseRunner:
         grad_sources = [("value_and_grad", grads[0])]
         # Each name alone, as a string (a single gradient, not a tuple), and the default wrt;
         # on the small cases, where every option set is (large ones test sizes, not wrt).
-        singles = [] if case.values == "tiled" else \
-            [(name, b.value_and_grad(x, y, wrt=name, **options)[1]) for name in wrt[1:]] + \
-            [("logits", b.value_and_grad(x, y, **options)[1])]
+        singles = (
+            []
+            if case.values == "tiled"
+            else [(name, b.value_and_grad(x, y, wrt=name, **options)[1]) for name in wrt[1:]]
+            + [("logits", b.value_and_grad(x, y, **options)[1])]
+        )
         for name, grad in singles:
             expected_grad = golden.grads[name]
             scale, count = gradient_scale(element_scales[name], factor, expected_grad.shape)
             if isinstance(grad, (tuple, list)):
-                out.append(Comparison(f"value_and_grad wrt={name!r}", False, np.inf,
-                                      f"a single name gave a {type(grad).__name__}, not an array"))
+                out.append(
+                    Comparison(
+                        f"value_and_grad wrt={name!r}",
+                        False,
+                        np.inf,
+                        f"a single name gave a {type(grad).__name__}, not an array",
+                    )
+                )
                 continue
-            out.append(compare(f"value_and_grad wrt={name!r} grad[{name}]", self._numpy(grad),
-                               expected_grad, scale, case.dtype, count))
+            out.append(
+                compare(
+                    f"value_and_grad wrt={name!r} grad[{name}]",
+                    self._numpy(grad),
+                    expected_grad,
+                    scale,
+                    case.dtype,
+                    count,
+                )
+            )
 
         if golden.grad_hess is not None and case.reduction == "none":
-            grad, hess = b.grad_hess(x, y, weight=native.get("weight"),
-                                     pos_weight=native.get("pos_weight"))
-            out += [compare("grad_hess grad[logits]", self._numpy(grad), golden.grad_hess[0],
-                            scales.grad_logits, case.dtype),
-                    compare("grad_hess hessian", self._numpy(hess), golden.grad_hess[1],
-                            scales.hessian, case.dtype)]
+            grad, hess = b.grad_hess(
+                x, y, weight=native.get("weight"), pos_weight=native.get("pos_weight")
+            )
+            out += [
+                compare(
+                    "grad_hess grad[logits]",
+                    self._numpy(grad),
+                    golden.grad_hess[0],
+                    scales.grad_logits,
+                    case.dtype,
+                ),
+                compare(
+                    "grad_hess hessian",
+                    self._numpy(hess),
+                    golden.grad_hess[1],
+                    scales.hessian,
+                    case.dtype,
+                ),
+            ]
 
         if self.autodiff:
             modes = [False] + ([True] if "compile" in case.tags else [])
             for compiled in modes:
                 label = "compiled " if compiled else "autodiff "
-                loss, grads = b.autodiff_value_and_grad(x, y, wrt=tuple(wrt), compiled=compiled,
-                                                        **options)
+                loss, grads = b.autodiff_value_and_grad(
+                    x, y, wrt=tuple(wrt), compiled=compiled, **options
+                )
                 check_grads(label, loss, grads)
                 grad_sources.append((label.strip(), grads[0]))
                 second = b.autodiff_second_derivative(x, y, compiled=compiled, **options)
                 scale, _ = gradient_scale(scales.hessian, factor, case.shape)
-                out.append(compare(f"{label}second derivative", self._numpy(second),
-                                   golden.second_derivative, scale, case.dtype))
+                out.append(
+                    compare(
+                        f"{label}second derivative",
+                        self._numpy(second),
+                        golden.second_derivative,
+                        scale,
+                        case.dtype,
+                    )
+                )
         if case.reduction == "none" and "mask" not in inputs:
-            self._grade(case, v, golden, loss_value=b.binary_cross_entropy_with_logits(
-                x, y, **options), grads=[g for _, g in grad_sources], result=result)
+            self._grade(
+                case,
+                v,
+                golden,
+                loss_value=b.binary_cross_entropy_with_logits(x, y, **options),
+                grads=[g for _, g in grad_sources],
+                result=result,
+            )
 
-    def _grade(self, case: Case, v: dict[str, Any], golden: Expected, loss_value: Any,
-               grads: list[Any], result: CaseResult) -> None:
+    def _grade(
+        self,
+        case: Case,
+        v: dict[str, Any],
+        golden: Expected,
+        loss_value: Any,
+        grads: list[Any],
+        result: CaseResult,
+    ) -> None:
         """Worst ULP error against the oracle, elementwise."""
         loss_ulps = golden.exact_elements.errors(self._numpy(loss_value))
         grad_ulps = [golden.exact_grads.errors(self._numpy(g)) for g in grads]
-        result.ulps = {"loss": float(np.max(loss_ulps, initial=0.0)),
-                       "grad": float(max((np.max(u, initial=0.0) for u in grad_ulps),
-                                         default=0.0))}
+        result.ulps = {
+            "loss": float(np.max(loss_ulps, initial=0.0)),
+            "grad": float(max((np.max(u, initial=0.0) for u in grad_ulps), default=0.0)),
+        }
 
     # -- probability form --
 
-    def _check_probs(self, case: Case, inputs: dict[str, np.ndarray], native: dict[str, Any],
-                     golden: Expected, result: CaseResult) -> None:
+    def _check_probs(
+        self,
+        case: Case,
+        inputs: dict[str, np.ndarray],
+        native: dict[str, Any],
+        golden: Expected,
+        result: CaseResult,
+    ) -> None:
         b, out = self.backend, result.comparisons
         options = self._options(case, native)
         v = _float64(inputs, numpy_dtype(case.dtype))
-        scale = probs_loss_scale(v["x"], v["y"], v["w"], v["q"], case.label_smoothing,
-                                 case.log_clamp_value)
+        scale = probs_loss_scale(
+            v["x"], v["y"], v["w"], v["q"], case.label_smoothing, case.log_clamp_value
+        )
         loss_scale, terms = reduced_scale(scale, case.reduction, inputs.get("mask"), v["w"])
         p, y = native["probs"], native["targets"]
         loss = b.binary_cross_entropy(p, y, **options)
@@ -350,15 +481,31 @@ class CaseRunner:
         if self.autodiff:
             grad_scale, count = gradient_scale(
                 probs_grad_scale(v["x"], v["y"], v["w"], v["q"], case.label_smoothing),
-                _factor(case, inputs, v), case.shape)
+                _factor(case, inputs, v),
+                case.shape,
+            )
             modes = [False] + ([True] if "compile" in case.tags else [])
             for compiled in modes:
                 label = "compiled " if compiled else "autodiff "
                 loss, grad = b.autodiff_probs_grad(p, y, compiled=compiled, **options)
-                out += [compare(f"{label}loss", self._numpy(loss), golden.loss, loss_scale,
-                                case.dtype, terms),
-                        compare(f"{label}grad[probs]", self._numpy(grad), golden.grads["probs"],
-                                grad_scale, case.dtype, count)]
+                out += [
+                    compare(
+                        f"{label}loss",
+                        self._numpy(loss),
+                        golden.loss,
+                        loss_scale,
+                        case.dtype,
+                        terms,
+                    ),
+                    compare(
+                        f"{label}grad[probs]",
+                        self._numpy(grad),
+                        golden.grads["probs"],
+                        grad_scale,
+                        case.dtype,
+                        count,
+                    ),
+                ]
 
     # -- threads --
 
@@ -369,8 +516,9 @@ class CaseRunner:
         b = self.backend
 
         def call(native: dict[str, Any], options: dict[str, Any]) -> bytes:
-            loss = b.binary_cross_entropy_with_logits(native["logits"], native["targets"],
-                                                      **options)
+            loss = b.binary_cross_entropy_with_logits(
+                native["logits"], native["targets"], **options
+            )
             _, grad = b.value_and_grad(native["logits"], native["targets"], **options)
             return self._numpy(loss).tobytes() + self._numpy(grad).tobytes()
 
@@ -388,21 +536,27 @@ class CaseRunner:
                     start.wait()
                     for round_ in range(case.rounds):
                         if call(*calls[index]) != alone[index]:
-                            problems.append(f"thread {index}, round {round_}: results differ "
-                                            f"from the single-threaded call on the same data")
+                            problems.append(
+                                f"thread {index}, round {round_}: results differ "
+                                f"from the single-threaded call on the same data"
+                            )
                 except Exception as exc:  # reported as the case's failure
                     problems.append(f"thread {index}: {type(exc).__name__}: {exc}")
 
-            threads = [threading.Thread(target=worker, args=(i,), daemon=True)
-                       for i in range(len(calls))]
+            threads = [
+                threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(calls))
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join(timeout=300)
             if any(thread.is_alive() for thread in threads):
                 problems.append("a thread did not finish within 300 s")
-            result.comparisons.append(Comparison(
-                "threads", not problems, np.inf if problems else 0.0, "; ".join(problems[:3])))
+            result.comparisons.append(
+                Comparison(
+                    "threads", not problems, np.inf if problems else 0.0, "; ".join(problems[:3])
+                )
+            )
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
         return result
@@ -412,22 +566,34 @@ class CaseRunner:
     def run_error(self, case: ErrorCase) -> CaseResult:
         result = CaseResult(self.backend.name, self.device, "errors", f"error/{case.name}")
         arrays = case.arrays()
-        values = {k: self.backend.asarray(v, self.device) if k in case.native else v
-                  for k, v in arrays.items()}
-        function = {"logits": self.backend.binary_cross_entropy_with_logits,
-                    "probs": self.backend.binary_cross_entropy,
-                    "value_and_grad": self.backend.value_and_grad}[case.function]
+        values = {
+            k: self.backend.asarray(v, self.device) if k in case.native else v
+            for k, v in arrays.items()
+        }
+        function = {
+            "logits": self.backend.binary_cross_entropy_with_logits,
+            "probs": self.backend.binary_cross_entropy,
+            "value_and_grad": self.backend.value_and_grad,
+        }[case.function]
         try:
             function(values["input"], values["targets"], **case.options)
         except case.error:
             result.comparisons.append(Comparison(f"raises {case.error.__name__}", True, 0.0))
         except Exception as exc:
-            result.comparisons.append(Comparison(
-                f"raises {case.error.__name__}", False, np.inf,
-                f"raised {type(exc).__name__}: {exc}"))
+            result.comparisons.append(
+                Comparison(
+                    f"raises {case.error.__name__}",
+                    False,
+                    np.inf,
+                    f"raised {type(exc).__name__}: {exc}",
+                )
+            )
         else:
-            result.comparisons.append(Comparison(f"raises {case.error.__name__}", False, np.inf,
-                                                 "returned without raising"))
+            result.comparisons.append(
+                Comparison(
+                    f"raises {case.error.__name__}", False, np.inf, "returned without raising"
+                )
+            )
         return result
 
 
@@ -437,23 +603,35 @@ def _unchanged(quantity: str, before: np.ndarray | None, after: Any, what: str) 
     if before is None or after is None:
         if before is None and after is None:
             return Comparison(quantity, True, 0.0)
-        return Comparison(quantity, False, np.inf,
-                          f"the call {'removed' if after is None else 'set'} {what}")
+        return Comparison(
+            quantity, False, np.inf, f"the call {'removed' if after is None else 'set'} {what}"
+        )
     after = np.asarray(after)
-    if before.shape == after.shape and before.dtype == after.dtype and \
-            before.tobytes() == after.tobytes():
+    if (
+        before.shape == after.shape
+        and before.dtype == after.dtype
+        and before.tobytes() == after.tobytes()
+    ):
         return Comparison(quantity, True, 0.0)
     if before.shape != after.shape or before.dtype != after.dtype:
-        return Comparison(quantity, False, np.inf,
-                          f"the call changed {what} from {before.dtype}{before.shape} to "
-                          f"{after.dtype}{after.shape}")
+        return Comparison(
+            quantity,
+            False,
+            np.inf,
+            f"the call changed {what} from {before.dtype}{before.shape} to "
+            f"{after.dtype}{after.shape}",
+        )
     a, b = before.astype(np.float64).ravel(), after.astype(np.float64).ravel()
     changed = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
     first = int(changed[0]) if changed.size else 0
     index = tuple(int(i) for i in np.unravel_index(first, before.shape)) if before.ndim else ()
-    return Comparison(quantity, False, np.inf,
-                      f"the call wrote into {what}: {changed.size} element(s) changed, first at "
-                      f"index {index}: {float(a[first])!r} became {float(b[first])!r}")
+    return Comparison(
+        quantity,
+        False,
+        np.inf,
+        f"the call wrote into {what}: {changed.size} element(s) changed, first at "
+        f"index {index}: {float(a[first])!r} became {float(b[first])!r}",
+    )
 
 
 def _factor(case: Case, inputs: dict[str, np.ndarray], v: dict[str, Any]) -> Any:
@@ -461,8 +639,9 @@ def _factor(case: Case, inputs: dict[str, np.ndarray], v: dict[str, Any]) -> Any
     from bce_core.arrays import reduce_loss
 
     with np.errstate(all="ignore"):
-        return reduce_loss(np.ones(case.shape), case.reduction, mask=inputs.get("mask"),
-                           weight=v["w"]).factor
+        return reduce_loss(
+            np.ones(case.shape), case.reduction, mask=inputs.get("mask"), weight=v["w"]
+        ).factor
 
 
 def reproduce(backend: str, case_id: str, device: str = "cpu") -> CaseResult:
@@ -474,8 +653,9 @@ def reproduce(backend: str, case_id: str, device: str = "cpu") -> CaseResult:
     elif case_id.startswith("threads/"):
         _, abbreviation, size = case_id.split("/")
         dtype = {v: k for k, v in DTYPE_ABBREVIATIONS.items()}[abbreviation]
-        result = runner.run_threads(next(c for c in thread_cases(dtype, [int(size.strip("(,)"))])
-                                         if c.id == case_id))
+        result = runner.run_threads(
+            next(c for c in thread_cases(dtype, [int(size.strip("(,)"))]) if c.id == case_id)
+        )
     else:
         result = runner.run(case_by_id(case_id))
     print(f"{backend} on {device}, case {case_id}: {'passed' if result.passed else 'FAILED'}")
@@ -531,23 +711,33 @@ def select_devices(backend: Any, which: str) -> list[str]:
     return devices
 
 
-def run_suite(backend_names: Sequence[str] | None = None, *, dtypes: Sequence[str] = DTYPES,
-              device: str = "cpu", on_step: Callable[[str], None] | None = None,
-              on_total: Callable[[int], None] | None = None) -> Report:
+def run_suite(
+    backend_names: Sequence[str] | None = None,
+    *,
+    dtypes: Sequence[str] = DTYPES,
+    device: str = "cpu",
+    on_step: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> Report:
     """Run the grid on every named (default: every installed) backend."""
     registry = get_registry()
     infos = [registry.info(name) for name in (backend_names or registry.names())]
-    report = Report(bce_core.SPEC_VERSION, [asdict(i) for i in infos],
-                    [asdict(e) for e in registry.plugin_errors])
+    report = Report(
+        bce_core.SPEC_VERSION,
+        [asdict(i) for i in infos],
+        [asdict(e) for e in registry.plugin_errors],
+    )
     plan: list[tuple[CaseRunner, Case | ErrorCase]] = []
     for info in infos:
         if info.status != "ok":
             if backend_names:  # asked for by name: not being able to run it is a failure
-                report.results.append(CaseResult(info.name, device, "-", "load",
-                                                 error=f"{info.status}: {info.error}"))
+                report.results.append(
+                    CaseResult(info.name, device, "-", "load", error=f"{info.status}: {info.error}")
+                )
             else:
-                report.skipped.append({"backend": info.name,
-                                       "reason": f"{info.status}: {info.error}"})
+                report.skipped.append(
+                    {"backend": info.name, "reason": f"{info.status}: {info.error}"}
+                )
             continue
         backend = registry.get(info.name)
         devices = select_devices(backend, device)
@@ -559,8 +749,9 @@ def run_suite(backend_names: Sequence[str] | None = None, *, dtypes: Sequence[st
             for dtype in dtypes:
                 reason = supports(backend, dtype, dev)
                 if reason:
-                    report.skipped.append({"backend": info.name, "device": dev, "dtype": dtype,
-                                           "reason": reason})
+                    report.skipped.append(
+                        {"backend": info.name, "device": dev, "dtype": dtype, "reason": reason}
+                    )
                     continue
                 plan += [(runner, case) for case in cases_for(backend, dev, dtype)]
     if on_total:

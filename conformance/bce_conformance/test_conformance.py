@@ -1,4 +1,4 @@
-"""The conformance suite as pytest tests, for ``pytest --pyargs bce_conformance --bce-backend NAME``.
+"""The conformance suite as pytest tests: ``pytest --pyargs bce_conformance --bce-backend NAME``.
 
 Collected only when ``--bce-backend`` is given (see ``pytest_plugin``).
 """
@@ -30,12 +30,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     if not devices:
         reason = f"no usable {wanted} device for backend {backend.name!r}"
-        params.append(pytest.param(wanted, None, id=f"{wanted}-unavailable",
-                                   marks=pytest.mark.skip(reason=reason)))
+        params.append(
+            pytest.param(
+                wanted, None, id=f"{wanted}-unavailable", marks=pytest.mark.skip(reason=reason)
+            )
+        )
     for device in devices:
         if errors:
-            params += [pytest.param(device, case, id=f"{device}-error/{case.name}")
-                       for case in ERROR_CASES]
+            params += [
+                pytest.param(device, case, id=f"{device}-error/{case.name}") for case in ERROR_CASES
+            ]
             continue
         for dtype in config.getoption("--bce-dtype") or DTYPES:
             reason = supports(backend, dtype, device)
@@ -54,11 +58,11 @@ def _explain(result: Any) -> str:
     return "\n".join(lines)
 
 
-def test_case(request: pytest.FixtureRequest, bce_device: str,
-              bce_case: Case | ThreadCase) -> None:
+def test_case(request: pytest.FixtureRequest, bce_device: str, bce_case: Case | ThreadCase) -> None:
     runner = CaseRunner(_backend(request.config), bce_device)
-    result = runner.run_threads(bce_case) if isinstance(bce_case, ThreadCase) else \
-        runner.run(bce_case)
+    result = (
+        runner.run_threads(bce_case) if isinstance(bce_case, ThreadCase) else runner.run(bce_case)
+    )
     assert result.passed, _explain(result)
 
 
