@@ -259,10 +259,19 @@ def divide_or_zero(ops: ArrayOps, total: Any, by: Any) -> tuple[Any, Any]:
 
 
 def reduce_elements(
-    ops: ArrayOps, elements: Any, reduction: str, *, keep: Any, weight: Any
+    ops: ArrayOps,
+    elements: Any,
+    reduction: str,
+    *,
+    keep: Any,
+    weight: Any,
+    shape: Sequence[Any] | None = None,
 ) -> Reduced[Any]:
     """Apply ``reduction`` to (already weighted) element losses over the elements ``keep`` keeps
     (None keeps all); ``weight`` is the weight, for ``weighted_mean``'s denominator.
+
+    ``shape`` is the elements' shape when it is not static (a graph traced for any batch size
+    passes its dimensions as 0-d arrays); by default ``elements.shape``.
 
     >>> import numpy as np
     >>> from bce_core.arrays import NUMPY_OPS
@@ -270,7 +279,7 @@ def reduce_elements(
     ...                 keep=np.array([True, False]), weight=None).loss
     array(1.)
     """
-    shape = tuple(elements.shape)
+    shape = tuple(elements.shape) if shape is None else tuple(shape)
     if keep is not None:
         elements = ops.where(keep, elements, 0.0)
     if reduction == "none":
