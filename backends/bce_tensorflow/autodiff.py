@@ -1,18 +1,25 @@
-"""TensorFlow's own autodiff through the backend's losses, eager or under XLA.
+"""TensorFlow's autodiff through the losses: the ``tf.custom_gradient`` glue and the tapes.
 
-These are the computations behind ``AutodiffBackend``: ``tf.GradientTape``
-(nested for the second derivative) around ``binary_cross_entropy_with_logits``
-or ``binary_cross_entropy``. With ``compiled=True`` the same Python function
-runs as ``tf.function(jit_compile=True)``; one compiled function is kept per
-computation and option set, and TensorFlow traces it once per input signature.
+- ``logits_loss``: the fused loss as an operation whose forward computes the
+  gradients for the operands a ``tf.GradientTape`` watches (``fused``) and
+  whose backward multiplies them by the upstream gradient. Where no tape
+  watches, the forward computes the loss alone (inside ``tf.function``, where
+  ``tf.gradients`` may still ask, the gradients are computed when asked). The
+  backward is itself an operation whose gradient comes from ``exact_loss``.
+- ``exact_loss`` and ``probs_loss``: the element losses as operations whose
+  gradients are the spec's analytic derivatives (``kernels``), to second order.
+- ``Autodiff``: ``tf.GradientTape`` around the backend's losses, eager or under XLA,
+  for the ``AutodiffBackend`` methods.
 
 >>> import tensorflow as tf
->>> from bce_tensorflow.backend import TensorFlowBackend
->>> runner = Autodiff(TensorFlowBackend())
->>> loss, (grad,) = runner.value_and_grad(tf.constant([0.0, 0.0]), tf.constant([1.0, 0.0]),
-...                                       wrt=("logits",), compiled=False, options={})
->>> grad.numpy().tolist()
-[-0.25, 0.25]
+>>> from bce_tensorflow.operands import prepare
+>>> x = tf.constant([0.0, 2.0])
+>>> with tf.GradientTape() as tape:
+...     tape.watch(x)
+...     loss = logits_loss(prepare("logits", x, tf.constant([1.0, 0.0]), weight=None,
+...                                pos_weight=None, mask=None), eps=0.0, reduction="sum")
+>>> [round(g, 4) for g in tape.gradient(loss, x).numpy().tolist()]
+[-0.5, 0.8808]
 """
 
 from __future__ import annotations
@@ -22,51 +29,345 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import record
+
+from bce_core.compensated import UNDERFLOW
+
+from . import fused, kernels
+from .fused import compiled, pattern_of
+from .kernels import OPERANDS, ProbsTerms, Working, weighted
+from .operands import OPS, Operands
+
+#: The operands that can have gradients, as ``value_and_grad`` names them.
+NAMES = tuple(kernels.LONG.values())
+
+
+def _given(ops: Operands[tf.Tensor]) -> dict[str, tf.Tensor | None]:
+    return dict(zip(NAMES, (ops.inputs, ops.targets, ops.weight, ops.pos_weight)))
+
+
+# -- the fused loss, its backward reusing the forward's gradients ---------------------------
+
+
+def logits_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str) -> tf.Tensor:
+    """The reduced loss, in the logits' dtype, differentiable by TensorFlow's autodiff."""
+    given = {name: t for name, t in _given(ops).items() if t is not None}
+    watched = tuple(name for name, t in given.items() if record.should_record_backprop([t]))
+    if watched:
+        with record.stop_recording():
+            loss, saved = _value_and_partials(ops, watched, eps, reduction)
+        return _attach(ops, loss, watched, lambda: saved, eps, reduction)
+    with record.stop_recording():
+        loss, _ = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=False)
+    if tf.executing_eagerly() and not record.could_possibly_record():
+        return loss
+    # Someone may still ask for gradients (tf.gradients, a forward accumulator): compute them then.
+    names = tuple(given)
+    return _attach(ops, loss, names, lambda: _partials_apart(ops, names, eps, reduction),
+                   eps, reduction)
+
+
+def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
+                   names: Sequence[str]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """The loss and its gradients with respect to ``names``: the fused program for the logits
+    alone, the analytic kernels for other operands and wherever a tape watches an operand
+    (their results are then differentiable as before)."""
+    if tuple(names) == ("logits",) and not any(
+            t is not None and record.should_record_backprop([t]) for t in _given(ops).values()):
+        loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
+        return loss, [grad]
+    return kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=names)
+
+
+def _value_and_partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
+                        reduction: str) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """The loss and its gradients with respect to ``names``: per element for broadcast operands
+    under reduction "none", in each operand's shape otherwise."""
+    if names == ("logits",):
+        loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
+        return loss, [grad]
+    return kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=names,
+                                  full=reduction == "none")
+
+
+def _partials_apart(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
+                    reduction: str) -> list[tf.Tensor]:
+    """The gradients with respect to ``names``, the logits' from the fused program, the others
+    apart, so that inside a graph those nobody uses are pruned with their computation."""
+    partials = []
+    if "logits" in names:
+        partials.append(fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)[1])
+    rest = tuple(n for n in names if n != "logits")
+    if rest:
+        partials += kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=rest,
+                                           full=reduction == "none")[1]
+    return partials
+
+
+def _attach(ops: Operands[tf.Tensor], loss: tf.Tensor, names: tuple[str, ...],
+            partials: Callable[[], list[tf.Tensor]], eps: float, reduction: str) -> tf.Tensor:
+    """``loss`` as the output of an operation on the operands ``names`` whose gradient is
+    upstream times ``partials()``."""
+    given = _given(ops)
+
+    @tf.custom_gradient
+    def loss_op(*inputs: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
+        def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
+            with record.stop_recording():
+                saved = partials()
+            return _vjp(ops, names, saved, eps, reduction, upstream, *inputs)
+        return tf.identity(loss), grad
+
+    return loss_op(*(given[name] for name in names))
+
+
+def _vjp(ops: Operands[tf.Tensor], names: tuple[str, ...], saved: Sequence[tf.Tensor],
+         eps: float, reduction: str, upstream: tf.Tensor, *inputs: tf.Tensor) -> list[tf.Tensor]:
+    """upstream times the saved gradients, as an operation whose own gradient is the gradient of
+    sum(cotangent * upstream * d loss / d input), through ``exact_loss``."""
+
+    @tf.custom_gradient
+    def vjp_op(upstream: tf.Tensor, *inputs: tf.Tensor) -> tuple[list[tf.Tensor], Any]:
+        with record.stop_recording():
+            grads = [_times(s, upstream, operand, reduction) for s, operand in zip(saved, inputs)]
+
+        def second(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
+            sources = [upstream, *inputs]
+            cotangents = [tf.zeros_like(i) if c is None else c for c, i in zip(cotangents, inputs)]
+            short = [OPERANDS[NAMES.index(n)] for n in names]
+            with tf.GradientTape() as outer:
+                outer.watch(sources)
+                with tf.GradientTape() as inner:
+                    inner.watch(list(inputs))
+                    # Derivatives in the other operands are neither asked for nor evaluated.
+                    loss = exact_loss(kernels.replace(ops, dict(zip(short, inputs))), eps=eps,
+                                      reduction=reduction, wrt=short)
+                firsts = inner.gradient(loss, list(inputs), output_gradients=upstream,
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return outer.gradient(firsts, sources, output_gradients=cotangents,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads, second
+
+    return vjp_op(upstream, *inputs)
+
+
+def _times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor,
+           reduction: str) -> tf.Tensor:
+    """upstream * saved in ``operand``'s shape; for a reduced loss (``saved`` then has the
+    operand's shape) ``saved`` itself when upstream is 1, the usual tape.gradient of a loss,
+    without a pass over the elements."""
+    if reduction == "none" or upstream.shape.rank != 0:
+        return upstream_times(saved, upstream, operand)
+    if tf.executing_eagerly():
+        return saved if float(upstream) == 1.0 else upstream_times(saved, upstream, operand)
+    known = tf.get_static_value(upstream)  # tape.gradient of a loss seeds a constant 1
+    if known is not None:
+        return tf.identity(saved) if known == 1 else upstream_times(saved, upstream, operand)
+    return tf.cond(tf.equal(upstream, 1), lambda: tf.identity(saved),
+                   lambda: upstream_times(saved, upstream, operand))
+
+
+#: Per dtype: (c, k) such that a saved value below 2**-c is multiplied lifted by 2**k.
+_LIFT = {np.dtype(np.float32): (60, 64), np.dtype(np.float64): (500, 512)}
+
+
+def scaled_product(saved: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """saved * factor (0 where factor is 0), where a product below the smallest normal number
+    is rebuilt from bits rather than flushed (TensorFlow and XLA on CPU flush subnormals), and
+    ``saved`` may itself be subnormal: with a factor of 1 the result is ``saved`` exactly.
+
+    >>> tiny = tf.constant([3.7e-44, 0.25])
+    >>> scaled_product(tiny, tf.constant(1.0)).numpy().tolist() == tiny.numpy().tolist()
+    True
+    """
+    dtype = np.dtype(saved.dtype.as_numpy_dtype)
+    spec, (cut, lift) = UNDERFLOW[dtype], _LIFT[dtype]
+    ints, mantissa, minexp = tf.as_dtype(spec.int_dtype), spec.mantissa_bits, np.finfo(dtype).minexp
+    bits = tf.bitcast(saved, ints)
+    magnitude = tf.bitwise.bitwise_and(bits, tf.constant(np.iinfo(spec.int_dtype).max, ints))
+    # Compared as integers: with subnormals read as 0, a float comparison would miss them.
+    small = magnitude < tf.bitcast(tf.constant(2.0 ** -cut, saved.dtype), ints)
+    # A subnormal is its integer bits times the smallest subnormal, 2**(minexp - mantissa).
+    units = tf.cast(magnitude, saved.dtype) * 2.0 ** (lift + minexp - mantissa)
+    units = tf.where(bits < 0, -units, units)
+    lifted = tf.where(magnitude < 2 ** mantissa, units,
+                      OPS.where(small, saved, 0.0) * 2.0 ** lift)
+    product = lifted * factor
+    count = tf.cast(tf.round(tf.minimum(tf.abs(product) * 2.0 ** (mantissa - minexp - lift),
+                                        2.0 ** mantissa)), ints)
+    sign = OPS.where(product < 0, tf.constant(np.iinfo(spec.int_dtype).min, ints), 0)
+    rebuilt = tf.bitcast(tf.bitwise.bitwise_or(count, sign), saved.dtype)
+    normal = (tf.abs(product) >= 2.0 ** (minexp + lift)) | ~tf.math.is_finite(product)
+    result = tf.where(small, tf.where(normal, product * 2.0 ** -lift, rebuilt), saved * factor)
+    return OPS.where(tf.equal(factor, 0), 0.0, result)
+
+
+def _product(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor) -> tf.Tensor:
+    """upstream * saved, summed over the axes along which ``operand`` was broadcast."""
+    half = saved.dtype not in (tf.float32, tf.float64)  # whose subnormals are normal float32
+    product = weighted(upstream, saved) if half else scaled_product(saved, upstream)
+    rank, pattern = saved.shape.rank, pattern_of(operand)
+    lead = rank - len(pattern)
+    axes = list(range(lead)) + [lead + i for i, spans in enumerate(pattern) if not spans]
+    if axes:
+        product = tf.reduce_sum(product, axis=axes)
+    return tf.reshape(product, tf.shape(operand))
+
+
+def upstream_times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor) -> tf.Tensor:
+    """upstream * saved in ``operand``'s shape (summed over its broadcast axes if ``saved`` has
+    the full shape), zero where upstream is 0: a few operations for small inputs, one compiled
+    program per dtype, ranks and broadcast pattern for large ones."""
+    upstream = tf.cast(upstream, saved.dtype)
+    size = saved.shape.num_elements()
+    if size is not None and size <= fused.SMALL:  # a few ops cost less than a compilation
+        return _product(saved, upstream, operand)
+    dtype, rank, upstream_rank, pattern = (saved.dtype, saved.shape.rank, upstream.shape.rank,
+                                           pattern_of(operand))
+    program = compiled(("backward", dtype.name, rank, upstream_rank, pattern), lambda: (
+        _product, [tf.TensorSpec([None] * rank, dtype),
+                   tf.TensorSpec([None] * upstream_rank, dtype),
+                   tf.TensorSpec([None if p else 1 for p in pattern], dtype)]))
+    return program(saved, upstream, operand)
+
+
+# -- the element losses with the spec's derivatives to second order --------------------------
+
+
+def logit_elements(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None, *,
+                   eps: float, wrt: Sequence[str] | None = None) -> tf.Tensor:
+    """Element losses from logits (working dtype, full shape) with the spec's derivatives.
+
+    ``wrt`` names the operands (of ``OPERANDS``) with gradients, by default every one given;
+    the others are constants, so their derivatives are never evaluated.
+    """
+    given = dict(zip(OPERANDS, (x, y, w, q)))
+    names = tuple(n for n in OPERANDS if given[n] is not None and (wrt is None or n in wrt))
+
+    @tf.custom_gradient
+    def elements(*args: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
+        terms = kernels.LogitTerms.of(*{**given, **dict(zip(names, args))}.values(), eps)
+
+        def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
+            return _logit_vjp(terms, names, upstream, *args)
+        return terms.loss(), grad
+
+    return elements(*[given[n] for n in names])
+
+
+def _sum(terms: list[tf.Tensor]) -> tf.Tensor | None:
+    return None if not terms else functools.reduce(lambda a, b: a + b, terms)
+
+
+def _logit_vjp(terms: kernels.LogitTerms, names: Sequence[str], upstream: tf.Tensor,
+               *args: tf.Tensor) -> list[tf.Tensor]:
+    """upstream * d loss / d operand for each operand ``names``, as an operation whose gradient
+    is the analytic Hessian's; an upstream (or cotangent) of exactly 0 contributes exactly 0."""
+
+    @tf.custom_gradient
+    def vjp(upstream: tf.Tensor, *args: tf.Tensor) -> tuple[list[tf.Tensor], Callable[..., Any]]:
+        firsts = [terms.partial(n) for n in names]
+
+        def grad(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
+            def dot(values: Sequence[tf.Tensor | None]) -> tf.Tensor | None:
+                return _sum([weighted(c, v) for c, v in zip(cotangents, values)
+                             if c is not None and v is not None])
+
+            d_upstream = dot(firsts)
+            grads = [tf.zeros_like(upstream) if d_upstream is None else d_upstream]
+            for name, operand in zip(names, args):
+                total = dot([terms.second(name, other) for other in names])
+                grads.append(tf.zeros_like(operand) if total is None else weighted(upstream, total))
+            return grads
+
+        return [weighted(upstream, first) for first in firsts], grad
+
+    return vjp(upstream, *args)
+
+
+def exact_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
+               wrt: Sequence[str] | None = None) -> tf.Tensor:
+    """The reduced loss from logits, differentiable to second order with respect to the
+    operands ``wrt`` (of ``OPERANDS``; default: all)."""
+    v = Working.of(ops, neutral=0.0)
+    elements = logit_elements(v.x, v.y, v.w, v.q, eps=eps, wrt=wrt)
+    return v.out(v.reduce(elements, reduction).loss)
+
+
+def probs_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
+               clamp: float) -> tf.Tensor:
+    """The reduced loss from probabilities, in the input's dtype, with the spec's gradient."""
+    v = Working.of(ops, neutral=0.5)
+    present = [n for n, t in zip(OPERANDS, (v.x, v.y, v.w, v.q)) if t is not None]
+
+    @tf.custom_gradient
+    def elements(*args: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
+        values = dict(zip(present, args))
+        terms = ProbsTerms.of(values["x"], values["y"], values.get("w"), values.get("q"), eps,
+                              clamp)
+
+        def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
+            return [weighted(upstream, terms.partial(n)) for n in present]
+        return terms.loss(), grad
+
+    loss = elements(*[t for t in (v.x, v.y, v.w, v.q) if t is not None])
+    return v.out(v.reduce(loss, reduction).loss)
+
+
+# -- tapes around the backend's losses (bce_core.plugin.AutodiffBackend) ---------------------
+
 
 Options = tuple[tuple[str, Any], ...]
 
 
-def _frozen(options: dict[str, Any]) -> Options:
-    # Hashable, order-independent: tf.function keys its traces on non-tensor arguments.
-    return tuple(sorted(options.items()))
-
-
 class Autodiff:
-    """Gradient tapes around a backend's losses, with lazily compiled XLA versions."""
+    """Gradient tapes around a backend's losses, with lazily compiled XLA versions.
+
+    >>> from bce_tensorflow.backend import TensorFlowBackend
+    >>> runner = Autodiff(TensorFlowBackend())
+    >>> loss, (grad,) = runner.run("value_and_grad", tf.constant([0.0, 0.0]),
+    ...                            tf.constant([1.0, 0.0]), None, None, None, compiled=False,
+    ...                            options={}, wrt=("logits",))
+    >>> grad.numpy().tolist()
+    [-0.25, 0.25]
+    """
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
         self._compiled: dict[tuple[str, Any], Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    def _function(self, name: str, compiled: bool, **static: Any) -> Callable[..., Any]:
-        """The computation ``name`` with its non-tensor arguments bound; XLA-compiled if asked."""
-        eager = functools.partial(getattr(self, f"_{name}"), **static)
-        if not compiled:
-            return eager
-        key = (name, tuple(sorted(static.items())))
-        function = self._compiled.get(key)
-        if function is None:
+    def run(self, name: str, *operands: tf.Tensor | None, compiled: bool,
+            options: dict[str, Any], **static: Any) -> Any:
+        """The computation ``name`` on ``operands`` (x, y, w, q, mask), XLA-compiled if asked;
+        one compiled function per option set, retraced only for new shapes."""
+        static["options"] = tuple(sorted(options.items()))  # hashable, order-independent
+        function = functools.partial(getattr(self, f"_{name}"), **static)
+        if compiled:
+            key = (name, tuple(sorted(static.items())))
             with self._lock:
-                function = self._compiled.get(key)
-                if function is None:
-                    # One function per option set: retracing is then only for new shapes.
-                    function = tf.function(eager, jit_compile=True, autograph=False)
-                    self._compiled[key] = function
-        return function
+                if key not in self._compiled:
+                    self._compiled[key] = tf.function(function, jit_compile=True,
+                                                      autograph=False)
+                function = self._compiled[key]
+        return function(*operands)
 
-    # -- the computations (plain Python over tensors; traced as-is when compiled) -------
+    def _loss(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None,
+              m: tf.Tensor | None, options: Options, probs: bool = False) -> tf.Tensor:
+        loss = (self._backend.binary_cross_entropy if probs
+                else self._backend.binary_cross_entropy_with_logits)
+        return loss(x, y, weight=w, pos_weight=q, mask=m, **dict(options))
 
-    def _logits_value_and_grad(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None,
-                               q: tf.Tensor | None, m: tf.Tensor | None, *,
-                               wrt: tuple[str, ...], options: Options) -> tuple[Any, ...]:
-        sources = {"logits": x, "targets": y, "weight": w, "pos_weight": q}
+    def _value_and_grad(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None,
+                        q: tf.Tensor | None, m: tf.Tensor | None, *, wrt: tuple[str, ...],
+                        options: Options) -> tuple[Any, ...]:
+        sources = dict(zip(NAMES, (x, y, w, q)))
         with tf.GradientTape() as tape:
             for name in wrt:
                 tape.watch(sources[name])
-            loss = self._backend.binary_cross_entropy_with_logits(
-                x, y, weight=w, pos_weight=q, mask=m, **dict(options))
+            loss = self._loss(x, y, w, q, m, options)
         grads = tape.gradient(loss, [sources[name] for name in wrt],
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return loss, tuple(grads)
@@ -78,8 +379,7 @@ class Autodiff:
             outer.watch(x)
             with tf.GradientTape() as inner:
                 inner.watch(x)
-                loss = self._backend.binary_cross_entropy_with_logits(
-                    x, y, weight=w, pos_weight=q, mask=m, **dict(options))
+                loss = self._loss(x, y, w, q, m, options)
             total = tf.reduce_sum(inner.gradient(loss, x))
         return outer.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
@@ -88,28 +388,5 @@ class Autodiff:
                     options: Options) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(p)
-            loss = self._backend.binary_cross_entropy(p, y, weight=w, pos_weight=q, mask=m,
-                                                      **dict(options))
+            loss = self._loss(p, y, w, q, m, options, probs=True)
         return loss, tape.gradient(loss, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-    # -- entry points ---------------------------------------------------------------------
-
-    def value_and_grad(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None = None,
-                       q: tf.Tensor | None = None, m: tf.Tensor | None = None, *,
-                       wrt: Sequence[str], compiled: bool,
-                       options: dict[str, Any]) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
-        function = self._function("logits_value_and_grad", compiled, wrt=tuple(wrt),
-                                  options=_frozen(options))
-        return function(x, y, w, q, m)
-
-    def second_derivative(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None = None,
-                          q: tf.Tensor | None = None, m: tf.Tensor | None = None, *,
-                          compiled: bool, options: dict[str, Any]) -> tf.Tensor:
-        function = self._function("second_derivative", compiled, options=_frozen(options))
-        return function(x, y, w, q, m)
-
-    def probs_grad(self, p: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None = None,
-                   q: tf.Tensor | None = None, m: tf.Tensor | None = None, *,
-                   compiled: bool, options: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor]:
-        function = self._function("probs_grad", compiled, options=_frozen(options))
-        return function(p, y, w, q, m)

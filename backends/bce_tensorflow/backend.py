@@ -1,15 +1,15 @@
 """The TensorFlow backend object.
 
 Results are tensors of the input's dtype on the input's device; reduced losses
-are 0-d tensors. The loss from logits and ``value_and_grad`` with respect to
-the logits run one compiled XLA program (``programs``) that computes float32 in
-float32 (float16 and bfloat16 too) and float64 in float64 with compensated
-arithmetic, rounding each result once; under ``tf.GradientTape`` its forward
-also computes the gradient that the backward then reuses (``differentiable``).
-Other gradients, second derivatives and the probability form use the exact
-kernels of ``ops``, which compute float32 in float64. ``tf.GradientTape``,
-``tf.function`` and ``tf.function(jit_compile=True)`` differentiate the
-losses to second order with the spec's derivatives.
+are 0-d tensors. Every computation runs in the working dtype (float32 for
+float16, bfloat16 and float32; float64 for float64) and rounds each result
+once. The loss from logits and ``value_and_grad`` with respect to the logits
+run one compiled XLA program (``fused``); under ``tf.GradientTape`` its forward
+also computes the gradient that the backward then reuses (``autodiff``).
+Other gradients, second derivatives and the probability form use the analytic
+``kernels``. ``tf.GradientTape``, ``tf.function`` and
+``tf.function(jit_compile=True)`` differentiate the losses to second order
+with the spec's derivatives.
 
 >>> import tensorflow as tf
 >>> backend = TensorFlowBackend()
@@ -22,18 +22,22 @@ losses to second order with the spec's derivatives.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
+from bce_core.rules import pack_gradients
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
-from . import differentiable, programs, small
-from . import ops as computations
-from .autodiff import Autodiff
+from . import autodiff, fused, kernels
 from .operands import Operands, is_native, on_device_of, prepare, validate
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from bce_core.plugin import LogitOptions, ProbsOptions
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 
@@ -63,6 +67,10 @@ def _tensorflow_device(device: str) -> str:
     return f"/{kind.upper()}:{index or 0}"
 
 
+def _operands(ops: Operands[tf.Tensor]) -> tuple[tf.Tensor | None, ...]:
+    return ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask
+
+
 class TensorFlowBackend:
     """bce-core's specification on TensorFlow tensors."""
 
@@ -71,7 +79,7 @@ class TensorFlowBackend:
     def __init__(self) -> None:
         self._devices: list[str] | None = None
         self._devices_lock = threading.Lock()
-        self._autodiff = Autodiff(self)
+        self._autodiff = autodiff.Autodiff(self)
 
     # -- the framework ------------------------------------------------------------------
 
@@ -126,14 +134,14 @@ class TensorFlowBackend:
         return "cpu" if (kind, index) == ("cpu", "0") else f"{kind}:{index}"
 
     def size_thresholds(self, device: str) -> tuple[int, ...]:
-        """Where the code path changes: inputs up to ``small.SMALL`` elements are padded into a
-        few shapes; on the CPU larger ones run a chunk of ``programs.CHUNK_ELEMENTS`` at a time.
+        """Where the code path changes: inputs up to ``fused.SMALL`` elements are padded into a
+        few shapes; on the CPU larger ones run a chunk of ``fused.CHUNK_ELEMENTS`` at a time.
 
         >>> TensorFlowBackend().size_thresholds("cpu")
         (4097, 131073)
         """
-        first = small.SMALL + 1
-        return (first, programs.CHUNK_ELEMENTS + 1) if device.split(":")[0] == "cpu" else (first,)
+        first = fused.SMALL + 1
+        return (first, fused.CHUNK_ELEMENTS + 1) if device.split(":")[0] == "cpu" else (first,)
 
     def as_parameter(self, array: Any, device: str | None = None) -> tf.Variable:
         """``array`` as a user's parameter: a ``tf.Variable`` (which a call must not assign).
@@ -150,7 +158,7 @@ class TensorFlowBackend:
     # -- the losses -------------------------------------------------------------------------
 
     def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, check_data: bool) -> Operands:
+                 mask: Any, check_data: bool) -> Operands[tf.Tensor]:
         ops = prepare(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
                       mask=mask)
         if check_data:
@@ -167,7 +175,7 @@ class TensorFlowBackend:
         reduction = check_reduction(reduction)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):
-            return differentiable.logits_loss(ops, eps=eps, reduction=reduction)
+            return autodiff.logits_loss(ops, eps=eps, reduction=reduction)
 
     @_no_autograph
     def binary_cross_entropy(
@@ -180,7 +188,7 @@ class TensorFlowBackend:
         clamp = check_log_clamp(log_clamp)
         ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):
-            return computations.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp)
+            return autodiff.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp)
 
     @_no_autograph
     def value_and_grad(
@@ -194,21 +202,21 @@ class TensorFlowBackend:
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):
-            loss, grads = differentiable.value_and_grad(ops, eps=eps, reduction=reduction,
-                                                        names=names)
-        return loss, tuple(grads) if as_tuple else grads[0]
+            loss, grads = autodiff.value_and_grad(ops, eps=eps, reduction=reduction,
+                                                  names=names)
+        return loss, pack_gradients(grads, as_tuple)
 
     @_no_autograph
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
         ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
         with on_device_of(ops.inputs):
-            return computations.logits_grad_hess(ops)
+            return kernels.grad_hess(ops)
 
     # -- TensorFlow's own autodiff (bce_core.plugin.AutodiffBackend) ------------------------
 
     def _tensors(self, input_name: str, inputs: Any, targets: Any,
-                 options: dict[str, Any]) -> tuple[Operands, dict[str, Any]]:
+                 options: dict[str, Any]) -> tuple[Operands[tf.Tensor], dict[str, Any]]:
         """Operands as tensors (so the tape can watch them) and the remaining options."""
         options = dict(options)
         # Checked (and made hashable) here: compiled functions are kept per option set.
@@ -224,7 +232,8 @@ class TensorFlowBackend:
 
     def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
                                 compiled: bool = False,
-                                **options: Any) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+                                **options: Unpack[LogitOptions],
+                                ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         """(loss, gradients w.r.t. each name in ``wrt``) by tf.GradientTape.
 
         >>> import tensorflow as tf
@@ -237,11 +246,11 @@ class TensorFlowBackend:
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
         ops, options = self._tensors("logits", logits, targets, options)
         with on_device_of(ops.inputs):
-            return self._autodiff.value_and_grad(*ops[:5], wrt=names, compiled=compiled,
-                                                 options=options)
+            return self._autodiff.run("value_and_grad", *_operands(ops), compiled=compiled,
+                                      options=options, wrt=names)
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Any) -> tf.Tensor:
+                                   **options: Unpack[LogitOptions]) -> tf.Tensor:
         """d/dlogits of sum(d loss/d logits), by nested tf.GradientTape.
 
         >>> import tensorflow as tf
@@ -251,10 +260,11 @@ class TensorFlowBackend:
         """
         ops, options = self._tensors("logits", logits, targets, options)
         with on_device_of(ops.inputs):
-            return self._autodiff.second_derivative(*ops[:5], compiled=compiled, options=options)
+            return self._autodiff.run("second_derivative", *_operands(ops), compiled=compiled,
+                                      options=options)
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Any) -> tuple[tf.Tensor, tf.Tensor]:
+                            **options: Unpack[ProbsOptions]) -> tuple[tf.Tensor, tf.Tensor]:
         """(loss, d loss/d probs) of the probability form by tf.GradientTape.
 
         >>> import tensorflow as tf
@@ -265,7 +275,8 @@ class TensorFlowBackend:
         """
         ops, options = self._tensors("probs", probs, targets, options)
         with on_device_of(ops.inputs):
-            return self._autodiff.probs_grad(*ops[:5], compiled=compiled, options=options)
+            return self._autodiff.run("probs_grad", *_operands(ops), compiled=compiled,
+                                      options=options)
 
     # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
 

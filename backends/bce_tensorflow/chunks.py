@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from .pairs import two_sum
+from bce_core.compensated import two_sum
 
 #: (sums, per-element outputs) of one chunk, from its operands.
 ChunkFunction = Callable[..., tuple[list[tf.Tensor], list[tf.Tensor]]]
