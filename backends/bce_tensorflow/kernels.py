@@ -90,8 +90,8 @@ class LogitTerms(NamedTuple):
         if pair[1] == "w":  # the partial of the other operand, before the weight
             return self.partial(pair[0], weighted_=False)
         c = self.coefficients
-        if pair == "xx":  # w (a + b) sigma(x) sigma(-x)
-            return self.parts.curvature(weighted(self.w, c.total(PRIMITIVES).hi))
+        if pair == "xx":  # w (a + b) sigma(x) sigma(-x); a + b summed, so NaN targets give NaN
+            return self.parts.curvature(weighted(self.w, c.one_minus.hi + c.b.hi))
         sig_pos, sig_neg = self.parts.sigmoids()
         if pair == "xy":  # -w (1 - eps) [sigma(x) + q sigma(-x)]
             return -weighted(self.w, self._smoothed(sig_pos + self._q(sig_neg)))
