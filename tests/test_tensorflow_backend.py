@@ -232,11 +232,12 @@ def _native(options: dict) -> dict:
 
 
 def _atol(x: np.ndarray, options: dict) -> float:
-    """Absolute slack for values that cancel to near 0: both sides compute in float64."""
+    """Absolute slack for values that cancel to near 0 (a weighted mean's weight gradient, for
+    one): terms of this scale, each rounded in the input's dtype (its own working dtype)."""
     scale = 1.0 + float(np.max(np.abs(x), initial=0.0))
     for name in ("weight", "pos_weight"):
         scale *= 1.0 + float(np.max(options.get(name, 1.0), initial=0.0))
-    return 64 * 2.0 ** -53 * scale
+    return 64 * (2.0 ** -53 if x.dtype == np.float64 else 2.0 ** -24) * scale
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

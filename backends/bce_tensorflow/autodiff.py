@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -57,7 +58,7 @@ def logits_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str) -> tf.T
     watched = tuple(name for name, t in given.items() if record.should_record_backprop([t]))
     if watched:
         with record.stop_recording():
-            loss, saved = _value_and_partials(ops, watched, eps, reduction)
+            loss, saved = _partials(ops, watched, eps, reduction)
         return _attach(ops, loss, watched, lambda: saved, eps, reduction)
     with record.stop_recording():
         loss, _ = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=False)
@@ -65,7 +66,7 @@ def logits_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str) -> tf.T
         return loss
     # Someone may still ask for gradients (tf.gradients, a forward accumulator): compute them then.
     names = tuple(given)
-    return _attach(ops, loss, names, lambda: _partials_apart(ops, names, eps, reduction),
+    return _attach(ops, loss, names, lambda: _partials(ops, names, eps, reduction)[1],
                    eps, reduction)
 
 
@@ -81,29 +82,21 @@ def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
     return kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=names)
 
 
-def _value_and_partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
-                        reduction: str) -> tuple[tf.Tensor, list[tf.Tensor]]:
-    """The loss and its gradients with respect to ``names``: per element for broadcast operands
-    under reduction "none", in each operand's shape otherwise."""
-    if names == ("logits",):
-        loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
-        return loss, [grad]
-    return kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=names,
-                                  full=reduction == "none")
-
-
-def _partials_apart(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
-                    reduction: str) -> list[tf.Tensor]:
-    """The gradients with respect to ``names``, the logits' from the fused program, the others
-    apart, so that inside a graph those nobody uses are pruned with their computation."""
-    partials = []
+def _partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
+              reduction: str) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """The loss and its gradients with respect to ``names`` (per element for broadcast operands
+    under reduction "none"): the logits' from the fused program, the others' apart, so that
+    inside a graph those nobody uses are pruned with their computation."""
+    loss, partials = None, []
     if "logits" in names:
-        partials.append(fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)[1])
+        loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
+        partials.append(grad)
     rest = tuple(n for n in names if n != "logits")
     if rest:
-        partials += kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=rest,
-                                           full=reduction == "none")[1]
-    return partials
+        value, more = kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=rest,
+                                             full=reduction == "none")
+        loss, partials = value if loss is None else loss, partials + more
+    return loss, partials
 
 
 def _attach(ops: Operands[tf.Tensor], loss: tf.Tensor, names: tuple[str, ...],
@@ -319,9 +312,6 @@ def probs_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
 # -- tapes around the backend's losses (bce_core.plugin.AutodiffBackend) ---------------------
 
 
-Options = tuple[tuple[str, Any], ...]
-
-
 class Autodiff:
     """Gradient tapes around a backend's losses, with lazily compiled XLA versions.
 
@@ -336,57 +326,41 @@ class Autodiff:
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
-        self._compiled: dict[tuple[str, Any], Callable[..., Any]] = {}
+        self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    def run(self, name: str, *operands: tf.Tensor | None, compiled: bool,
-            options: dict[str, Any], **static: Any) -> Any:
-        """The computation ``name`` on ``operands`` (x, y, w, q, mask), XLA-compiled if asked;
-        one compiled function per option set, retraced only for new shapes."""
-        static["options"] = tuple(sorted(options.items()))  # hashable, order-independent
-        function = functools.partial(getattr(self, f"_{name}"), **static)
+    def run(self, kind: str, *operands: tf.Tensor | None, compiled: bool,
+            options: dict[str, Any], wrt: tuple[str, ...] = ("logits",)) -> Any:
+        """The tape ``kind`` ("value_and_grad", "second_derivative" or "probs_grad") on
+        ``operands`` (x, y, w, q, mask), XLA-compiled if asked: one compiled function per
+        option set, retraced only for new shapes."""
+        frozen = tuple(sorted(options.items()))  # hashable, order-independent
+        function = functools.partial(self._tape, kind, options=frozen, wrt=wrt)
         if compiled:
-            key = (name, tuple(sorted(static.items())))
             with self._lock:
+                key = (kind, frozen, wrt)
                 if key not in self._compiled:
                     self._compiled[key] = tf.function(function, jit_compile=True,
                                                       autograph=False)
                 function = self._compiled[key]
         return function(*operands)
 
-    def _loss(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None,
-              m: tf.Tensor | None, options: Options, probs: bool = False) -> tf.Tensor:
-        loss = (self._backend.binary_cross_entropy if probs
-                else self._backend.binary_cross_entropy_with_logits)
-        return loss(x, y, weight=w, pos_weight=q, mask=m, **dict(options))
-
-    def _value_and_grad(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None,
-                        q: tf.Tensor | None, m: tf.Tensor | None, *, wrt: tuple[str, ...],
-                        options: Options) -> tuple[Any, ...]:
-        sources = dict(zip(NAMES, (x, y, w, q)))
-        with tf.GradientTape() as tape:
-            for name in wrt:
-                tape.watch(sources[name])
-            loss = self._loss(x, y, w, q, m, options)
-        grads = tape.gradient(loss, [sources[name] for name in wrt],
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return loss, tuple(grads)
-
-    def _second_derivative(self, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None,
-                           q: tf.Tensor | None, m: tf.Tensor | None, *,
-                           options: Options) -> tf.Tensor:
-        with tf.GradientTape() as outer:
-            outer.watch(x)
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                loss = self._loss(x, y, w, q, m, options)
-            total = tf.reduce_sum(inner.gradient(loss, x))
-        return outer.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-    def _probs_grad(self, p: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None,
-                    q: tf.Tensor | None, m: tf.Tensor | None, *,
-                    options: Options) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            tape.watch(p)
-            loss = self._loss(p, y, w, q, m, options, probs=True)
-        return loss, tape.gradient(loss, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    def _tape(self, kind: str, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None,
+              q: tf.Tensor | None, m: tf.Tensor | None, *, options: tuple[tuple[str, Any], ...],
+              wrt: tuple[str, ...]) -> Any:
+        loss_of = (self._backend.binary_cross_entropy if kind == "probs_grad"
+                   else self._backend.binary_cross_entropy_with_logits)
+        sources, zero = dict(zip(NAMES, (x, y, w, q))), tf.UnconnectedGradients.ZERO
+        second = kind == "second_derivative"
+        with tf.GradientTape() if second else contextlib.nullcontext() as outer:
+            if second:
+                outer.watch(x)
+            with tf.GradientTape() as tape:
+                for name in wrt:
+                    tape.watch(sources[name])
+                loss = loss_of(x, y, weight=w, pos_weight=q, mask=m, **dict(options))
+            grads = tape.gradient(loss, [sources[n] for n in wrt], unconnected_gradients=zero)
+            total = tf.reduce_sum(grads[0]) if second else None
+        if second:
+            return outer.gradient(total, x, unconnected_gradients=zero)
+        return (loss, tuple(grads)) if kind == "value_and_grad" else (loss, grads[0])

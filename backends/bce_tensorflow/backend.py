@@ -46,10 +46,9 @@ def _probe_devices() -> list[str]:
     """'cpu' and 'gpu:N' for each logical device on which a tiny computation succeeds."""
     usable = []
     for device in tf.config.list_logical_devices():
-        kind = device.device_type.lower()
+        kind, index = device.device_type.lower(), int(device.name.rsplit(":", 1)[-1])
         if kind not in ("cpu", "gpu"):
             continue
-        index = int(device.name.rsplit(":", 1)[-1])
         try:
             with tf.device(device.name):
                 ok = float((tf.constant(1.0) + tf.constant(1.0)).numpy()) == 2.0
@@ -65,10 +64,6 @@ def _tensorflow_device(device: str) -> str:
     kind, _, index = str(device).lower().partition(":")
     kind = {"cuda": "gpu"}.get(kind, kind)
     return f"/{kind.upper()}:{index or 0}"
-
-
-def _operands(ops: Operands[tf.Tensor]) -> tuple[tf.Tensor | None, ...]:
-    return ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask
 
 
 class TensorFlowBackend:
@@ -215,28 +210,24 @@ class TensorFlowBackend:
 
     # -- TensorFlow's own autodiff (bce_core.plugin.AutodiffBackend) ------------------------
 
-    def _tensors(self, input_name: str, inputs: Any, targets: Any,
-                 options: dict[str, Any]) -> tuple[Operands[tf.Tensor], dict[str, Any]]:
-        """Operands as tensors (so the tape can watch them) and the remaining options."""
-        options = dict(options)
-        # Checked (and made hashable) here: compiled functions are kept per option set.
-        if "label_smoothing" in options:
-            options["label_smoothing"] = check_label_smoothing(options["label_smoothing"])
-        if "reduction" in options:
-            options["reduction"] = check_reduction(options["reduction"])
-        if "log_clamp" in options:
-            options["log_clamp"] = check_log_clamp(options["log_clamp"])
+    def _tape(self, name: str, input_name: str, inputs: Any, targets: Any, compiled: bool,
+              options: dict[str, Any], **static: Any) -> Any:
+        """The tape ``name`` of ``autodiff.Autodiff`` on the operands as tensors (so that a tape
+        can watch them); the options are checked here, compiled functions are kept per set."""
+        checks = {"label_smoothing": check_label_smoothing, "reduction": check_reduction,
+                  "log_clamp": check_log_clamp}
+        options = {k: checks[k](v) if k in checks else v for k, v in options.items()}
         ops = prepare(input_name, inputs, targets, weight=options.pop("weight", None),
                       pos_weight=options.pop("pos_weight", None), mask=options.pop("mask", None))
-        return ops, options
+        with on_device_of(ops.inputs):
+            return self._autodiff.run(name, ops.inputs, ops.targets, ops.weight, ops.pos_weight,
+                                      ops.mask, compiled=compiled, options=options, **static)
 
     def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
-                                compiled: bool = False,
-                                **options: Unpack[LogitOptions],
+                                compiled: bool = False, **options: Unpack[LogitOptions],
                                 ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         """(loss, gradients w.r.t. each name in ``wrt``) by tf.GradientTape.
 
-        >>> import tensorflow as tf
         >>> loss, (g,) = TensorFlowBackend().autodiff_value_and_grad(
         ...     tf.constant([0.0]), tf.constant([1.0]), wrt=("logits",), reduction="sum")
         >>> g.numpy().tolist()
@@ -244,39 +235,29 @@ class TensorFlowBackend:
         """
         names, _ = check_wrt(tuple(wrt))
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
-        ops, options = self._tensors("logits", logits, targets, options)
-        with on_device_of(ops.inputs):
-            return self._autodiff.run("value_and_grad", *_operands(ops), compiled=compiled,
-                                      options=options, wrt=names)
+        return self._tape("value_and_grad", "logits", logits, targets, compiled, dict(options),
+                          wrt=names)
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
                                    **options: Unpack[LogitOptions]) -> tf.Tensor:
         """d/dlogits of sum(d loss/d logits), by nested tf.GradientTape.
 
-        >>> import tensorflow as tf
         >>> TensorFlowBackend().autodiff_second_derivative(
         ...     tf.constant([0.0]), tf.constant([1.0]), reduction="sum").numpy().tolist()
         [0.25]
         """
-        ops, options = self._tensors("logits", logits, targets, options)
-        with on_device_of(ops.inputs):
-            return self._autodiff.run("second_derivative", *_operands(ops), compiled=compiled,
-                                      options=options)
+        return self._tape("second_derivative", "logits", logits, targets, compiled, dict(options))
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
                             **options: Unpack[ProbsOptions]) -> tuple[tf.Tensor, tf.Tensor]:
         """(loss, d loss/d probs) of the probability form by tf.GradientTape.
 
-        >>> import tensorflow as tf
         >>> loss, g = TensorFlowBackend().autodiff_probs_grad(
         ...     tf.constant([0.25]), tf.constant([1.0]), reduction="sum")
         >>> g.numpy().tolist()
         [-4.0]
         """
-        ops, options = self._tensors("probs", probs, targets, options)
-        with on_device_of(ops.inputs):
-            return self._autodiff.run("probs_grad", *_operands(ops), compiled=compiled,
-                                      options=options)
+        return self._tape("probs_grad", "probs", probs, targets, compiled, dict(options))
 
     # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
 
@@ -285,7 +266,6 @@ class TensorFlowBackend:
 
         Elementwise (reduction none), in the input's dtype and on its device.
 
-        >>> import tensorflow as tf
         >>> loss, grad = TensorFlowBackend().framework_loss(tf.constant([0.0, np.inf]),
         ...                                                 tf.constant([1.0, 1.0]))
         >>> loss.numpy().tolist()  # inf - inf at x = +inf; the exact loss is 0

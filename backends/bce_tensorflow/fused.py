@@ -85,8 +85,8 @@ class Layout:
     """The static facts about one call's operands that a compiled program is specialised on.
 
     >>> layout = Layout("float32", 2, (True,), None, (True, False), chunked=True, padded=False)
-    >>> layout.flat, [spec.shape.as_list() for spec in layout.signature()]
-    (False, [[None, None], [None, None], [None], [None, 1]])
+    >>> [spec.shape.as_list() for spec in layout.signature()]
+    [[None, None], [None, None], [None], [None, 1]]
     """
 
     dtype: str
@@ -104,16 +104,6 @@ class Layout:
         """(name, pattern) of the optional operands that are given, in argument order."""
         named = (("weight", self.weight), ("pos_weight", self.pos_weight), ("mask", self.mask))
         return tuple((name, p) for name, p in named if p is not None)
-
-    def spans(self, pattern: Pattern) -> bool:
-        """Whether an operand of ``pattern`` has the logits' full shape."""
-        return len(pattern) == self.rank and all(pattern)
-
-    @property
-    def flat(self) -> bool:
-        """Whether every operand has the full shape or one element (then the pass can run over
-        the flattened elements, whatever the logits' shape)."""
-        return all(self.spans(p) or not any(p) for _, p in self.optional)
 
     def sliced(self, pattern: Pattern | None) -> bool:
         """Whether an operand of ``pattern`` is cut into the same rows as the logits."""
@@ -278,16 +268,15 @@ def _large(ops: Operands[tf.Tensor], eps: float, reduction: str,
                                  ("mask", ops.mask)) if t is not None]
     args = [t if t.dtype in (work, tf.bool) else tf.cast(t, work)
             for t in [x, ops.targets, *(t for _, t in given)]]
-    patterns = {name: pattern_of(t) for name, t in given}
-    chunked, rank = runs_on_cpu(x), x.shape.rank
-    probe = Layout(work.name, rank, patterns.get("weight"), patterns.get("pos_weight"),
-                   patterns.get("mask"), chunked, False)
-    if probe.flat and rank != 1:
-        # Full-shape operands become one axis; single-element ones become scalars.
-        args = [tf.reshape(t, [-1]) if i < 2 or probe.spans(patterns[given[i - 2][0]])
-                else tf.reshape(t, []) for i, t in enumerate(args)]
-        patterns = {name: pattern_of(t) for (name, _), t in zip(given, args[2:])}
+    rank = x.shape.rank
+    full = [len(pattern_of(t)) == rank and all(pattern_of(t)) for _, t in given]
+    if rank != 1 and all(f or not any(pattern_of(t)) for f, (_, t) in zip(full, given)):
+        # Full-shape operands become one axis, single-element ones scalars, whatever the rank.
+        args = args[:2] + [tf.reshape(t, [-1] if f else []) for f, t in zip(full, args[2:])]
+        args[:2] = [tf.reshape(t, [-1]) for t in args[:2]]
         rank = 1
+    patterns = {name: pattern_of(t) for (name, _), t in zip(given, args[2:])}
+    chunked = runs_on_cpu(x)
     layout = Layout(work.name, rank, patterns.get("weight"), patterns.get("pos_weight"),
                     patterns.get("mask"), chunked, False)
     reduced, smoothing = reduction != "none", eps != 0.0

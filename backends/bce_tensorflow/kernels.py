@@ -63,9 +63,6 @@ class LogitTerms(NamedTuple):
         """(1 - eps) * value, zero-safe."""
         return rules.zero_safe(OPS, 1.0 - self.eps, value)
 
-    def _q(self, value: tf.Tensor) -> tf.Tensor:
-        return weighted(self.q, value)
-
     def partial(self, name: str, weighted_: bool = True) -> tf.Tensor:
         """d loss / d ``name`` (of ``OPERANDS``) per element; without ``weighted_``, divided by
         w (d2 loss / d name d w)."""
@@ -78,7 +75,7 @@ class LogitTerms(NamedTuple):
         sp_pos, sp_neg = self.parts.softpluses()
         if name == "y":  # (1 - eps) [q softplus(-x) - softplus(x)]: exactly -x when q = 1
             return weighted(w, self._smoothed(-self.x if self.q is None
-                                              else self._q(sp_neg) - sp_pos))
+                                              else weighted(self.q, sp_neg) - sp_pos))
         return weighted(w, rules.zero_safe(OPS, c.smoothed.hi, sp_neg))  # q: y' softplus(-x)
 
     def second(self, a: str, b: str) -> tf.Tensor | None:
@@ -87,14 +84,14 @@ class LogitTerms(NamedTuple):
         pair = OPERANDS[first] + OPERANDS[second]
         if pair in ("yy", "ww", "qq"):
             return None
-        if pair[1] == "w":  # the partial of the other operand, before the weight
-            return self.partial(pair[0], weighted_=False)
+        if "w" in pair:  # the partial of the other operand, before the weight
+            return self.partial(pair.replace("w", ""), weighted_=False)
         c = self.coefficients
         if pair == "xx":  # w (a + b) sigma(x) sigma(-x); a + b summed, so NaN targets give NaN
             return self.parts.curvature(weighted(self.w, c.one_minus.hi + c.b.hi))
         sig_pos, sig_neg = self.parts.sigmoids()
         if pair == "xy":  # -w (1 - eps) [sigma(x) + q sigma(-x)]
-            return -weighted(self.w, self._smoothed(sig_pos + self._q(sig_neg)))
+            return -weighted(self.w, self._smoothed(sig_pos + weighted(self.q, sig_neg)))
         if pair == "xq":  # -w y' sigma(-x)
             return -weighted(self.w, rules.zero_safe(OPS, c.smoothed.hi, sig_neg))
         return weighted(self.w, self._smoothed(self.parts.softpluses()[1]))  # yq

@@ -28,9 +28,6 @@ from bce_core import arrays, rules
 from bce_core.rules import Operands
 from bce_core.spec import check_float_dtype
 
-__all__ = ["CONVERTER", "OPS", "PRIMITIVES", "Operands", "prepare", "validate", "working_dtype"]
-
-
 def is_native(value: Any) -> bool:
     """True for TensorFlow tensors (eager or symbolic) and variables."""
     return isinstance(value, (tf.Tensor, tf.Variable))
@@ -64,18 +61,15 @@ def runs_on_cpu(tensor: tf.Tensor) -> bool:
     return "CPU" in device.rsplit("/", 1)[-1].upper() if device else not has_gpu()
 
 
-def _constant(value: Any, like: Any) -> Any:
-    """A Python number as a tensor of ``like``'s dtype (tf.where takes no mixed dtypes)."""
-    return tf.constant(value, like.dtype) if isinstance(value, (int, float)) else value
-
-
 def _where(condition: Any, if_true: Any, if_false: Any) -> tf.Tensor:
-    if isinstance(if_true, (int, float)) and isinstance(if_false, (int, float)):
-        # Two numbers have no dtype: float64, which the caller casts (see kernels.Working).
-        if_true = tf.constant(if_true, tf.float64)
+    """tf.where, Python numbers taking the other branch's dtype (tf.where mixes none); of two
+    numbers, float64, which the caller casts (see ``kernels.Working``)."""
     if isinstance(if_true, (int, float)):
-        if_true = _constant(if_true, if_false)
-    return tf.where(condition, if_true, _constant(if_false, if_true))
+        like = tf.float64 if isinstance(if_false, (int, float)) else if_false.dtype
+        if_true = tf.constant(if_true, like)
+    if isinstance(if_false, (int, float)):
+        if_false = tf.constant(if_false, if_true.dtype)
+    return tf.where(condition, if_true, if_false)
 
 
 def _numpy_probe(dtype: tf.DType) -> np.ndarray:
