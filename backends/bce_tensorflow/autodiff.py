@@ -1,15 +1,11 @@
 """TensorFlow's autodiff through the losses: the ``tf.custom_gradient`` glue and the tapes.
 
-- ``logits_loss``: the fused loss as an operation whose forward computes the
-  gradients for the operands a ``tf.GradientTape`` watches (``fused``) and
-  whose backward multiplies them by the upstream gradient. Where no tape
-  watches, the forward computes the loss alone (inside ``tf.function``, where
-  ``tf.gradients`` may still ask, the gradients are computed when asked). The
-  backward is itself an operation whose gradient comes from ``exact_loss``.
-- ``exact_loss`` and ``probs_loss``: the element losses as operations whose
-  gradients are the spec's analytic derivatives (``kernels``), to second order.
-- ``Autodiff``: ``tf.GradientTape`` around the backend's losses, eager or under XLA,
-  for the ``AutodiffBackend`` methods.
+``logits_loss`` is the fused loss as an operation whose forward computes the
+gradients of the operands a tape watches (``fused``) and whose backward
+multiplies them by the upstream gradient; that backward's own gradient comes
+from ``exact_loss``, whose element losses (like ``probs_loss``'s) are operations
+with the spec's analytic derivatives (``kernels``), to second order. ``Autodiff``
+runs the tapes of the ``AutodiffBackend`` methods, eager or under XLA.
 
 >>> import tensorflow as tf
 >>> from bce_tensorflow.operands import prepare
@@ -34,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
+from bce_core import rules
 from bce_core.compensated import UNDERFLOW
 
 from . import fused, kernels
@@ -201,11 +198,9 @@ def _product(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor) -> tf.Te
     """upstream * saved, summed over the axes along which ``operand`` was broadcast."""
     half = saved.dtype not in (tf.float32, tf.float64)  # whose subnormals are normal float32
     product = weighted(upstream, saved) if half else scaled_product(saved, upstream)
-    rank, pattern = saved.shape.rank, pattern_of(operand)
-    lead = rank - len(pattern)
-    axes = list(range(lead)) + [lead + i for i, spans in enumerate(pattern) if not spans]
+    axes = rules.broadcast_axes(tuple(saved.shape), tuple(operand.shape))  # None: spanning
     if axes:
-        product = tf.reduce_sum(product, axis=axes)
+        product = tf.reduce_sum(product, axis=list(axes))
     return tf.reshape(product, tf.shape(operand))
 
 
@@ -229,29 +224,25 @@ def upstream_times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor) ->
 # -- the element losses with the spec's derivatives to second order --------------------------
 
 
-def logit_elements(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None, *,
-                   eps: float, wrt: Sequence[str] | None = None) -> tf.Tensor:
-    """Element losses from logits (working dtype, full shape) with the spec's derivatives.
-
-    ``wrt`` names the operands (of ``OPERANDS``) with gradients, by default every one given;
-    the others are constants, so their derivatives are never evaluated.
-    """
-    given = dict(zip(OPERANDS, (x, y, w, q)))
+def _elements(terms_of: Callable[..., Any], given: dict[str, tf.Tensor | None],
+              wrt: Sequence[str] | None, second: bool) -> tf.Tensor:
+    """The element losses of ``terms_of(x, y, w, q)`` (working dtype, full shape) as an
+    operation whose gradient is the analytic one, itself an operation whose gradient is the
+    analytic Hessian's if ``second``. ``wrt`` names the operands (of ``OPERANDS``) with
+    gradients, by default every one given: the others' derivatives are never evaluated."""
     names = tuple(n for n in OPERANDS if given[n] is not None and (wrt is None or n in wrt))
 
     @tf.custom_gradient
     def elements(*args: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
-        terms = kernels.LogitTerms.of(*{**given, **dict(zip(names, args))}.values(), eps)
+        terms = terms_of(*{**given, **dict(zip(names, args))}.values())
 
         def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
-            return _logit_vjp(terms, names, upstream, *args)
+            if second:
+                return _logit_vjp(terms, names, upstream, *args)
+            return [weighted(upstream, terms.partial(n)) for n in names]
         return terms.loss(), grad
 
     return elements(*[given[n] for n in names])
-
-
-def _sum(terms: list[tf.Tensor]) -> tf.Tensor | None:
-    return None if not terms else functools.reduce(lambda a, b: a + b, terms)
 
 
 def _logit_vjp(terms: kernels.LogitTerms, names: Sequence[str], upstream: tf.Tensor,
@@ -264,16 +255,14 @@ def _logit_vjp(terms: kernels.LogitTerms, names: Sequence[str], upstream: tf.Ten
         firsts = [terms.partial(n) for n in names]
 
         def grad(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
-            def dot(values: Sequence[tf.Tensor | None]) -> tf.Tensor | None:
-                return _sum([weighted(c, v) for c, v in zip(cotangents, values)
-                             if c is not None and v is not None])
+            def dot(values: Sequence[tf.Tensor | None], like: tf.Tensor) -> tf.Tensor:
+                parts = [weighted(c, v) for c, v in zip(cotangents, values)
+                         if c is not None and v is not None]
+                return functools.reduce(tf.add, parts) if parts else tf.zeros_like(like)
 
-            d_upstream = dot(firsts)
-            grads = [tf.zeros_like(upstream) if d_upstream is None else d_upstream]
-            for name, operand in zip(names, args):
-                total = dot([terms.second(name, other) for other in names])
-                grads.append(tf.zeros_like(operand) if total is None else weighted(upstream, total))
-            return grads
+            return [dot(firsts, upstream)] + [
+                weighted(upstream, dot([terms.second(name, other) for other in names], operand))
+                for name, operand in zip(names, args)]
 
         return [weighted(upstream, first) for first in firsts], grad
 
@@ -285,7 +274,8 @@ def exact_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
     """The reduced loss from logits, differentiable to second order with respect to the
     operands ``wrt`` (of ``OPERANDS``; default: all)."""
     v = Working.of(ops, neutral=0.0)
-    elements = logit_elements(v.x, v.y, v.w, v.q, eps=eps, wrt=wrt)
+    elements = _elements(lambda *a: kernels.LogitTerms.of(*a, eps),
+                         dict(zip(OPERANDS, (v.x, v.y, v.w, v.q))), wrt, second=True)
     return v.out(v.reduce(elements, reduction).loss)
 
 
@@ -293,20 +283,9 @@ def probs_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
                clamp: float) -> tf.Tensor:
     """The reduced loss from probabilities, in the input's dtype, with the spec's gradient."""
     v = Working.of(ops, neutral=0.5)
-    present = [n for n, t in zip(OPERANDS, (v.x, v.y, v.w, v.q)) if t is not None]
-
-    @tf.custom_gradient
-    def elements(*args: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
-        values = dict(zip(present, args))
-        terms = ProbsTerms.of(values["x"], values["y"], values.get("w"), values.get("q"), eps,
-                              clamp)
-
-        def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
-            return [weighted(upstream, terms.partial(n)) for n in present]
-        return terms.loss(), grad
-
-    loss = elements(*[t for t in (v.x, v.y, v.w, v.q) if t is not None])
-    return v.out(v.reduce(loss, reduction).loss)
+    elements = _elements(lambda *a: ProbsTerms.of(*a, eps, clamp),
+                         dict(zip(OPERANDS, (v.x, v.y, v.w, v.q))), None, second=False)
+    return v.out(v.reduce(elements, reduction).loss)
 
 
 # -- tapes around the backend's losses (bce_core.plugin.AutodiffBackend) ---------------------

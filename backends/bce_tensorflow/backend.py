@@ -32,7 +32,7 @@ from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_c
                            check_reduction, check_wrt, check_wrt_given)
 
 from . import autodiff, fused, kernels
-from .operands import Operands, is_native, on_device_of, prepare, validate
+from .operands import is_native, on_device_of, prepare, validate
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -152,13 +152,15 @@ class TensorFlowBackend:
 
     # -- the losses -------------------------------------------------------------------------
 
-    def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, check_data: bool) -> Operands[tf.Tensor]:
-        ops = prepare(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
-                      mask=mask)
-        if check_data:
+    def _call(self, input_name: str, inputs: Any, targets: Any, options: dict[str, Any],
+              compute: Any) -> Any:
+        """``compute(operands)`` on the checked operands, on the input's device."""
+        check = options.pop("validate", False)
+        ops = prepare(input_name, inputs, targets, **options)
+        if check:
             validate(ops, input_name)
-        return ops
+        with on_device_of(ops.inputs):
+            return compute(ops)
 
     @_no_autograph
     def binary_cross_entropy_with_logits(
@@ -166,11 +168,10 @@ class TensorFlowBackend:
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False,
     ) -> tf.Tensor:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        with on_device_of(ops.inputs):
-            return autodiff.logits_loss(ops, eps=eps, reduction=reduction)
+        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
+        return self._call("logits", logits, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.logits_loss(ops, eps=eps, reduction=reduction))
 
     @_no_autograph
     def binary_cross_entropy(
@@ -178,12 +179,11 @@ class TensorFlowBackend:
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
     ) -> tf.Tensor:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
         clamp = check_log_clamp(log_clamp)
-        ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        with on_device_of(ops.inputs):
-            return autodiff.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp)
+        return self._call("probs", probs, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp))
 
     @_no_autograph
     def value_and_grad(
@@ -191,22 +191,19 @@ class TensorFlowBackend:
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False, wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[tf.Tensor, Any]:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
         names, as_tuple = check_wrt(wrt)
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        with on_device_of(ops.inputs):
-            loss, grads = autodiff.value_and_grad(ops, eps=eps, reduction=reduction,
-                                                  names=names)
+        loss, grads = self._call("logits", logits, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.value_and_grad(ops, eps=eps, reduction=reduction, names=names))
         return loss, pack_gradients(grads, as_tuple)
 
     @_no_autograph
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
-        with on_device_of(ops.inputs):
-            return kernels.grad_hess(ops)
+        return self._call("logits", logits, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=None), kernels.grad_hess)
 
     # -- TensorFlow's own autodiff (bce_core.plugin.AutodiffBackend) ------------------------
 

@@ -1,20 +1,14 @@
 """An elementwise pass over large inputs a chunk of rows at a time, inside an XLA program.
 
-XLA on CPU neither fuses the loss's elementwise program into the reduction
-that sums it nor computes the values shared by the loss and its gradient
-only once per element: it writes them to input-sized buffers and reads them
-back. At 10 million float32 elements each such buffer is 40 MB, newly mapped
-at every call. ``over_rows`` runs the elementwise function on one chunk of
-rows at a time in a loop instead, so only one chunk's intermediates (a few
-hundred kilobytes, reused) ever exist; per-element outputs are written into
-their place in the result, and sums are accumulated as they go.
-
-The last chunk ends at the last row and overlaps the one before it; its rows
-already counted are left out of the sums (rewriting them is harmless). So one
-copy of the elementwise program serves every input size, which keeps the
-compilation short. A chunk is summed in partial sums of a few hundred
-elements in its own dtype, and those in float64 (``chunk_sum``): as fast as a
-float32 sum, and far more accurate than one float32 sum of the whole chunk.
+XLA on CPU neither fuses the elementwise program into the sum that reduces it
+nor computes the values the loss and its gradient share once per element: it
+writes them to input-sized buffers (40 MB each at 10 million float32 elements)
+and reads them back. ``over_rows`` runs the function on a chunk of rows at a
+time in a loop, so only a chunk's intermediates exist; per-element outputs are
+written into place and sums accumulated as they go. The last chunk ends at the
+last row and overlaps the one before (its rows already counted are left out
+of the sums), so one copy of the program serves every size. A chunk is summed
+in partial sums of a few hundred elements, and those in float64 (``chunk_sum``).
 
 >>> import tensorflow as tf
 >>> run = tf.function(lambda x: over_rows(lambda c: ([c], [2 * c]), [x], [True], 1,

@@ -1,19 +1,13 @@
 """The one-pass path: the loss from logits and its gradient as compiled XLA programs.
 
-A program computes the reduced loss and, if asked, its gradient with respect
-to the logits in one pass that shares one exponential per element
-(``bce_core.compensated``), in the working dtype, rounding each result once.
-On the CPU a large input is passed a chunk of rows at a time (``chunks``).
-
-Each program is a ``tf.function(jit_compile=True)`` with a shape-free input
-signature, traced once per ``Layout`` (working dtype, rank, which axes of each
-optional operand are broadcast) and static choices (reduced or not, with the
-gradient or not, with label smoothing or not). The smoothing constants and
-the reduction's denominator are runtime inputs, so another batch size, eps or
-reduction runs the same trace. Up to ``SMALL`` elements, every call runs one
-of two programs per working dtype, on operands broadcast, flattened and padded
-to a power of two by a front traced once per dtype and reduction: a handful
-of compilations serve every small call, and an eager call is one function call.
+A program computes the reduced loss and, if asked, the logits' gradient in one
+pass over the elements (``bce_core.compensated``, in the working dtype; on the
+CPU a chunk of rows at a time, ``chunks``). It is a ``tf.function(jit_compile=True)``
+with a shape-free signature, traced once per ``Layout`` and static choices; the
+smoothing constants and the denominator are runtime inputs, so another batch
+size, eps or reduction runs the same trace. Up to ``SMALL`` elements every call
+runs one of two programs per working dtype, on operands broadcast, flattened
+and padded to a power of two by a front traced once per dtype and reduction.
 
 >>> import tensorflow as tf
 >>> from bce_tensorflow.operands import prepare
@@ -146,29 +140,6 @@ def build_fused(layout: Layout, reduced: bool, grad: bool,
     names = ["logits", "targets", *(name for name, _ in layout.optional), *(n for n, _ in extras)]
     threshold = UNDERFLOW[np.dtype(layout.dtype)].threshold
 
-    def elements(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None,
-                 keep: tf.Tensor | None, factor: tf.Tensor | None,
-                 constants: Smoothing | None) -> tuple[list, list]:
-        y, w, q, keep = (None if v is None else tf.broadcast_to(v, tf.shape(x))
-                         for v in (y, w, q, keep))
-
-        def compute(tails: bool) -> tuple[list, list]:
-            parts = LogitParts.of(PRIMITIVES, x, tails=tails)
-            coefficients = Coefficients.of(PRIMITIVES, y, q, constants)
-            values = [parts.loss(coefficients, w)]
-            if grad:
-                slope = parts.slope(coefficients, w)
-                values.append(slope if factor is None else rules.zero_safe(OPS, factor, slope))
-            if keep is not None:
-                values = [OPS.where(keep, v, 0.0) for v in values]
-            return (values[:1], values[1:]) if reduced else ([], values)
-
-        if layout.padded:  # small inputs: one variant, for a shorter compilation
-            return compute(True)
-        # Typical logits have no element in the far tail: XLA then runs the lighter variant.
-        far = tf.reduce_any(tf.abs(x) >= tf.constant(threshold, work))
-        return tf.cond(far, lambda: compute(True), lambda: compute(False))
-
     def run(*args: tf.Tensor) -> tuple[tf.Tensor, ...]:
         given = dict(zip(names, args))
         x, keep, by = given["logits"], given.get("mask"), given.get("denominator")
@@ -179,8 +150,26 @@ def build_fused(layout: Layout, reduced: bool, grad: bool,
         constants = Smoothing.of(given["smoothing"]) if smoothing else None
         operands = [x, given["targets"], given.get("weight"), given.get("pos_weight"), keep]
 
-        def chunk(*c: tf.Tensor | None) -> tuple[list, list]:
-            return elements(*c, factor, constants)
+        def chunk(*values: tf.Tensor | None) -> tuple[list, list]:
+            x, y, w, q, keep = (v if v is None or i == 0 else tf.broadcast_to(v, tf.shape(
+                values[0])) for i, v in enumerate(values))
+
+            def compute(tails: bool) -> tuple[list, list]:
+                parts = LogitParts.of(PRIMITIVES, x, tails=tails)
+                coefficients = Coefficients.of(PRIMITIVES, y, q, constants)
+                out = [parts.loss(coefficients, w)]
+                if grad:
+                    slope = parts.slope(coefficients, w)
+                    out.append(slope if factor is None else rules.zero_safe(OPS, factor, slope))
+                if keep is not None:
+                    out = [OPS.where(keep, v, 0.0) for v in out]
+                return (out[:1], out[1:]) if reduced else ([], out)
+
+            if layout.padded:  # small inputs: one variant, for a shorter compilation
+                return compute(True)
+            # Typical logits have no element in the far tail: XLA then runs the lighter variant.
+            far = tf.reduce_any(tf.abs(x) >= tf.constant(threshold, work))
+            return tf.cond(far, lambda: compute(True), lambda: compute(False))
 
         if layout.chunked:
             cut = [True, True] + [layout.sliced(p) for p in (

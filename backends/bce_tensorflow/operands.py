@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from bce_core import arrays, rules
 from bce_core.rules import Operands
 from bce_core.spec import check_float_dtype
+
 
 def is_native(value: Any) -> bool:
     """True for TensorFlow tensors (eager or symbolic) and variables."""
@@ -38,27 +38,21 @@ def working_dtype(dtype: tf.DType) -> tf.DType:
     return tf.as_dtype(rules.working_dtype_name(dtype.name))
 
 
-@contextlib.contextmanager
-def on_device_of(tensor: tf.Tensor) -> Iterator[None]:
-    """Run the block on an eager ``tensor``'s device, so results stay where the input is."""
+def on_device_of(tensor: tf.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """The eager ``tensor``'s device as a context, so that results stay where the input is."""
     device = getattr(tensor, "device", "") if tf.executing_eagerly() else ""
-    if not device:
-        yield
-    else:
-        with tf.device(device):
-            yield
+    return tf.device(device) if device else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
-def has_gpu() -> bool:
-    """Whether TensorFlow places operations on a GPU by default here."""
+def _has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
 def runs_on_cpu(tensor: tf.Tensor) -> bool:
     """Whether ``tensor``'s computations run on a CPU (where the chunked loop pays off)."""
     device = getattr(tensor, "device", "") or ""
-    return "CPU" in device.rsplit("/", 1)[-1].upper() if device else not has_gpu()
+    return "CPU" in device.rsplit("/", 1)[-1].upper() if device else not _has_gpu()
 
 
 def _where(condition: Any, if_true: Any, if_false: Any) -> tf.Tensor:
