@@ -21,6 +21,7 @@ runs the tapes of the ``AutodiffBackend`` methods, eager or under XLA.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -38,12 +39,9 @@ from .fused import compiled, pattern_of
 from .kernels import OPERANDS, ProbsTerms, Working, weighted
 from .operands import OPS, Operands
 
-#: The operands that can have gradients, as ``value_and_grad`` names them.
-NAMES = tuple(kernels.LONG.values())
-
 
 def _given(ops: Operands[tf.Tensor]) -> dict[str, tf.Tensor | None]:
-    return dict(zip(NAMES, (ops.inputs, ops.targets, ops.weight, ops.pos_weight)))
+    return dict(zip(OPERANDS, (ops.inputs, ops.targets, ops.weight, ops.pos_weight)))
 
 
 # -- the fused loss, its backward reusing the forward's gradients ---------------------------
@@ -99,48 +97,38 @@ def _partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
 def _attach(ops: Operands[tf.Tensor], loss: tf.Tensor, names: tuple[str, ...],
             partials: Callable[[], list[tf.Tensor]], eps: float, reduction: str) -> tf.Tensor:
     """``loss`` as the output of an operation on the operands ``names`` whose gradient is
-    upstream times ``partials()``."""
-    given = _given(ops)
+    upstream times ``partials()``, itself an operation whose gradient (that of
+    sum(cotangent * upstream * d loss / d input)) comes from ``exact_loss``."""
 
     @tf.custom_gradient
     def loss_op(*inputs: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
-        def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
+        @tf.custom_gradient
+        def vjp_op(upstream: tf.Tensor, *inputs: tf.Tensor) -> tuple[list[tf.Tensor], Any]:
             with record.stop_recording():
-                saved = partials()
-            return _vjp(ops, names, saved, eps, reduction, upstream, *inputs)
-        return tf.identity(loss), grad
+                grads = [_times(s, upstream, operand, reduction)
+                         for s, operand in zip(partials(), inputs)]
 
-    return loss_op(*(given[name] for name in names))
+            def second(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
+                sources, zero = [upstream, *inputs], tf.UnconnectedGradients.ZERO
+                with tf.GradientTape() as outer:
+                    outer.watch(sources)
+                    with tf.GradientTape() as inner:
+                        inner.watch(list(inputs))
+                        # Derivatives in the other operands are neither asked for nor evaluated.
+                        fields = {"logits": "inputs", "targets": "targets"}
+                        loss = exact_loss(dataclasses.replace(ops, **{
+                            fields.get(n, n): t for n, t in zip(names, inputs)}),
+                            eps=eps, reduction=reduction, wrt=names)
+                    firsts = inner.gradient(loss, list(inputs), output_gradients=upstream,
+                                            unconnected_gradients=zero)
+                return outer.gradient(firsts, sources, unconnected_gradients=zero,
+                                      output_gradients=[tf.zeros_like(i) if c is None else c
+                                                        for c, i in zip(cotangents, inputs)])
+            return grads, second
 
+        return tf.identity(loss), lambda upstream: vjp_op(upstream, *inputs)
 
-def _vjp(ops: Operands[tf.Tensor], names: tuple[str, ...], saved: Sequence[tf.Tensor],
-         eps: float, reduction: str, upstream: tf.Tensor, *inputs: tf.Tensor) -> list[tf.Tensor]:
-    """upstream times the saved gradients, as an operation whose own gradient is the gradient of
-    sum(cotangent * upstream * d loss / d input), through ``exact_loss``."""
-
-    @tf.custom_gradient
-    def vjp_op(upstream: tf.Tensor, *inputs: tf.Tensor) -> tuple[list[tf.Tensor], Any]:
-        with record.stop_recording():
-            grads = [_times(s, upstream, operand, reduction) for s, operand in zip(saved, inputs)]
-
-        def second(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
-            sources = [upstream, *inputs]
-            cotangents = [tf.zeros_like(i) if c is None else c for c, i in zip(cotangents, inputs)]
-            short = [OPERANDS[NAMES.index(n)] for n in names]
-            with tf.GradientTape() as outer:
-                outer.watch(sources)
-                with tf.GradientTape() as inner:
-                    inner.watch(list(inputs))
-                    # Derivatives in the other operands are neither asked for nor evaluated.
-                    loss = exact_loss(kernels.replace(ops, dict(zip(short, inputs))), eps=eps,
-                                      reduction=reduction, wrt=short)
-                firsts = inner.gradient(loss, list(inputs), output_gradients=upstream,
-                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return outer.gradient(firsts, sources, output_gradients=cotangents,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return grads, second
-
-    return vjp_op(upstream, *inputs)
+    return loss_op(*(_given(ops)[name] for name in names))
 
 
 def _times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor,
@@ -329,7 +317,7 @@ class Autodiff:
               wrt: tuple[str, ...]) -> Any:
         loss_of = (self._backend.binary_cross_entropy if kind == "probs_grad"
                    else self._backend.binary_cross_entropy_with_logits)
-        sources, zero = dict(zip(NAMES, (x, y, w, q))), tf.UnconnectedGradients.ZERO
+        sources, zero = dict(zip(OPERANDS, (x, y, w, q))), tf.UnconnectedGradients.ZERO
         second = kind == "second_derivative"
         with tf.GradientTape() if second else contextlib.nullcontext() as outer:
             if second:

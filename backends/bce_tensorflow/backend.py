@@ -1,15 +1,10 @@
-"""The TensorFlow backend object.
+"""The TensorFlow backend object: argument checks through the core, then one of two paths.
 
-Results are tensors of the input's dtype on the input's device; reduced losses
-are 0-d tensors. Every computation runs in the working dtype (float32 for
-float16, bfloat16 and float32; float64 for float64) and rounds each result
-once. The loss from logits and ``value_and_grad`` with respect to the logits
-run one compiled XLA program (``fused``); under ``tf.GradientTape`` its forward
-also computes the gradient that the backward then reuses (``autodiff``).
-Other gradients, second derivatives and the probability form use the analytic
-``kernels``. ``tf.GradientTape``, ``tf.function`` and
-``tf.function(jit_compile=True)`` differentiate the losses to second order
-with the spec's derivatives.
+Results are tensors of the input's dtype on its device, computed in the working
+dtype and rounded once. The loss from logits and the logits' gradient run one
+compiled XLA program (``fused``), whose gradient the backward of a tape reuses
+(``autodiff``); other derivatives and the probability form use ``kernels``.
+Tapes, ``tf.function`` and XLA differentiate the losses to second order.
 
 >>> import tensorflow as tf
 >>> backend = TensorFlowBackend()
@@ -28,8 +23,14 @@ import numpy as np
 import tensorflow as tf
 
 from bce_core.rules import pack_gradients
-from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
-                           check_reduction, check_wrt, check_wrt_given)
+from bce_core.spec import (
+    DEFAULT_LOG_CLAMP,
+    check_label_smoothing,
+    check_log_clamp,
+    check_reduction,
+    check_wrt,
+    check_wrt_given,
+)
 
 from . import autodiff, fused, kernels
 from .operands import is_native, on_device_of, prepare, validate
@@ -76,8 +77,6 @@ class TensorFlowBackend:
         self._devices_lock = threading.Lock()
         self._autodiff = autodiff.Autodiff(self)
 
-    # -- the framework ------------------------------------------------------------------
-
     def version(self) -> str:
         return tf.__version__
 
@@ -112,12 +111,10 @@ class TensorFlowBackend:
 
     def to_numpy(self, array: Any) -> np.ndarray:
         """A NumPy copy (bfloat16 as ml_dtypes.bfloat16); needs an eager tensor."""
-        if is_native(array):
-            if not tf.executing_eagerly():
-                raise ValueError("to_numpy needs an eager tensor; it cannot run under "
-                                 "tf.function tracing.")
-            return np.asarray(array.numpy())
-        return np.asarray(array)
+        if is_native(array) and not tf.executing_eagerly():
+            raise ValueError("to_numpy needs an eager tensor; it cannot run under "
+                             "tf.function tracing.")
+        return np.asarray(array.numpy() if is_native(array) else array)
 
     def device_of(self, array: Any) -> str:
         """The device of an eager tensor, named as ``devices()`` names it.
@@ -260,8 +257,6 @@ class TensorFlowBackend:
 
     def framework_loss(self, logits: Any, targets: Any) -> tuple[tf.Tensor, tf.Tensor]:
         """tf.nn.sigmoid_cross_entropy_with_logits, its gradient by tf.GradientTape.
-
-        Elementwise (reduction none), in the input's dtype and on its device.
 
         >>> loss, grad = TensorFlowBackend().framework_loss(tf.constant([0.0, np.inf]),
         ...                                                 tf.constant([1.0, 1.0]))

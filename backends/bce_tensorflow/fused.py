@@ -33,7 +33,14 @@ from bce_core import rules
 from bce_core.compensated import UNDERFLOW, Coefficients, LogitParts, Smoothing
 
 from .chunks import chunk_sum, over_rows
-from .operands import OPS, PRIMITIVES, Operands, dynamic_shape, runs_on_cpu, working_dtype
+from .operands import (
+    OPS,
+    PRIMITIVES,
+    Operands,
+    dynamic_shape,
+    runs_on_cpu,
+    working_dtype,
+)
 
 #: Elements per chunk on CPU: large enough that the loop's own cost is small, small enough that
 #: the chunk's intermediates stay in cache.

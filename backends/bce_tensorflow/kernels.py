@@ -9,15 +9,14 @@ analytic derivatives of a call without autodiff, reduced by the core's rules.
 
 >>> import tensorflow as tf
 >>> terms = LogitTerms.of(tf.constant([0.0, 2.0]), tf.constant([1.0, 0.0]), None, None, 0.0)
->>> [round(v, 4) for v in terms.partial("x").numpy().tolist()]
+>>> [round(v, 4) for v in terms.partial("logits").numpy().tolist()]
 [-0.5, 0.8808]
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -27,9 +26,8 @@ from bce_core.spec import PROBS_GRAD_EPS
 
 from .operands import OPS, PRIMITIVES, Operands, dynamic_shape, working_dtype
 
-#: The short names of the operands with derivatives, in argument order, and their long ones.
-OPERANDS = ("x", "y", "w", "q")
-LONG = dict(zip(OPERANDS, ("logits", "targets", "weight", "pos_weight")))
+#: The operands with derivatives, in argument order ("logits" is the probabilities' place too).
+OPERANDS = ("logits", "targets", "weight", "pos_weight")
 
 
 def weighted(w: tf.Tensor | None, value: tf.Tensor) -> tf.Tensor:
@@ -68,31 +66,30 @@ class LogitTerms(NamedTuple):
         w (d2 loss / d name d w)."""
         w = self.w if weighted_ else None
         c = self.coefficients
-        if name == "x":
+        if name == "logits":
             return self.parts.slope(c, w)
-        if name == "w":
+        if name == "weight":
             return self.parts.bracket(c)
         sp_pos, sp_neg = self.parts.softpluses()
-        if name == "y":  # (1 - eps) [q softplus(-x) - softplus(x)]: exactly -x when q = 1
+        if name == "targets":  # (1 - eps) [q softplus(-x) - softplus(x)]: exactly -x when q = 1
             return weighted(w, self._smoothed(-self.x if self.q is None
                                               else weighted(self.q, sp_neg) - sp_pos))
         return weighted(w, rules.zero_safe(OPS, c.smoothed.hi, sp_neg))  # q: y' softplus(-x)
 
     def second(self, a: str, b: str) -> tf.Tensor | None:
         """d2 loss / d a d b per element; None where it is 0 (d2/dy2, d2/dw2, d2/dq2)."""
-        first, second = sorted((OPERANDS.index(a), OPERANDS.index(b)))
-        pair = OPERANDS[first] + OPERANDS[second]
-        if pair in ("yy", "ww", "qq"):
+        pair = {a, b}
+        if pair in ({"targets"}, {"weight"}, {"pos_weight"}):
             return None
-        if "w" in pair:  # the partial of the other operand, before the weight
-            return self.partial(pair.replace("w", ""), weighted_=False)
+        if "weight" in pair:  # the partial of the other operand, before the weight
+            return self.partial((pair - {"weight"}).pop(), weighted_=False)
         c = self.coefficients
-        if pair == "xx":  # w (a + b) sigma(x) sigma(-x); a + b summed, so NaN targets give NaN
+        if pair == {"logits"}:  # w (a + b) sigma(x) sigma(-x); a + b summed, so NaN targets give NaN
             return self.parts.curvature(weighted(self.w, c.one_minus.hi + c.b.hi))
         sig_pos, sig_neg = self.parts.sigmoids()
-        if pair == "xy":  # -w (1 - eps) [sigma(x) + q sigma(-x)]
+        if pair == {"logits", "targets"}:  # -w (1 - eps) [sigma(x) + q sigma(-x)]
             return -weighted(self.w, self._smoothed(sig_pos + weighted(self.q, sig_neg)))
-        if pair == "xq":  # -w y' sigma(-x)
+        if pair == {"logits", "pos_weight"}:  # -w y' sigma(-x)
             return -weighted(self.w, rules.zero_safe(OPS, c.smoothed.hi, sig_neg))
         return weighted(self.w, self._smoothed(self.parts.softpluses()[1]))  # yq
 
@@ -131,14 +128,14 @@ class ProbsTerms(NamedTuple):
                              + rules.zero_safe(OPS, self.one_minus, self.log_1mp)))
 
     def partial(self, name: str) -> tf.Tensor:
-        """d loss / d ``name`` (of ``OPERANDS``, "x" being the probabilities)."""
-        if name == "x":  # w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12)
+        """d loss / d ``name`` (of ``OPERANDS``, "logits" standing for the probabilities)."""
+        if name == "logits":  # w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12)
             numerator = self.p * (self.one_minus + self.b) - self.b
             return self._valid(weighted(self.w, numerator / tf.maximum(
                 self.p * (1.0 - self.p), PROBS_GRAD_EPS)))
-        if name == "w":
+        if name == "weight":
             return self.bracket()
-        if name == "y":  # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
+        if name == "targets":  # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
             return weighted(self.w, rules.zero_safe(OPS, 1.0 - self.eps,
                                                     self.log_1mp - weighted(self.q, self.log_p)))
         return weighted(self.w, -rules.zero_safe(OPS, self.smoothed, self.log_p))
@@ -207,7 +204,7 @@ def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
     v = Working.of(ops, neutral=0.0)
     terms = LogitTerms.of(v.x, v.y, v.w, v.q, eps)
     reduced = v.reduce(terms.loss(), reduction)
-    partials = {long: (lambda n=name: terms.partial(n)) for name, long in LONG.items()}
+    partials = {name: (lambda n=name: terms.partial(n)) for name in OPERANDS}
     shapes = {} if full else {name: None if value is None else tuple(
         -1 if d is None else d for d in value.shape.as_list())
         for name, value in (("weight", ops.weight), ("pos_weight", ops.pos_weight))}
@@ -221,11 +218,4 @@ def grad_hess(ops: Operands[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     """Elementwise (d loss / d x, d2 loss / d x2) without smoothing, mask or reduction."""
     v = Working.of(ops, neutral=0.0)
     terms = LogitTerms.of(v.x, v.y, v.w, v.q, 0.0)
-    return v.out(terms.partial("x")), v.out(terms.second("x", "x"))
-
-
-def replace(ops: Operands[tf.Tensor], values: dict[str, Any]) -> Operands[tf.Tensor]:
-    """``ops`` with the operands named in ``values`` (short names) replaced."""
-    fields = dict(zip(OPERANDS, ("inputs", "targets", "weight", "pos_weight")))
-    return dataclasses.replace(ops, **{fields[n]: t for n, t in values.items()})
-
+    return v.out(terms.partial("logits")), v.out(terms.second("logits", "logits"))

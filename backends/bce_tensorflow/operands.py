@@ -44,7 +44,7 @@ def on_device_of(tensor: tf.Tensor) -> contextlib.AbstractContextManager[Any]:
     return tf.device(device) if device else contextlib.nullcontext()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
