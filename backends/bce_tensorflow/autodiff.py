@@ -67,14 +67,19 @@ def logits_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str) -> tf.T
 
 def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
                    names: Sequence[str]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-    """The loss and its gradients with respect to ``names``: the fused program for the logits
-    alone, the analytic kernels for other operands and wherever a tape watches an operand
-    (their results are then differentiable as before)."""
-    if tuple(names) == ("logits",) and not any(
-            t is not None and record.should_record_backprop([t]) for t in _given(ops).values()):
-        loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
-        return loss, [grad]
-    return kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=names)
+    """The loss and its gradients with respect to ``names``: the fused program for the logits,
+    the analytic kernels for the others, and where a tape watches an operand, a tape of its
+    own around ``logits_loss`` (so the results are differentiable with the spec's derivatives)."""
+    if not any(t is not None and record.should_record_backprop([t]) for t in _given(ops).values()):
+        if tuple(names) == ("logits",):
+            loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
+            return loss, [grad]
+        return kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=names)
+    sources = [_given(ops)[name] for name in names]
+    with tf.GradientTape() as tape:
+        tape.watch(sources)
+        loss = logits_loss(ops, eps=eps, reduction=reduction)
+    return loss, tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def _partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
@@ -138,11 +143,11 @@ def _times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor,
     without a pass over the elements."""
     if reduction == "none" or upstream.shape.rank != 0:
         return upstream_times(saved, upstream, operand)
-    if tf.executing_eagerly():
-        return saved if float(upstream) == 1.0 else upstream_times(saved, upstream, operand)
-    known = tf.get_static_value(upstream)  # tape.gradient of a loss seeds a constant 1
+    known = tf.get_static_value(upstream)  # eager, or the constant 1 tape.gradient seeds
     if known is not None:
-        return tf.identity(saved) if known == 1 else upstream_times(saved, upstream, operand)
+        if known != 1:
+            return upstream_times(saved, upstream, operand)
+        return saved if tf.executing_eagerly() else tf.identity(saved)
     return tf.cond(tf.equal(upstream, 1), lambda: tf.identity(saved),
                    lambda: upstream_times(saved, upstream, operand))
 
@@ -280,16 +285,8 @@ def probs_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
 
 
 class Autodiff:
-    """Gradient tapes around a backend's losses, with lazily compiled XLA versions.
-
-    >>> from bce_tensorflow.backend import TensorFlowBackend
-    >>> runner = Autodiff(TensorFlowBackend())
-    >>> loss, (grad,) = runner.run("value_and_grad", tf.constant([0.0, 0.0]),
-    ...                            tf.constant([1.0, 0.0]), None, None, None, compiled=False,
-    ...                            options={}, wrt=("logits",))
-    >>> grad.numpy().tolist()
-    [-0.25, 0.25]
-    """
+    """Gradient tapes around a backend's losses (``TensorFlowBackend.autodiff_*``), with lazily
+    compiled XLA versions."""
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend

@@ -16,21 +16,15 @@ Tapes, ``tf.function`` and XLA differentiate the losses to second order.
 
 from __future__ import annotations
 
-import threading
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
 from bce_core.rules import pack_gradients
-from bce_core.spec import (
-    DEFAULT_LOG_CLAMP,
-    check_label_smoothing,
-    check_log_clamp,
-    check_reduction,
-    check_wrt,
-    check_wrt_given,
-)
+from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
+                           check_reduction, check_wrt, check_wrt_given)
 
 from . import autodiff, fused, kernels
 from .operands import is_native, on_device_of, prepare, validate
@@ -43,7 +37,8 @@ if TYPE_CHECKING:
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 
-def _probe_devices() -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _probe_devices() -> tuple[str, ...]:
     """'cpu' and 'gpu:N' for each logical device on which a tiny computation succeeds."""
     usable = []
     for device in tf.config.list_logical_devices():
@@ -57,7 +52,7 @@ def _probe_devices() -> list[str]:
             ok = False
         if ok:
             usable.append("cpu" if kind == "cpu" and index == 0 else f"{kind}:{index}")
-    return usable
+    return tuple(usable)
 
 
 def _tensorflow_device(device: str) -> str:
@@ -73,24 +68,18 @@ class TensorFlowBackend:
     name = "tensorflow"
 
     def __init__(self) -> None:
-        self._devices: list[str] | None = None
-        self._devices_lock = threading.Lock()
         self._autodiff = autodiff.Autodiff(self)
 
     def version(self) -> str:
         return tf.__version__
 
     def devices(self) -> list[str]:
-        """Usable devices, probed once per backend object.
+        """Usable devices, probed once.
 
         >>> "cpu" in TensorFlowBackend().devices()
         True
         """
-        if self._devices is None:
-            with self._devices_lock:
-                if self._devices is None:
-                    self._devices = _probe_devices()
-        return list(self._devices)
+        return list(_probe_devices())
 
     def asarray(self, array: Any, device: str | None = None) -> tf.Tensor:
         """A tensor holding the NumPy ``array`` (same dtype, bfloat16 included) on ``device``.

@@ -33,14 +33,7 @@ from bce_core import rules
 from bce_core.compensated import UNDERFLOW, Coefficients, LogitParts, Smoothing
 
 from .chunks import chunk_sum, over_rows
-from .operands import (
-    OPS,
-    PRIMITIVES,
-    Operands,
-    dynamic_shape,
-    runs_on_cpu,
-    working_dtype,
-)
+from .operands import OPS, PRIMITIVES, Operands, dynamic_shape, runs_on_cpu, working_dtype
 
 #: Elements per chunk on CPU: large enough that the loop's own cost is small, small enough that
 #: the chunk's intermediates stay in cache.
@@ -83,12 +76,8 @@ def pattern_of(tensor: tf.Tensor) -> Pattern:
 
 @dataclass(frozen=True)
 class Layout:
-    """The static facts about one call's operands that a compiled program is specialised on.
-
-    >>> layout = Layout("float32", 2, (True,), None, (True, False), chunked=True, padded=False)
-    >>> [spec.shape.as_list() for spec in layout.signature()]
-    [[None, None], [None, None], [None], [None, 1]]
-    """
+    """The static facts about one call's operands that a compiled program is specialised on:
+    the working dtype, the rank and the ``Pattern`` of each optional operand given."""
 
     dtype: str
     rank: int
@@ -197,11 +186,7 @@ def build_fused(layout: Layout, reduced: bool, grad: bool,
 
 
 def bucket(size: int) -> int:
-    """The padded size of ``size`` elements: a power of two, at least ``_MIN_SIZE``.
-
-    >>> bucket(2), bucket(1000)
-    (8, 1024)
-    """
+    """The padded size of ``size`` elements: a power of two, at least ``_MIN_SIZE``."""
     return max(_MIN_SIZE, 1 << max(size - 1, 0).bit_length())
 
 
@@ -281,28 +266,20 @@ def _large(ops: Operands[tf.Tensor], eps: float, reduction: str,
                        lambda: build_fused(layout, reduced, grad, smoothing))
     extras = [denominator(reduction, ops)] if reduced else []
     out = program(*args, *extras, *([_smoothing(eps, work.name)] if smoothing else []))
-    shape = tuple(x.shape.as_list()) if x.shape.is_fully_defined() else tf.shape(x)
 
-    def restore(result: tf.Tensor) -> tf.Tensor:
-        if not (isinstance(shape, tuple) and tuple(result.shape) == shape):
-            result = tf.reshape(result, shape)
+    def restore(result: tf.Tensor, elementwise: bool = True) -> tf.Tensor:
+        if elementwise and result.shape != x.shape:
+            result = tf.reshape(result, tf.shape(x))
         return result if result.dtype == x.dtype else tf.cast(result, x.dtype)
 
-    loss = out[0] if reduced else restore(out[0])
-    loss = loss if loss.dtype == x.dtype else tf.cast(loss, x.dtype)
-    return loss, restore(out[-1]) if grad else None
-
-
-def is_small(ops: Operands[tf.Tensor]) -> bool:
-    """Whether the logits' size is known and at most ``SMALL``."""
-    size = ops.inputs.shape.num_elements()
-    return size is not None and size <= SMALL
+    return restore(out[0], not reduced), restore(out[-1]) if grad else None
 
 
 def loss_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
                   grad: bool) -> tuple[tf.Tensor, tf.Tensor | None]:
     """(the reduced loss, d loss / d logits or None), in the logits' dtype and shape."""
-    if is_small(ops):
+    size = ops.inputs.shape.num_elements()
+    if size is not None and size <= SMALL:
         loss, gradient = _small(ops, eps, reduction)
         return loss, gradient if grad else None
     return _large(ops, eps, reduction, grad)

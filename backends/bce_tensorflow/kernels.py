@@ -24,7 +24,7 @@ from bce_core import rules
 from bce_core.compensated import Coefficients, LogitParts, Smoothing
 from bce_core.spec import PROBS_GRAD_EPS
 
-from .operands import OPS, PRIMITIVES, Operands, dynamic_shape, working_dtype
+from .operands import CONVERTER, OPS, PRIMITIVES, Operands, dynamic_shape, working_dtype
 
 #: The operands with derivatives, in argument order ("logits" is the probabilities' place too).
 OPERANDS = ("logits", "targets", "weight", "pos_weight")
@@ -84,7 +84,7 @@ class LogitTerms(NamedTuple):
         if "weight" in pair:  # the partial of the other operand, before the weight
             return self.partial((pair - {"weight"}).pop(), weighted_=False)
         c = self.coefficients
-        if pair == {"logits"}:  # w (a + b) sigma(x) sigma(-x); a + b summed, so NaN targets give NaN
+        if pair == {"logits"}:  # w (a + b) sigma(x) sigma(-x), a + b summed: NaN targets, NaN
             return self.parts.curvature(weighted(self.w, c.one_minus.hi + c.b.hi))
         sig_pos, sig_neg = self.parts.sigmoids()
         if pair == {"logits", "targets"}:  # -w (1 - eps) [sigma(x) + q sigma(-x)]
@@ -160,14 +160,13 @@ class Working(NamedTuple):
     def of(cls, ops: Operands[tf.Tensor], *, neutral: float) -> Working:
         work = working_dtype(ops.inputs.dtype)
 
-        def up(value: tf.Tensor | None, full: bool = True) -> tf.Tensor | None:
+        def up(value: tf.Tensor | None) -> tf.Tensor | None:
             if value is None:
                 return None
             value = value if value.dtype in (work, tf.bool) else tf.cast(value, work)
-            return OPS.broadcast_to(value, dynamic_shape(ops.inputs)) if full else value
+            return OPS.broadcast_to(value, dynamic_shape(ops.inputs))
 
-        x, y, w, q, keep = up(ops.inputs, False), up(ops.targets, False), up(ops.weight), up(
-            ops.pos_weight), up(ops.mask)
+        x, y, w, q, keep = map(up, (ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask))
         if keep is not None:
             x, y = OPS.where(keep, x, neutral), OPS.where(keep, y, 0.0)
             w, q = (None if v is None else OPS.where(keep, v, 0.0) for v in (w, q))
@@ -205,9 +204,9 @@ def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
     terms = LogitTerms.of(v.x, v.y, v.w, v.q, eps)
     reduced = v.reduce(terms.loss(), reduction)
     partials = {name: (lambda n=name: terms.partial(n)) for name in OPERANDS}
-    shapes = {} if full else {name: None if value is None else tuple(
-        -1 if d is None else d for d in value.shape.as_list())
-        for name, value in (("weight", ops.weight), ("pos_weight", ops.pos_weight))}
+    shapes = {} if full else {name: None if value is None else CONVERTER.shape_of(value)
+                              for name, value in (("weight", ops.weight),
+                                                  ("pos_weight", ops.pos_weight))}
     grads = rules.reduction_gradients(OPS, list(names), partials,
                                       shape=dynamic_shape(v.x), arg_shapes=shapes,
                                       reduction=reduction, reduced=reduced)

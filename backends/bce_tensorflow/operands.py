@@ -136,19 +136,26 @@ def validate(ops: Operands[tf.Tensor], input_name: str) -> None:
 def dynamic_shape(tensor: tf.Tensor) -> tuple[Any, ...]:
     """The shape, a scalar tensor for each dimension unknown while tracing (so that the core's
     shape arithmetic, a product or the first dimension, gives a tensor there)."""
-    dims = tensor.shape.as_list()
-    if None not in dims:
-        return tuple(dims)
-    runtime = tf.shape(tensor)
-    return tuple(runtime[i] if d is None else d for i, d in enumerate(dims))
+    return tuple(tf.shape(tensor)[i] if d is None else d
+                 for i, d in enumerate(tensor.shape.as_list()))
 
 
-class TensorFlowOps:
-    """The ``rules.ArrayOps`` of TensorFlow; sums accumulate in float64."""
+class TensorFlowArrays:
+    """TensorFlow's ``rules.ArrayOps`` (sums accumulate in float64) and its
+    ``compensated.Primitives`` (whose dtypes in and out are NumPy's), in one."""
 
     where = staticmethod(_where)
     reshape = staticmethod(tf.reshape)
     zeros_like = staticmethod(tf.zeros_like)
+    ones_like = staticmethod(tf.ones_like)
+    isfinite = staticmethod(tf.math.is_finite)
+    abs = staticmethod(tf.abs)
+    exp = staticmethod(tf.exp)
+    maximum = staticmethod(tf.maximum)
+    minimum = staticmethod(tf.minimum)
+    round = staticmethod(tf.round)
+    bitwise_and = staticmethod(tf.bitwise.bitwise_and)
+    bitwise_or = staticmethod(tf.bitwise.bitwise_or)
 
     @staticmethod
     def total(array: tf.Tensor) -> tf.Tensor:
@@ -173,25 +180,6 @@ class TensorFlowOps:
     def cast_like(array: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
         return tf.cast(array, like.dtype)
 
-
-OPS = TensorFlowOps()
-
-
-class TensorFlowPrimitives:
-    """The ``compensated.Primitives`` of TensorFlow (dtypes in and out are NumPy's)."""
-
-    where = staticmethod(_where)
-    isfinite = staticmethod(tf.math.is_finite)
-    abs = staticmethod(tf.abs)
-    exp = staticmethod(tf.exp)
-    maximum = staticmethod(tf.maximum)
-    minimum = staticmethod(tf.minimum)
-    round = staticmethod(tf.round)
-    zeros_like = staticmethod(tf.zeros_like)
-    ones_like = staticmethod(tf.ones_like)
-    bitwise_and = staticmethod(tf.bitwise.bitwise_and)
-    bitwise_or = staticmethod(tf.bitwise.bitwise_or)
-
     @staticmethod
     def dtype(a: tf.Tensor) -> np.dtype:
         return np.dtype(a.dtype.as_numpy_dtype)
@@ -214,4 +202,4 @@ class TensorFlowPrimitives:
         return tf.bitcast(a, tf.as_dtype(dtype))
 
 
-PRIMITIVES = TensorFlowPrimitives()
+OPS = PRIMITIVES = TensorFlowArrays()
