@@ -119,8 +119,12 @@ def denominator(reduction: str, ops: Operands[tf.Tensor]) -> tf.Tensor | None:
 
 
 @functools.lru_cache(maxsize=256)
+def _smoothing_values(eps: float, dtype: str) -> tuple[float, ...]:
+    return tuple(Smoothing.values(eps, np.dtype(dtype)))
+
+
 def _smoothing(eps: float, dtype: str) -> tf.Tensor:
-    return tf.constant(Smoothing.values(eps, np.dtype(dtype)), dtype)
+    return tf.constant(_smoothing_values(eps, dtype), dtype)
 
 
 def build_fused(layout: Layout, reduced: bool, grad: bool,
