@@ -1,11 +1,8 @@
 """TensorFlow's autodiff through the losses: the ``tf.custom_gradient`` glue and the tapes.
 
-``logits_loss`` is the fused loss as an operation whose forward computes the
-gradients of the operands a tape watches (``fused``) and whose backward
-multiplies them by the upstream gradient; that backward's own gradient comes
-from ``exact_loss``, whose element losses (like ``probs_loss``'s) are operations
-with the spec's analytic derivatives (``kernels``), to second order. ``Autodiff``
-runs the tapes of the ``AutodiffBackend`` methods, eager or under XLA.
+``logits_loss``'s forward computes the gradients a tape watches (``fused``), its backward
+reuses them; the backward's own gradient comes from ``exact_loss``, whose element losses
+(like ``probs_loss``'s) have the analytic derivatives (``kernels``). ``Autodiff`` runs tapes.
 
 >>> import tensorflow as tf
 >>> from bce_tensorflow.operands import prepare
@@ -50,13 +47,12 @@ def _given(ops: Operands[tf.Tensor]) -> dict[str, tf.Tensor | None]:
 def logits_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str) -> tf.Tensor:
     """The reduced loss, in the logits' dtype, differentiable by TensorFlow's autodiff."""
     given = {name: t for name, t in _given(ops).items() if t is not None}
-    watched = tuple(name for name, t in given.items() if record.should_record_backprop([t]))
-    if watched:
-        with record.stop_recording():
-            loss, saved = _partials(ops, watched, eps, reduction)
-        return _attach(ops, loss, watched, lambda: saved, eps, reduction)
+    watched = tuple(n for n, t in given.items() if record.should_record_backprop([t]))
     with record.stop_recording():
-        loss, _ = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=False)
+        loss, saved = (_partials(ops, watched, eps, reduction) if watched else
+                       fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=False))
+    if watched:
+        return _attach(ops, loss, watched, lambda: saved, eps, reduction)
     if tf.executing_eagerly() and not record.could_possibly_record():
         return loss
     # Someone may still ask for gradients (tf.gradients, a forward accumulator): compute them then.
@@ -68,8 +64,7 @@ def logits_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str) -> tf.T
 def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
                    names: Sequence[str]) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """The loss and its gradients with respect to ``names``: the fused program for the logits,
-    the analytic kernels for the others, and where a tape watches an operand, a tape of its
-    own around ``logits_loss`` (so the results are differentiable with the spec's derivatives)."""
+    the kernels for the others; where a tape watches, a tape around ``logits_loss``."""
     if not any(t is not None and record.should_record_backprop([t]) for t in _given(ops).values()):
         if tuple(names) == ("logits",):
             loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
@@ -84,9 +79,8 @@ def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
 
 def _partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
               reduction: str) -> tuple[tf.Tensor, list[tf.Tensor]]:
-    """The loss and its gradients with respect to ``names`` (per element for broadcast operands
-    under reduction "none"): the logits' from the fused program, the others' apart, so that
-    inside a graph those nobody uses are pruned with their computation."""
+    """The loss and its gradients with respect to ``names`` (per element under "none"): the
+    logits' from the fused program, the others' apart (a graph prunes those nobody uses)."""
     loss, partials = None, []
     if "logits" in names:
         loss, grad = fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=True)
@@ -157,14 +151,8 @@ _LIFT = {np.dtype(np.float32): (60, 64), np.dtype(np.float64): (500, 512)}
 
 
 def scaled_product(saved: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    """saved * factor (0 where factor is 0), where a product below the smallest normal number
-    is rebuilt from bits rather than flushed (TensorFlow and XLA on CPU flush subnormals), and
-    ``saved`` may itself be subnormal: with a factor of 1 the result is ``saved`` exactly.
-
-    >>> tiny = tf.constant([3.7e-44, 0.25])
-    >>> scaled_product(tiny, tf.constant(1.0)).numpy().tolist() == tiny.numpy().tolist()
-    True
-    """
+    """saved * factor (0 where factor is 0), a product below the smallest normal number rebuilt
+    from bits (TensorFlow's CPU flushes them), ``saved`` possibly subnormal: times 1, itself."""
     dtype = np.dtype(saved.dtype.as_numpy_dtype)
     spec, (cut, lift) = UNDERFLOW[dtype], _LIFT[dtype]
     ints, mantissa, minexp = tf.as_dtype(spec.int_dtype), spec.mantissa_bits, np.finfo(dtype).minexp
@@ -198,9 +186,8 @@ def _product(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor) -> tf.Te
 
 
 def upstream_times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor) -> tf.Tensor:
-    """upstream * saved in ``operand``'s shape (summed over its broadcast axes if ``saved`` has
-    the full shape), zero where upstream is 0: a few operations for small inputs, one compiled
-    program per dtype, ranks and broadcast pattern for large ones."""
+    """upstream * saved, summed to ``operand``'s shape, zero where upstream is 0: a few
+    operations for small inputs, a compiled program per dtype, ranks and pattern for large."""
     upstream = tf.cast(upstream, saved.dtype)
     size = saved.shape.num_elements()
     if size is not None and size <= fused.SMALL:  # a few ops cost less than a compilation

@@ -1,10 +1,8 @@
 """The TensorFlow backend object: argument checks through the core, then one of two paths.
 
-Results are tensors of the input's dtype on its device, computed in the working
-dtype and rounded once. The loss from logits and the logits' gradient run one
-compiled XLA program (``fused``), whose gradient the backward of a tape reuses
-(``autodiff``); other derivatives and the probability form use ``kernels``.
-Tapes, ``tf.function`` and XLA differentiate the losses to second order.
+Results have the input's dtype and device, computed in the working dtype, rounded once: the
+loss from logits and its gradient by one XLA program (``fused``, reused by tapes through
+``autodiff``), other derivatives and the probability form by ``kernels``, to second order.
 
 >>> import tensorflow as tf
 >>> backend = TensorFlowBackend()
@@ -74,11 +72,7 @@ class TensorFlowBackend:
         return tf.__version__
 
     def devices(self) -> list[str]:
-        """Usable devices, probed once.
-
-        >>> "cpu" in TensorFlowBackend().devices()
-        True
-        """
+        """Usable devices, probed once: ``"cpu" in TensorFlowBackend().devices()``."""
         return list(_probe_devices())
 
     def asarray(self, array: Any, device: str | None = None) -> tf.Tensor:
@@ -106,17 +100,12 @@ class TensorFlowBackend:
         return np.asarray(array.numpy() if is_native(array) else array)
 
     def device_of(self, array: Any) -> str:
-        """The device of an eager tensor, named as ``devices()`` names it.
-
-        >>> TensorFlowBackend().device_of(tf.constant(1.0))
-        'cpu'
-        """
+        """The device of an eager tensor, named as ``devices()`` names it ("cpu", "gpu:1")."""
         kind, _, index = array.device.rsplit("device:", 1)[-1].lower().partition(":")
         return "cpu" if (kind, index) == ("cpu", "0") else f"{kind}:{index}"
 
     def size_thresholds(self, device: str) -> tuple[int, ...]:
-        """Where the code path changes: inputs up to ``fused.SMALL`` elements are padded into a
-        few shapes; on the CPU larger ones run a chunk of ``fused.CHUNK_ELEMENTS`` at a time.
+        """Where the path changes: past ``fused.SMALL`` elements, and on the CPU past a chunk.
 
         >>> TensorFlowBackend().size_thresholds("cpu")
         (4097, 131073)
@@ -125,11 +114,7 @@ class TensorFlowBackend:
         return (first, fused.CHUNK_ELEMENTS + 1) if device.split(":")[0] == "cpu" else (first,)
 
     def as_parameter(self, array: Any, device: str | None = None) -> tf.Variable:
-        """``array`` as a user's parameter: a ``tf.Variable`` (which a call must not assign).
-
-        >>> TensorFlowBackend().as_parameter(np.zeros(2, np.float32)).shape
-        TensorShape([2])
-        """
+        """``array`` as a user's parameter: a ``tf.Variable`` (which a call must not assign)."""
         return tf.Variable(self.asarray(array, device), trainable=True)
 
     def parameter_state(self, parameter: tf.Variable) -> dict[str, np.ndarray]:

@@ -1,14 +1,10 @@
 """An elementwise pass over large inputs a chunk of rows at a time, inside an XLA program.
 
-XLA on CPU neither fuses the elementwise program into the sum that reduces it
-nor computes the values the loss and its gradient share once per element: it
-writes them to input-sized buffers (40 MB each at 10 million float32 elements)
-and reads them back. ``over_rows`` runs the function on a chunk of rows at a
-time in a loop, so only a chunk's intermediates exist; per-element outputs are
-written into place and sums accumulated as they go. The last chunk ends at the
-last row and overlaps the one before (its rows already counted are left out
-of the sums), so one copy of the program serves every size. A chunk is summed
-in partial sums of a few hundred elements, and those in float64 (``chunk_sum``).
+XLA on CPU writes the values the loss and its gradient share to input-sized
+buffers and reads them back; ``over_rows`` runs the function on a chunk of rows
+at a time in a loop instead, writing outputs into place and summing as it goes.
+The last chunk ends at the last row and overlaps the one before (its rows already
+counted are left out of the sums), so one copy of the program serves every size.
 
 >>> import tensorflow as tf
 >>> run = tf.function(lambda x: over_rows(lambda c: ([c], [2 * c]), [x], [True], 1,
@@ -27,9 +23,6 @@ from tensorflow.compiler.tf2xla.python import xla
 
 from bce_core.compensated import two_sum
 
-#: (sums, per-element outputs) of one chunk, from its operands.
-ChunkFunction = Callable[..., tuple[list[tf.Tensor], list[tf.Tensor]]]
-
 
 def _take(value: tf.Tensor | None, start: tf.Tensor, rows: tf.Tensor) -> tf.Tensor | None:
     """Rows [start, start + rows) of ``value``."""
@@ -46,8 +39,7 @@ def _put(buffer: tf.Tensor, update: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
     return xla.dynamic_update_slice(buffer, update, begin)
 
 
-#: Elements per partial sum within a chunk.
-_PARTIAL = 256
+_PARTIAL = 256  # elements per partial sum within a chunk
 
 
 def chunk_sum(values: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -59,9 +51,9 @@ def chunk_sum(values: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(partial, dtype))
 
 
-def over_rows(fn: ChunkFunction, operands: Sequence[tf.Tensor | None], sliced: Sequence[bool],
-              n_sums: int, output_dtypes: Sequence[tf.DType], chunk_elements: int,
-              sum_dtype: tf.DType | None = None) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+def over_rows(fn: Callable[..., tuple[list, list]], operands: Sequence[tf.Tensor | None],
+              sliced: Sequence[bool], n_sums: int, output_dtypes: Sequence[tf.DType],
+              chunk_elements: int, sum_dtype: tf.DType | None = None) -> tuple[list, list]:
     """(sums, outputs) of ``fn`` over the rows of ``operands[0]`` (at least 1-d).
 
     ``fn(*chunk_operands)`` returns ``n_sums`` arrays whose elements are summed, and arrays

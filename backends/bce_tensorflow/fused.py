@@ -1,13 +1,9 @@
 """The one-pass path: the loss from logits and its gradient as compiled XLA programs.
 
-A program computes the reduced loss and, if asked, the logits' gradient in one
-pass over the elements (``bce_core.compensated``, in the working dtype; on the
-CPU a chunk of rows at a time, ``chunks``). It is a ``tf.function(jit_compile=True)``
-with a shape-free signature, traced once per ``Layout`` and static choices; the
-smoothing constants and the denominator are runtime inputs, so another batch
-size, eps or reduction runs the same trace. Up to ``SMALL`` elements every call
-runs one of two programs per working dtype, on operands broadcast, flattened
-and padded to a power of two by a front traced once per dtype and reduction.
+One pass over the elements (``bce_core.compensated``; on the CPU a chunk at a time) gives
+the reduced loss and the logits' gradient. A program is traced once per ``Layout`` with a
+shape-free signature; eps and the denominator are runtime inputs. Up to ``SMALL`` elements,
+operands are flattened and padded to a power of two by a front traced once per dtype.
 
 >>> import tensorflow as tf
 >>> from bce_tensorflow.operands import prepare
@@ -41,6 +37,7 @@ CHUNK_ELEMENTS = 1 << 17
 #: Inputs of up to this many elements take the programs of small inputs.
 SMALL = 1 << 12
 _MIN_SIZE = 8
+OPTIONAL = ("weight", "pos_weight", "mask")
 
 _programs: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _lock = threading.RLock()  # a program may trace another inside its own trace
@@ -54,13 +51,12 @@ def compiled(key: tuple[Any, ...], build: Callable[[], tuple[Callable[..., Any],
     program = _programs.get(key)
     if program is None:
         with _lock:
-            program = _programs.get(key)
-            if program is None:
+            if key not in _programs:
                 function, signature = build()
                 # Traced here, once: calling the concrete function skips tf.function's dispatch.
-                program = tf.function(function, jit_compile=jit, autograph=False,
-                                      input_signature=signature).get_concrete_function()
-                _programs[key] = program
+                _programs[key] = tf.function(function, jit_compile=jit, autograph=False,
+                                             input_signature=signature).get_concrete_function()
+            program = _programs[key]
     return program
 
 
@@ -81,19 +77,12 @@ class Layout:
 
     dtype: str
     rank: int
-    weight: Pattern | None
-    pos_weight: Pattern | None
-    mask: Pattern | None
+    #: (name, pattern) of the optional operands given (weight, pos_weight, mask), in order.
+    optional: tuple[tuple[str, Pattern], ...]
     #: Work a chunk of rows at a time (on CPU, see ``chunks``).
     chunked: bool
     #: The leading axis is padded (a small input): a ``valid`` argument counts the real rows.
     padded: bool
-
-    @property
-    def optional(self) -> tuple[tuple[str, Pattern], ...]:
-        """(name, pattern) of the optional operands that are given, in argument order."""
-        named = (("weight", self.weight), ("pos_weight", self.pos_weight), ("mask", self.mask))
-        return tuple((name, p) for name, p in named if p is not None)
 
     def sliced(self, pattern: Pattern | None) -> bool:
         """Whether an operand of ``pattern`` is cut into the same rows as the logits."""
@@ -129,10 +118,9 @@ def _smoothing(eps: float, dtype: str) -> tf.Tensor:
 
 def build_fused(layout: Layout, reduced: bool, grad: bool,
                 smoothing: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
-    """The program's function and input signature: the operands of ``layout``, then ``valid``
-    (the number of real elements, if padded), the denominator (if ``reduced``) and the four
-    smoothing constants (if ``smoothing``). It returns the reduced loss or the element losses,
-    then the gradient if ``grad``, in the working dtype."""
+    """The program's function and signature: the operands of ``layout``, then ``valid`` (the
+    count of real elements, if padded), the denominator and the smoothing constants (if
+    ``reduced``, ``smoothing``); it returns the (reduced) loss, then the gradient if ``grad``."""
     work = tf.as_dtype(layout.dtype)
     extras = ([("valid", tf.TensorSpec([], tf.int32))] if layout.padded else []) + (
         [("denominator", tf.TensorSpec([], tf.float64))] if reduced else []) + (
@@ -172,8 +160,8 @@ def build_fused(layout: Layout, reduced: bool, grad: bool,
             return tf.cond(far, lambda: compute(True), lambda: compute(False))
 
         if layout.chunked:
-            cut = [True, True] + [layout.sliced(p) for p in (
-                layout.weight, layout.pos_weight, layout.mask)]
+            patterns = dict(layout.optional)
+            cut = [True, True] + [layout.sliced(patterns.get(n)) for n in OPTIONAL]
             sums, outputs = over_rows(chunk, operands, cut, int(reduced),
                                       [work] * (int(not reduced) + int(grad)), CHUNK_ELEMENTS,
                                       tf.float64)
@@ -197,7 +185,7 @@ def bucket(size: int) -> int:
 def _build_front(dtype: tf.DType,
                  reduced: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
     work = working_dtype(dtype)
-    padded = Layout(work.name, 1, (True,), (True,), (True,), chunked=False, padded=True)
+    padded = Layout(work.name, 1, tuple((n, (True,)) for n in OPTIONAL), False, True)
 
     def run(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, q: tf.Tensor, m: tf.Tensor,
             size: tf.Tensor, *extras: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -249,8 +237,8 @@ def _large(ops: Operands[tf.Tensor], eps: float, reduction: str,
     in the working dtype, and flattened when every operand has the full shape or one element."""
     x = ops.inputs
     work = working_dtype(x.dtype)
-    given = [(n, t) for n, t in (("weight", ops.weight), ("pos_weight", ops.pos_weight),
-                                 ("mask", ops.mask)) if t is not None]
+    given = [(n, t) for n, t in zip(OPTIONAL, (ops.weight, ops.pos_weight, ops.mask))
+             if t is not None]
     args = [t if t.dtype in (work, tf.bool) else tf.cast(t, work)
             for t in [x, ops.targets, *(t for _, t in given)]]
     rank = x.shape.rank
@@ -260,10 +248,9 @@ def _large(ops: Operands[tf.Tensor], eps: float, reduction: str,
         args = args[:2] + [tf.reshape(t, [-1] if f else []) for f, t in zip(full, args[2:])]
         args[:2] = [tf.reshape(t, [-1]) for t in args[:2]]
         rank = 1
-    patterns = {name: pattern_of(t) for (name, _), t in zip(given, args[2:])}
     chunked = runs_on_cpu(x)
-    layout = Layout(work.name, rank, patterns.get("weight"), patterns.get("pos_weight"),
-                    patterns.get("mask"), chunked, False)
+    layout = Layout(work.name, rank, tuple((name, pattern_of(t)) for (name, _), t in zip(
+        given, args[2:])), chunked, False)
     reduced, smoothing = reduction != "none", eps != 0.0
     chunk = CHUNK_ELEMENTS if chunked else None
     program = compiled(("fused", layout, reduced, grad, smoothing, chunk),

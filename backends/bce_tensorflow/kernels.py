@@ -1,11 +1,8 @@
 """The elementwise math that the core does not hold, in TensorFlow operations, in the working dtype.
 
-The loss from logits, its slope and its curvature are the core's
-(``bce_core.compensated.LogitParts``, carried as pairs and rounded once); the
-other partial derivatives and the mixed second derivatives are written here
-from the same exponential in single arithmetic (they are held to parity), as
-is the probability form. ``value_and_grad`` and ``grad_hess`` give the
-analytic derivatives of a call without autodiff, reduced by the core's rules.
+The loss from logits, its slope and curvature are the core's (``LogitParts``, as pairs);
+the other derivatives, from the same exponential in single arithmetic (held to parity),
+and the probability form are here, with the analytic ``value_and_grad`` and ``grad_hess``.
 
 >>> import tensorflow as tf
 >>> terms = LogitTerms.of(tf.constant([0.0, 2.0]), tf.constant([1.0, 0.0]), None, None, 0.0)
@@ -49,16 +46,14 @@ class LogitTerms(NamedTuple):
     @classmethod
     def of(cls, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None,
            eps: float) -> LogitTerms:
-        dtype = PRIMITIVES.dtype(x)
-        smoothing = None if eps == 0.0 else Smoothing.opaque(PRIMITIVES, eps, dtype)
+        smoothing = None if eps == 0.0 else Smoothing.opaque(PRIMITIVES, eps, PRIMITIVES.dtype(x))
         return cls(LogitParts.of(PRIMITIVES, x), Coefficients.of(PRIMITIVES, y, q, smoothing), x,
                    w, q, eps)
 
     def loss(self) -> tf.Tensor:
         return self.parts.loss(self.coefficients, self.w)
 
-    def _smoothed(self, value: tf.Tensor) -> tf.Tensor:
-        """(1 - eps) * value, zero-safe."""
+    def _smoothed(self, value: tf.Tensor) -> tf.Tensor:  # (1 - eps) value, zero-safe
         return rules.zero_safe(OPS, 1.0 - self.eps, value)
 
     def partial(self, name: str, weighted_: bool = True) -> tf.Tensor:
@@ -99,10 +94,8 @@ class ProbsTerms(NamedTuple):
     derivatives; NaN where p is outside [0, 1]."""
 
     p: tf.Tensor
-    log_p: tf.Tensor
-    log_1mp: tf.Tensor
-    smoothed: tf.Tensor
-    one_minus: tf.Tensor
+    logs: tuple[tf.Tensor, tf.Tensor]  # max(log p, c), max(log1p(-p), c)
+    smoothed: tuple[tf.Tensor, tf.Tensor]  # y', 1 - y'
     w: tf.Tensor | None
     q: tf.Tensor | None
     eps: float
@@ -111,43 +104,36 @@ class ProbsTerms(NamedTuple):
     def of(cls, p: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None,
            eps: float, clamp: float) -> ProbsTerms:
         floor = tf.constant(clamp, p.dtype)
-        return cls(p, tf.maximum(tf.math.log(p), floor), tf.maximum(tf.math.log1p(-p), floor),
-                   *rules.smoothed_targets(y, eps), w, q, eps)
-
-    @property
-    def b(self) -> tf.Tensor:
-        return weighted(self.q, self.smoothed)
+        return cls(p, (tf.maximum(tf.math.log(p), floor), tf.maximum(tf.math.log1p(-p), floor)),
+                   rules.smoothed_targets(y, eps), w, q, eps)
 
     def _valid(self, value: tf.Tensor) -> tf.Tensor:
         """``value``, NaN where p is outside [0, 1] (the loss is NaN there, and so its slope)."""
         return OPS.where((self.p >= 0) & (self.p <= 1), value, float("nan"))
 
-    def bracket(self) -> tf.Tensor:
-        """The loss before the weight (d loss / d w)."""
-        return self._valid(-(rules.zero_safe(OPS, self.b, self.log_p)
-                             + rules.zero_safe(OPS, self.one_minus, self.log_1mp)))
-
     def partial(self, name: str) -> tf.Tensor:
         """d loss / d ``name`` (of ``OPERANDS``, "logits" standing for the probabilities)."""
+        (log_p, log_1mp), (smoothed, one_minus) = self.logs, self.smoothed
+        b = weighted(self.q, smoothed)
         if name == "logits":  # w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12)
-            numerator = self.p * (self.one_minus + self.b) - self.b
+            numerator = self.p * (one_minus + b) - b
             return self._valid(weighted(self.w, numerator / tf.maximum(
                 self.p * (1.0 - self.p), PROBS_GRAD_EPS)))
-        if name == "weight":
-            return self.bracket()
+        if name == "weight":  # the bracket, the loss before the weight
+            return self._valid(-(rules.zero_safe(OPS, b, log_p)
+                                 + rules.zero_safe(OPS, one_minus, log_1mp)))
         if name == "targets":  # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
             return weighted(self.w, rules.zero_safe(OPS, 1.0 - self.eps,
-                                                    self.log_1mp - weighted(self.q, self.log_p)))
-        return weighted(self.w, -rules.zero_safe(OPS, self.smoothed, self.log_p))
+                                                    log_1mp - weighted(self.q, log_p)))
+        return weighted(self.w, -rules.zero_safe(OPS, smoothed, log_p))
 
     def loss(self) -> tf.Tensor:
-        return weighted(self.w, self.bracket())
+        return weighted(self.w, self.partial("weight"))
 
 
 class Working(NamedTuple):
-    """One call's operands in the working dtype, broadcast to the element shape, with harmless
-    values where the mask drops an element (the first where of the double where), so that
-    nothing there makes inf or NaN, forward or back."""
+    """One call's operands in the working dtype and element shape, harmless where the mask drops
+    an element (the first where of the double where: no inf or NaN there, forward or back)."""
 
     x: tf.Tensor
     y: tf.Tensor

@@ -1,10 +1,7 @@
 """TensorFlow's side of the core: its converter, its array operations, its primitives, devices.
 
-``CONVERTER`` is the ``bce_core.rules.Converter`` (tensors, variables, NumPy
-arrays, lists and numbers in; checked tensors out, on the logits' device),
-``OPS`` the ``rules.ArrayOps`` and ``PRIMITIVES`` the
-``bce_core.compensated.Primitives`` of TensorFlow. ``validate=True`` runs the
-core's data checks on NumPy copies, which needs eager execution.
+``CONVERTER`` is the ``rules.Converter``, ``OPS`` the ``rules.ArrayOps`` and ``PRIMITIVES``
+the ``compensated.Primitives`` of TensorFlow; ``validate`` runs the core's data checks.
 
 >>> import numpy as np, tensorflow as tf
 >>> ops = prepare("logits", tf.zeros((2, 3)), np.array([[0, 1, 1]] * 2), weight=None,
@@ -124,10 +121,9 @@ def prepare(input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weig
 def validate(ops: Operands[tf.Tensor], input_name: str) -> None:
     """The data checks of ``validate=True`` (the core's, on NumPy copies); eager only."""
     if not tf.executing_eagerly():
-        raise ValueError(
-            "validate=True checks the data, which cannot run under tf.function or XLA "
-            "(jit_compile) tracing; validate the data eagerly before the compiled step, or pass "
-            "validate=False inside it.")
+        raise ValueError("validate=True checks the data, which cannot run under tf.function or "
+                         "XLA (jit_compile) tracing; validate the data eagerly before the "
+                         "compiled step, or pass validate=False inside it.")
     copies = Operands(*(None if t is None else np.asarray(t.numpy()) for t in (
         ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask)), ops.shape)
     arrays.validate_operands(copies, input_name, input_in_unit_interval=input_name == "probs")
