@@ -31,11 +31,9 @@ from bce_core.compensated import UNDERFLOW, Coefficients, LogitParts, Smoothing
 from .chunks import chunk_sum, over_rows
 from .operands import OPS, PRIMITIVES, Operands, dynamic_shape, runs_on_cpu, working_dtype
 
-#: Elements per chunk on CPU: large enough that the loop's own cost is small, small enough that
-#: the chunk's intermediates stay in cache.
+#: Elements per chunk on CPU: the loop's own cost is small, the intermediates stay in cache.
 CHUNK_ELEMENTS = 1 << 17
-#: Inputs of up to this many elements take the programs of small inputs.
-SMALL = 1 << 12
+SMALL = 1 << 12  # inputs of up to this many elements take the programs of small inputs
 _MIN_SIZE = 8
 OPTIONAL = ("weight", "pos_weight", "mask")
 
@@ -135,6 +133,8 @@ def build_fused(layout: Layout, reduced: bool, grad: bool,
             rows = tf.range(tf.shape(x)[0]) < given["valid"]
             keep = rows if keep is None else tf.logical_and(keep, rows)
         factor = None if by is None else tf.cast(rules.divide_or_zero(OPS, by, by)[1], work)
+        if by is not None and keep is None:  # no element counts where by is 0 (XLA fuses better)
+            keep = tf.not_equal(by, 0)
         constants = Smoothing.of(given["smoothing"]) if smoothing else None
         operands = [x, given["targets"], given.get("weight"), given.get("pos_weight"), keep]
 
