@@ -1,15 +1,8 @@
-"""The TensorFlow backend object.
+"""The TensorFlow backend object: argument checks through the core, then one of two paths.
 
-Results are tensors of the input's dtype on the input's device; reduced losses
-are 0-d tensors. The loss from logits and ``value_and_grad`` with respect to
-the logits run one compiled XLA program (``programs``) that computes float32 in
-float32 (float16 and bfloat16 too) and float64 in float64 with compensated
-arithmetic, rounding each result once; under ``tf.GradientTape`` its forward
-also computes the gradient that the backward then reuses (``differentiable``).
-Other gradients, second derivatives and the probability form use the exact
-kernels of ``ops``, which compute float32 in float64. ``tf.GradientTape``,
-``tf.function`` and ``tf.function(jit_compile=True)`` differentiate the
-losses to second order with the spec's derivatives.
+Results have the input's dtype and device, computed in the working dtype, rounded once: the
+loss from logits and its gradient by one XLA program (``fused``, reused by tapes through
+``autodiff``), other derivatives and the probability form by ``kernels``, to second order.
 
 >>> import tensorflow as tf
 >>> backend = TensorFlowBackend()
@@ -21,31 +14,35 @@ losses to second order with the spec's derivatives.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
+from bce_core.rules import pack_gradients
 from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
                            check_reduction, check_wrt, check_wrt_given)
 
-from . import differentiable, programs, small
-from . import ops as computations
-from .autodiff import Autodiff
-from .operands import Operands, is_native, on_device_of, prepare, validate
+from . import autodiff, fused, kernels
+from .operands import is_native, on_device_of, prepare, validate
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from bce_core.plugin import LogitOptions, ProbsOptions
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 
-def _probe_devices() -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _probe_devices() -> tuple[str, ...]:
     """'cpu' and 'gpu:N' for each logical device on which a tiny computation succeeds."""
     usable = []
     for device in tf.config.list_logical_devices():
-        kind = device.device_type.lower()
+        kind, index = device.device_type.lower(), int(device.name.rsplit(":", 1)[-1])
         if kind not in ("cpu", "gpu"):
             continue
-        index = int(device.name.rsplit(":", 1)[-1])
         try:
             with tf.device(device.name):
                 ok = float((tf.constant(1.0) + tf.constant(1.0)).numpy()) == 2.0
@@ -53,7 +50,7 @@ def _probe_devices() -> list[str]:
             ok = False
         if ok:
             usable.append("cpu" if kind == "cpu" and index == 0 else f"{kind}:{index}")
-    return usable
+    return tuple(usable)
 
 
 def _tensorflow_device(device: str) -> str:
@@ -69,26 +66,14 @@ class TensorFlowBackend:
     name = "tensorflow"
 
     def __init__(self) -> None:
-        self._devices: list[str] | None = None
-        self._devices_lock = threading.Lock()
-        self._autodiff = Autodiff(self)
-
-    # -- the framework ------------------------------------------------------------------
+        self._autodiff = autodiff.Autodiff(self)
 
     def version(self) -> str:
         return tf.__version__
 
     def devices(self) -> list[str]:
-        """Usable devices, probed once per backend object.
-
-        >>> "cpu" in TensorFlowBackend().devices()
-        True
-        """
-        if self._devices is None:
-            with self._devices_lock:
-                if self._devices is None:
-                    self._devices = _probe_devices()
-        return list(self._devices)
+        """Usable devices, probed once: ``"cpu" in TensorFlowBackend().devices()``."""
+        return list(_probe_devices())
 
     def asarray(self, array: Any, device: str | None = None) -> tf.Tensor:
         """A tensor holding the NumPy ``array`` (same dtype, bfloat16 included) on ``device``.
@@ -109,38 +94,27 @@ class TensorFlowBackend:
 
     def to_numpy(self, array: Any) -> np.ndarray:
         """A NumPy copy (bfloat16 as ml_dtypes.bfloat16); needs an eager tensor."""
-        if is_native(array):
-            if not tf.executing_eagerly():
-                raise ValueError("to_numpy needs an eager tensor; it cannot run under "
-                                 "tf.function tracing.")
-            return np.asarray(array.numpy())
-        return np.asarray(array)
+        if is_native(array) and not tf.executing_eagerly():
+            raise ValueError("to_numpy needs an eager tensor; it cannot run under "
+                             "tf.function tracing.")
+        return np.asarray(array.numpy() if is_native(array) else array)
 
     def device_of(self, array: Any) -> str:
-        """The device of an eager tensor, named as ``devices()`` names it.
-
-        >>> TensorFlowBackend().device_of(tf.constant(1.0))
-        'cpu'
-        """
+        """The device of an eager tensor, named as ``devices()`` names it ("cpu", "gpu:1")."""
         kind, _, index = array.device.rsplit("device:", 1)[-1].lower().partition(":")
         return "cpu" if (kind, index) == ("cpu", "0") else f"{kind}:{index}"
 
     def size_thresholds(self, device: str) -> tuple[int, ...]:
-        """Where the code path changes: inputs up to ``small.SMALL`` elements are padded into a
-        few shapes; on the CPU larger ones run a chunk of ``programs.CHUNK_ELEMENTS`` at a time.
+        """Where the path changes: past ``fused.SMALL`` elements, and on the CPU past a chunk.
 
         >>> TensorFlowBackend().size_thresholds("cpu")
         (4097, 131073)
         """
-        first = small.SMALL + 1
-        return (first, programs.CHUNK_ELEMENTS + 1) if device.split(":")[0] == "cpu" else (first,)
+        first = fused.SMALL + 1
+        return (first, fused.CHUNK_ELEMENTS + 1) if device.split(":")[0] == "cpu" else (first,)
 
     def as_parameter(self, array: Any, device: str | None = None) -> tf.Variable:
-        """``array`` as a user's parameter: a ``tf.Variable`` (which a call must not assign).
-
-        >>> TensorFlowBackend().as_parameter(np.zeros(2, np.float32)).shape
-        TensorShape([2])
-        """
+        """``array`` as a user's parameter: a ``tf.Variable`` (which a call must not assign)."""
         return tf.Variable(self.asarray(array, device), trainable=True)
 
     def parameter_state(self, parameter: tf.Variable) -> dict[str, np.ndarray]:
@@ -149,13 +123,15 @@ class TensorFlowBackend:
 
     # -- the losses -------------------------------------------------------------------------
 
-    def _prepare(self, input_name: str, inputs: Any, targets: Any, weight: Any, pos_weight: Any,
-                 mask: Any, check_data: bool) -> Operands:
-        ops = prepare(input_name, inputs, targets, weight=weight, pos_weight=pos_weight,
-                      mask=mask)
-        if check_data:
+    def _call(self, input_name: str, inputs: Any, targets: Any, options: dict[str, Any],
+              compute: Any) -> Any:
+        """``compute(operands)`` on the checked operands, on the input's device."""
+        check = options.pop("validate", False)
+        ops = prepare(input_name, inputs, targets, **options)
+        if check:
             validate(ops, input_name)
-        return ops
+        with on_device_of(ops.inputs):
+            return compute(ops)
 
     @_no_autograph
     def binary_cross_entropy_with_logits(
@@ -163,11 +139,10 @@ class TensorFlowBackend:
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False,
     ) -> tf.Tensor:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        with on_device_of(ops.inputs):
-            return differentiable.logits_loss(ops, eps=eps, reduction=reduction)
+        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
+        return self._call("logits", logits, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.logits_loss(ops, eps=eps, reduction=reduction))
 
     @_no_autograph
     def binary_cross_entropy(
@@ -175,12 +150,11 @@ class TensorFlowBackend:
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
     ) -> tf.Tensor:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
         clamp = check_log_clamp(log_clamp)
-        ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
-        with on_device_of(ops.inputs):
-            return computations.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp)
+        return self._call("probs", probs, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp))
 
     @_no_autograph
     def value_and_grad(
@@ -188,46 +162,40 @@ class TensorFlowBackend:
         label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
         validate: bool = False, wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[tf.Tensor, Any]:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
         names, as_tuple = check_wrt(wrt)
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
-        with on_device_of(ops.inputs):
-            loss, grads = differentiable.value_and_grad(ops, eps=eps, reduction=reduction,
-                                                        names=names)
-        return loss, tuple(grads) if as_tuple else grads[0]
+        loss, grads = self._call("logits", logits, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.value_and_grad(ops, eps=eps, reduction=reduction, names=names))
+        return loss, pack_gradients(grads, as_tuple)
 
     @_no_autograph
     def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
                   pos_weight: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
-        ops = self._prepare("logits", logits, targets, weight, pos_weight, None, False)
-        with on_device_of(ops.inputs):
-            return computations.logits_grad_hess(ops)
+        return self._call("logits", logits, targets, dict(
+            weight=weight, pos_weight=pos_weight, mask=None), kernels.grad_hess)
 
     # -- TensorFlow's own autodiff (bce_core.plugin.AutodiffBackend) ------------------------
 
-    def _tensors(self, input_name: str, inputs: Any, targets: Any,
-                 options: dict[str, Any]) -> tuple[Operands, dict[str, Any]]:
-        """Operands as tensors (so the tape can watch them) and the remaining options."""
-        options = dict(options)
-        # Checked (and made hashable) here: compiled functions are kept per option set.
-        if "label_smoothing" in options:
-            options["label_smoothing"] = check_label_smoothing(options["label_smoothing"])
-        if "reduction" in options:
-            options["reduction"] = check_reduction(options["reduction"])
-        if "log_clamp" in options:
-            options["log_clamp"] = check_log_clamp(options["log_clamp"])
+    def _tape(self, name: str, input_name: str, inputs: Any, targets: Any, compiled: bool,
+              options: dict[str, Any], **static: Any) -> Any:
+        """The tape ``name`` of ``autodiff.Autodiff`` on the operands as tensors (so that a tape
+        can watch them); the options are checked here, compiled functions are kept per set."""
+        checks = {"label_smoothing": check_label_smoothing, "reduction": check_reduction,
+                  "log_clamp": check_log_clamp}
+        options = {k: checks[k](v) if k in checks else v for k, v in options.items()}
         ops = prepare(input_name, inputs, targets, weight=options.pop("weight", None),
                       pos_weight=options.pop("pos_weight", None), mask=options.pop("mask", None))
-        return ops, options
+        with on_device_of(ops.inputs):
+            return self._autodiff.run(name, ops.inputs, ops.targets, ops.weight, ops.pos_weight,
+                                      ops.mask, compiled=compiled, options=options, **static)
 
     def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
-                                compiled: bool = False,
-                                **options: Any) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+                                compiled: bool = False, **options: Unpack[LogitOptions],
+                                ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         """(loss, gradients w.r.t. each name in ``wrt``) by tf.GradientTape.
 
-        >>> import tensorflow as tf
         >>> loss, (g,) = TensorFlowBackend().autodiff_value_and_grad(
         ...     tf.constant([0.0]), tf.constant([1.0]), wrt=("logits",), reduction="sum")
         >>> g.numpy().tolist()
@@ -235,46 +203,35 @@ class TensorFlowBackend:
         """
         names, _ = check_wrt(tuple(wrt))
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
-        ops, options = self._tensors("logits", logits, targets, options)
-        with on_device_of(ops.inputs):
-            return self._autodiff.value_and_grad(*ops[:5], wrt=names, compiled=compiled,
-                                                 options=options)
+        return self._tape("value_and_grad", "logits", logits, targets, compiled, dict(options),
+                          wrt=names)
 
     def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Any) -> tf.Tensor:
+                                   **options: Unpack[LogitOptions]) -> tf.Tensor:
         """d/dlogits of sum(d loss/d logits), by nested tf.GradientTape.
 
-        >>> import tensorflow as tf
         >>> TensorFlowBackend().autodiff_second_derivative(
         ...     tf.constant([0.0]), tf.constant([1.0]), reduction="sum").numpy().tolist()
         [0.25]
         """
-        ops, options = self._tensors("logits", logits, targets, options)
-        with on_device_of(ops.inputs):
-            return self._autodiff.second_derivative(*ops[:5], compiled=compiled, options=options)
+        return self._tape("second_derivative", "logits", logits, targets, compiled, dict(options))
 
     def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Any) -> tuple[tf.Tensor, tf.Tensor]:
+                            **options: Unpack[ProbsOptions]) -> tuple[tf.Tensor, tf.Tensor]:
         """(loss, d loss/d probs) of the probability form by tf.GradientTape.
 
-        >>> import tensorflow as tf
         >>> loss, g = TensorFlowBackend().autodiff_probs_grad(
         ...     tf.constant([0.25]), tf.constant([1.0]), reduction="sum")
         >>> g.numpy().tolist()
         [-4.0]
         """
-        ops, options = self._tensors("probs", probs, targets, options)
-        with on_device_of(ops.inputs):
-            return self._autodiff.probs_grad(*ops[:5], compiled=compiled, options=options)
+        return self._tape("probs_grad", "probs", probs, targets, compiled, dict(options))
 
     # -- optional: the framework's own loss, drawn next to ours by `bce conformance --html` --
 
     def framework_loss(self, logits: Any, targets: Any) -> tuple[tf.Tensor, tf.Tensor]:
         """tf.nn.sigmoid_cross_entropy_with_logits, its gradient by tf.GradientTape.
 
-        Elementwise (reduction none), in the input's dtype and on its device.
-
-        >>> import tensorflow as tf
         >>> loss, grad = TensorFlowBackend().framework_loss(tf.constant([0.0, np.inf]),
         ...                                                 tf.constant([1.0, 1.0]))
         >>> loss.numpy().tolist()  # inf - inf at x = +inf; the exact loss is 0

@@ -1,20 +1,10 @@
 """An elementwise pass over large inputs a chunk of rows at a time, inside an XLA program.
 
-XLA on CPU neither fuses the loss's elementwise program into the reduction
-that sums it nor computes the values shared by the loss and its gradient
-only once per element: it writes them to input-sized buffers and reads them
-back. At 10 million float32 elements each such buffer is 40 MB, newly mapped
-at every call. ``over_rows`` runs the elementwise function on one chunk of
-rows at a time in a loop instead, so only one chunk's intermediates (a few
-hundred kilobytes, reused) ever exist; per-element outputs are written into
-their place in the result, and sums are accumulated as they go.
-
-The last chunk ends at the last row and overlaps the one before it; its rows
-already counted are left out of the sums (rewriting them is harmless). So one
-copy of the elementwise program serves every input size, which keeps the
-compilation short. A chunk is summed in partial sums of a few hundred
-elements in its own dtype, and those in float64 (``chunk_sum``): as fast as a
-float32 sum, and far more accurate than one float32 sum of the whole chunk.
+XLA on CPU writes the values the loss and its gradient share to input-sized
+buffers and reads them back; ``over_rows`` runs the function on a chunk of rows
+at a time in a loop instead, writing outputs into place and summing as it goes.
+The last chunk ends at the last row and overlaps the one before (its rows already
+counted are left out of the sums), so one copy of the program serves every size.
 
 >>> import tensorflow as tf
 >>> run = tf.function(lambda x: over_rows(lambda c: ([c], [2 * c]), [x], [True], 1,
@@ -31,10 +21,7 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from .pairs import two_sum
-
-#: (sums, per-element outputs) of one chunk, from its operands.
-ChunkFunction = Callable[..., tuple[list[tf.Tensor], list[tf.Tensor]]]
+from bce_core.compensated import two_sum
 
 
 def _take(value: tf.Tensor | None, start: tf.Tensor, rows: tf.Tensor) -> tf.Tensor | None:
@@ -52,8 +39,7 @@ def _put(buffer: tf.Tensor, update: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
     return xla.dynamic_update_slice(buffer, update, begin)
 
 
-#: Elements per partial sum within a chunk.
-_PARTIAL = 256
+_PARTIAL = 256  # elements per partial sum within a chunk
 
 
 def chunk_sum(values: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -65,9 +51,9 @@ def chunk_sum(values: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(partial, dtype))
 
 
-def over_rows(fn: ChunkFunction, operands: Sequence[tf.Tensor | None], sliced: Sequence[bool],
-              n_sums: int, output_dtypes: Sequence[tf.DType], chunk_elements: int,
-              sum_dtype: tf.DType | None = None) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+def over_rows(fn: Callable[..., tuple[list, list]], operands: Sequence[tf.Tensor | None],
+              sliced: Sequence[bool], n_sums: int, output_dtypes: Sequence[tf.DType],
+              chunk_elements: int, sum_dtype: tf.DType | None = None) -> tuple[list, list]:
     """(sums, outputs) of ``fn`` over the rows of ``operands[0]`` (at least 1-d).
 
     ``fn(*chunk_operands)`` returns ``n_sums`` arrays whose elements are summed, and arrays

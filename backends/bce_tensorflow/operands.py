@@ -1,10 +1,7 @@
-"""Argument handling: TensorFlow tensors, NumPy arrays and Python numbers in, checked tensors out.
+"""TensorFlow's side of the core: its converter, its array operations, its primitives, devices.
 
-The dtype and shape rules are bce-core's (``bce_core.spec`` and
-``bce_core.arrays``), so every error has the NumPy backend's type and words.
-NumPy arrays, Python numbers and nested lists are placed on the device of the
-logits. ``validate=True`` copies the operands to NumPy and runs bce-core's
-checks, which needs eager execution.
+``CONVERTER`` is the ``rules.Converter``, ``OPS`` the ``rules.ArrayOps`` and ``PRIMITIVES``
+the ``compensated.Primitives`` of TensorFlow; ``validate`` runs the core's data checks.
 
 >>> import numpy as np, tensorflow as tf
 >>> ops = prepare("logits", tf.zeros((2, 3)), np.array([[0, 1, 1]] * 2), weight=None,
@@ -16,25 +13,16 @@ checks, which needs eager execution.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+import functools
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
 
-from bce_core import arrays
-from bce_core.spec import check_float_dtype, check_shapes
-
-
-class Operands(NamedTuple):
-    """Checked inputs of one call as tensors (targets, weight, pos_weight in the input's dtype)."""
-
-    inputs: tf.Tensor
-    targets: tf.Tensor
-    weight: tf.Tensor | None
-    pos_weight: tf.Tensor | None
-    mask: tf.Tensor | None
-    shape: tuple[int, ...]
+from bce_core import arrays, rules
+from bce_core.rules import Operands
+from bce_core.spec import check_float_dtype
 
 
 def is_native(value: Any) -> bool:
@@ -42,96 +30,172 @@ def is_native(value: Any) -> bool:
     return isinstance(value, (tf.Tensor, tf.Variable))
 
 
-def device_of(tensor: tf.Tensor) -> str | None:
-    """The device an eager tensor lives on; None under tracing, where placement is TensorFlow's."""
-    if tf.executing_eagerly() and hasattr(tensor, "device") and tensor.device:
-        return tensor.device
-    return None
+def working_dtype(dtype: tf.DType) -> tf.DType:
+    """The dtype inputs of ``dtype`` are computed in (``rules.working_dtype_name``)."""
+    return tf.as_dtype(rules.working_dtype_name(dtype.name))
 
 
-@contextlib.contextmanager
-def on_device_of(tensor: tf.Tensor) -> Iterator[None]:
-    """Run the block on ``tensor``'s device (eager), so results stay where the input is."""
-    device = device_of(tensor)
-    if device is None:
-        yield
-    else:
-        with tf.device(device):
-            yield
+def on_device_of(tensor: tf.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """The eager ``tensor``'s device as a context, so that results stay where the input is."""
+    device = getattr(tensor, "device", "") if tf.executing_eagerly() else ""
+    return tf.device(device) if device else contextlib.nullcontext()
+
+
+@functools.cache
+def _has_gpu() -> bool:
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def runs_on_cpu(tensor: tf.Tensor) -> bool:
+    """Whether ``tensor``'s computations run on a CPU (where the chunked loop pays off)."""
+    device = getattr(tensor, "device", "") or ""
+    return "CPU" in device.rsplit("/", 1)[-1].upper() if device else not _has_gpu()
+
+
+def _where(condition: Any, if_true: Any, if_false: Any) -> tf.Tensor:
+    """tf.where, Python numbers taking the other branch's dtype (tf.where mixes none); of two
+    numbers, float64, which the caller casts (see ``kernels.Working``)."""
+    if isinstance(if_true, (int, float)):
+        like = tf.float64 if isinstance(if_false, (int, float)) else if_false.dtype
+        if_true = tf.constant(if_true, like)
+    if isinstance(if_false, (int, float)):
+        if_false = tf.constant(if_false, if_true.dtype)
+    return tf.where(condition, if_true, if_false)
 
 
 def _numpy_probe(dtype: tf.DType) -> np.ndarray:
-    """An empty NumPy array of ``dtype``, to get bce-core's dtype errors for a tensor."""
+    """An empty NumPy array of ``dtype``, to get the core's dtype errors for a tensor."""
     try:
         return np.empty((0,), dtype=dtype.as_numpy_dtype)
     except TypeError:
         return np.empty((0,), dtype=object)
 
 
-def as_input(name: str, value: Any) -> tf.Tensor:
-    """The logits or probabilities as a tensor; its dtype must be one of the spec's floats."""
-    if is_native(value):
-        tensor = tf.convert_to_tensor(value)  # reads a variable, differentiably
-        check_float_dtype(name, tensor.dtype.name)
-        return tensor
-    return tf.constant(arrays.as_float_input(name, value))
+class TensorFlowConverter:
+    """The ``rules.Converter`` of TensorFlow."""
+
+    @staticmethod
+    def as_input(name: str, value: Any) -> tf.Tensor:
+        if is_native(value):
+            tensor = tf.convert_to_tensor(value)  # reads a variable, differentiably
+            check_float_dtype(name, tensor.dtype.name)
+            return tensor
+        return tf.constant(arrays.as_float_input(name, value))
+
+    @staticmethod
+    def as_operand(name: str, value: Any, like: tf.Tensor) -> tf.Tensor:
+        if is_native(value):
+            tensor = tf.convert_to_tensor(value)
+            if not (tensor.dtype.is_floating or tensor.dtype.is_integer or tensor.dtype.is_bool):
+                arrays.as_operand(name, _numpy_probe(tensor.dtype), like.dtype.as_numpy_dtype)
+            return tensor if tensor.dtype == like.dtype else tf.cast(tensor, like.dtype)
+        array = arrays.as_operand(name, value, np.dtype(like.dtype.as_numpy_dtype))
+        with on_device_of(like):
+            return tf.constant(array)
+
+    @staticmethod
+    def as_mask(value: Any) -> tf.Tensor:
+        if is_native(value):
+            tensor = tf.convert_to_tensor(value)
+            if tensor.dtype != tf.bool:
+                arrays.as_mask(_numpy_probe(tensor.dtype))
+            return tensor
+        return tf.constant(arrays.as_mask(value))
+
+    @staticmethod
+    def shape_of(array: tf.Tensor) -> tuple[int, ...]:
+        """The static shape, with -1 for a dimension unknown while tracing."""
+        return tuple(-1 if d is None else int(d) for d in array.shape.as_list())
 
 
-def as_operand(name: str, value: Any, like: tf.Tensor) -> tf.Tensor:
-    """A float, int or bool operand cast to ``like``'s dtype, on ``like``'s device."""
-    if is_native(value):
-        tensor = tf.convert_to_tensor(value)
-        if not (tensor.dtype.is_floating or tensor.dtype.is_integer or tensor.dtype.is_bool):
-            arrays.as_operand(name, _numpy_probe(tensor.dtype), like.dtype.as_numpy_dtype)
-        return tensor if tensor.dtype == like.dtype else tf.cast(tensor, like.dtype)
-    array = arrays.as_operand(name, value, np.dtype(like.dtype.as_numpy_dtype))
-    with on_device_of(like):
-        return tf.constant(array)
-
-
-def as_mask(value: Any, like: tf.Tensor) -> tf.Tensor:
-    """A boolean mask tensor (integer masks are refused, as bce-core does)."""
-    if is_native(value):
-        tensor = tf.convert_to_tensor(value)
-        if tensor.dtype != tf.bool:
-            arrays.as_mask(_numpy_probe(tensor.dtype))
-        return tensor
-    array = arrays.as_mask(value)
-    with on_device_of(like):
-        return tf.constant(array)
-
-
-def static_shape(tensor: tf.Tensor) -> tuple[int, ...]:
-    """The static shape, with -1 for a dimension unknown while tracing."""
-    return tuple(-1 if d is None else int(d) for d in tensor.shape.as_list())
+CONVERTER = TensorFlowConverter()
 
 
 def prepare(input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any,
-            mask: Any) -> Operands:
-    """Apply the dtype and shape rules of the spec to one call's arguments."""
-    x = as_input(input_name, inputs)
-    y = as_operand("targets", targets, x)
-    w = None if weight is None else as_operand("weight", weight, x)
-    q = None if pos_weight is None else as_operand("pos_weight", pos_weight, x)
-    m = None if mask is None else as_mask(mask, x)
-    shape = check_shapes(static_shape(x), static_shape(y), input_name=input_name,
-                         weight=None if w is None else static_shape(w),
-                         pos_weight=None if q is None else static_shape(q),
-                         mask=None if m is None else static_shape(m))
-    return Operands(x, y, w, q, m, shape)
+            mask: Any) -> Operands[tf.Tensor]:
+    """``rules.prepare_operands`` for TensorFlow."""
+    return rules.prepare_operands(CONVERTER, input_name, inputs, targets, weight=weight,
+                                  pos_weight=pos_weight, mask=mask)
 
 
-def validate(ops: Operands, input_name: str) -> None:
-    """The data checks of ``validate=True`` (bce-core's, on NumPy copies); eager only."""
+def validate(ops: Operands[tf.Tensor], input_name: str) -> None:
+    """The data checks of ``validate=True`` (the core's, on NumPy copies); eager only."""
     if not tf.executing_eagerly():
-        raise ValueError(
-            "validate=True checks the data, which cannot run under tf.function or XLA "
-            "(jit_compile) tracing; validate the data eagerly before the compiled step, or pass "
-            "validate=False inside it.")
-
-    def numpy(t: tf.Tensor | None) -> np.ndarray | None:
-        return None if t is None else np.asarray(t.numpy())
-
-    copies = arrays.Operands(numpy(ops.inputs), numpy(ops.targets), numpy(ops.weight),
-                             numpy(ops.pos_weight), numpy(ops.mask), ops.shape)
+        raise ValueError("validate=True checks the data, which cannot run under tf.function or "
+                         "XLA (jit_compile) tracing; validate the data eagerly before the "
+                         "compiled step, or pass validate=False inside it.")
+    copies = Operands(*(None if t is None else np.asarray(t.numpy()) for t in (
+        ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask)), ops.shape)
     arrays.validate_operands(copies, input_name, input_in_unit_interval=input_name == "probs")
+
+
+def dynamic_shape(tensor: tf.Tensor) -> tuple[Any, ...]:
+    """The shape, a scalar tensor for each dimension unknown while tracing (so that the core's
+    shape arithmetic, a product or the first dimension, gives a tensor there)."""
+    return tuple(tf.shape(tensor)[i] if d is None else d
+                 for i, d in enumerate(tensor.shape.as_list()))
+
+
+class TensorFlowArrays:
+    """TensorFlow's ``rules.ArrayOps`` (sums accumulate in float64) and its
+    ``compensated.Primitives`` (whose dtypes in and out are NumPy's), in one."""
+
+    where = staticmethod(_where)
+    reshape = staticmethod(tf.reshape)
+    zeros_like = staticmethod(tf.zeros_like)
+    ones_like = staticmethod(tf.ones_like)
+    isfinite = staticmethod(tf.math.is_finite)
+    abs = staticmethod(tf.abs)
+    exp = staticmethod(tf.exp)
+    maximum = staticmethod(tf.maximum)
+    minimum = staticmethod(tf.minimum)
+    round = staticmethod(tf.round)
+    bitwise_and = staticmethod(tf.bitwise.bitwise_and)
+    bitwise_or = staticmethod(tf.bitwise.bitwise_or)
+
+    @staticmethod
+    def total(array: tf.Tensor) -> tf.Tensor:
+        if array.dtype == tf.float64:
+            return tf.reduce_sum(array)
+        return tf.cast(tf.reduce_sum(tf.cast(array, tf.float64)), array.dtype)
+
+    @staticmethod
+    def count(keep: tf.Tensor, shape: tuple[int, ...], like: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.cast(tf.broadcast_to(keep, shape), like.dtype))
+
+    @staticmethod
+    def broadcast_to(array: Any, shape: tuple[int, ...]) -> tf.Tensor:
+        array = tf.convert_to_tensor(array)
+        return array if array.shape.as_list() == list(shape) else tf.broadcast_to(array, shape)
+
+    @staticmethod
+    def sum_axes(array: tf.Tensor, axes: tuple[int, ...]) -> tf.Tensor:
+        return tf.reduce_sum(array, axis=list(axes))
+
+    @staticmethod
+    def cast_like(array: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+        return tf.cast(array, like.dtype)
+
+    @staticmethod
+    def dtype(a: tf.Tensor) -> np.dtype:
+        return np.dtype(a.dtype.as_numpy_dtype)
+
+    @staticmethod
+    def constant(value: Any, dtype: np.dtype) -> tf.Tensor:
+        return tf.constant(value, tf.as_dtype(dtype))
+
+    @staticmethod
+    def opaque(value: Any, dtype: np.dtype) -> tf.Tensor:
+        # XLA folds (a + 1) - 1 to a; the barrier keeps the rounding error being recovered.
+        return xla.optimization_barrier(tf.constant(value, tf.as_dtype(dtype)))[0]
+
+    @staticmethod
+    def astype(a: tf.Tensor, dtype: np.dtype) -> tf.Tensor:
+        return tf.cast(a, tf.as_dtype(dtype))
+
+    @staticmethod
+    def bitcast(a: tf.Tensor, dtype: np.dtype) -> tf.Tensor:
+        return tf.bitcast(a, tf.as_dtype(dtype))
+
+
+OPS = PRIMITIVES = TensorFlowArrays()

@@ -1,11 +1,7 @@
 """Registers the TensorFlow backend with bce-core (entry point ``bce: tensorflow``).
 
-This module only describes the backend and never imports TensorFlow. Every
-class under the ``tensorflow`` module tree is claimed: eager tensors
-(``tensorflow.python.framework.ops.EagerTensor``), symbolic tensors inside
-``tf.function`` (``...ops.SymbolicTensor``) and variables
-(``tensorflow.python.ops.resource_variable_ops.ResourceVariable``). NumPy
-arrays and Python numbers live elsewhere and are never matched.
+It never imports TensorFlow. Every class under the ``tensorflow`` module tree is
+claimed (eager and symbolic tensors, variables); NumPy arrays and numbers are not.
 
 >>> spec = bce_backends()[0]
 >>> spec.loader
