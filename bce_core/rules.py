@@ -205,14 +205,15 @@ class Reduced(Generic[A]):
 
 
 def denominator(
-    ops: ArrayOps, reduction: str, shape: tuple[int, ...], *, keep: Any, weight: Any, like: Any
+    ops: ArrayOps, reduction: str, shape: Sequence[Any], *, keep: Any, weight: Any, like: Any
 ) -> Any:
     """What ``reduction`` divides the sum of element losses by.
 
     ``none`` and ``sum`` divide by 1 and ``batch_mean`` by shape[0]; ``mean`` by the number
     of kept elements, and ``weighted_mean`` by the sum of the kept elements'
     weights (the count, when there is no weight). A Python number where it does
-    not depend on the data, else a 0-d array of ``like``'s dtype.
+    not depend on the data, else a 0-d array of ``like``'s dtype (also where ``shape`` holds
+    dimensions that are 0-d arrays, those of a graph traced for any batch size).
 
     >>> import numpy as np
     >>> from bce_core.arrays import NUMPY_OPS
@@ -222,16 +223,21 @@ def denominator(
     if reduction in ("none", "sum"):
         return 1
     if reduction == "batch_mean":
-        check_batch_mean(shape)
-        return shape[0]
+        check_batch_mean(tuple(shape))
+        return _number_or_like(ops, shape[0], like)
     if reduction == "weighted_mean" and weight is not None:
-        full_weight = ops.broadcast_to(weight, shape)
+        full_weight = ops.broadcast_to(weight, tuple(shape))
         if keep is not None:
             full_weight = ops.where(keep, full_weight, 0.0)
         return ops.total(full_weight)
     if keep is None:
-        return math.prod(shape)
-    return ops.count(keep, shape, like)
+        return _number_or_like(ops, math.prod(shape), like)
+    return ops.count(keep, tuple(shape), like)
+
+
+def _number_or_like(ops: ArrayOps, size: Any, like: Any) -> Any:
+    """A size as a Python int, or (a traced dimension) as an array in ``like``'s dtype."""
+    return size if isinstance(size, int) else ops.cast_like(size, like)
 
 
 def divide_or_zero(ops: ArrayOps, total: Any, by: Any) -> tuple[Any, Any]:

@@ -58,8 +58,12 @@ def close(got, expected, dtype_name: str, *, atol: float = 0.0) -> None:
     """got (a result of dtype ``dtype_name``) equals the float64 ``expected`` rounded to it."""
     got = BACKEND.to_numpy(got) if isinstance(got, (tf.Tensor, tf.Variable)) else got
     rounded = np.asarray(expected).astype(numpy_dtype(dtype_name))
-    np.testing.assert_allclose(np.asarray(got).astype(np.float64), rounded.astype(np.float64),
-                               rtol=RTOL[dtype_name], atol=atol)
+    np.testing.assert_allclose(
+        np.asarray(got).astype(np.float64),
+        rounded.astype(np.float64),
+        rtol=RTOL[dtype_name],
+        atol=atol,
+    )
 
 
 # -- the accuracy contract against mpmath ------------------------------------------------
@@ -68,23 +72,43 @@ def close(got, expected, dtype_name: str, *, atol: float = 0.0) -> None:
 def sweep(dtype: type) -> np.ndarray:
     """Logits from -1e4 to 1e4: dense near 0 and in both tails, tiny, subnormal and extreme."""
     info = np.finfo(dtype)
-    values = np.concatenate([
-        np.linspace(-110.0, 110.0, 441),      # step 0.5, through ±20, ±50 and ±100
-        np.linspace(-105.0, -86.0, 39),       # float32 losses in the subnormal range
-        np.linspace(-746.0, -700.0, 47),      # float64 losses in the subnormal range
-        np.linspace(700.0, 746.0, 12),
-        np.geomspace(1e-30, 1e4, 161), -np.geomspace(1e-30, 1e4, 161),
-        [0.0, info.tiny, -info.tiny, info.smallest_subnormal, -info.smallest_subnormal,
-         3 * info.smallest_subnormal, info.max, -info.max, 1e30, -1e30]])
+    values = np.concatenate(
+        [
+            np.linspace(-110.0, 110.0, 441),  # step 0.5, through ±20, ±50 and ±100
+            np.linspace(-105.0, -86.0, 39),  # float32 losses in the subnormal range
+            np.linspace(-746.0, -700.0, 47),  # float64 losses in the subnormal range
+            np.linspace(700.0, 746.0, 12),
+            np.geomspace(1e-30, 1e4, 161),
+            -np.geomspace(1e-30, 1e4, 161),
+            [
+                0.0,
+                info.tiny,
+                -info.tiny,
+                info.smallest_subnormal,
+                -info.smallest_subnormal,
+                3 * info.smallest_subnormal,
+                info.max,
+                -info.max,
+                1e30,
+                -1e30,
+            ],
+        ]
+    )
     return np.unique(values.astype(dtype))
 
 
 #: (target, label_smoothing, weight, pos_weight): hard, soft, smoothed, weighted.
-CONFIGS = [(0.0, 0.0, None, None), (1.0, 0.0, None, None), (0.3, 0.0, None, None),
-           (1.0, 0.1, None, None), (0.7, 0.05, None, None), (0.2, 0.0, 2.5, 0.6)]
+CONFIGS = [
+    (0.0, 0.0, None, None),
+    (1.0, 0.0, None, None),
+    (0.3, 0.0, None, None),
+    (1.0, 0.1, None, None),
+    (0.7, 0.05, None, None),
+    (0.2, 0.0, 2.5, 0.6),
+]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exact(dtype: type, config: tuple) -> tuple[np.ndarray, list, list, list | None]:
     """(logits, exact losses, exact gradients, accuracy references of the gradients)."""
     y, eps, w, q = config
@@ -112,12 +136,20 @@ def logits_and_targets(dtype: type, config: tuple) -> tuple[tf.Tensor, tf.Tensor
     return tf.constant(xs), tf.constant(np.full_like(xs, config[0]))
 
 
-def assert_ulp(got: tf.Tensor, expected: list, dtype: type, xs: np.ndarray,
-               references: list | None = None, limit: float = 4.0) -> None:
+def assert_ulp(
+    got: tf.Tensor,
+    expected: list,
+    dtype: type,
+    xs: np.ndarray,
+    references: list | None = None,
+    limit: float = 4.0,
+) -> None:
     errors = oracle.ulp_errors(np.asarray(got), expected, DTYPE_NAMES[dtype], references)
     worst = int(np.argmax(errors))
-    assert errors[worst] <= limit, (f"{errors[worst]:.2f} ULP at logit {xs[worst]!r}: got "
-                                    f"{np.asarray(got)[worst]!r}, exact {float(expected[worst])!r}")
+    assert errors[worst] <= limit, (
+        f"{errors[worst]:.2f} ULP at logit {xs[worst]!r}: got "
+        f"{np.asarray(got)[worst]!r}, exact {float(expected[worst])!r}"
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "y{}-eps{}-w{}-q{}".format(*c))
@@ -132,8 +164,9 @@ def test_loss_and_gradient_within_4_ulp_of_exact(dtype, config):
     assert_ulp(loss, losses, dtype, xs)
     assert_ulp(grad, grads, dtype, xs, grad_refs)
     for compiled in (False, True):
-        loss, (grad,) = BACKEND.autodiff_value_and_grad(x, y, wrt=("logits",), compiled=compiled,
-                                                        **options)
+        loss, (grad,) = BACKEND.autodiff_value_and_grad(
+            x, y, wrt=("logits",), compiled=compiled, **options
+        )
         assert_ulp(loss, losses, dtype, xs)
         assert_ulp(grad, grads, dtype, xs, grad_refs)
 
@@ -148,8 +181,9 @@ def test_tape_inside_tf_function_keeps_the_accuracy(dtype):
     def step(x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = BACKEND.binary_cross_entropy_with_logits(x, y, label_smoothing=config[1],
-                                                           reduction="none")
+            loss = BACKEND.binary_cross_entropy_with_logits(
+                x, y, label_smoothing=config[1], reduction="none"
+            )
         return loss, tape.gradient(loss, x)
 
     loss, grad = step(x, y)
@@ -166,8 +200,9 @@ def test_subnormal_results_are_not_flushed(dtype):
     logits, targets = tf.constant([x, -x], dtype), tf.constant([0.0, 1.0], dtype)
     loss = BACKEND.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     _, grad = BACKEND.value_and_grad(logits, targets, reduction="none")
-    _, (autodiff,) = BACKEND.autodiff_value_and_grad(logits, targets, wrt=("logits",),
-                                                     reduction="none", compiled=True)
+    _, (autodiff,) = BACKEND.autodiff_value_and_grad(
+        logits, targets, wrt=("logits",), reduction="none", compiled=True
+    )
     expected = np.array([exact_loss, exact_loss], dtype)
     np.testing.assert_array_equal(loss.numpy(), expected)
     np.testing.assert_array_equal(grad.numpy(), [expected[0], -expected[1]])
@@ -181,12 +216,14 @@ def test_infinite_and_nan_logits(dtype):
     inf, nan = np.inf, np.nan
     x = np.array([inf, inf, -inf, -inf, nan, inf], dtype)
     y = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.5], dtype)
-    loss = BACKEND.binary_cross_entropy_with_logits(tf.constant(x), tf.constant(y),
-                                                   reduction="none")
+    loss = BACKEND.binary_cross_entropy_with_logits(
+        tf.constant(x), tf.constant(y), reduction="none"
+    )
     np.testing.assert_array_equal(loss.numpy(), [0.0, inf, 0.0, inf, nan, inf])
     _, grad = BACKEND.value_and_grad(tf.constant(x), tf.constant(y), reduction="none")
-    _, (autodiff,) = BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y),
-                                                     wrt=("logits",), reduction="none")
+    _, (autodiff,) = BACKEND.autodiff_value_and_grad(
+        tf.constant(x), tf.constant(y), wrt=("logits",), reduction="none"
+    )
     np.testing.assert_array_equal(grad.numpy(), [0.0, 1.0, 0.0, -1.0, nan, 0.5])
     np.testing.assert_array_equal(autodiff.numpy(), grad.numpy())
 
@@ -198,23 +235,27 @@ def _broadcastable(shape: tuple[int, ...]):
     """Shapes that broadcast to ``shape`` without enlarging it."""
     suffixes = [shape[i:] for i in range(len(shape) + 1)]
     return st.sampled_from(suffixes).flatmap(
-        lambda s: st.tuples(*[st.sampled_from([d, 1]) for d in s]))
+        lambda s: st.tuples(*[st.sampled_from([d, 1]) for d in s])
+    )
 
 
 @st.composite
 def calls(draw):
     dtype = draw(st.sampled_from(FLOATS))
     shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple))
-    reduction = draw(st.sampled_from(REDUCTIONS if shape else
-                                     [r for r in REDUCTIONS if r != "batch_mean"]))
+    reduction = draw(
+        st.sampled_from(REDUCTIONS if shape else [r for r in REDUCTIONS if r != "batch_mean"])
+    )
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     kind = draw(st.sampled_from(["hard", "soft", "int", "bool"]))
     x = (rng.normal(size=shape) * draw(st.sampled_from([1.0, 8.0, 60.0]))).astype(dtype)
-    y = {"hard": lambda: (rng.random(shape) > 0.5).astype(dtype),
-         "soft": lambda: rng.random(shape).astype(dtype),
-         "int": lambda: rng.integers(0, 2, shape),
-         "bool": lambda: rng.random(shape) > 0.5}[kind]()
+    y = {
+        "hard": lambda: (rng.random(shape) > 0.5).astype(dtype),
+        "soft": lambda: rng.random(shape).astype(dtype),
+        "int": lambda: rng.integers(0, 2, shape),
+        "bool": lambda: rng.random(shape) > 0.5,
+    }[kind]()
     options = dict(reduction=reduction, label_smoothing=draw(st.sampled_from([0.0, 0.1])))
     for name, low in (("weight", 0.0), ("pos_weight", 0.25)):
         if draw(st.booleans()):
@@ -234,7 +275,7 @@ def _atol(x: np.ndarray, options: dict) -> float:
     scale = 1.0 + float(np.max(np.abs(x), initial=0.0))
     for name in ("weight", "pos_weight"):
         scale *= 1.0 + float(np.max(options.get(name, 1.0), initial=0.0))
-    return 64 * (2.0 ** -53 if x.dtype == np.float64 else 2.0 ** -24) * scale
+    return 64 * (2.0**-53 if x.dtype == np.float64 else 2.0**-24) * scale
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -242,8 +283,11 @@ def _atol(x: np.ndarray, options: dict) -> float:
 def test_matches_reference_over_shapes_and_options(call):
     x, y, kind, options = call
     dtype = x.dtype.name
-    wrt = ("logits",) + (("targets",) if kind in ("hard", "soft") else ()) + tuple(
-        n for n in ("weight", "pos_weight") if n in options)
+    wrt = (
+        ("logits",)
+        + (("targets",) if kind in ("hard", "soft") else ())
+        + tuple(n for n in ("weight", "pos_weight") if n in options)
+    )
     atol = _atol(x, options)
     expected_loss, expected_grads = reference.value_and_grad(x, y, wrt=wrt, **options)
     native = _native(options)
@@ -251,9 +295,10 @@ def test_matches_reference_over_shapes_and_options(call):
     loss = BACKEND.binary_cross_entropy_with_logits(tf.constant(x), tf.constant(y), **native)
     assert loss.dtype.name == dtype and loss.shape == np.shape(expected_loss)
     close(loss, expected_loss, dtype, atol=atol)
-    results = [BACKEND.value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt, **native),
-               BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt,
-                                               **native)]
+    results = [
+        BACKEND.value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt, **native),
+        BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt, **native),
+    ]
     for got_loss, got_grads in results:
         close(got_loss, expected_loss, dtype, atol=atol)
         for name, got, want in zip(wrt, got_grads, expected_grads):
@@ -266,12 +311,18 @@ def test_compiled_autodiff_matches_reference_for_every_reduction(reduction):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 3)) * 5
     y = rng.random((4, 3))
-    options = dict(weight=rng.uniform(0.5, 2.0, (4, 1)), pos_weight=rng.uniform(0.5, 2.0, (3,)),
-                   mask=rng.random((4, 3)) > 0.2, label_smoothing=0.1, reduction=reduction)
+    options = dict(
+        weight=rng.uniform(0.5, 2.0, (4, 1)),
+        pos_weight=rng.uniform(0.5, 2.0, (3,)),
+        mask=rng.random((4, 3)) > 0.2,
+        label_smoothing=0.1,
+        reduction=reduction,
+    )
     wrt = ("logits", "targets", "weight", "pos_weight")
     expected_loss, expected = reference.value_and_grad(x, y, wrt=wrt, **options)
-    loss, grads = BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y), wrt=wrt,
-                                                  compiled=True, **_native(options))
+    loss, grads = BACKEND.autodiff_value_and_grad(
+        tf.constant(x), tf.constant(y), wrt=wrt, compiled=True, **_native(options)
+    )
     close(loss, expected_loss, "float64", atol=1e-15)
     for got, want in zip(grads, expected):
         close(got, want, "float64", atol=1e-15)
@@ -287,12 +338,14 @@ def test_second_derivative_is_the_analytic_hessian(dtype, compiled):
     y = np.array([0.0, 1.0, 0.3, 1.0, 0.5, 0.0, 0.9, 1.0, 0.2], dtype)
     w, q = np.linspace(0.5, 2.0, 9).astype(dtype), np.asarray(1.7, dtype)
     _, hess = reference.grad_hess(x, y, weight=w, pos_weight=q)
-    got = BACKEND.autodiff_second_derivative(tf.constant(x), tf.constant(y), weight=w,
-                                             pos_weight=q, reduction="sum", compiled=compiled)
+    got = BACKEND.autodiff_second_derivative(
+        tf.constant(x), tf.constant(y), weight=w, pos_weight=q, reduction="sum", compiled=compiled
+    )
     assert got.dtype.name == DTYPE_NAMES[dtype]
     close(got, hess, DTYPE_NAMES[dtype])
-    mean = BACKEND.autodiff_second_derivative(tf.constant(x), tf.constant(y), compiled=compiled,
-                                              reduction="mean")
+    mean = BACKEND.autodiff_second_derivative(
+        tf.constant(x), tf.constant(y), compiled=compiled, reduction="mean"
+    )
     close(mean, reference.grad_hess(x, y)[1] / x.size, DTYPE_NAMES[dtype])
 
 
@@ -306,20 +359,24 @@ def test_mixed_second_derivatives_match_the_spec():
         outer.watch([x, y, w, q])
         with tf.GradientTape() as inner:
             inner.watch(x)
-            loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=q,
-                                                           label_smoothing=eps, reduction="sum")
+            loss = BACKEND.binary_cross_entropy_with_logits(
+                x, y, weight=w, pos_weight=q, label_smoothing=eps, reduction="sum"
+            )
         dx = inner.gradient(loss, x)
         total = tf.reduce_sum(dx)
     xs, ys, ws, qs = (t.numpy() for t in (x, y, w, q))
     sig, sig_neg = reference.sigmoid(xs), reference.sigmoid(-xs)
     yp, one_minus = reference.smoothed_targets(ys, eps)
-    np.testing.assert_allclose(outer.gradient(total, y), -ws * (1 - eps) * (sig + qs * sig_neg),
-                               rtol=1e-13)
-    np.testing.assert_allclose(outer.gradient(total, w), one_minus * sig - qs * yp * sig_neg,
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        outer.gradient(total, y), -ws * (1 - eps) * (sig + qs * sig_neg), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        outer.gradient(total, w), one_minus * sig - qs * yp * sig_neg, rtol=1e-13
+    )
     np.testing.assert_allclose(outer.gradient(total, q), np.sum(-ws * yp * sig_neg), rtol=1e-13)
-    np.testing.assert_allclose(outer.gradient(total, x),
-                               ws * (one_minus + qs * yp) * sig * sig_neg, rtol=1e-13)
+    np.testing.assert_allclose(
+        outer.gradient(total, x), ws * (one_minus + qs * yp) * sig * sig_neg, rtol=1e-13
+    )
 
 
 # -- the probability form ------------------------------------------------------------------
@@ -333,14 +390,20 @@ def test_probability_form_matches_reference(dtype, compiled):
     w, q = np.asarray(1.5, dtype), np.linspace(0.5, 2.0, 8).astype(dtype)
     options = dict(weight=w, pos_weight=q, label_smoothing=0.05)
     for clamp in (-100.0, -np.inf):
-        loss = BACKEND.binary_cross_entropy(tf.constant(p), tf.constant(y), reduction="none",
-                                            log_clamp=clamp, **options)
-        close(loss, reference.binary_cross_entropy(p, y, reduction="none", log_clamp=clamp,
-                                                   **options), DTYPE_NAMES[dtype])
-    loss, grad = BACKEND.autodiff_probs_grad(tf.constant(p), tf.constant(y), reduction="sum",
-                                             compiled=compiled, **options)
-    close(loss, reference.binary_cross_entropy(p, y, reduction="sum", **options),
-          DTYPE_NAMES[dtype])
+        loss = BACKEND.binary_cross_entropy(
+            tf.constant(p), tf.constant(y), reduction="none", log_clamp=clamp, **options
+        )
+        close(
+            loss,
+            reference.binary_cross_entropy(p, y, reduction="none", log_clamp=clamp, **options),
+            DTYPE_NAMES[dtype],
+        )
+    loss, grad = BACKEND.autodiff_probs_grad(
+        tf.constant(p), tf.constant(y), reduction="sum", compiled=compiled, **options
+    )
+    close(
+        loss, reference.binary_cross_entropy(p, y, reduction="sum", **options), DTYPE_NAMES[dtype]
+    )
     close(grad, reference.probs_grad(p, y, **options), DTYPE_NAMES[dtype])
 
 
@@ -358,18 +421,17 @@ def test_half_precision_parity(dtype_name):
     native_x = BACKEND.asarray(x)
     loss = BACKEND.binary_cross_entropy_with_logits(native_x, y, **options)
     assert loss.dtype.name == dtype_name
-    close(loss,
-          reference.binary_cross_entropy_with_logits(x, y, **options), dtype_name, atol=1e-3)
+    close(loss, reference.binary_cross_entropy_with_logits(x, y, **options), dtype_name, atol=1e-3)
     _, want = reference.value_and_grad(x, y, wrt=("logits", "weight"), **options)
-    for _, grads in (BACKEND.value_and_grad(native_x, y, wrt=("logits", "weight"), **options),
-                     BACKEND.autodiff_value_and_grad(native_x, y, wrt=("logits", "weight"),
-                                                     **options)):
+    for _, grads in (
+        BACKEND.value_and_grad(native_x, y, wrt=("logits", "weight"), **options),
+        BACKEND.autodiff_value_and_grad(native_x, y, wrt=("logits", "weight"), **options),
+    ):
         for got, expected in zip(grads, want):
             assert got.dtype.name == dtype_name
             close(got, expected, dtype_name, atol=2e-2)
     hess = BACKEND.autodiff_second_derivative(native_x, y, reduction="sum")
-    close(hess, reference.grad_hess(x, y)[1], dtype_name,
-          atol=1e-3)
+    close(hess, reference.grad_hess(x, y)[1], dtype_name, atol=1e-3)
 
 
 # -- masks, zero weights and zero denominators ---------------------------------------------
@@ -384,12 +446,17 @@ def test_masked_out_nan_and_inf_inputs_give_zero_loss_and_gradient():
     loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, mask=mask, reduction="none")
     assert loss.numpy()[0] == 0.0 and loss.numpy()[2] == 0.0
     expected_loss, expected = reference.value_and_grad(
-        np.array([0.0, 1.0, 0.0, -2.0]), [0.0, 1.0, 0.0, 0.0], weight=[0.0, 2.0, 0.0, 1.0],
-        mask=mask, wrt=wrt)
-    for got_loss, grads in (BACKEND.value_and_grad(x, y, weight=w, mask=mask, wrt=wrt),
-                            BACKEND.autodiff_value_and_grad(x, y, weight=w, mask=mask, wrt=wrt),
-                            BACKEND.autodiff_value_and_grad(x, y, weight=w, mask=mask, wrt=wrt,
-                                                            compiled=True)):
+        np.array([0.0, 1.0, 0.0, -2.0]),
+        [0.0, 1.0, 0.0, 0.0],
+        weight=[0.0, 2.0, 0.0, 1.0],
+        mask=mask,
+        wrt=wrt,
+    )
+    for got_loss, grads in (
+        BACKEND.value_and_grad(x, y, weight=w, mask=mask, wrt=wrt),
+        BACKEND.autodiff_value_and_grad(x, y, weight=w, mask=mask, wrt=wrt),
+        BACKEND.autodiff_value_and_grad(x, y, weight=w, mask=mask, wrt=wrt, compiled=True),
+    ):
         close(got_loss, expected_loss, "float32")
         for got, want in zip(grads, expected):
             assert np.all(np.isfinite(got.numpy()))
@@ -397,25 +464,35 @@ def test_masked_out_nan_and_inf_inputs_give_zero_loss_and_gradient():
             close(got, want, "float32")
 
 
-@pytest.mark.parametrize("case", ["fully masked mean", "zero weights weighted_mean",
-                                  "empty batch_mean", "cancelling weights weighted_mean"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "fully masked mean",
+        "zero weights weighted_mean",
+        "empty batch_mean",
+        "cancelling weights weighted_mean",
+    ],
+)
 def test_zero_denominators_give_zero_loss_and_zero_gradient(case):
     x, y = tf.constant([[np.inf, -3.0]]), tf.constant([[0.5, 1.0]])
     options = {
         "fully masked mean": dict(mask=np.zeros((1, 2), bool), reduction="mean"),
-        "zero weights weighted_mean": dict(weight=np.zeros(2, np.float32),
-                                           reduction="weighted_mean"),
+        "zero weights weighted_mean": dict(
+            weight=np.zeros(2, np.float32), reduction="weighted_mean"
+        ),
         "empty batch_mean": dict(reduction="batch_mean"),
-        "cancelling weights weighted_mean": dict(weight=np.array([1.0, -1.0], np.float32),
-                                                 reduction="weighted_mean"),
+        "cancelling weights weighted_mean": dict(
+            weight=np.array([1.0, -1.0], np.float32), reduction="weighted_mean"
+        ),
     }[case]
     if case == "empty batch_mean":
         x, y = tf.zeros((0, 2)), tf.zeros((0, 2))
     wrt = ("logits", "targets") + (("weight",) if "weight" in options else ())
-    for loss, grads in (BACKEND.value_and_grad(x, y, wrt=wrt, **options),
-                        BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, **options),
-                        BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, compiled=True,
-                                                        **options)):
+    for loss, grads in (
+        BACKEND.value_and_grad(x, y, wrt=wrt, **options),
+        BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, **options),
+        BACKEND.autodiff_value_and_grad(x, y, wrt=wrt, compiled=True, **options),
+    ):
         assert float(loss) == 0.0
         for grad in grads:
             np.testing.assert_array_equal(grad.numpy(), np.zeros(grad.shape))
@@ -428,8 +505,9 @@ def test_zero_weight_gives_zero_loss_and_zero_gradients_even_at_infinite_logits(
     w = tf.constant([0.0, 0.0, 1.0])
     loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, reduction="none")
     np.testing.assert_array_equal(loss.numpy()[:2], [0.0, 0.0])
-    _, (dx, dy) = BACKEND.autodiff_value_and_grad(x, y, weight=w, wrt=("logits", "targets"),
-                                                  reduction="sum")
+    _, (dx, dy) = BACKEND.autodiff_value_and_grad(
+        x, y, weight=w, wrt=("logits", "targets"), reduction="sum"
+    )
     np.testing.assert_array_equal(dx.numpy()[:2], [0.0, 0.0])
     np.testing.assert_array_equal(dy.numpy()[:2], [0.0, 0.0])
 
@@ -450,15 +528,17 @@ def test_losses_and_tapes_inside_user_tf_functions(jit):
             outer.watch(x)
             with tf.GradientTape() as tape:
                 tape.watch([x, w])
-                loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w,
-                                                               reduction="weighted_mean")
+                loss = BACKEND.binary_cross_entropy_with_logits(
+                    x, y, weight=w, reduction="weighted_mean"
+                )
             dx, dw = tape.gradient(loss, [x, w])
             total = tf.reduce_sum(dx)
         return loss, dx, dw, outer.gradient(total, x)
 
     loss, dx, dw, second = step(tf.constant(x), tf.constant(y), tf.constant(w))
     want_loss, (want_dx, want_dw) = reference.value_and_grad(
-        x, y, weight=w, reduction="weighted_mean", wrt=("logits", "weight"))
+        x, y, weight=w, reduction="weighted_mean", wrt=("logits", "weight")
+    )
     close(loss, want_loss, "float32")
     close(dx, want_dx, "float32")
     close(dw, want_dw, "float32", atol=1e-7)
@@ -467,13 +547,13 @@ def test_losses_and_tapes_inside_user_tf_functions(jit):
 
 
 def test_validate_under_compilation_raises_a_clear_error():
-    step = tf.function(lambda x, y: BACKEND.binary_cross_entropy_with_logits(x, y,
-                                                                            validate=True))
+    step = tf.function(lambda x, y: BACKEND.binary_cross_entropy_with_logits(x, y, validate=True))
     with pytest.raises(ValueError, match="validate=True.*cannot run under tf.function"):
         step(tf.constant([0.0]), tf.constant([1.0]))
     with pytest.raises(ValueError, match="jit"):
-        BACKEND.autodiff_value_and_grad(tf.constant([0.0]), tf.constant([1.0]), wrt=("logits",),
-                                        validate=True, compiled=True)
+        BACKEND.autodiff_value_and_grad(
+            tf.constant([0.0]), tf.constant([1.0]), wrt=("logits",), validate=True, compiled=True
+        )
 
 
 # -- dtypes, devices, conversion ---------------------------------------------------------
@@ -490,13 +570,15 @@ def test_dtype_and_device_are_preserved(dtype_name, device):
     y = np.array([[1, 0], [0, 1]])
     loss = BACKEND.binary_cross_entropy_with_logits(x, y)
     close(loss, reference.binary_cross_entropy_with_logits(x.numpy(), y), dtype_name)
-    results = [loss,
-               *BACKEND.value_and_grad(x, [[1.0, 0.0], [0.0, 1.0]], weight=np.ones(2),
-                                       wrt=("logits", "weight"))[1],
-               *BACKEND.grad_hess(x, np.ones((2, 2), bool)),
-               *BACKEND.autodiff_value_and_grad(x, y, wrt=("logits",), compiled=True)[1],
-               BACKEND.binary_cross_entropy(BACKEND.asarray(np.full((2,), 0.5, dtype), device),
-                                            [1, 0])]
+    results = [
+        loss,
+        *BACKEND.value_and_grad(
+            x, [[1.0, 0.0], [0.0, 1.0]], weight=np.ones(2), wrt=("logits", "weight")
+        )[1],
+        *BACKEND.grad_hess(x, np.ones((2, 2), bool)),
+        *BACKEND.autodiff_value_and_grad(x, y, wrt=("logits",), compiled=True)[1],
+        BACKEND.binary_cross_entropy(BACKEND.asarray(np.full((2,), 0.5, dtype), device), [1, 0]),
+    ]
     for result in results:
         assert result.dtype.name == dtype_name
         assert result.device.endswith(suffix), result.device
@@ -510,25 +592,43 @@ def test_asarray_rejects_unknown_devices():
 def test_numpy_scalars_lists_and_variables_next_to_tensors():
     x = tf.Variable([[0.5, -1.0, 3.0]], dtype=tf.float32)
     expected = reference.binary_cross_entropy_with_logits(
-        np.float32([[0.5, -1.0, 3.0]]), [[1, 0, 1]], weight=2.0, pos_weight=[1.0, 2.0, 3.0],
-        mask=[[True, False, True]], reduction="sum")
+        np.float32([[0.5, -1.0, 3.0]]),
+        [[1, 0, 1]],
+        weight=2.0,
+        pos_weight=[1.0, 2.0, 3.0],
+        mask=[[True, False, True]],
+        reduction="sum",
+    )
     got = BACKEND.binary_cross_entropy_with_logits(
-        x, [[True, False, True]], weight=2, pos_weight=np.array([1.0, 2.0, 3.0]),
-        mask=np.array([[True, False, True]]), reduction="sum")
+        x,
+        [[True, False, True]],
+        weight=2,
+        pos_weight=np.array([1.0, 2.0, 3.0]),
+        mask=np.array([[True, False, True]]),
+        reduction="sum",
+    )
     assert got.dtype == tf.float32
     close(got, expected, "float32")
     # targets are cast to the logits' dtype first (float64 targets, float32 logits).
-    close(BACKEND.binary_cross_entropy_with_logits(x, tf.constant([[0.1, 0.2, 0.3]], tf.float64)),
-          reference.binary_cross_entropy_with_logits(np.float32([[0.5, -1.0, 3.0]]),
-                                                     np.float32([[0.1, 0.2, 0.3]])), "float32")
+    close(
+        BACKEND.binary_cross_entropy_with_logits(x, tf.constant([[0.1, 0.2, 0.3]], tf.float64)),
+        reference.binary_cross_entropy_with_logits(
+            np.float32([[0.5, -1.0, 3.0]]), np.float32([[0.1, 0.2, 0.3]])
+        ),
+        "float32",
+    )
     # NumPy logits work when the backend is called explicitly.
     numpy_logits = BACKEND.binary_cross_entropy_with_logits(np.array([0.0, 1.0]), [1.0, 0.0])
     assert isinstance(numpy_logits, tf.Tensor) and numpy_logits.dtype == tf.float64
     with tf.GradientTape() as tape:
         loss = BACKEND.binary_cross_entropy_with_logits(x, [[1.0, 0.0, 1.0]], reduction="sum")
-    close(tape.gradient(loss, x),
-          reference.value_and_grad(np.float32([[0.5, -1.0, 3.0]]), [[1.0, 0.0, 1.0]],
-                                   reduction="sum")[1], "float32")
+    close(
+        tape.gradient(loss, x),
+        reference.value_and_grad(
+            np.float32([[0.5, -1.0, 3.0]]), [[1.0, 0.0, 1.0]], reduction="sum"
+        )[1],
+        "float32",
+    )
 
 
 # -- registration and dispatch -------------------------------------------------------------
@@ -549,8 +649,11 @@ def test_public_api_dispatches_on_the_tensor_type():
     x = tf.constant([[2.0, -1.0]], tf.float64)
     loss = bce_core.binary_cross_entropy_with_logits(x, np.array([[1.0, 0.0]]), reduction="sum")
     assert isinstance(loss, tf.Tensor) and loss.dtype == tf.float64
-    close(loss, reference.binary_cross_entropy_with_logits([[2.0, -1.0]], [[1.0, 0.0]],
-                                                           reduction="sum"), "float64")
+    close(
+        loss,
+        reference.binary_cross_entropy_with_logits([[2.0, -1.0]], [[1.0, 0.0]], reduction="sum"),
+        "float64",
+    )
     assert bce_core.get_backend("tensorflow").name == "tensorflow"
     _, grad = bce_core.value_and_grad(x, [[1.0, 0.0]], wrt="logits")
     assert isinstance(grad, tf.Tensor)
@@ -560,6 +663,7 @@ def test_public_api_dispatches_on_the_tensor_type():
     @tf.function
     def compiled(x):
         return bce_core.binary_cross_entropy_with_logits(x, [[1.0, 0.0]], reduction="sum")
+
     close(compiled(x), loss.numpy(), "float64")
 
 
@@ -581,8 +685,11 @@ def _case_id(value) -> str:
     return getattr(value, "__name__", None) or "y{}-eps{}-w{}-q{}".format(*value)
 
 
-@pytest.mark.parametrize("dtype, config", [(np.float32, CONFIGS[1]), (np.float32, CONFIGS[5]),
-                                           (np.float64, CONFIGS[4])], ids=_case_id)
+@pytest.mark.parametrize(
+    "dtype, config",
+    [(np.float32, CONFIGS[1]), (np.float32, CONFIGS[5]), (np.float64, CONFIGS[4])],
+    ids=_case_id,
+)
 def test_chunked_program_within_4_ulp_of_exact(dtype, config, chunked):
     xs, losses, grads, grad_refs = exact(dtype, config)
     x, y = logits_and_targets(dtype, config)
@@ -616,51 +723,68 @@ def _chunked_case(layout: str, dtype: type = np.float32):
     x = (rng.normal(size=shape) * 8).astype(dtype)
     y = rng.random(shape).astype(dtype)
     if layout == "broadcast":
-        options = dict(weight=rng.uniform(0.5, 2.0, (7,)).astype(dtype),
-                       pos_weight=rng.uniform(0.5, 2.0, (300, 1)).astype(dtype),
-                       mask=rng.random((300, 1)) > 0.2)
+        options = dict(
+            weight=rng.uniform(0.5, 2.0, (7,)).astype(dtype),
+            pos_weight=rng.uniform(0.5, 2.0, (300, 1)).astype(dtype),
+            mask=rng.random((300, 1)) > 0.2,
+        )
         hidden = np.broadcast_to(~options["mask"], shape)
     else:
-        options = dict(weight=rng.uniform(0.5, 2.0, shape).astype(dtype),
-                       pos_weight=np.asarray(1.5, dtype), mask=rng.random(shape) > 0.2)
+        options = dict(
+            weight=rng.uniform(0.5, 2.0, shape).astype(dtype),
+            pos_weight=np.asarray(1.5, dtype),
+            mask=rng.random(shape) > 0.2,
+        )
         hidden = ~options["mask"]
     bad = np.flatnonzero(hidden)[:3]
-    x.flat[bad] = [np.nan, np.inf, -np.inf][:len(bad)]
+    x.flat[bad] = [np.nan, np.inf, -np.inf][: len(bad)]
     return x, y, options
 
 
-@pytest.mark.parametrize("layout, reduction", [("broadcast", r) for r in REDUCTIONS] + [
-    ("full", r) for r in REDUCTIONS if r != "none"])
-def test_chunked_program_matches_reference_with_masks_weights_and_smoothing(layout, reduction,
-                                                                           chunked):
+@pytest.mark.parametrize(
+    "layout, reduction",
+    [("broadcast", r) for r in REDUCTIONS] + [("full", r) for r in REDUCTIONS if r != "none"],
+)
+def test_chunked_program_matches_reference_with_masks_weights_and_smoothing(
+    layout, reduction, chunked
+):
     # The reductions share one program (their denominators are arguments): one compilation.
     x, y, options = _chunked_case(layout)
     options.update(reduction=reduction, label_smoothing=0.05)
     clean = np.where(np.broadcast_to(options["mask"], x.shape), x, 0.0)
     expected_loss, expected_grad = reference.value_and_grad(clean, y, **options)
-    loss = BACKEND.binary_cross_entropy_with_logits(tf.constant(x), tf.constant(y),
-                                                   **_native(options))
+    loss = BACKEND.binary_cross_entropy_with_logits(
+        tf.constant(x), tf.constant(y), **_native(options)
+    )
     close(loss, expected_loss, "float32", atol=1e-6)
     got_loss, grad = BACKEND.value_and_grad(tf.constant(x), tf.constant(y), **_native(options))
     close(got_loss, expected_loss, "float32", atol=1e-6)
     assert np.all(np.isfinite(grad.numpy()))
     # Where the gradient's two terms cancel, it is held to 4 ULP of the larger term (<= 4 here).
-    close(grad, expected_grad, "float32", atol=16 * 2.0 ** -24 * 4 / (
-        1.0 if reduction in ("none", "sum") else 300.0))
-    _, (taped,) = BACKEND.autodiff_value_and_grad(tf.constant(x), tf.constant(y),
-                                                  wrt=("logits",), **_native(options))
+    close(
+        grad,
+        expected_grad,
+        "float32",
+        atol=16 * 2.0**-24 * 4 / (1.0 if reduction in ("none", "sum") else 300.0),
+    )
+    _, (taped,) = BACKEND.autodiff_value_and_grad(
+        tf.constant(x), tf.constant(y), wrt=("logits",), **_native(options)
+    )
     np.testing.assert_array_equal(taped.numpy(), grad.numpy())
 
 
-@pytest.mark.parametrize("case", ["fully masked mean", "zero weights weighted_mean",
-                                  "empty batch_mean", "infinite logits sum"])
+@pytest.mark.parametrize(
+    "case",
+    ["fully masked mean", "zero weights weighted_mean", "empty batch_mean", "infinite logits sum"],
+)
 def test_chunked_program_zero_denominators_and_infinities(case, chunked):
     x = np.tile(np.float32([np.inf, -3.0, -np.inf, 2.0]), 300).reshape(300, 4)
     y = np.tile(np.float32([1.0, 1.0, 0.0, 0.5]), 300).reshape(300, 4)
     options = {
         "fully masked mean": dict(mask=np.zeros((300, 1), bool), reduction="mean"),
-        "zero weights weighted_mean": dict(weight=np.zeros(4, np.float32),
-                                           reduction="weighted_mean"),
+        "zero weights weighted_mean": dict(
+            weight=np.zeros(4, np.float32), reduction="weighted_mean"
+        ),
         "empty batch_mean": dict(reduction="batch_mean"),
         "infinite logits sum": dict(reduction="sum"),
     }[case]
@@ -669,8 +793,9 @@ def test_chunked_program_zero_denominators_and_infinities(case, chunked):
     loss, grad = BACKEND.value_and_grad(tf.constant(x), tf.constant(y), **_native(options))
     if case == "infinite logits sum":
         # l(+inf, 1) = l(-inf, 0) = 0, with gradient 0; the finite logits count as usual.
-        finite_loss, finite_grad = reference.value_and_grad(np.float32([-3.0, 2.0]), [1.0, 0.5],
-                                                            reduction="sum")
+        finite_loss, finite_grad = reference.value_and_grad(
+            np.float32([-3.0, 2.0]), [1.0, 0.5], reduction="sum"
+        )
         close(loss, 300 * finite_loss, "float32")
         np.testing.assert_array_equal(grad.numpy()[:, [0, 2]], 0.0)
         close(grad.numpy()[:, [1, 3]], np.broadcast_to(finite_grad, (300, 2)), "float32")
@@ -692,8 +817,9 @@ def test_chunked_program_keeps_subnormal_results(dtype, chunked):
     signs = np.tile(np.asarray([1.0, -1.0], dtype), 400)
     np.testing.assert_array_equal(grad.numpy(), signs * expected)
     for compiled in (False, True):
-        _, (taped,) = BACKEND.autodiff_value_and_grad(logits, targets, wrt=("logits",),
-                                                      reduction="none", compiled=compiled)
+        _, (taped,) = BACKEND.autodiff_value_and_grad(
+            logits, targets, wrt=("logits",), reduction="none", compiled=compiled
+        )
         np.testing.assert_array_equal(taped.numpy(), signs * expected)
 
 
@@ -706,8 +832,9 @@ def test_chunked_program_half_precision(dtype_name, chunked):
     options = dict(weight=options["weight"].astype(dtype), reduction="none")
     loss, grad = BACKEND.value_and_grad(BACKEND.asarray(x), y, **options)
     assert loss.dtype.name == grad.dtype.name == dtype_name
-    want_loss, want_grad = reference.value_and_grad(x.astype(np.float64), y.astype(np.float64),
-                                                    **options)
+    want_loss, want_grad = reference.value_and_grad(
+        x.astype(np.float64), y.astype(np.float64), **options
+    )
     close(loss, want_loss, dtype_name, atol=1e-3)
     close(grad, want_grad, dtype_name, atol=1e-3)
 
@@ -716,8 +843,9 @@ def test_second_derivative_through_the_chunked_program(chunked):
     rng = np.random.default_rng(23)
     x, y = rng.normal(size=(40, 9)) * 6, rng.random((40, 9))
     w = rng.uniform(0.5, 2.0, (9,))
-    got = BACKEND.autodiff_second_derivative(tf.constant(x), tf.constant(y), weight=w,
-                                             reduction="sum")
+    got = BACKEND.autodiff_second_derivative(
+        tf.constant(x), tf.constant(y), weight=w, reduction="sum"
+    )
     close(got, reference.grad_hess(x, y, weight=w)[1], "float64")
 
 
@@ -750,13 +878,13 @@ def test_gradients_without_a_tape_inside_tf_function(chunked):
 
     @tf.function
     def symbolic(x, y, w):
-        loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w,
-                                                       reduction="weighted_mean")
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=w, reduction="weighted_mean")
         return tf.gradients(loss, [x, w])
 
     dx, dw = symbolic(tf.constant(x), tf.constant(y), tf.constant(w))
-    _, (want_dx, want_dw) = reference.value_and_grad(x, y, weight=w, reduction="weighted_mean",
-                                                     wrt=("logits", "weight"))
+    _, (want_dx, want_dw) = reference.value_and_grad(
+        x, y, weight=w, reduction="weighted_mean", wrt=("logits", "weight")
+    )
     close(dx, want_dx, "float64", atol=1e-15)
     close(dw, want_dw, "float64", atol=1e-15)
 
@@ -783,11 +911,15 @@ def test_a_new_batch_size_reuses_the_traced_programs():
             traced = dict(fused._programs)
     assert fused._programs == traced  # the same programs, traced once, for the new sizes
     want_loss, want_grad = reference.value_and_grad(x.numpy(), y.numpy(), label_smoothing=0.1)
-    atol = 8 * 2.0 ** -24 / x.shape.num_elements()  # smoothed targets: terms that cancel
+    atol = 8 * 2.0**-24 / x.shape.num_elements()  # smoothed targets: terms that cancel
     close(loss, want_loss, "float32")
     close(grad, want_grad, "float32", atol=atol)
-    close(fused_grad, reference.value_and_grad(x.numpy(), y.numpy(), label_smoothing=0.05)[1],
-          "float32", atol=atol)
+    close(
+        fused_grad,
+        reference.value_and_grad(x.numpy(), y.numpy(), label_smoothing=0.05)[1],
+        "float32",
+        atol=atol,
+    )
 
 
 def test_scaled_product_keeps_subnormals_and_zero_factors():

@@ -49,20 +49,25 @@ def logits_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str) -> tf.T
     given = {name: t for name, t in _given(ops).items() if t is not None}
     watched = tuple(n for n, t in given.items() if record.should_record_backprop([t]))
     with record.stop_recording():
-        loss, saved = (_partials(ops, watched, eps, reduction) if watched else
-                       fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=False))
+        loss, saved = (
+            _partials(ops, watched, eps, reduction)
+            if watched
+            else fused.loss_and_grad(ops, eps=eps, reduction=reduction, grad=False)
+        )
     if watched:
         return _attach(ops, loss, watched, lambda: saved, eps, reduction)
     if tf.executing_eagerly() and not record.could_possibly_record():
         return loss
     # Someone may still ask for gradients (tf.gradients, a forward accumulator): compute them then.
     names = tuple(given)
-    return _attach(ops, loss, names, lambda: _partials(ops, names, eps, reduction)[1],
-                   eps, reduction)
+    return _attach(
+        ops, loss, names, lambda: _partials(ops, names, eps, reduction)[1], eps, reduction
+    )
 
 
-def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
-                   names: Sequence[str]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+def value_and_grad(
+    ops: Operands[tf.Tensor], *, eps: float, reduction: str, names: Sequence[str]
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """The loss and its gradients with respect to ``names``: the fused program for the logits,
     the kernels for the others; where a tape watches, a tape around ``logits_loss``."""
     if not any(t is not None and record.should_record_backprop([t]) for t in _given(ops).values()):
@@ -77,8 +82,9 @@ def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
     return loss, tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def _partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
-              reduction: str) -> tuple[tf.Tensor, list[tf.Tensor]]:
+def _partials(
+    ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float, reduction: str
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """The loss and its gradients with respect to ``names`` (per element under "none"): the
     logits' from the fused program, the others' apart (a graph prunes those nobody uses)."""
     loss, partials = None, []
@@ -87,14 +93,21 @@ def _partials(ops: Operands[tf.Tensor], names: tuple[str, ...], eps: float,
         partials.append(grad)
     rest = tuple(n for n in names if n != "logits")
     if rest:
-        value, more = kernels.value_and_grad(ops, eps=eps, reduction=reduction, names=rest,
-                                             full=reduction == "none")
+        value, more = kernels.value_and_grad(
+            ops, eps=eps, reduction=reduction, names=rest, full=reduction == "none"
+        )
         loss, partials = value if loss is None else loss, partials + more
     return loss, partials
 
 
-def _attach(ops: Operands[tf.Tensor], loss: tf.Tensor, names: tuple[str, ...],
-            partials: Callable[[], list[tf.Tensor]], eps: float, reduction: str) -> tf.Tensor:
+def _attach(
+    ops: Operands[tf.Tensor],
+    loss: tf.Tensor,
+    names: tuple[str, ...],
+    partials: Callable[[], list[tf.Tensor]],
+    eps: float,
+    reduction: str,
+) -> tf.Tensor:
     """``loss`` as the output of an operation on the operands ``names`` whose gradient is
     upstream times ``partials()``, itself an operation whose gradient (that of
     sum(cotangent * upstream * d loss / d input)) comes from ``exact_loss``."""
@@ -104,8 +117,10 @@ def _attach(ops: Operands[tf.Tensor], loss: tf.Tensor, names: tuple[str, ...],
         @tf.custom_gradient
         def vjp_op(upstream: tf.Tensor, *inputs: tf.Tensor) -> tuple[list[tf.Tensor], Any]:
             with record.stop_recording():
-                grads = [_times(s, upstream, operand, reduction)
-                         for s, operand in zip(partials(), inputs)]
+                grads = [
+                    _times(s, upstream, operand, reduction)
+                    for s, operand in zip(partials(), inputs)
+                ]
 
             def second(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
                 sources, zero = [upstream, *inputs], tf.UnconnectedGradients.ZERO
@@ -115,14 +130,26 @@ def _attach(ops: Operands[tf.Tensor], loss: tf.Tensor, names: tuple[str, ...],
                         inner.watch(list(inputs))
                         # Derivatives in the other operands are neither asked for nor evaluated.
                         fields = {"logits": "inputs", "targets": "targets"}
-                        loss = exact_loss(dataclasses.replace(ops, **{
-                            fields.get(n, n): t for n, t in zip(names, inputs)}),
-                            eps=eps, reduction=reduction, wrt=names)
-                    firsts = inner.gradient(loss, list(inputs), output_gradients=upstream,
-                                            unconnected_gradients=zero)
-                return outer.gradient(firsts, sources, unconnected_gradients=zero,
-                                      output_gradients=[tf.zeros_like(i) if c is None else c
-                                                        for c, i in zip(cotangents, inputs)])
+                        loss = exact_loss(
+                            dataclasses.replace(
+                                ops, **{fields.get(n, n): t for n, t in zip(names, inputs)}
+                            ),
+                            eps=eps,
+                            reduction=reduction,
+                            wrt=names,
+                        )
+                    firsts = inner.gradient(
+                        loss, list(inputs), output_gradients=upstream, unconnected_gradients=zero
+                    )
+                return outer.gradient(
+                    firsts,
+                    sources,
+                    unconnected_gradients=zero,
+                    output_gradients=[
+                        tf.zeros_like(i) if c is None else c for c, i in zip(cotangents, inputs)
+                    ],
+                )
+
             return grads, second
 
         return tf.identity(loss), lambda upstream: vjp_op(upstream, *inputs)
@@ -130,8 +157,7 @@ def _attach(ops: Operands[tf.Tensor], loss: tf.Tensor, names: tuple[str, ...],
     return loss_op(*(_given(ops)[name] for name in names))
 
 
-def _times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor,
-           reduction: str) -> tf.Tensor:
+def _times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor, reduction: str) -> tf.Tensor:
     """upstream * saved in ``operand``'s shape; for a reduced loss (``saved`` then has the
     operand's shape) ``saved`` itself when upstream is 1, the usual tape.gradient of a loss,
     without a pass over the elements."""
@@ -142,8 +168,11 @@ def _times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor,
         if known != 1:
             return upstream_times(saved, upstream, operand)
         return saved if tf.executing_eagerly() else tf.identity(saved)
-    return tf.cond(tf.equal(upstream, 1), lambda: tf.identity(saved),
-                   lambda: upstream_times(saved, upstream, operand))
+    return tf.cond(
+        tf.equal(upstream, 1),
+        lambda: tf.identity(saved),
+        lambda: upstream_times(saved, upstream, operand),
+    )
 
 
 #: Per dtype: (c, k) such that a saved value below 2**-c is multiplied lifted by 2**k.
@@ -159,19 +188,20 @@ def scaled_product(saved: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     bits = tf.bitcast(saved, ints)
     magnitude = tf.bitwise.bitwise_and(bits, tf.constant(np.iinfo(spec.int_dtype).max, ints))
     # Compared as integers: with subnormals read as 0, a float comparison would miss them.
-    small = magnitude < tf.bitcast(tf.constant(2.0 ** -cut, saved.dtype), ints)
+    small = magnitude < tf.bitcast(tf.constant(2.0**-cut, saved.dtype), ints)
     # A subnormal is its integer bits times the smallest subnormal, 2**(minexp - mantissa).
     units = tf.cast(magnitude, saved.dtype) * 2.0 ** (lift + minexp - mantissa)
     units = tf.where(bits < 0, -units, units)
-    lifted = tf.where(magnitude < 2 ** mantissa, units,
-                      OPS.where(small, saved, 0.0) * 2.0 ** lift)
+    lifted = tf.where(magnitude < 2**mantissa, units, OPS.where(small, saved, 0.0) * 2.0**lift)
     product = lifted * factor
-    count = tf.cast(tf.round(tf.minimum(tf.abs(product) * 2.0 ** (mantissa - minexp - lift),
-                                        2.0 ** mantissa)), ints)
+    count = tf.cast(
+        tf.round(tf.minimum(tf.abs(product) * 2.0 ** (mantissa - minexp - lift), 2.0**mantissa)),
+        ints,
+    )
     sign = OPS.where(product < 0, tf.constant(np.iinfo(spec.int_dtype).min, ints), 0)
     rebuilt = tf.bitcast(tf.bitwise.bitwise_or(count, sign), saved.dtype)
     normal = (tf.abs(product) >= 2.0 ** (minexp + lift)) | ~tf.math.is_finite(product)
-    result = tf.where(small, tf.where(normal, product * 2.0 ** -lift, rebuilt), saved * factor)
+    result = tf.where(small, tf.where(normal, product * 2.0**-lift, rebuilt), saved * factor)
     return OPS.where(tf.equal(factor, 0), 0.0, result)
 
 
@@ -192,20 +222,35 @@ def upstream_times(saved: tf.Tensor, upstream: tf.Tensor, operand: tf.Tensor) ->
     size = saved.shape.num_elements()
     if size is not None and size <= fused.SMALL:  # a few ops cost less than a compilation
         return _product(saved, upstream, operand)
-    dtype, rank, upstream_rank, pattern = (saved.dtype, saved.shape.rank, upstream.shape.rank,
-                                           pattern_of(operand))
-    program = compiled(("backward", dtype.name, rank, upstream_rank, pattern), lambda: (
-        _product, [tf.TensorSpec([None] * rank, dtype),
-                   tf.TensorSpec([None] * upstream_rank, dtype),
-                   tf.TensorSpec([None if p else 1 for p in pattern], dtype)]))
+    dtype, rank, upstream_rank, pattern = (
+        saved.dtype,
+        saved.shape.rank,
+        upstream.shape.rank,
+        pattern_of(operand),
+    )
+    program = compiled(
+        ("backward", dtype.name, rank, upstream_rank, pattern),
+        lambda: (
+            _product,
+            [
+                tf.TensorSpec([None] * rank, dtype),
+                tf.TensorSpec([None] * upstream_rank, dtype),
+                tf.TensorSpec([None if p else 1 for p in pattern], dtype),
+            ],
+        ),
+    )
     return program(saved, upstream, operand)
 
 
 # -- the element losses with the spec's derivatives to second order --------------------------
 
 
-def _elements(terms_of: Callable[..., Any], given: dict[str, tf.Tensor | None],
-              wrt: Sequence[str] | None, second: bool) -> tf.Tensor:
+def _elements(
+    terms_of: Callable[..., Any],
+    given: dict[str, tf.Tensor | None],
+    wrt: Sequence[str] | None,
+    second: bool,
+) -> tf.Tensor:
     """The element losses of ``terms_of(x, y, w, q)`` (working dtype, full shape) as an
     operation whose gradient is the analytic one, itself an operation whose gradient is the
     analytic Hessian's if ``second``. ``wrt`` names the operands (of ``OPERANDS``) with
@@ -220,13 +265,15 @@ def _elements(terms_of: Callable[..., Any], given: dict[str, tf.Tensor | None],
             if second:
                 return _logit_vjp(terms, names, upstream, *args)
             return [weighted(upstream, terms.partial(n)) for n in names]
+
         return terms.loss(), grad
 
     return elements(*[given[n] for n in names])
 
 
-def _logit_vjp(terms: kernels.LogitTerms, names: Sequence[str], upstream: tf.Tensor,
-               *args: tf.Tensor) -> list[tf.Tensor]:
+def _logit_vjp(
+    terms: kernels.LogitTerms, names: Sequence[str], upstream: tf.Tensor, *args: tf.Tensor
+) -> list[tf.Tensor]:
     """upstream * d loss / d operand for each operand ``names``, as an operation whose gradient
     is the analytic Hessian's; an upstream (or cotangent) of exactly 0 contributes exactly 0."""
 
@@ -236,35 +283,47 @@ def _logit_vjp(terms: kernels.LogitTerms, names: Sequence[str], upstream: tf.Ten
 
         def grad(*cotangents: tf.Tensor | None) -> list[tf.Tensor]:
             def dot(values: Sequence[tf.Tensor | None], like: tf.Tensor) -> tf.Tensor:
-                parts = [weighted(c, v) for c, v in zip(cotangents, values)
-                         if c is not None and v is not None]
+                parts = [
+                    weighted(c, v)
+                    for c, v in zip(cotangents, values)
+                    if c is not None and v is not None
+                ]
                 return functools.reduce(tf.add, parts) if parts else tf.zeros_like(like)
 
             return [dot(firsts, upstream)] + [
                 weighted(upstream, dot([terms.second(name, other) for other in names], operand))
-                for name, operand in zip(names, args)]
+                for name, operand in zip(names, args)
+            ]
 
         return [weighted(upstream, first) for first in firsts], grad
 
     return vjp(upstream, *args)
 
 
-def exact_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
-               wrt: Sequence[str] | None = None) -> tf.Tensor:
+def exact_loss(
+    ops: Operands[tf.Tensor], *, eps: float, reduction: str, wrt: Sequence[str] | None = None
+) -> tf.Tensor:
     """The reduced loss from logits, differentiable to second order with respect to the
     operands ``wrt`` (of ``OPERANDS``; default: all)."""
     v = Working.of(ops, neutral=0.0)
-    elements = _elements(lambda *a: kernels.LogitTerms.of(*a, eps),
-                         dict(zip(OPERANDS, (v.x, v.y, v.w, v.q))), wrt, second=True)
+    elements = _elements(
+        lambda *a: kernels.LogitTerms.of(*a, eps),
+        dict(zip(OPERANDS, (v.x, v.y, v.w, v.q))),
+        wrt,
+        second=True,
+    )
     return v.out(v.reduce(elements, reduction).loss)
 
 
-def probs_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
-               clamp: float) -> tf.Tensor:
+def probs_loss(ops: Operands[tf.Tensor], *, eps: float, reduction: str, clamp: float) -> tf.Tensor:
     """The reduced loss from probabilities, in the input's dtype, with the spec's gradient."""
     v = Working.of(ops, neutral=0.5)
-    elements = _elements(lambda *a: ProbsTerms.of(*a, eps, clamp),
-                         dict(zip(OPERANDS, (v.x, v.y, v.w, v.q))), None, second=False)
+    elements = _elements(
+        lambda *a: ProbsTerms.of(*a, eps, clamp),
+        dict(zip(OPERANDS, (v.x, v.y, v.w, v.q))),
+        None,
+        second=False,
+    )
     return v.out(v.reduce(elements, reduction).loss)
 
 
@@ -280,8 +339,14 @@ class Autodiff:
         self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    def run(self, kind: str, *operands: tf.Tensor | None, compiled: bool,
-            options: dict[str, Any], wrt: tuple[str, ...] = ("logits",)) -> Any:
+    def run(
+        self,
+        kind: str,
+        *operands: tf.Tensor | None,
+        compiled: bool,
+        options: dict[str, Any],
+        wrt: tuple[str, ...] = ("logits",),
+    ) -> Any:
         """The tape ``kind`` ("value_and_grad", "second_derivative" or "probs_grad") on
         ``operands`` (x, y, w, q, mask), XLA-compiled if asked: one compiled function per
         option set, retraced only for new shapes."""
@@ -291,16 +356,27 @@ class Autodiff:
             with self._lock:
                 key = (kind, frozen, wrt)
                 if key not in self._compiled:
-                    self._compiled[key] = tf.function(function, jit_compile=True,
-                                                      autograph=False)
+                    self._compiled[key] = tf.function(function, jit_compile=True, autograph=False)
                 function = self._compiled[key]
         return function(*operands)
 
-    def _tape(self, kind: str, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None,
-              q: tf.Tensor | None, m: tf.Tensor | None, *, options: tuple[tuple[str, Any], ...],
-              wrt: tuple[str, ...]) -> Any:
-        loss_of = (self._backend.binary_cross_entropy if kind == "probs_grad"
-                   else self._backend.binary_cross_entropy_with_logits)
+    def _tape(
+        self,
+        kind: str,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        w: tf.Tensor | None,
+        q: tf.Tensor | None,
+        m: tf.Tensor | None,
+        *,
+        options: tuple[tuple[str, Any], ...],
+        wrt: tuple[str, ...],
+    ) -> Any:
+        loss_of = (
+            self._backend.binary_cross_entropy
+            if kind == "probs_grad"
+            else self._backend.binary_cross_entropy_with_logits
+        )
         sources, zero = dict(zip(OPERANDS, (x, y, w, q))), tf.UnconnectedGradients.ZERO
         second = kind == "second_derivative"
         with tf.GradientTape() if second else contextlib.nullcontext() as outer:

@@ -21,8 +21,14 @@ import numpy as np
 import tensorflow as tf
 
 from bce_core.rules import pack_gradients
-from bce_core.spec import (DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp,
-                           check_reduction, check_wrt, check_wrt_given)
+from bce_core.spec import (
+    DEFAULT_LOG_CLAMP,
+    check_label_smoothing,
+    check_log_clamp,
+    check_reduction,
+    check_wrt,
+    check_wrt_given,
+)
 
 from . import autodiff, fused, kernels
 from .operands import is_native, on_device_of, prepare, validate
@@ -35,7 +41,7 @@ if TYPE_CHECKING:
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_devices() -> tuple[str, ...]:
     """'cpu' and 'gpu:N' for each logical device on which a tiny computation succeeds."""
     usable = []
@@ -87,16 +93,19 @@ class TensorFlowBackend:
         placement = _tensorflow_device(device)
         available = [_tensorflow_device(d) for d in self.devices()]
         if placement not in available:
-            raise ValueError(f"device={device!r} is not usable by the tensorflow backend; "
-                             f"usable devices: {', '.join(self.devices())}.")
+            raise ValueError(
+                f"device={device!r} is not usable by the tensorflow backend; "
+                f"usable devices: {', '.join(self.devices())}."
+            )
         with tf.device(placement):
             return tf.identity(tf.constant(array))
 
     def to_numpy(self, array: Any) -> np.ndarray:
         """A NumPy copy (bfloat16 as ml_dtypes.bfloat16); needs an eager tensor."""
         if is_native(array) and not tf.executing_eagerly():
-            raise ValueError("to_numpy needs an eager tensor; it cannot run under "
-                             "tf.function tracing.")
+            raise ValueError(
+                "to_numpy needs an eager tensor; it cannot run under tf.function tracing."
+            )
         return np.asarray(array.numpy() if is_native(array) else array)
 
     def device_of(self, array: Any) -> str:
@@ -123,8 +132,9 @@ class TensorFlowBackend:
 
     # -- the losses -------------------------------------------------------------------------
 
-    def _call(self, input_name: str, inputs: Any, targets: Any, options: dict[str, Any],
-              compute: Any) -> Any:
+    def _call(
+        self, input_name: str, inputs: Any, targets: Any, options: dict[str, Any], compute: Any
+    ) -> Any:
         """``compute(operands)`` on the checked operands, on the input's device."""
         check = options.pop("validate", False)
         ops = prepare(input_name, inputs, targets, **options)
@@ -135,65 +145,138 @@ class TensorFlowBackend:
 
     @_no_autograph
     def binary_cross_entropy_with_logits(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
         validate: bool = False,
     ) -> tf.Tensor:
         eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
-        return self._call("logits", logits, targets, dict(
-            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
-            lambda ops: autodiff.logits_loss(ops, eps=eps, reduction=reduction))
+        return self._call(
+            "logits",
+            logits,
+            targets,
+            dict(weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.logits_loss(ops, eps=eps, reduction=reduction),
+        )
 
     @_no_autograph
     def binary_cross_entropy(
-        self, probs: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        log_clamp: float = DEFAULT_LOG_CLAMP, validate: bool = False,
+        self,
+        probs: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        log_clamp: float = DEFAULT_LOG_CLAMP,
+        validate: bool = False,
     ) -> tf.Tensor:
         eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
         clamp = check_log_clamp(log_clamp)
-        return self._call("probs", probs, targets, dict(
-            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
-            lambda ops: autodiff.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp))
+        return self._call(
+            "probs",
+            probs,
+            targets,
+            dict(weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp),
+        )
 
     @_no_autograph
     def value_and_grad(
-        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None,
-        label_smoothing: float = 0.0, mask: Any = None, reduction: str = "mean",
-        validate: bool = False, wrt: str | tuple[str, ...] = "logits",
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        weight: Any = None,
+        pos_weight: Any = None,
+        label_smoothing: float = 0.0,
+        mask: Any = None,
+        reduction: str = "mean",
+        validate: bool = False,
+        wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[tf.Tensor, Any]:
         eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
         names, as_tuple = check_wrt(wrt)
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
-        loss, grads = self._call("logits", logits, targets, dict(
-            weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
-            lambda ops: autodiff.value_and_grad(ops, eps=eps, reduction=reduction, names=names))
+        loss, grads = self._call(
+            "logits",
+            logits,
+            targets,
+            dict(weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
+            lambda ops: autodiff.value_and_grad(ops, eps=eps, reduction=reduction, names=names),
+        )
         return loss, pack_gradients(grads, as_tuple)
 
     @_no_autograph
-    def grad_hess(self, logits: Any, targets: Any, *, weight: Any = None,
-                  pos_weight: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
-        return self._call("logits", logits, targets, dict(
-            weight=weight, pos_weight=pos_weight, mask=None), kernels.grad_hess)
+    def grad_hess(
+        self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._call(
+            "logits",
+            logits,
+            targets,
+            dict(weight=weight, pos_weight=pos_weight, mask=None),
+            kernels.grad_hess,
+        )
 
     # -- TensorFlow's own autodiff (bce_core.plugin.AutodiffBackend) ------------------------
 
-    def _tape(self, name: str, input_name: str, inputs: Any, targets: Any, compiled: bool,
-              options: dict[str, Any], **static: Any) -> Any:
+    def _tape(
+        self,
+        name: str,
+        input_name: str,
+        inputs: Any,
+        targets: Any,
+        compiled: bool,
+        options: dict[str, Any],
+        **static: Any,
+    ) -> Any:
         """The tape ``name`` of ``autodiff.Autodiff`` on the operands as tensors (so that a tape
         can watch them); the options are checked here, compiled functions are kept per set."""
-        checks = {"label_smoothing": check_label_smoothing, "reduction": check_reduction,
-                  "log_clamp": check_log_clamp}
+        checks = {
+            "label_smoothing": check_label_smoothing,
+            "reduction": check_reduction,
+            "log_clamp": check_log_clamp,
+        }
         options = {k: checks[k](v) if k in checks else v for k, v in options.items()}
-        ops = prepare(input_name, inputs, targets, weight=options.pop("weight", None),
-                      pos_weight=options.pop("pos_weight", None), mask=options.pop("mask", None))
+        ops = prepare(
+            input_name,
+            inputs,
+            targets,
+            weight=options.pop("weight", None),
+            pos_weight=options.pop("pos_weight", None),
+            mask=options.pop("mask", None),
+        )
         with on_device_of(ops.inputs):
-            return self._autodiff.run(name, ops.inputs, ops.targets, ops.weight, ops.pos_weight,
-                                      ops.mask, compiled=compiled, options=options, **static)
+            return self._autodiff.run(
+                name,
+                ops.inputs,
+                ops.targets,
+                ops.weight,
+                ops.pos_weight,
+                ops.mask,
+                compiled=compiled,
+                options=options,
+                **static,
+            )
 
-    def autodiff_value_and_grad(self, logits: Any, targets: Any, *, wrt: tuple[str, ...],
-                                compiled: bool = False, **options: Unpack[LogitOptions],
-                                ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+    def autodiff_value_and_grad(
+        self,
+        logits: Any,
+        targets: Any,
+        *,
+        wrt: tuple[str, ...],
+        compiled: bool = False,
+        **options: Unpack[LogitOptions],
+    ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         """(loss, gradients w.r.t. each name in ``wrt``) by tf.GradientTape.
 
         >>> loss, (g,) = TensorFlowBackend().autodiff_value_and_grad(
@@ -203,11 +286,13 @@ class TensorFlowBackend:
         """
         names, _ = check_wrt(tuple(wrt))
         check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
-        return self._tape("value_and_grad", "logits", logits, targets, compiled, dict(options),
-                          wrt=names)
+        return self._tape(
+            "value_and_grad", "logits", logits, targets, compiled, dict(options), wrt=names
+        )
 
-    def autodiff_second_derivative(self, logits: Any, targets: Any, *, compiled: bool = False,
-                                   **options: Unpack[LogitOptions]) -> tf.Tensor:
+    def autodiff_second_derivative(
+        self, logits: Any, targets: Any, *, compiled: bool = False, **options: Unpack[LogitOptions]
+    ) -> tf.Tensor:
         """d/dlogits of sum(d loss/d logits), by nested tf.GradientTape.
 
         >>> TensorFlowBackend().autodiff_second_derivative(
@@ -216,8 +301,9 @@ class TensorFlowBackend:
         """
         return self._tape("second_derivative", "logits", logits, targets, compiled, dict(options))
 
-    def autodiff_probs_grad(self, probs: Any, targets: Any, *, compiled: bool = False,
-                            **options: Unpack[ProbsOptions]) -> tuple[tf.Tensor, tf.Tensor]:
+    def autodiff_probs_grad(
+        self, probs: Any, targets: Any, *, compiled: bool = False, **options: Unpack[ProbsOptions]
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """(loss, d loss/d probs) of the probability form by tf.GradientTape.
 
         >>> loss, g = TensorFlowBackend().autodiff_probs_grad(

@@ -51,9 +51,15 @@ def chunk_sum(values: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(partial, dtype))
 
 
-def over_rows(fn: Callable[..., tuple[list, list]], operands: Sequence[tf.Tensor | None],
-              sliced: Sequence[bool], n_sums: int, output_dtypes: Sequence[tf.DType],
-              chunk_elements: int, sum_dtype: tf.DType | None = None) -> tuple[list, list]:
+def over_rows(
+    fn: Callable[..., tuple[list, list]],
+    operands: Sequence[tf.Tensor | None],
+    sliced: Sequence[bool],
+    n_sums: int,
+    output_dtypes: Sequence[tf.DType],
+    chunk_elements: int,
+    sum_dtype: tf.DType | None = None,
+) -> tuple[list, list]:
     """(sums, outputs) of ``fn`` over the rows of ``operands[0]`` (at least 1-d).
 
     ``fn(*chunk_operands)`` returns ``n_sums`` arrays whose elements are summed, and arrays
@@ -75,22 +81,29 @@ def over_rows(fn: Callable[..., tuple[list, list]], operands: Sequence[tf.Tensor
         start = tf.minimum(fresh, total_rows - rows)
         parts = [_take(v, start, rows) if cut else v for v, cut in zip(operands, sliced)]
         sums, outputs = fn(*parts)
-        counted = tf.reshape(tf.range(rows) + start >= fresh,
-                             tf.concat([[rows], tf.ones([tf.rank(first) - 1], tf.int32)], 0))
+        counted = tf.reshape(
+            tf.range(rows) + start >= fresh,
+            tf.concat([[rows], tf.ones([tf.rank(first) - 1], tf.int32)], 0),
+        )
         totals = [chunk_sum(tf.where(counted, s, tf.zeros_like(s)), sum_dtype) for s in sums]
         return start, totals, outputs
 
     buffers = [tf.zeros(shape, dtype) for dtype in output_dtypes]
     zero = tf.zeros((), sum_dtype)
 
-    def body(i: tf.Tensor, his: list[tf.Tensor], los: list[tf.Tensor],
-             outs: list[tf.Tensor]) -> tuple:
+    def body(
+        i: tf.Tensor, his: list[tf.Tensor], los: list[tf.Tensor], outs: list[tf.Tensor]
+    ) -> tuple:
         start, totals, outputs = chunk(i)
         pairs = [two_sum(hi, t) for hi, t in zip(his, totals)]
-        return (i + 1, [p.hi for p in pairs], [lo + p.lo for lo, p in zip(los, pairs)],
-                [_put(buffer, out, start) for buffer, out in zip(outs, outputs)])
+        return (
+            i + 1,
+            [p.hi for p in pairs],
+            [lo + p.lo for lo, p in zip(los, pairs)],
+            [_put(buffer, out, start) for buffer, out in zip(outs, outputs)],
+        )
 
     _, his, los, outs = tf.while_loop(
-        lambda i, *_: i < count, body,
-        (tf.constant(0), [zero] * n_sums, [zero] * n_sums, buffers))
+        lambda i, *_: i < count, body, (tf.constant(0), [zero] * n_sums, [zero] * n_sums, buffers)
+    )
     return [hi + lo for hi, lo in zip(his, los)], list(outs)

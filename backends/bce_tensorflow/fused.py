@@ -42,8 +42,9 @@ _lock = threading.RLock()  # a program may trace another inside its own trace
 _FLOAT64 = tf.constant(0.0, tf.float64)  # the dtype of counts, for ``rules.denominator``
 
 
-def compiled(key: tuple[Any, ...], build: Callable[[], tuple[Callable[..., Any], list]],
-             *, jit: bool = True) -> Callable[..., Any]:
+def compiled(
+    key: tuple[Any, ...], build: Callable[[], tuple[Callable[..., Any], list]], *, jit: bool = True
+) -> Callable[..., Any]:
     """The program for ``key`` (compiled by XLA if ``jit``), traced on first use; ``build()``
     gives its Python function and input signature."""
     program = _programs.get(key)
@@ -52,8 +53,9 @@ def compiled(key: tuple[Any, ...], build: Callable[[], tuple[Callable[..., Any],
             if key not in _programs:
                 function, signature = build()
                 # Traced here, once: calling the concrete function skips tf.function's dispatch.
-                _programs[key] = tf.function(function, jit_compile=jit, autograph=False,
-                                             input_signature=signature).get_concrete_function()
+                _programs[key] = tf.function(
+                    function, jit_compile=jit, autograph=False, input_signature=signature
+                ).get_concrete_function()
             program = _programs[key]
     return program
 
@@ -90,9 +92,10 @@ class Layout:
         """Input signature of the operands: logits, targets, then the optional operands."""
         dtype = tf.as_dtype(self.dtype)
         full = tf.TensorSpec([None] * self.rank, dtype)
-        return [full, full] + [tf.TensorSpec([None if p else 1 for p in pattern],
-                                             tf.bool if name == "mask" else dtype)
-                               for name, pattern in self.optional]
+        return [full, full] + [
+            tf.TensorSpec([None if p else 1 for p in pattern], tf.bool if name == "mask" else dtype)
+            for name, pattern in self.optional
+        ]
 
 
 def denominator(reduction: str, ops: Operands[tf.Tensor]) -> tf.Tensor | None:
@@ -100,8 +103,9 @@ def denominator(reduction: str, ops: Operands[tf.Tensor]) -> tf.Tensor | None:
     if reduction == "none":
         return None
     weight = None if ops.weight is None else tf.cast(ops.weight, tf.float64)
-    by = rules.denominator(OPS, reduction, dynamic_shape(ops.inputs), keep=ops.mask,
-                           weight=weight, like=_FLOAT64)
+    by = rules.denominator(
+        OPS, reduction, dynamic_shape(ops.inputs), keep=ops.mask, weight=weight, like=_FLOAT64
+    )
     return tf.constant(float(by), tf.float64) if isinstance(by, int) else tf.cast(by, tf.float64)
 
 
@@ -114,15 +118,18 @@ def _smoothing(eps: float, dtype: str) -> tf.Tensor:
     return tf.constant(_smoothing_values(eps, dtype), dtype)
 
 
-def build_fused(layout: Layout, reduced: bool, grad: bool,
-                smoothing: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
+def build_fused(
+    layout: Layout, reduced: bool, grad: bool, smoothing: bool
+) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
     """The program's function and signature: the operands of ``layout``, then ``valid`` (the
     count of real elements, if padded), the denominator and the smoothing constants (if
     ``reduced``, ``smoothing``); it returns the (reduced) loss, then the gradient if ``grad``."""
     work = tf.as_dtype(layout.dtype)
-    extras = ([("valid", tf.TensorSpec([], tf.int32))] if layout.padded else []) + (
-        [("denominator", tf.TensorSpec([], tf.float64))] if reduced else []) + (
-        [("smoothing", tf.TensorSpec([4], work))] if smoothing else [])
+    extras = (
+        ([("valid", tf.TensorSpec([], tf.int32))] if layout.padded else [])
+        + ([("denominator", tf.TensorSpec([], tf.float64))] if reduced else [])
+        + ([("smoothing", tf.TensorSpec([4], work))] if smoothing else [])
+    )
     names = ["logits", "targets", *(name for name, _ in layout.optional), *(n for n, _ in extras)]
     threshold = UNDERFLOW[np.dtype(layout.dtype)].threshold
 
@@ -139,8 +146,10 @@ def build_fused(layout: Layout, reduced: bool, grad: bool,
         operands = [x, given["targets"], given.get("weight"), given.get("pos_weight"), keep]
 
         def chunk(*values: tf.Tensor | None) -> tuple[list, list]:
-            x, y, w, q, keep = (v if v is None or i == 0 else tf.broadcast_to(v, tf.shape(
-                values[0])) for i, v in enumerate(values))
+            x, y, w, q, keep = (
+                v if v is None or i == 0 else tf.broadcast_to(v, tf.shape(values[0]))
+                for i, v in enumerate(values)
+            )
 
             def compute(tails: bool) -> tuple[list, list]:
                 parts = LogitParts.of(PRIMITIVES, x, tails=tails)
@@ -162,14 +171,22 @@ def build_fused(layout: Layout, reduced: bool, grad: bool,
         if layout.chunked:
             patterns = dict(layout.optional)
             cut = [True, True] + [layout.sliced(patterns.get(n)) for n in OPTIONAL]
-            sums, outputs = over_rows(chunk, operands, cut, int(reduced),
-                                      [work] * (int(not reduced) + int(grad)), CHUNK_ELEMENTS,
-                                      tf.float64)
+            sums, outputs = over_rows(
+                chunk,
+                operands,
+                cut,
+                int(reduced),
+                [work] * (int(not reduced) + int(grad)),
+                CHUNK_ELEMENTS,
+                tf.float64,
+            )
         else:
             sums, outputs = chunk(*operands)
             # Small inputs: a float64 sum of every element costs nothing next to the call.
-            sums = [tf.reduce_sum(tf.cast(s, tf.float64)) if layout.padded
-                    else chunk_sum(s, tf.float64) for s in sums]
+            sums = [
+                tf.reduce_sum(tf.cast(s, tf.float64)) if layout.padded else chunk_sum(s, tf.float64)
+                for s in sums
+            ]
         if not reduced:
             return tuple(outputs)
         return (tf.cast(rules.divide_or_zero(OPS, sums[0], by)[0], work), *outputs)
@@ -182,13 +199,19 @@ def bucket(size: int) -> int:
     return max(_MIN_SIZE, 1 << max(size - 1, 0).bit_length())
 
 
-def _build_front(dtype: tf.DType,
-                 reduced: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
+def _build_front(dtype: tf.DType, reduced: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
     work = working_dtype(dtype)
     padded = Layout(work.name, 1, tuple((n, (True,)) for n in OPTIONAL), False, True)
 
-    def run(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, q: tf.Tensor, m: tf.Tensor,
-            size: tf.Tensor, *extras: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def run(
+        x: tf.Tensor,
+        y: tf.Tensor,
+        w: tf.Tensor,
+        q: tf.Tensor,
+        m: tf.Tensor,
+        size: tf.Tensor,
+        *extras: tf.Tensor,
+    ) -> tuple[tf.Tensor, ...]:
         shape, count = tf.shape(x), tf.size(x)
 
         def flat(value: tf.Tensor) -> tf.Tensor:
@@ -197,8 +220,10 @@ def _build_front(dtype: tf.DType,
             # Padded elements are left out by the program (``valid``), whatever their values.
             return tf.pad(tf.reshape(tf.broadcast_to(value, shape), [-1]), [[0, size - count]])
 
-        program = compiled(("fused", padded, reduced, True, True, None),
-                           lambda: build_fused(padded, reduced, True, True))
+        program = compiled(
+            ("fused", padded, reduced, True, True, None),
+            lambda: build_fused(padded, reduced, True, True),
+        )
         loss, grad = program(*[flat(t) for t in (x, y, w, q, m)], count, *extras)
 
         def restore(value: tf.Tensor, elementwise: bool = True) -> tf.Tensor:
@@ -209,38 +234,48 @@ def _build_front(dtype: tf.DType,
         return restore(loss, elementwise=not reduced), restore(grad)
 
     # Any rank and shape: one trace serves every layout of the operands.
-    signature = [tf.TensorSpec(None, dtype)] * 4 + [tf.TensorSpec(None, tf.bool),
-                                                    tf.TensorSpec([], tf.int32)]
-    return run, signature + [tf.TensorSpec([], tf.float64)] * reduced + [
-        tf.TensorSpec([4], work)]
+    signature = [tf.TensorSpec(None, dtype)] * 4 + [
+        tf.TensorSpec(None, tf.bool),
+        tf.TensorSpec([], tf.int32),
+    ]
+    return run, signature + [tf.TensorSpec([], tf.float64)] * reduced + [tf.TensorSpec([4], work)]
 
 
 def _small(ops: Operands[tf.Tensor], eps: float, reduction: str) -> tuple[tf.Tensor, tf.Tensor]:
     dtype = ops.inputs.dtype
     reduced = reduction != "none"
     # The gradient is always computed: one front and one program serve both kinds of call.
-    front = compiled(("small", dtype.name, reduced), lambda: _build_front(dtype, reduced),
-                     jit=False)
+    front = compiled(
+        ("small", dtype.name, reduced), lambda: _build_front(dtype, reduced), jit=False
+    )
     one = tf.constant(1, dtype)
-    operands = [ops.inputs, ops.targets, one if ops.weight is None else ops.weight,
-                one if ops.pos_weight is None else ops.pos_weight,
-                tf.constant(True) if ops.mask is None else ops.mask,
-                tf.constant(bucket(ops.inputs.shape.num_elements()), tf.int32)]
+    operands = [
+        ops.inputs,
+        ops.targets,
+        one if ops.weight is None else ops.weight,
+        one if ops.pos_weight is None else ops.pos_weight,
+        tf.constant(True) if ops.mask is None else ops.mask,
+        tf.constant(bucket(ops.inputs.shape.num_elements()), tf.int32),
+    ]
     if reduced:
         operands.append(denominator(reduction, ops))
     return front(*operands, _smoothing(eps, working_dtype(dtype).name))
 
 
-def _large(ops: Operands[tf.Tensor], eps: float, reduction: str,
-           grad: bool) -> tuple[tf.Tensor, tf.Tensor | None]:
+def _large(
+    ops: Operands[tf.Tensor], eps: float, reduction: str, grad: bool
+) -> tuple[tf.Tensor, tf.Tensor | None]:
     """A large input, its operands brought to few forms first (each program costs a trace):
     in the working dtype, and flattened when every operand has the full shape or one element."""
     x = ops.inputs
     work = working_dtype(x.dtype)
-    given = [(n, t) for n, t in zip(OPTIONAL, (ops.weight, ops.pos_weight, ops.mask))
-             if t is not None]
-    args = [t if t.dtype in (work, tf.bool) else tf.cast(t, work)
-            for t in [x, ops.targets, *(t for _, t in given)]]
+    given = [
+        (n, t) for n, t in zip(OPTIONAL, (ops.weight, ops.pos_weight, ops.mask)) if t is not None
+    ]
+    args = [
+        t if t.dtype in (work, tf.bool) else tf.cast(t, work)
+        for t in [x, ops.targets, *(t for _, t in given)]
+    ]
     rank = x.shape.rank
     full = [len(pattern_of(t)) == rank and all(pattern_of(t)) for _, t in given]
     if rank != 1 and all(f or not any(pattern_of(t)) for f, (_, t) in zip(full, given)):
@@ -249,12 +284,19 @@ def _large(ops: Operands[tf.Tensor], eps: float, reduction: str,
         args[:2] = [tf.reshape(t, [-1]) for t in args[:2]]
         rank = 1
     chunked = runs_on_cpu(x)
-    layout = Layout(work.name, rank, tuple((name, pattern_of(t)) for (name, _), t in zip(
-        given, args[2:])), chunked, False)
+    layout = Layout(
+        work.name,
+        rank,
+        tuple((name, pattern_of(t)) for (name, _), t in zip(given, args[2:])),
+        chunked,
+        False,
+    )
     reduced, smoothing = reduction != "none", eps != 0.0
     chunk = CHUNK_ELEMENTS if chunked else None
-    program = compiled(("fused", layout, reduced, grad, smoothing, chunk),
-                       lambda: build_fused(layout, reduced, grad, smoothing))
+    program = compiled(
+        ("fused", layout, reduced, grad, smoothing, chunk),
+        lambda: build_fused(layout, reduced, grad, smoothing),
+    )
     extras = [denominator(reduction, ops)] if reduced else []
     out = program(*args, *extras, *([_smoothing(eps, work.name)] if smoothing else []))
 
@@ -266,8 +308,9 @@ def _large(ops: Operands[tf.Tensor], eps: float, reduction: str,
     return restore(out[0], not reduced), restore(out[-1]) if grad else None
 
 
-def loss_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
-                  grad: bool) -> tuple[tf.Tensor, tf.Tensor | None]:
+def loss_and_grad(
+    ops: Operands[tf.Tensor], *, eps: float, reduction: str, grad: bool
+) -> tuple[tf.Tensor, tf.Tensor | None]:
     """(the reduced loss, d loss / d logits or None), in the logits' dtype and shape."""
     size = ops.inputs.shape.num_elements()
     if size is not None and size <= SMALL:

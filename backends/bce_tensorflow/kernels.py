@@ -44,11 +44,13 @@ class LogitTerms(NamedTuple):
     eps: float
 
     @classmethod
-    def of(cls, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None,
-           eps: float) -> LogitTerms:
+    def of(
+        cls, x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None, eps: float
+    ) -> LogitTerms:
         smoothing = None if eps == 0.0 else Smoothing.opaque(PRIMITIVES, eps, PRIMITIVES.dtype(x))
-        return cls(LogitParts.of(PRIMITIVES, x), Coefficients.of(PRIMITIVES, y, q, smoothing), x,
-                   w, q, eps)
+        return cls(
+            LogitParts.of(PRIMITIVES, x), Coefficients.of(PRIMITIVES, y, q, smoothing), x, w, q, eps
+        )
 
     def loss(self) -> tf.Tensor:
         return self.parts.loss(self.coefficients, self.w)
@@ -67,8 +69,9 @@ class LogitTerms(NamedTuple):
             return self.parts.bracket(c)
         sp_pos, sp_neg = self.parts.softpluses()
         if name == "targets":  # (1 - eps) [q softplus(-x) - softplus(x)]: exactly -x when q = 1
-            return weighted(w, self._smoothed(-self.x if self.q is None
-                                              else weighted(self.q, sp_neg) - sp_pos))
+            return weighted(
+                w, self._smoothed(-self.x if self.q is None else weighted(self.q, sp_neg) - sp_pos)
+            )
         return weighted(w, rules.zero_safe(OPS, c.smoothed.hi, sp_neg))  # q: y' softplus(-x)
 
     def second(self, a: str, b: str) -> tf.Tensor | None:
@@ -101,11 +104,24 @@ class ProbsTerms(NamedTuple):
     eps: float
 
     @classmethod
-    def of(cls, p: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, q: tf.Tensor | None,
-           eps: float, clamp: float) -> ProbsTerms:
+    def of(
+        cls,
+        p: tf.Tensor,
+        y: tf.Tensor,
+        w: tf.Tensor | None,
+        q: tf.Tensor | None,
+        eps: float,
+        clamp: float,
+    ) -> ProbsTerms:
         floor = tf.constant(clamp, p.dtype)
-        return cls(p, (tf.maximum(tf.math.log(p), floor), tf.maximum(tf.math.log1p(-p), floor)),
-                   rules.smoothed_targets(y, eps), w, q, eps)
+        return cls(
+            p,
+            (tf.maximum(tf.math.log(p), floor), tf.maximum(tf.math.log1p(-p), floor)),
+            rules.smoothed_targets(y, eps),
+            w,
+            q,
+            eps,
+        )
 
     def _valid(self, value: tf.Tensor) -> tf.Tensor:
         """``value``, NaN where p is outside [0, 1] (the loss is NaN there, and so its slope)."""
@@ -117,14 +133,17 @@ class ProbsTerms(NamedTuple):
         b = weighted(self.q, smoothed)
         if name == "logits":  # w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12)
             numerator = self.p * (one_minus + b) - b
-            return self._valid(weighted(self.w, numerator / tf.maximum(
-                self.p * (1.0 - self.p), PROBS_GRAD_EPS)))
+            return self._valid(
+                weighted(self.w, numerator / tf.maximum(self.p * (1.0 - self.p), PROBS_GRAD_EPS))
+            )
         if name == "weight":  # the bracket, the loss before the weight
-            return self._valid(-(rules.zero_safe(OPS, b, log_p)
-                                 + rules.zero_safe(OPS, one_minus, log_1mp)))
+            return self._valid(
+                -(rules.zero_safe(OPS, b, log_p) + rules.zero_safe(OPS, one_minus, log_1mp))
+            )
         if name == "targets":  # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
-            return weighted(self.w, rules.zero_safe(OPS, 1.0 - self.eps,
-                                                    log_1mp - weighted(self.q, log_p)))
+            return weighted(
+                self.w, rules.zero_safe(OPS, 1.0 - self.eps, log_1mp - weighted(self.q, log_p))
+            )
         return weighted(self.w, -rules.zero_safe(OPS, smoothed, log_p))
 
     def loss(self) -> tf.Tensor:
@@ -164,38 +183,43 @@ class Working(NamedTuple):
 
     def reduce(self, elements: tf.Tensor, reduction: str) -> rules.Reduced[tf.Tensor]:
         """``rules.reduce_elements`` of (already weighted) element losses."""
-        if elements.shape.is_fully_defined() or reduction not in ("mean", "batch_mean"):
-            reduced = rules.reduce_elements(OPS, elements, reduction, keep=self.keep,
-                                            weight=self.w)
-            factor = reduced.factor
-            # TODO(core): with a mask and a denominator that is a number, the factor is
-            # where(keep, 1 / denominator, 0) of two numbers, which has no TensorFlow dtype.
-            if not isinstance(factor, (int, float)) and factor.dtype != elements.dtype:
-                reduced = rules.Reduced(reduced.loss, tf.cast(factor, elements.dtype))
-            return reduced
-        # TODO(core): reduce_elements reads tuple(elements.shape), None where a dimension is
-        # unknown while tracing; with a ``shape=`` argument this would pass dynamic_shape(x).
-        summed = rules.reduce_elements(OPS, elements, "sum", keep=self.keep, weight=self.w)
-        by = rules.denominator(OPS, reduction, dynamic_shape(elements), keep=self.keep,
-                               weight=self.w, like=elements)
-        loss, scale = rules.divide_or_zero(OPS, summed.loss, tf.cast(by, elements.dtype))
-        return rules.Reduced(loss, scale if self.keep is None else summed.factor * scale)
+        shape = None if elements.shape.is_fully_defined() else dynamic_shape(elements)
+        return rules.reduce_elements(
+            OPS, elements, reduction, keep=self.keep, weight=self.w, shape=shape
+        )
 
 
-def value_and_grad(ops: Operands[tf.Tensor], *, eps: float, reduction: str,
-                   names: Sequence[str], full: bool = False) -> tuple[tf.Tensor, list[tf.Tensor]]:
+def value_and_grad(
+    ops: Operands[tf.Tensor],
+    *,
+    eps: float,
+    reduction: str,
+    names: Sequence[str],
+    full: bool = False,
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """The reduced loss and its analytic gradients with respect to ``names`` (long names); with
     ``full``, those of broadcast operands per element, before their sum."""
     v = Working.of(ops, neutral=0.0)
     terms = LogitTerms.of(v.x, v.y, v.w, v.q, eps)
     reduced = v.reduce(terms.loss(), reduction)
     partials = {name: (lambda n=name: terms.partial(n)) for name in OPERANDS}
-    shapes = {} if full else {name: None if value is None else CONVERTER.shape_of(value)
-                              for name, value in (("weight", ops.weight),
-                                                  ("pos_weight", ops.pos_weight))}
-    grads = rules.reduction_gradients(OPS, list(names), partials,
-                                      shape=dynamic_shape(v.x), arg_shapes=shapes,
-                                      reduction=reduction, reduced=reduced)
+    shapes = (
+        {}
+        if full
+        else {
+            name: None if value is None else CONVERTER.shape_of(value)
+            for name, value in (("weight", ops.weight), ("pos_weight", ops.pos_weight))
+        }
+    )
+    grads = rules.reduction_gradients(
+        OPS,
+        list(names),
+        partials,
+        shape=dynamic_shape(v.x),
+        arg_shapes=shapes,
+        reduction=reduction,
+        reduced=reduced,
+    )
     return v.out(reduced.loss), [v.out(g) for g in grads]
 
 

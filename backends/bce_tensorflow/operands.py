@@ -111,29 +111,39 @@ class TensorFlowConverter:
 CONVERTER = TensorFlowConverter()
 
 
-def prepare(input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any,
-            mask: Any) -> Operands[tf.Tensor]:
+def prepare(
+    input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any, mask: Any
+) -> Operands[tf.Tensor]:
     """``rules.prepare_operands`` for TensorFlow."""
-    return rules.prepare_operands(CONVERTER, input_name, inputs, targets, weight=weight,
-                                  pos_weight=pos_weight, mask=mask)
+    return rules.prepare_operands(
+        CONVERTER, input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask
+    )
 
 
 def validate(ops: Operands[tf.Tensor], input_name: str) -> None:
     """The data checks of ``validate=True`` (the core's, on NumPy copies); eager only."""
     if not tf.executing_eagerly():
-        raise ValueError("validate=True checks the data, which cannot run under tf.function or "
-                         "XLA (jit_compile) tracing; validate the data eagerly before the "
-                         "compiled step, or pass validate=False inside it.")
-    copies = Operands(*(None if t is None else np.asarray(t.numpy()) for t in (
-        ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask)), ops.shape)
+        raise ValueError(
+            "validate=True checks the data, which cannot run under tf.function or "
+            "XLA (jit_compile) tracing; validate the data eagerly before the "
+            "compiled step, or pass validate=False inside it."
+        )
+    copies = Operands(
+        *(
+            None if t is None else np.asarray(t.numpy())
+            for t in (ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask)
+        ),
+        ops.shape,
+    )
     arrays.validate_operands(copies, input_name, input_in_unit_interval=input_name == "probs")
 
 
 def dynamic_shape(tensor: tf.Tensor) -> tuple[Any, ...]:
     """The shape, a scalar tensor for each dimension unknown while tracing (so that the core's
     shape arithmetic, a product or the first dimension, gives a tensor there)."""
-    return tuple(tf.shape(tensor)[i] if d is None else d
-                 for i, d in enumerate(tensor.shape.as_list()))
+    return tuple(
+        tf.shape(tensor)[i] if d is None else d for i, d in enumerate(tensor.shape.as_list())
+    )
 
 
 class TensorFlowArrays:

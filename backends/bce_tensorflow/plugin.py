@@ -19,12 +19,14 @@ from bce_core.plugin import ArrayType, BackendSpec, hookimpl
 
 @hookimpl
 def bce_backends() -> list[BackendSpec]:
-    return [BackendSpec(
-        name="tensorflow",
-        loader="bce_tensorflow.backend:TensorFlowBackend",
-        array_types=(ArrayType("tensorflow", None),),
-        requires=("tensorflow",),
-        extra="tensorflow",
-        description="TensorFlow; fused XLA loss and gradient, exact to 4 ULP; "
-                    "tf.GradientTape, tf.function and XLA to second order",
-    )]
+    return [
+        BackendSpec(
+            name="tensorflow",
+            loader="bce_tensorflow.backend:TensorFlowBackend",
+            array_types=(ArrayType("tensorflow", None),),
+            requires=("tensorflow",),
+            extra="tensorflow",
+            description="TensorFlow; fused XLA loss and gradient, exact to 4 ULP; "
+            "tf.GradientTape, tf.function and XLA to second order",
+        )
+    ]
