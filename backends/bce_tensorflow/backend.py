@@ -20,15 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
-from bce_core.rules import pack_gradients
-from bce_core.spec import (
-    DEFAULT_LOG_CLAMP,
-    check_label_smoothing,
-    check_log_clamp,
-    check_reduction,
-    check_wrt,
-    check_wrt_given,
-)
+from bce_core.rules import Operands, pack_gradients
+from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
 from . import autodiff, fused, kernels
 from .operands import is_native, on_device_of, prepare, validate
@@ -39,6 +32,9 @@ if TYPE_CHECKING:
     from bce_core.plugin import LogitOptions, ProbsOptions
 
 _no_autograph = tf.autograph.experimental.do_not_convert
+
+#: The options a tape checks, and their names in ``spec.CallOptions``.
+_CHECKED = {"label_smoothing": "eps", "reduction": "reduction", "log_clamp": "log_clamp"}
 
 
 @functools.cache
@@ -132,16 +128,21 @@ class TensorFlowBackend:
 
     # -- the losses -------------------------------------------------------------------------
 
-    def _call(
-        self, input_name: str, inputs: Any, targets: Any, options: dict[str, Any], compute: Any
-    ) -> Any:
-        """``compute(operands)`` on the checked operands, on the input's device."""
-        check = options.pop("validate", False)
-        ops = prepare(input_name, inputs, targets, **options)
-        if check:
+    @staticmethod
+    def _operands(
+        input_name: str,
+        inputs: Any,
+        targets: Any,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        check_data: bool = False,
+    ) -> Operands[tf.Tensor]:
+        """The checked operands as tensors (with ``check_data``, the data checks too)."""
+        ops = prepare(input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask)
+        if check_data:
             validate(ops, input_name)
-        with on_device_of(ops.inputs):
-            return compute(ops)
+        return ops
 
     @_no_autograph
     def binary_cross_entropy_with_logits(
@@ -156,14 +157,10 @@ class TensorFlowBackend:
         reduction: str = "mean",
         validate: bool = False,
     ) -> tf.Tensor:
-        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
-        return self._call(
-            "logits",
-            logits,
-            targets,
-            dict(weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
-            lambda ops: autodiff.logits_loss(ops, eps=eps, reduction=reduction),
-        )
+        o = check_options(label_smoothing=label_smoothing, reduction=reduction)
+        ops = self._operands("logits", logits, targets, weight, pos_weight, mask, validate)
+        with on_device_of(ops.inputs):
+            return autodiff.logits_loss(ops, eps=o.eps, reduction=o.reduction)
 
     @_no_autograph
     def binary_cross_entropy(
@@ -179,15 +176,10 @@ class TensorFlowBackend:
         log_clamp: float = DEFAULT_LOG_CLAMP,
         validate: bool = False,
     ) -> tf.Tensor:
-        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
-        clamp = check_log_clamp(log_clamp)
-        return self._call(
-            "probs",
-            probs,
-            targets,
-            dict(weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
-            lambda ops: autodiff.probs_loss(ops, eps=eps, reduction=reduction, clamp=clamp),
-        )
+        o = check_options(label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp)
+        ops = self._operands("probs", probs, targets, weight, pos_weight, mask, validate)
+        with on_device_of(ops.inputs):
+            return autodiff.probs_loss(ops, eps=o.eps, reduction=o.reduction, clamp=o.log_clamp)
 
     @_no_autograph
     def value_and_grad(
@@ -203,29 +195,27 @@ class TensorFlowBackend:
         validate: bool = False,
         wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[tf.Tensor, Any]:
-        eps, reduction = check_label_smoothing(label_smoothing), check_reduction(reduction)
-        names, as_tuple = check_wrt(wrt)
-        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
-        loss, grads = self._call(
-            "logits",
-            logits,
-            targets,
-            dict(weight=weight, pos_weight=pos_weight, mask=mask, validate=validate),
-            lambda ops: autodiff.value_and_grad(ops, eps=eps, reduction=reduction, names=names),
+        o = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            wrt=wrt,
+            weight=weight,
+            pos_weight=pos_weight,
         )
-        return loss, pack_gradients(grads, as_tuple)
+        ops = self._operands("logits", logits, targets, weight, pos_weight, mask, validate)
+        with on_device_of(ops.inputs):
+            loss, grads = autodiff.value_and_grad(
+                ops, eps=o.eps, reduction=o.reduction, names=o.wrt
+            )
+        return loss, pack_gradients(grads, o.wrt_as_tuple)
 
     @_no_autograph
     def grad_hess(
         self, logits: Any, targets: Any, *, weight: Any = None, pos_weight: Any = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        return self._call(
-            "logits",
-            logits,
-            targets,
-            dict(weight=weight, pos_weight=pos_weight, mask=None),
-            kernels.grad_hess,
-        )
+        ops = self._operands("logits", logits, targets, weight, pos_weight, None)
+        with on_device_of(ops.inputs):
+            return kernels.grad_hess(ops)
 
     # -- TensorFlow's own autodiff (bce_core.plugin.AutodiffBackend) ------------------------
 
@@ -241,19 +231,18 @@ class TensorFlowBackend:
     ) -> Any:
         """The tape ``name`` of ``autodiff.Autodiff`` on the operands as tensors (so that a tape
         can watch them); the options are checked here, compiled functions are kept per set."""
-        checks = {
-            "label_smoothing": check_label_smoothing,
-            "reduction": check_reduction,
-            "log_clamp": check_log_clamp,
+        checked = check_options(**{k: v for k, v in options.items() if k in _CHECKED})
+        options = {
+            **options,
+            **{k: getattr(checked, _CHECKED[k]) for k in options if k in _CHECKED},
         }
-        options = {k: checks[k](v) if k in checks else v for k, v in options.items()}
-        ops = prepare(
+        ops = self._operands(
             input_name,
             inputs,
             targets,
-            weight=options.pop("weight", None),
-            pos_weight=options.pop("pos_weight", None),
-            mask=options.pop("mask", None),
+            options.pop("weight", None),
+            options.pop("pos_weight", None),
+            options.pop("mask", None),
         )
         with on_device_of(ops.inputs):
             return self._autodiff.run(
@@ -284,8 +273,9 @@ class TensorFlowBackend:
         >>> g.numpy().tolist()
         [-0.5]
         """
-        names, _ = check_wrt(tuple(wrt))
-        check_wrt_given(names, weight=options.get("weight"), pos_weight=options.get("pos_weight"))
+        names = check_options(
+            wrt=tuple(wrt), weight=options.get("weight"), pos_weight=options.get("pos_weight")
+        ).wrt
         return self._tape(
             "value_and_grad", "logits", logits, targets, compiled, dict(options), wrt=names
         )

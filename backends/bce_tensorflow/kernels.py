@@ -56,7 +56,7 @@ class LogitTerms(NamedTuple):
         return self.parts.loss(self.coefficients, self.w)
 
     def _smoothed(self, value: tf.Tensor) -> tf.Tensor:  # (1 - eps) value, zero-safe
-        return rules.zero_safe(OPS, 1.0 - self.eps, value)
+        return rules.zero_safe(OPS, rules.smoothed_target_slope(self.eps), value)
 
     def partial(self, name: str, weighted_: bool = True) -> tf.Tensor:
         """d loss / d ``name`` (of ``OPERANDS``) per element; without ``weighted_``, divided by

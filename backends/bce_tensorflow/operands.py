@@ -94,7 +94,8 @@ class TensorFlowConverter:
             return tf.constant(array)
 
     @staticmethod
-    def as_mask(value: Any) -> tf.Tensor:
+    def as_mask(value: Any, like: tf.Tensor) -> tf.Tensor:
+        """A boolean mask (TensorFlow places it with the operation that uses it)."""
         if is_native(value):
             tensor = tf.convert_to_tensor(value)
             if tensor.dtype != tf.bool:

@@ -37,7 +37,14 @@ from typing import Any
 
 import torch
 
-from bce_core.rules import Coefficient, smoothed_targets, sum_to_shape, times, zero_safe
+from bce_core.rules import (
+    Coefficient,
+    smoothed_target_slope,
+    smoothed_targets,
+    sum_to_shape,
+    times,
+    zero_safe,
+)
 from bce_core.spec import PROBS_GRAD_EPS
 
 from .kernels import (
@@ -293,7 +300,9 @@ def _derivative_tables(
             zero_safe(OPS, times(w, one_minus_yp), sig_pos)
             - zero_safe(OPS, times(w, times(q, yp)), sig_neg)
         ),
-        "targets": lambda: zero_safe(OPS, times(w, 1.0 - eps), zero_safe(OPS, q, sp_neg) - sp_pos),
+        "targets": lambda: zero_safe(
+            OPS, times(w, smoothed_target_slope(eps)), zero_safe(OPS, q, sp_neg) - sp_pos
+        ),
         "weight": lambda: logit_bracket(sp_pos, sp_neg, yp, one_minus_yp, q),
         "pos_weight": lambda: zero_safe(OPS, times(w, yp), sp_neg),
     }
@@ -318,7 +327,7 @@ def _second_partials(
     d2/dxdq = -w y' s(-x), d2/dydw = a (q sp(-x) - sp(x)), d2/dydq = w a sp(-x),
     d2/dwdq = y' sp(-x); d2/dy2 = d2/dw2 = d2/dq2 = 0 (the loss is linear in each).
     """
-    a = 1.0 - eps
+    a = smoothed_target_slope(eps)
     qyp = times(q, yp)
     return {
         frozenset(("logits",)): lambda: (
@@ -415,7 +424,7 @@ def _probs_partials(
         log_p, log_1mp = probs_logs(p, log_clamp)
         if "targets" in names:
             out["targets"] = -zero_safe(
-                OPS, times(w, 1.0 - eps), zero_safe(OPS, q, log_p) - log_1mp
+                OPS, times(w, smoothed_target_slope(eps)), zero_safe(OPS, q, log_p) - log_1mp
             )
         if "weight" in names:
             out["weight"] = probs_bracket(p, log_p, log_1mp, yp, one_minus_yp, q)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-from bce_core.rules import Coefficient, times, zero_safe
+from bce_core.rules import Coefficient, smoothed_target_slope, times, zero_safe
 
 from .operands import TORCH_OPS as OPS
 
@@ -214,7 +214,9 @@ def logit_partials(
     if any(name != "logits" for name in names):
         sp_pos, sp_neg = parts.softplus()
         if "targets" in names:
-            out["targets"] = zero_safe(OPS, times(w, 1.0 - eps), zero_safe(OPS, q, sp_neg) - sp_pos)
+            out["targets"] = zero_safe(
+                OPS, times(w, smoothed_target_slope(eps)), zero_safe(OPS, q, sp_neg) - sp_pos
+            )
         if "weight" in names:
             out["weight"] = logit_bracket(sp_pos, sp_neg, yp, one_minus_yp, q)
         if "pos_weight" in names:
