@@ -318,15 +318,18 @@ def _fast_block(
     # coefficient here, exact while everything is finite), and
     # loss = A max(x, 0) + B max(-x, 0) + (A + B) log1p(e).
     a, b = t6, t7
-    np.subtract(work.one, y, out=a)
-    if eps == 0.0:
+    keep, half = rules.smoothing_floats(eps)
+
+    def smooth_into(v: np.ndarray) -> np.ndarray:  # v keep + half, in the buffer it goes to
+        out = a if v is a else b
+        np.multiply(v, keep, out=out)
+        return np.add(out, half, out=out)
+
+    smoothed, _ = rules.smoothed_targets(
+        y, eps, affine=smooth_into, complement=lambda v: np.subtract(work.one, v, out=a)
+    )
+    if smoothed is y:  # no smoothing: b starts as y itself
         np.copyto(b, y)
-    else:  # y' = y keep + half and 1 - y' = (1 - y) keep + half
-        keep, half = rules.smoothing_floats(eps)
-        np.multiply(a, keep, out=a)
-        np.add(a, half, out=a)
-        np.multiply(y, keep, out=b)
-        np.add(b, half, out=b)
     if q is not None:
         np.multiply(b, q, out=b)
     for coefficient in (w, m):
