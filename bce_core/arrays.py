@@ -213,6 +213,8 @@ def reduce_loss(
     array(2.)
     """
     elements = np.asarray(elements)
+    # A scalar weight of exactly 1 (the float64 stand-in for "no weight" of the reference and
+    # the suite) gives the same denominator as none, without summing a broadcast of ones.
     weight = None if weight is None or np.ndim(weight) == 0 and weight == 1.0 else weight
     reduced = rules.reduce_elements(NUMPY_OPS, elements, reduction, keep=mask, weight=weight)
     loss = reduced.loss if reduction == "none" else np.asarray(reduced.loss, elements.dtype)

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 
-#: The options a tape checks, and their names in ``spec.CallOptions``.
-_CHECKED = {"label_smoothing": "eps", "reduction": "reduction", "log_clamp": "log_clamp"}
+#: The options of a tape that ``spec.check_options`` checks (the others are operands).
+_OPTIONS = ("label_smoothing", "reduction", "log_clamp")
 
 
 @functools.cache
@@ -230,12 +230,10 @@ class TensorFlowBackend:
         **static: Any,
     ) -> Any:
         """The tape ``name`` of ``autodiff.Autodiff`` on the operands as tensors (so that a tape
-        can watch them); the options are checked here, compiled functions are kept per set."""
-        checked = check_options(**{k: v for k, v in options.items() if k in _CHECKED})
-        options = {
-            **options,
-            **{k: getattr(checked, _CHECKED[k]) for k in options if k in _CHECKED},
-        }
+        can watch them); compiled functions are kept per option set."""
+        # Checked before any tracing, so that a bad option raises here; the loss inside the
+        # tape checks them again, as every call does.
+        check_options(**{k: v for k, v in options.items() if k in _OPTIONS})
         ops = self._operands(
             input_name,
             inputs,
