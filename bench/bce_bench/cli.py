@@ -86,8 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeat",
         type=positive_int,
         metavar="N",
-        help="timed rounds per comparison; default: adaptive, about 0.3 s per "
-        "variant, between 5 and 50 rounds",
+        help="timed rounds per comparison and per overhead measurement; default: "
+        "adaptive, about 0.3 s per variant (5 to 50 rounds) and per overhead pair "
+        "(200 to 20,000 rounds)",
     )
     parser.add_argument("--json", metavar="PATH", help="write every number of the run as JSON")
     parser.add_argument(
