@@ -12,6 +12,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -249,21 +250,33 @@ def test_write_readme_without_markers_fails_before_timing(
 
 
 def test_interleaved_rounds_call_each_function_the_same_number_of_times() -> None:
-    calls = {"slow": 0, "fast": 0}
+    calls = {"slow": 0, "compiled": 0, "fast": 0}
 
-    def counting(key: str) -> Any:
+    def counting(key: str, seconds: float = 0.0) -> Any:
         def run() -> None:
             calls[key] += 1
+            time.sleep(seconds)
 
         return run
 
-    # "slow" is known to take 10 s a call: one call per sample and no estimate.
+    # "slow" and "compiled" took 10 s at their first call; "slow" still takes more than the
+    # target: one more call shows it, then one call per sample and no estimate. "compiled"
+    # has become fast: it is estimated, and looped.
     timings = interleaved(
-        {"slow": counting("slow"), "fast": counting("fast")}, repeat=4, known={"slow": 10.0}
+        {
+            "slow": counting("slow", 0.004),
+            "compiled": counting("compiled"),
+            "fast": counting("fast"),
+        },
+        repeat=4,
+        target=0.002,
+        known={"slow": 10.0, "compiled": 10.0},
     )
-    assert calls["slow"] == 1 + 4  # the warm-up, then one call in each round
+    assert calls["slow"] == 1 + 1 + 4  # the warm-up, the check, then one call in each round
     assert timings["slow"].number == 1 and timings["slow"].repeat == 4
-    assert timings["fast"].repeat == 4 and timings["fast"].number >= 1
+    assert calls["compiled"] > 1 + 1 + 4
+    assert timings["fast"].repeat == timings["compiled"].repeat == 4
+    assert all(t.number >= 1 for t in timings.values())
     assert all(s > 0 for t in timings.values() for s in t.samples)
 
 

@@ -213,9 +213,28 @@ def _notes(result: BackendResult) -> list[str]:
     return lines
 
 
+def busy_note(machine: dict[str, Any]) -> str | None:
+    """A warning when the machine had more runnable work than cores as the run began.
+
+    >>> busy_note({"load_average": [7.4, 6.0, 4.0], "cores": 2})[:40]
+    'the machine was busy (load average 7.4 o'
+    >>> busy_note({"load_average": [0.5], "cores": 2}) is None
+    True
+    """
+    load, cores = machine.get("load_average") or [], machine.get("cores") or 0
+    if not load or not cores or load[0] <= cores:
+        return None
+    return (
+        f"the machine was busy (load average {load[0]:g} on {cores} cores at the start): "
+        "times are noisy, small sizes most, where a framework's thread pool can wait for "
+        "a thread another process holds"
+    )
+
+
 def legend_lines(result: BenchResult) -> list[str]:
     """What was run and how to read the tables (the machine is named before the run starts)."""
-    return [
+    busy = busy_note(result.machine)
+    return ([f"warning: {busy}"] if busy else []) + [
         f"command: {result.command}",
         "each time is the median of interleaved rounds of bce-core and the framework's own "
         "loss (elements per second from that median); " + RATIO_EXPLAINED,
@@ -323,7 +342,9 @@ def markdown(result: BenchResult, picture: str | None = None) -> str:
             ["---", "---"] + ["---:"] * (len(OVERHEAD_HEADERS) - 2),
             [_overhead_cells(row) for row in overheads],
         )
-    notes = [line for backend in result.backends for line in _notes(backend)]
+    busy = busy_note(result.machine)
+    notes = [busy] if busy else []
+    notes += [line for backend in result.backends for line in _notes(backend)]
     notes += [
         f"{backend.name}: {failure}" for backend in result.backends for failure in backend.failures
     ]

@@ -120,9 +120,9 @@ def interleaved(
     seconds for the slowest function, between 5 and 50 rounds.
 
     ``known`` holds the seconds of calls the caller has already timed (its
-    warm-up of functions that compile nothing): a function that took
-    ``target`` or more is slow enough for one call per sample, and is not
-    called again to be estimated.
+    warm-up): a function that took ``target`` or more is called once more,
+    and if that call too takes ``target`` or more it is slow enough for one
+    call per sample and is not estimated further.
     """
     numbers: dict[Key, int] = {}
     sample_seconds: dict[Key, float] = {}
@@ -131,6 +131,10 @@ def interleaved(
         if warm_up:
             function()
         seen = (known or {}).get(key, 0.0)
+        if seen >= target:
+            # A slow first call may have compiled (a backend's own jit, torch.compile):
+            # one more call tells a slow function from one that has become fast.
+            seen = _time_once(function)
         per_call = seen if seen >= target else estimate(function, sample_target, target)
         numbers[key] = max(1, int(sample_target / per_call))
         sample_seconds[key] = per_call * numbers[key]
