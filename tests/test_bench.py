@@ -216,14 +216,14 @@ def test_backend_without_native_baseline_is_timed_alone(ghosts: None, tmp_path: 
 
 def test_write_readme_replaces_the_section(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text("# Title\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
+    readme.write_text("# Title\n\n<!-- bench:begin -->\nOLD TABLE\n<!-- bench:end -->\n\nafter\n")
     assert (
         main(["bench", "--backend", "numpy", *TINY, "--write-readme", "--readme", str(readme)]) == 0
     )
     text = readme.read_text()
     section = text.split("<!-- bench:begin -->")[1].split("<!-- bench:end -->")[0]
     assert text.startswith("# Title\n\n") and text.endswith("<!-- bench:end -->\n\nafter\n")
-    assert "old" not in section
+    assert "OLD TABLE" not in section
     assert (
         f"`bce bench --backend numpy --sizes 1e2 --repeat 2 --write-readme --readme "
         f"{readme}`" in section
