@@ -122,9 +122,7 @@ def as_operand(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     array = np.asarray(value)
     own = array.dtype
     if own not in _VALID_OPERAND_DTYPES:
-        check_operand_dtype(
-            name, own.name, is_real=own.kind in "biuf" or own.name == "bfloat16"
-        )
+        check_operand_dtype(name, own.name, is_real=own.kind in "biuf" or own.name == "bfloat16")
         _VALID_OPERAND_DTYPES.add(own)
     return array if own == dtype else array.astype(dtype)
 

@@ -257,7 +257,9 @@ class NumpyBackend(FrameworkLossBackend):
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         if supports_fast_path(names):
             if _lean(ops):
-                loss, grad = lean.lean_logits(ops.inputs, ops.targets, eps, reduction, want_grad=True)
+                loss, grad = lean.lean_logits(
+                    ops.inputs, ops.targets, eps, reduction, want_grad=True
+                )
             else:
                 loss, grad = fused_logits(ops, eps, reduction, want_grad=True)
             return loss, pack_gradients([grad], options.wrt_as_tuple)

@@ -193,7 +193,7 @@ def _block(
         if libm:
             np.exp(x, b0)  # F = exp(x); inf above 709, then NaN below: the exact kernel
             divide(_ONE, b0, b3)
-            minimum(b0, b3, b3)  # e = exp(-|x|) = min(F, 1 / F)
+            minimum(b0, b3, out=b3)  # e = exp(-|x|) = min(F, 1 / F)
             log1p_e = np.log1p(b3, b3)
         else:
             _exp_into(x, b0, b1, b2)  # F = exp(x)
@@ -202,7 +202,7 @@ def _block(
         multiply(b0, b1, b0)  # P = f sigma(x) = F N
         positive, negative = b0, b1
         if not libm:
-            minimum(positive, negative, b2)  # m = f sigma(-|x|) = f e / (1 + e)
+            minimum(positive, negative, out=b2)  # m = f sigma(-|x|) = f e / (1 + e)
             subtract(np.array(2.0 * factor), b2, b3)
             divide(b2, b3, b2)  # s = e / (2 + e)
             log1p_e = _log1p_into(b2, False, b3, b4)
@@ -220,7 +220,7 @@ def _block(
         multiply(negative, y, negative)  # B N
         subtract(positive, negative, grad_out, casting="unsafe")
     if eps == 0.0:
-        maximum(x, _ZERO, loss)
+        maximum(x, _ZERO, out=loss)
         multiply(x, y, x)  # x y, exactly
         subtract(loss, x, loss)
     else:
@@ -232,7 +232,7 @@ def _block(
             add(coefficient_a, half, coefficient_a)
             multiply(y, keep, y)
             add(y, half, y)
-        maximum(x, _ZERO, loss)
+        maximum(x, _ZERO, out=loss)
         subtract(loss, x, spare)  # max(-x, 0), exactly
         multiply(loss, coefficient_a, loss)
         multiply(spare, y, spare)
@@ -267,7 +267,9 @@ def lean_logits(
     grad = np.empty(shape, dtype) if want_grad else None
     if len(shape) != 1:
         x, y = x.reshape(-1), y.reshape(-1)
-    flat_loss = loss_elements if loss_elements is None or len(shape) == 1 else loss_elements.reshape(-1)
+    flat_loss = (
+        loss_elements if loss_elements is None or len(shape) == 1 else loss_elements.reshape(-1)
+    )
     flat_grad = grad if grad is None or len(shape) == 1 else grad.reshape(-1)
     # Equal blocks (a small last block would cost as many calls as a full one).
     blocks = -(-size // BLOCK_SIZE)
