@@ -629,3 +629,22 @@ def test_lean_path_takes_only_its_calls() -> None:
         contiguous = BACKEND.value_and_grad(np.ascontiguousarray(x.T), y.T, **options)
         np.testing.assert_allclose(loss, contiguous[0], rtol=4 * UNIT["float32"])
         np.testing.assert_allclose(grad, contiguous[1], rtol=4 * UNIT["float32"], atol=1e-38)
+
+
+@pytest.mark.parametrize("size", [20, lean.EXP_POLY_MIN + 1])
+def test_lean_path_with_large_finite_logits(size: int) -> None:
+    """Logits beyond exp's range but finite (no inf or NaN to send the block to the exact
+    kernel): the clamped exponential keeps the loss and the gradient exact in both kernels."""
+    rng = np.random.default_rng(size)
+    x = rng.normal(0.0, 3.0, size).astype(np.float32)
+    x[:8] = [709.0, 710.0, 1000.0, 3e38, -709.0, -710.0, -1000.0, -3e38]
+    y = rng.integers(0, 2, size).astype(np.float32)
+    y[:8] = [1, 0, 1, 0, 0, 1, 1, 0]
+    ops = prepare_operands("logits", x, y, weight=None, pos_weight=None, mask=None)
+    for reduction in ("none", "mean"):
+        common = dict(weight=None, pos_weight=None, mask=None, label_smoothing=0.0)
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+        check_results(ops, loss, None, x, y, reduction=reduction, **common)
+        loss, grad = BACKEND.value_and_grad(x, y, reduction=reduction)
+        assert np.isfinite(grad).all()
+        check_results(ops, loss, grad, x, y, reduction=reduction, **common)

@@ -5,10 +5,14 @@ bfloat16 and float32 inputs gain accuracy from this; float64 inputs are
 evaluated with the stable forms of ``kernels``). Results are NumPy arrays of
 the input's dtype; reduced losses are 0-d arrays.
 
-The logits loss and ``value_and_grad(wrt="logits")`` run as one blocked pass
-over the data (``fused``): no input-sized temporaries, loss and gradient from
-one exponential per element. The other gradients, ``grad_hess`` and the
-probability form use the elementwise forms of ``kernels`` on whole arrays.
+The logits loss and ``value_and_grad(wrt="logits")`` of the common call (no
+weight, pos_weight or mask; float32, float16 or bfloat16 contiguous arrays)
+take the lean pass (``lean``): few ufunc calls into scratch buffers, the
+options and operands checked without a detour. Every other logits call runs as
+one blocked pass over the data (``fused``). Neither makes input-sized
+temporaries; both get loss and gradient from one exponential per element. The
+other gradients, ``grad_hess`` and the probability form use the elementwise
+forms of ``kernels`` on whole arrays.
 Every rule of the spec (checks, smoothed targets, the zero-coefficient rule,
 reductions and their gradients, ``wrt``) is the core's: ``bce_core.rules``
 through ``bce_core.arrays``.

@@ -191,7 +191,10 @@ def _block(
     else:
         f = np.array(factor)
         if libm:
-            np.exp(x, b0)  # F = exp(x); inf above 709, then NaN below: the exact kernel
+            # F = exp(x), clamped as the polynomial is: beyond +-708 the small side is below
+            # 1e-307, nothing that survives rounding (unclamped, F = inf would make P NaN).
+            np.clip(x, _LOW, _HIGH, b0)
+            np.exp(b0, b0)
             divide(_ONE, b0, b3)
             minimum(b0, b3, out=b3)  # e = exp(-|x|) = min(F, 1 / F)
             log1p_e = np.log1p(b3, b3)
