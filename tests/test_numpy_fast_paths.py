@@ -541,6 +541,9 @@ def test_concurrent_calls_do_not_share_state() -> None:
 LEAN_SIZES = sorted(
     {
         1,
+        lean.LOG1P_POLY_MIN - 1,
+        lean.LOG1P_POLY_MIN,
+        lean.LOG1P_POLY_MIN + 1,
         lean.EXP_POLY_MIN - 1,
         lean.EXP_POLY_MIN,
         lean.EXP_POLY_MIN + 1,
@@ -584,11 +587,12 @@ def test_lean_path_at_its_thresholds(size: int, dtype: str, monkeypatch) -> None
                 check_results(ops, loss_vg, grad, x, y, **common)
 
 
-@pytest.mark.parametrize("size", [1, lean.EXP_POLY_MIN + 1])
+@pytest.mark.parametrize("size", [1, lean.LOG1P_POLY_MIN + 1, lean.EXP_POLY_MIN + 1])
 @pytest.mark.parametrize("target", [0.0, 1.0, 0.3])
 def test_lean_path_is_exact_to_a_few_ulp(size: int, target: float) -> None:
-    """Elementwise loss and gradient of both kernels of the lean path (NumPy's exp below
-    EXP_POLY_MIN, the polynomials above) against the exact oracle, float32."""
+    """Elementwise loss and gradient of the three kernels of the lean path (NumPy's exp and
+    log1p, NumPy's exp and the tail polynomial, both polynomials) against the exact oracle,
+    float32."""
     x = sweep(np.float32)
     x = np.resize(x, max(size, x.size))  # the sweep repeated up to the size
     y = np.full(x.size, target, np.float32)
@@ -606,7 +610,9 @@ def test_lean_path_is_exact_to_a_few_ulp(size: int, target: float) -> None:
         assert errors.max() <= 4.0, f"{what}: {errors.max():.2f} ULP at x={x[errors.argmax()]!r}"
 
 
-@pytest.mark.parametrize("size", [10, lean.EXP_POLY_MIN + 1, lean.BLOCK_SIZE + 1])
+@pytest.mark.parametrize(
+    "size", [10, lean.LOG1P_POLY_MIN + 1, lean.EXP_POLY_MIN + 1, lean.BLOCK_SIZE + 1]
+)
 def test_lean_path_leaves_the_callers_arrays_alone(size: int) -> None:
     x, y = lean_case(size, "float32", soft=True, specials=True)
     x_before, y_before = x.copy(), y.copy()
@@ -631,7 +637,7 @@ def test_lean_path_takes_only_its_calls() -> None:
         np.testing.assert_allclose(grad, contiguous[1], rtol=4 * UNIT["float32"], atol=1e-38)
 
 
-@pytest.mark.parametrize("size", [20, lean.EXP_POLY_MIN + 1])
+@pytest.mark.parametrize("size", [20, lean.LOG1P_POLY_MIN + 1, lean.EXP_POLY_MIN + 1])
 def test_lean_path_with_large_finite_logits(size: int) -> None:
     """Logits beyond exp's range but finite (no inf or NaN to send the block to the exact
     kernel): the clamped exponential keeps the loss and the gradient exact in both kernels."""

@@ -140,14 +140,15 @@ class NumpyBackend(FrameworkLossBackend):
         return "cpu"
 
     def size_thresholds(self, device: str) -> tuple[int, ...]:
-        """Where the code path changes: the lean pass switches from NumPy's ``exp`` and
-        ``log1p`` to its polynomials at ``lean.EXP_POLY_MIN`` elements and works in blocks of
-        at most ``lean.BLOCK_SIZE``; the fused pass works in blocks of about ``BLOCK_SIZE``.
+        """Where the code path changes: the lean pass switches from NumPy's ``log1p`` and
+        ``exp`` to its polynomials at ``lean.LOG1P_POLY_MIN`` and ``lean.EXP_POLY_MIN``
+        elements and works in blocks of at most ``lean.BLOCK_SIZE``; the fused pass works in
+        blocks of about ``BLOCK_SIZE``.
 
         >>> NumpyBackend().size_thresholds("cpu")
-        (1024, 32768)
+        (512, 4096, 32768)
         """
-        return tuple(sorted({lean.EXP_POLY_MIN, lean.BLOCK_SIZE, BLOCK_SIZE}))
+        return tuple(sorted({lean.LOG1P_POLY_MIN, lean.EXP_POLY_MIN, lean.BLOCK_SIZE, BLOCK_SIZE}))
 
     def _prepare(
         self,

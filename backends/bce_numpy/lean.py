@@ -7,10 +7,11 @@ float64 buffer, every result rounded once into the input's dtype. Anything else 
 general blocked pass (``fused``), and so does any block whose loss is not finite (infinite
 or NaN operands): ``fused._exact_block``, the reference's formulas.
 
-The math, in float64, with E = exp(-x) for the gradient and T = exp(|x|) for the loss alone,
-f the reduction's factor (1 / denominator) and A = 1 - y', B = y' (the smoothed targets):
+The math, in float64, with F = exp(x) for the gradient and T = exp(|x|) for the loss alone,
+e = exp(-|x|), f the reduction's factor (1 / denominator) and A = 1 - y', B = y' (the
+smoothed targets):
 
-    f sigma(x)  = f / (1 + E) = P          f sigma(-x) = E P = N
+    f sigma(-x) = f / (1 + F) = N          f sigma(x) = F N = P
     grad        = A P - B N                (a difference only where both terms are present)
     log1p(e)    = 2 s + s z R(z),          s = e / (2 + e) = m / (2 f - m), m = min(P, N)
                                            (2 s = 1 / (T + 1/2) for the loss alone)
@@ -22,11 +23,14 @@ Every term is a sum or product of non-negative float64 values (the exact product
 and rounding once gives the float32 contract (at most 4 ULP) with room to spare. R is the
 float32 fit of ``fused``; its error is under 1e-8 of log1p(e).
 
-The exponential: up to ``EXP_POLY_MIN`` elements NumPy's float64 ``exp`` (a scalar libm call,
-about 10 ns an element, but one ufunc call); above it a vectorised 2^p on p = x log2(e),
-clamped to [-1022, 1023]: p = k + r with k = round(p) (the 1.5 2^52 shift) and |r| <= 1/2,
-2^r from a degree-6 polynomial (relative error 1.9e-9), 2^k from the exponent bits; about 20
-ufunc calls that NumPy vectorises, three times cheaper per element. The clamp leaves the
+Below ``LOG1P_POLY_MIN`` elements log1p(e) is NumPy's float64 ``log1p`` of e = min(F, 1 / F)
+(or of exp(-|x|)): one call, where the tail polynomial is ten; small arrays are all per-call
+cost. The exponential: below ``EXP_POLY_MIN`` elements NumPy's float64 ``exp`` (a scalar libm
+call, about 10 ns an element, but one ufunc call), the logit clamped to +-708 first; above it
+a vectorised 2^p on p = x log2(e), clamped to [-1022, 1023]: p = k + r with k = round(p)
+(the 1.5 2^52 shift) and |r| <= 1/2, 2^r from a degree-6 polynomial (relative error 1.9e-9),
+2^k from the exponent bits; about 20 ufunc calls that NumPy vectorises, cheaper per element
+on large blocks. The clamp leaves the
 results correct for every finite logit: where it acts, exp(-|x|) is below 1e-307 and
 contributes nothing that survives rounding to float32.
 
@@ -56,9 +60,12 @@ from .fused import _ATANH_COEFFICIENTS, _exact_block, _total
 #: each block costs about 50 ufunc calls.
 BLOCK_SIZE = 32768
 
-#: From this many elements (in a call, or in one block) the exponential is the vectorised
-#: polynomial; below it NumPy's ``exp`` (fewer ufunc calls, which dominate small arrays).
-EXP_POLY_MIN = 1024
+#: From this many elements (in a call, or in one block) log1p(e) is the atanh tail polynomial,
+#: and from ``EXP_POLY_MIN`` the exponential is the vectorised polynomial; below them NumPy's
+#: ``log1p`` and ``exp`` (fewer ufunc calls, which is what small arrays cost). Measured
+#: crossovers on a 2-core x86-64 (AVX2) machine.
+LOG1P_POLY_MIN = 512
+EXP_POLY_MIN = 4096
 
 #: 2^r on [-1/2, 1/2], degree 6, a relative-error fit (1.9e-9 at most).
 _EXP2_COEFFICIENTS = (
@@ -175,36 +182,41 @@ def _block(
     # per call on small arrays.
     copyto(x, xb)
     copyto(y, yb)
-    libm = k < EXP_POLY_MIN  # fewer calls: NumPy's exp and log1p
+    libm_exp = k < EXP_POLY_MIN  # fewer calls: NumPy's exp
+    libm_log = k < LOG1P_POLY_MIN  # and NumPy's log1p
     if grad_out is None:
         np.abs(x, b0)
-        if libm:
+        if libm_log:
             np.negative(b0, b0)
             np.exp(b0, b0)  # e = exp(-|x|)
             log1p_e = np.log1p(b0, b0)
         else:
-            _exp_into(b0, b1, b2, b3)  # T = exp(|x|)
+            if libm_exp:
+                np.exp(b0, b1)  # T = exp(|x|); inf above 709 gives 2 s = 0, as it should
+            else:
+                _exp_into(b0, b1, b2, b3)  # T = exp(|x|)
             add(b1, _HALF, b1)
             divide(_ONE, b1, b1)  # 2 s = 1 / (T + 1/2)
             log1p_e = _log1p_into(b1, True, b0, b2)
         loss, spare = b1, b3
     else:
         f = np.array(factor)
-        if libm:
+        if libm_exp:
             # F = exp(x), clamped as the polynomial is: beyond +-708 the small side is below
             # 1e-307, nothing that survives rounding (unclamped, F = inf would make P NaN).
             np.clip(x, _LOW, _HIGH, b0)
             np.exp(b0, b0)
+        else:
+            _exp_into(x, b0, b1, b2)  # F = exp(x)
+        if libm_log:
             divide(_ONE, b0, b3)
             minimum(b0, b3, out=b3)  # e = exp(-|x|) = min(F, 1 / F)
             log1p_e = np.log1p(b3, b3)
-        else:
-            _exp_into(x, b0, b1, b2)  # F = exp(x)
         add(b0, _ONE, b1)
         divide(f, b1, b1)  # N = f sigma(-x) = f / (1 + F)
         multiply(b0, b1, b0)  # P = f sigma(x) = F N
         positive, negative = b0, b1
-        if not libm:
+        if not libm_log:
             minimum(positive, negative, out=b2)  # m = f sigma(-|x|) = f e / (1 + e)
             subtract(np.array(2.0 * factor), b2, b3)
             divide(b2, b3, b2)  # s = e / (2 + e)
