@@ -21,6 +21,7 @@ from bce_conformance import oracle
 from bce_core import reference
 from bce_core.arrays import prepare_operands, reduce_loss
 from bce_core.spec import REDUCTIONS
+from bce_numpy import lean
 from bce_numpy.backend import NumpyBackend
 from bce_numpy.fused import BLOCK_SIZE, fused_logits
 
@@ -532,3 +533,124 @@ def test_concurrent_calls_do_not_share_state() -> None:
         for got_loss, got_grad in results[k]:
             assert got_loss.tobytes() == loss.tobytes()
             assert got_grad.tobytes() == grad.tobytes()
+
+
+# -- the lean path (no weight, pos_weight or mask; float32 working precision) ------
+
+
+LEAN_SIZES = sorted(
+    {
+        1,
+        lean.LOG1P_POLY_MIN - 1,
+        lean.LOG1P_POLY_MIN,
+        lean.LOG1P_POLY_MIN + 1,
+        lean.EXP_POLY_MIN - 1,
+        lean.EXP_POLY_MIN,
+        lean.EXP_POLY_MIN + 1,
+        lean.BLOCK_SIZE - 1,
+        lean.BLOCK_SIZE,
+        lean.BLOCK_SIZE + 1,
+        2 * lean.BLOCK_SIZE + 3,
+    }
+)
+
+
+def lean_case(size: int, dtype: str, soft: bool, specials: bool, seed: int = 0):
+    rng = np.random.default_rng(seed + size)
+    x = rng.normal(0.0, 8.0, size)
+    if specials:  # one block falls back to the exact kernel; large finite logits stay lean
+        at = rng.choice(size, min(size, len(SPECIALS)), replace=False)
+        x[at] = np.asarray(SPECIALS)[: at.size]
+    with np.errstate(over="ignore"):
+        x = x.astype(np_dtype(dtype))
+    y = rng.uniform(0.0, 1.0, size) if soft else rng.integers(0, 2, size)
+    return x, np.asarray(y).astype(np_dtype(dtype))
+
+
+@pytest.mark.parametrize("size", LEAN_SIZES)
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != "float64"])
+def test_lean_path_at_its_thresholds(size: int, dtype: str, monkeypatch) -> None:
+    """Just below and above each size where the lean path switches (NumPy's exp and log1p to
+    the polynomials, one block to several), against the reference; the fused pass is not
+    used."""
+    monkeypatch.setattr("bce_numpy.backend.fused_logits", None)  # calling it would fail
+    for soft, specials in ((False, False), (True, False), (True, True)):
+        x, y = lean_case(size, dtype, soft, specials)
+        for eps in (0.0, 0.1):
+            for reduction in ("none", "mean", "sum"):
+                options = dict(label_smoothing=eps, reduction=reduction)
+                ops = prepare_operands("logits", x, y, weight=None, pos_weight=None, mask=None)
+                common = dict(weight=None, pos_weight=None, mask=None, **options)
+                loss = BACKEND.binary_cross_entropy_with_logits(x, y, **options)
+                check_results(ops, loss, None, x, y, **common)
+                loss_vg, grad = BACKEND.value_and_grad(x, y, **options)
+                check_results(ops, loss_vg, grad, x, y, **common)
+
+
+@pytest.mark.parametrize("size", [1, lean.LOG1P_POLY_MIN + 1, lean.EXP_POLY_MIN + 1])
+@pytest.mark.parametrize("target", [0.0, 1.0, 0.3])
+def test_lean_path_is_exact_to_a_few_ulp(size: int, target: float) -> None:
+    """Elementwise loss and gradient of the three kernels of the lean path (NumPy's exp and
+    log1p, NumPy's exp and the tail polynomial, both polynomials) against the exact oracle,
+    float32."""
+    x = sweep(np.float32)
+    x = np.resize(x, max(size, x.size))  # the sweep repeated up to the size
+    y = np.full(x.size, target, np.float32)
+    assert lean.serves(x, y)
+    loss = BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none")
+    _, grad = BACKEND.value_and_grad(x, y, reduction="sum")
+    n = sweep(np.float32).size
+    exact_loss = [oracle.element_loss(float(v), float(target)) for v in x[:n]]
+    exact_grad = [oracle.element_grad(float(v), float(target)) for v in x[:n]]
+    loss_errors = oracle.ulp_errors(loss[:n], exact_loss, "float32")
+    grad_errors = oracle.ulp_errors(
+        grad[:n], [g for g, _ in exact_grad], "float32", [r for _, r in exact_grad]
+    )
+    for what, errors in (("loss", loss_errors), ("grad", grad_errors)):
+        assert errors.max() <= 4.0, f"{what}: {errors.max():.2f} ULP at x={x[errors.argmax()]!r}"
+
+
+@pytest.mark.parametrize(
+    "size", [10, lean.LOG1P_POLY_MIN + 1, lean.EXP_POLY_MIN + 1, lean.BLOCK_SIZE + 1]
+)
+def test_lean_path_leaves_the_callers_arrays_alone(size: int) -> None:
+    x, y = lean_case(size, "float32", soft=True, specials=True)
+    x_before, y_before = x.copy(), y.copy()
+    for eps in (0.0, 0.2):
+        BACKEND.value_and_grad(x, y, label_smoothing=eps, reduction="none")
+        BACKEND.binary_cross_entropy_with_logits(x, y, label_smoothing=eps)
+    assert x.tobytes() == x_before.tobytes() and y.tobytes() == y_before.tobytes()
+
+
+def test_lean_path_takes_only_its_calls() -> None:
+    """float64, a weight, a non-contiguous array or another byte order go to the fused pass."""
+    x = np.linspace(-5, 5, 12, dtype=np.float32).reshape(3, 4)
+    y = np.ones((3, 4), np.float32)
+    assert lean.serves(x, y)
+    assert not lean.serves(x.astype(np.float64), y)
+    assert not lean.serves(x.T, y.T)
+    assert not lean.serves(x.astype(">f4"), y)
+    for options in ({"weight": np.ones(3, np.float32)}, {"mask": np.ones(3, bool)}, {}):
+        loss, grad = BACKEND.value_and_grad(x.T, y.T, **options)
+        contiguous = BACKEND.value_and_grad(np.ascontiguousarray(x.T), y.T, **options)
+        np.testing.assert_allclose(loss, contiguous[0], rtol=4 * UNIT["float32"])
+        np.testing.assert_allclose(grad, contiguous[1], rtol=4 * UNIT["float32"], atol=1e-38)
+
+
+@pytest.mark.parametrize("size", [20, lean.LOG1P_POLY_MIN + 1, lean.EXP_POLY_MIN + 1])
+def test_lean_path_with_large_finite_logits(size: int) -> None:
+    """Logits beyond exp's range but finite (no inf or NaN to send the block to the exact
+    kernel): the clamped exponential keeps the loss and the gradient exact in both kernels."""
+    rng = np.random.default_rng(size)
+    x = rng.normal(0.0, 3.0, size).astype(np.float32)
+    x[:8] = [709.0, 710.0, 1000.0, 3e38, -709.0, -710.0, -1000.0, -3e38]
+    y = rng.integers(0, 2, size).astype(np.float32)
+    y[:8] = [1, 0, 1, 0, 0, 1, 1, 0]
+    ops = prepare_operands("logits", x, y, weight=None, pos_weight=None, mask=None)
+    for reduction in ("none", "mean"):
+        common = dict(weight=None, pos_weight=None, mask=None, label_smoothing=0.0)
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+        check_results(ops, loss, None, x, y, reduction=reduction, **common)
+        loss, grad = BACKEND.value_and_grad(x, y, reduction=reduction)
+        assert np.isfinite(grad).all()
+        check_results(ops, loss, grad, x, y, reduction=reduction, **common)

@@ -5,10 +5,14 @@ bfloat16 and float32 inputs gain accuracy from this; float64 inputs are
 evaluated with the stable forms of ``kernels``). Results are NumPy arrays of
 the input's dtype; reduced losses are 0-d arrays.
 
-The logits loss and ``value_and_grad(wrt="logits")`` run as one blocked pass
-over the data (``fused``): no input-sized temporaries, loss and gradient from
-one exponential per element. The other gradients, ``grad_hess`` and the
-probability form use the elementwise forms of ``kernels`` on whole arrays.
+The logits loss and ``value_and_grad(wrt="logits")`` of the common call (no
+weight, pos_weight or mask; float32, float16 or bfloat16 contiguous arrays)
+take the lean pass (``lean``): few ufunc calls into scratch buffers, the
+options and operands checked without a detour. Every other logits call runs as
+one blocked pass over the data (``fused``). Neither makes input-sized
+temporaries; both get loss and gradient from one exponential per element. The
+other gradients, ``grad_hess`` and the probability form use the elementwise
+forms of ``kernels`` on whole arrays.
 Every rule of the spec (checks, smoothed targets, the zero-coefficient rule,
 reductions and their gradients, ``wrt``) is the core's: ``bce_core.rules``
 through ``bce_core.arrays``.
@@ -39,8 +43,9 @@ from bce_core.arrays import (
 )
 from bce_core.plugin import FrameworkLossBackend
 from bce_core.rules import pack_gradients, times, zero_safe
-from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
+from bce_core.spec import DEFAULT_LOG_CLAMP, REDUCTIONS, check_options
 
+from . import lean
 from .fused import BLOCK_SIZE, fused_logits, supports_fast_path
 from .kernels import LogitParts
 
@@ -54,6 +59,51 @@ def _working(ops: Operands, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     w = None if ops.weight is None else ops.weight.astype(WORKING)
     q = None if ops.pos_weight is None else ops.pos_weight.astype(WORKING)
     return ops.inputs.astype(WORKING), yp, one_minus_yp, w, q
+
+
+def _lean(ops: Operands) -> bool:
+    """Whether the lean path serves these operands: no weight, pos_weight or mask, logits of a
+    float32 working precision, contiguous arrays (``lean.serves``)."""
+    return (
+        ops.weight is None
+        and ops.pos_weight is None
+        and ops.mask is None
+        and lean.serves(ops.inputs, ops.targets)
+    )
+
+
+#: The reductions, for the quick acceptance of the options of the common call.
+_REDUCTIONS = frozenset(REDUCTIONS)
+
+
+def _quick_eps(label_smoothing: Any, reduction: Any) -> float | None:
+    """label_smoothing as a float when both options are plain values that ``check_options``
+    accepts as they are (a float or int in [0, 1], a reduction's name); else None, and the
+    call checks them in full (which raises on a bad one)."""
+    if (
+        reduction.__class__ is str
+        and reduction in _REDUCTIONS
+        and label_smoothing.__class__ in (float, int)
+        and 0.0 <= label_smoothing <= 1.0
+    ):
+        return float(label_smoothing)
+    return None
+
+
+def _lean_arrays(logits: Any, targets: Any, weight: Any, pos_weight: Any, mask: Any) -> bool:
+    """Whether the call's arrays go to the lean path as they are: NumPy arrays of one dtype and
+    shape that ``lean.serves``, nothing else. The spec's dtype and shape checks pass for them
+    (a float dtype of the spec for both, equal shapes), so ``prepare_operands`` is skipped."""
+    return (
+        weight is None
+        and pos_weight is None
+        and mask is None
+        and logits.__class__ is np.ndarray
+        and targets.__class__ is np.ndarray
+        and logits.dtype == targets.dtype
+        and logits.shape == targets.shape
+        and lean.serves(logits, targets)
+    )
 
 
 def _cast(value: Any, like: np.ndarray) -> np.ndarray:
@@ -90,12 +140,15 @@ class NumpyBackend(FrameworkLossBackend):
         return "cpu"
 
     def size_thresholds(self, device: str) -> tuple[int, ...]:
-        """Where the code path changes: the fused pass works in blocks of ``BLOCK_SIZE``.
+        """Where the code path changes: the lean pass switches from NumPy's ``log1p`` and
+        ``exp`` to its polynomials at ``lean.LOG1P_POLY_MIN`` and ``lean.EXP_POLY_MIN``
+        elements and works in blocks of at most ``lean.BLOCK_SIZE``; the fused pass works in
+        blocks of about ``BLOCK_SIZE``.
 
         >>> NumpyBackend().size_thresholds("cpu")
-        (32768,)
+        (512, 4096, 32768)
         """
-        return (BLOCK_SIZE,)
+        return tuple(sorted({lean.LOG1P_POLY_MIN, lean.EXP_POLY_MIN, lean.BLOCK_SIZE, BLOCK_SIZE}))
 
     def _prepare(
         self,
@@ -127,9 +180,18 @@ class NumpyBackend(FrameworkLossBackend):
         reduction: str = "mean",
         validate: bool = False,
     ) -> np.ndarray:
-        """The loss from logits, in one blocked pass (``fused``)."""
+        """The loss from logits: the lean pass for the common call (``lean``), else one blocked
+        pass (``fused``)."""
+        if not validate and _lean_arrays(logits, targets, weight, pos_weight, mask):
+            eps = _quick_eps(label_smoothing, reduction)
+            if eps is not None:
+                return lean.lean_logits(logits, targets, eps, reduction, want_grad=False)[0]
         options = check_options(label_smoothing=label_smoothing, reduction=reduction)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        if _lean(ops):
+            return lean.lean_logits(
+                ops.inputs, ops.targets, options.eps, options.reduction, want_grad=False
+            )[0]
         loss, _ = fused_logits(ops, options.eps, options.reduction, want_grad=False)
         return loss
 
@@ -178,7 +240,17 @@ class NumpyBackend(FrameworkLossBackend):
         validate: bool = False,
         wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[np.ndarray, Any]:
-        """The loss and its gradients: the fused pass for ``wrt="logits"``, else whole arrays."""
+        """The loss and its gradients: the lean or the fused pass for ``wrt="logits"``, else
+        whole arrays."""
+        if (
+            wrt.__class__ is str
+            and wrt == "logits"
+            and not validate
+            and _lean_arrays(logits, targets, weight, pos_weight, mask)
+        ):
+            eps = _quick_eps(label_smoothing, reduction)
+            if eps is not None:
+                return lean.lean_logits(logits, targets, eps, reduction, want_grad=True)
         options = check_options(
             label_smoothing=label_smoothing,
             reduction=reduction,
@@ -189,7 +261,12 @@ class NumpyBackend(FrameworkLossBackend):
         eps, reduction, names = options.eps, options.reduction, options.wrt
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         if supports_fast_path(names):
-            loss, grad = fused_logits(ops, eps, reduction, want_grad=True)
+            if _lean(ops):
+                loss, grad = lean.lean_logits(
+                    ops.inputs, ops.targets, eps, reduction, want_grad=True
+                )
+            else:
+                loss, grad = fused_logits(ops, eps, reduction, want_grad=True)
             return loss, pack_gradients([grad], options.wrt_as_tuple)
         x, yp, one_minus_yp, w, q = _working(ops, eps)
         parts = LogitParts.of(x)
