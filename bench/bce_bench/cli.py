@@ -1,18 +1,30 @@
 """``bce bench``: time bce-core against each framework's own loss, in one process.
 
-    bce bench [--backend NAME ...] [--sizes 1e3,1e5,1e7] [--dtype float32,bfloat16]
-              [--repeat N] [--json out.json] [--write-readme [--readme README.md]]
+    bce bench [--backend NAME ...] [--sizes 1e2,1e3,...,1e7] [--dtype float32,bfloat16]
+              [--repeat N] [--json out.json] [--plot bench.svg]
+              [--write-readme [--readme README.md]]
+    bce bench --from-json out.json [--plot bench.png] [--write-readme ...]
+
+Each backend is timed in each of its framework's usual calling styles (eager,
+``tf.function``, ``jax.jit``, with ``backward()`` or a tape), our call paired
+with the framework's own call made the same way; then the per-call overhead of
+the public API over the backend object. ``--plot`` draws native ÷ bce-core
+against size, one line per backend and calling style, as PNG or SVG by the
+file's extension (needs matplotlib). ``--from-json`` reports, plots or writes
+the README from a run saved by ``--json`` instead of timing again.
 
 Exit code 0 when at least one backend was timed; 1 when none could be, when the
-JSON cannot be written, or when ``--write-readme`` finds no bench markers in the
-README (checked before anything is timed).
+JSON or the picture cannot be written or read, when ``--plot`` lacks
+matplotlib, or when ``--write-readme`` finds no bench markers in the README
+(these are checked before anything is timed); 2 for a bad option, such as a
+``--plot`` name that ends neither in .png nor in .svg.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="bce bench")
 >>> add_arguments(parser)
 >>> args = parser.parse_args(["--backend", "numpy", "--sizes", "1e3,100", "--repeat", "3"])
 >>> args.sizes, args.repeat, command_line(args)
-((1000, 100), 3, 'bce bench --backend numpy --sizes 1e3,100 --repeat 3')
+((1000, 100), 3, 'bce bench --backend numpy --sizes 1e3,1e2 --repeat 3')
 """
 
 from __future__ import annotations
@@ -33,10 +45,12 @@ from .options import (
     parse_dtypes,
     parse_names,
     parse_sizes,
+    plot_path,
     positive_int,
 )
 from .readme import MarkersMissing, replace_section, write_section
-from .report import legend_lines, markdown, print_report, write_json
+from .report import legend_lines, markdown, print_report, read_json, write_json
+from .results import BenchResult
 from .suite import Config, run_bench
 from .suite import Progress as ProgressCallbacks
 from .units import fmt_size
@@ -60,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sizes",
         type=parse_sizes,
         metavar="N,N,...",
-        help="element counts, e.g. 1e3,1e5,1e7 (the default)",
+        help="element counts, e.g. 1e3,1e5; default: 1e2,1e3,1e4,1e5,1e6,1e7",
     )
     parser.add_argument(
         "--dtype",
@@ -72,10 +86,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeat",
         type=positive_int,
         metavar="N",
-        help="timed rounds per comparison; default: adaptive, about 0.3 s per "
-        "variant, between 5 and 50 rounds",
+        help="timed rounds per comparison and per overhead measurement; default: "
+        "adaptive, about 0.3 s per variant (5 to 50 rounds) and per overhead pair "
+        "(200 to 20,000 rounds)",
     )
     parser.add_argument("--json", metavar="PATH", help="write every number of the run as JSON")
+    parser.add_argument(
+        "--plot",
+        type=plot_path,
+        metavar="FILE",
+        help="draw native ÷ bce-core against size, one line per backend and calling style, "
+        "to FILE (.png or .svg; needs matplotlib)",
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="report a run saved by --json instead of timing one (with --plot, "
+        "--write-readme); takes no timing option",
+    )
     parser.add_argument(
         "--write-readme",
         action="store_true",
@@ -110,6 +138,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--repeat", str(args.repeat)]
     if args.json:
         parts += ["--json", args.json]
+    if args.plot:
+        parts += ["--plot", args.plot]
     if args.write_readme:
         parts.append("--write-readme")
         if args.readme != DEFAULT_README:
@@ -135,16 +165,37 @@ def _check_readme(path: Path) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``bce bench``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ log noise
-    console = _console()
-    readme = Path(args.readme)
+def _problems_before_timing(args: argparse.Namespace) -> list[str]:
+    """What would make the run fail at its end: found before minutes of timing."""
+    problems = []
+    if args.from_json:
+        given = [
+            option
+            for option, value in (
+                ("--backend", args.backend),
+                ("--sizes", args.sizes),
+                ("--dtype", args.dtype),
+                ("--repeat", args.repeat),
+                ("--json", args.json),
+            )
+            if value
+        ]
+        if given:
+            problems.append(f"--from-json reports a saved run: {', '.join(given)} cannot apply")
+    if args.plot:
+        from .plot import matplotlib_missing  # imports no matplotlib
+
+        missing = matplotlib_missing()
+        if missing is not None:
+            problems.append(missing)
     if args.write_readme:
-        problem = _check_readme(readme)  # before the run, not after minutes of timing
+        problem = _check_readme(Path(args.readme))
         if problem is not None:
-            print(f"bce bench: error: {problem}", file=sys.stderr)
-            return 1
+            problems.append(problem)
+    return problems
+
+
+def _measure(args: argparse.Namespace, console: Console) -> BenchResult:
     config = Config(
         backends=_backends(args),
         sizes=args.sizes or DEFAULT_SIZES,
@@ -152,7 +203,6 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat,
     )
     machine = machine_info()
-    command = command_line(args)
     console.print(f"bce bench on {describe(machine)}", highlight=False, markup=False)
     columns = [
         TextColumn("{task.description}"),
@@ -164,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         *columns, console=console, transient=True, disable=not console.is_terminal
     ) as progress:
         task = progress.add_task("loading backends", total=None)
-        started = []
+        started: list[str] = []
 
         def on_step(description: str) -> None:
             # Called as each step starts: the previous one is then complete.
@@ -176,7 +226,34 @@ def run(args: argparse.Namespace) -> int:
             on_step=on_step,
             on_done=lambda: progress.update(task, advance=1),
         )
-        result = run_bench(config, command=command, machine=machine, progress=callbacks)
+        return run_bench(config, command=command_line(args), machine=machine, progress=callbacks)
+
+
+def _picture_link(plot: str, readme: Path) -> str:
+    """The picture's path as the README links it: relative to the README's folder."""
+    return Path(os.path.relpath(Path(plot).resolve(), readme.resolve().parent)).as_posix()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``bce bench``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ log noise
+    console = _console()
+    readme = Path(args.readme)
+    problems = _problems_before_timing(args)
+    for problem in problems:
+        print(f"bce bench: error: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    if args.from_json:
+        try:
+            result = read_json(args.from_json)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"bce bench: error: cannot read {args.from_json}: {exc}", file=sys.stderr)
+            return 1
+        console.print(f"bce bench: the run saved in {args.from_json}", highlight=False)
+        console.print(f"measured on {describe(result.machine)}", highlight=False, markup=False)
+    else:
+        result = _measure(args, console)
     for line in legend_lines(result):
         console.print(line, highlight=False, markup=False)
     print_report(result, console)
@@ -190,9 +267,20 @@ def run(args: argparse.Namespace) -> int:
     if not any(backend.comparisons for backend in result.backends):
         console.print("[red]no backend was timed[/]")
         return 1
-    if args.write_readme:
+    if args.plot:
+        from .plot import plot_format, write_plot
+
         try:
-            write_section(readme, markdown(result))
+            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+            drawn = write_plot(result, args.plot, plot_format(args.plot))
+        except OSError as exc:
+            print(f"bce bench: error: cannot write {args.plot}: {exc}", file=sys.stderr)
+            return 1
+        console.print(f"wrote {args.plot} ({drawn} lines)", highlight=False, markup=False)
+    if args.write_readme:
+        picture = _picture_link(args.plot, readme) if args.plot else None
+        try:
+            write_section(readme, markdown(result, picture))
         except (OSError, MarkersMissing) as exc:
             print(f"bce bench: error: cannot update {readme}: {exc}", file=sys.stderr)
             return 1

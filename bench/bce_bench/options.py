@@ -9,6 +9,8 @@ which argparse reports as ``bce bench: error: argument --sizes: ...``.
 ('float32', 'bfloat16')
 >>> parse_names("torch,jax")
 ['torch', 'jax']
+>>> plot_path("docs/bench.svg")
+'docs/bench.svg'
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from bce_core.spec import FLOAT_DTYPES, closest_name
 
 #: The backends timed by default, when installed, each against its framework's own loss.
 DEFAULT_BACKENDS: tuple[str, ...] = ("numpy", "torch", "tensorflow", "jax")
-DEFAULT_SIZES: tuple[int, ...] = (1_000, 100_000, 10_000_000)
+#: From one training batch (256 samples x 1 to 1,000 labels) up to a large evaluation.
+DEFAULT_SIZES: tuple[int, ...] = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 DEFAULT_DTYPES: tuple[str, ...] = ("float32",)
+#: The picture formats of ``--plot``, by file extension.
+PLOT_FORMATS: tuple[str, ...] = ("png", "svg")
 #: Elements per call in the per-call overhead measurement.
-OVERHEAD_SIZES: tuple[int, ...] = (1, 10, 100, 1_000)
+OVERHEAD_SIZES: tuple[int, ...] = (1, 100, 1_000)
 
 
 def _items(text: str) -> list[str]:
@@ -104,3 +109,19 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
+
+
+def plot_path(text: str) -> str:
+    """A file name for ``--plot``: its extension chooses the format, PNG or SVG.
+
+    >>> plot_path("bench.pdf")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'bench.pdf' does not end in .png or .svg (the picture's formats)
+    """
+    extension = text.rpartition(".")[2].lower() if "." in text.rpartition("/")[2] else ""
+    if extension not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} does not end in .png or .svg (the picture's formats)"
+        )
+    return text

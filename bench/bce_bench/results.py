@@ -5,15 +5,18 @@ interleaved rounds: above 1, bce-core is faster.
 
 >>> ours = Measured("api", "eager", 2e-3, 1000, [2e-3, 2e-3, 3e-3], 1, 0.5)
 >>> native = Measured("naive formula", "eager", 3e-3, 1000, [3e-3, 3e-3, 2e-3], 1, 0.5)
->>> row = Comparison("numpy", 1000, "float32", "forward", ours, native)
+>>> row = Comparison("numpy", 1000, "float32", "forward", "loss", ours, native)
 >>> row.ratio
 1.5
 >>> round(ours.throughput)
 500000
+>>> Comparison.from_json(row.to_json()) == row
+True
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,6 +42,10 @@ class Measured:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "throughput_per_s": self.throughput, "repeat": len(self.samples_s)}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Measured:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
 
 @dataclass
 class Comparison:
@@ -48,6 +55,7 @@ class Comparison:
     size: int
     dtype: str
     task: str
+    style: str  # the calling style (variants.Style.name)
     ours: Measured
     native: Measured | None = None
     #: Relative difference of the two losses (and gradient sums), when it is above tolerance.
@@ -64,36 +72,90 @@ class Comparison:
             "size": self.size,
             "dtype": self.dtype,
             "task": self.task,
+            "style": self.style,
             "ours": self.ours.to_json(),
             "native": None if self.native is None else self.native.to_json(),
             "ratio_native_over_ours": self.ratio,
             "disagreement": self.disagreement,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Comparison:
+        native = data["native"]
+        return cls(
+            data["backend"],
+            data["size"],
+            data["dtype"],
+            data["task"],
+            data["style"],
+            Measured.from_json(data["ours"]),
+            None if native is None else Measured.from_json(native),
+            data.get("disagreement"),
+        )
+
+
+#: The two-sided confidence of the interval around the overhead.
+CONFIDENCE_Z = 1.96
+
 
 @dataclass
 class Overhead:
-    """Per-call time of the top-level API and of the backend object, at one small size."""
+    """Per call of one function at one small size: the public API and the backend object.
+
+    Both were called alternately, one call each per round, so each round's difference
+    shares that round's conditions; the overhead is the median of those differences.
+
+    >>> api = Measured("API call", "eager", 0, 10, [5e-6, 9e-6, 6e-6], 1)
+    >>> direct = Measured("backend call", "eager", 0, 10, [4e-6, 4e-6, 5e-6], 1)
+    >>> round(Overhead("numpy", "loss", 10, api, direct).overhead_s * 1e6, 3)
+    1.0
+    """
 
     backend: str
+    function: str  # "loss" or "value_and_grad"
     size: int
     api: Measured
     direct: Measured
 
+    def _differences(self) -> list[float]:
+        return sorted(a - d for a, d in zip(self.api.samples_s, self.direct.samples_s))
+
     @property
     def overhead_s(self) -> float:
-        """The median of the per-round differences: both ran in each round, so the pair shares
-        that round's conditions."""
-        return statistics.median(a - d for a, d in zip(self.api.samples_s, self.direct.samples_s))
+        """The median of the per-round differences, API call minus backend call."""
+        return statistics.median(self._differences())
+
+    @property
+    def interval_s(self) -> tuple[float, float]:
+        """A 95% distribution-free confidence interval of that median (order statistics)."""
+        differences = self._differences()
+        n = len(differences)
+        k = max(0, math.floor((n - CONFIDENCE_Z * math.sqrt(n)) / 2))
+        return differences[min(k, n - 1)], differences[max(n - 1 - k, 0)]
 
     def to_json(self) -> dict[str, Any]:
+        low, high = self.interval_s
         return {
             "backend": self.backend,
+            "function": self.function,
             "size": self.size,
             "api": self.api.to_json(),
             "direct": self.direct.to_json(),
             "overhead_s": self.overhead_s,
+            "overhead_us": self.overhead_s * 1e6,
+            "overhead_interval_95_us": [low * 1e6, high * 1e6],
+            "rounds": len(self.api.samples_s),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Overhead:
+        return cls(
+            data["backend"],
+            data["function"],
+            data["size"],
+            Measured.from_json(data["api"]),
+            Measured.from_json(data["direct"]),
+        )
 
 
 @dataclass
@@ -118,6 +180,18 @@ class BackendResult:
             "notes": self.notes,
             "failures": self.failures,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BackendResult:
+        return cls(
+            data["name"],
+            data["version"],
+            data.get("device", ""),
+            [Comparison.from_json(row) for row in data.get("comparisons", [])],
+            [Overhead.from_json(row) for row in data.get("overhead", [])],
+            list(data.get("notes", [])),
+            list(data.get("failures", [])),
+        )
 
 
 @dataclass
@@ -150,3 +224,15 @@ class BenchResult:
             "skipped": [asdict(s) for s in self.skipped],
             "seconds": self.seconds,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchResult:
+        """A run saved by ``--json``, as it was measured (to report or plot it again)."""
+        return cls(
+            data["command"],
+            data["machine"],
+            data["config"],
+            [BackendResult.from_json(b) for b in data.get("backends", [])],
+            [Skipped(**s) for s in data.get("skipped", [])],
+            data.get("seconds", 0.0),
+        )

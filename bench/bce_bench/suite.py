@@ -3,15 +3,18 @@ per-call overhead.
 
 Each (backend, size, dtype, task) is one group: our variants and the
 framework's own are called once each (compilation, and a check that the
-losses agree), then timed interleaved. A variant that raises is listed and the
-others are still timed; a backend whose status is not "ok" is skipped and
-listed.
+losses agree), then timed interleaved; each calling style of the task
+(``variants.STYLES``) then pairs one of ours with one of theirs. A variant
+that raises is listed and the others are still timed; a backend whose status
+is not "ok" is skipped and listed.
 
 >>> config = Config(backends=["numpy"], sizes=(50,), dtypes=("float32",), repeat=2,
 ...                 overhead_sizes=(10,))
 >>> result = run_bench(config, command="bce bench", machine={})
->>> [(c.task, c.ours.label, c.native.label) for c in result.backends[0].comparisons]
-[('forward', 'api', 'naive formula'), ('forward+grad', 'value_and_grad', 'naive formula + grad')]
+>>> [(c.style, c.ours.label, c.native.label) for c in result.backends[0].comparisons]
+[('loss', 'api', 'naive formula'), ('value_and_grad', 'value_and_grad', 'naive formula + grad')]
+>>> [(o.function, o.size) for o in result.backends[0].overheads]
+[('loss', 10), ('value_and_grad', 10)]
 """
 
 from __future__ import annotations
@@ -32,14 +35,16 @@ from .natives import native_variants
 from .options import DEFAULT_BACKENDS, OVERHEAD_SIZES
 from .ours import our_variants
 from .results import BackendResult, BenchResult, Comparison, Measured, Overhead, Skipped
-from .timing import TARGET_SECONDS, Timing, interleaved
+from .timing import TARGET_SECONDS, Timing, interleaved, paired
 from .units import fmt_size
-from .variants import EAGER, TASKS, Variant, pairs
+from .variants import EAGER, TASKS, Style, Variant, pairs, styles_for
 
 #: Relative difference above which our loss and a native one are reported as disagreeing.
 TOLERANCE = {"float16": 3e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-6}
-#: Wall time aimed at per variant in the overhead measurement.
-OVERHEAD_TARGET_SECONDS = 0.1
+#: Wall time aimed at per (function, size) in the overhead measurement, both calls together.
+OVERHEAD_TARGET_SECONDS = 0.3
+#: The functions whose per-call overhead is measured: the public API's name for each.
+OVERHEAD_FUNCTIONS = ("binary_cross_entropy_with_logits", "value_and_grad")
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Config:
             "repeat": self.repeat,
             "target_seconds_per_variant": self.target,
             "overhead_sizes": list(self.overhead_sizes),
+            "overhead_functions": list(OVERHEAD_FUNCTIONS),
+            "overhead_target_seconds": self.overhead_target,
             "seed": self.seed,
             "inputs": "float32 logits ~ N(0, 3) and targets in {0, 1}, 1-d, cast to the dtype",
         }
@@ -160,6 +167,7 @@ def _measured(variant: Variant, timing: Timing, size: int, outcome: _Outcome) ->
 
 def _group(
     framework: Framework,
+    styles: tuple[Style, ...],
     variants: list[Variant],
     size: int,
     dtype: str,
@@ -188,12 +196,13 @@ def _group(
             f"timing {variants[0].task} ({fmt_size(size)} {dtype}) raised {_short(exc)}"
         )
         return
-    for ours, native in pairs(alive):
+    for style, ours, native in pairs(styles, alive):
         row = Comparison(
             framework.name,
             size,
             dtype,
             ours.task,
+            style.name,
             _measured(ours, timings[ours.key], size, outcomes[ours.key]),
         )
         if native is not None:
@@ -223,31 +232,39 @@ def _route(framework: Framework, seed: int, result: BackendResult) -> str | None
 def _overhead(
     framework: Framework, config: Config, route: str | None, result: BackendResult
 ) -> None:
-    """Per call: ``bce_core.binary_cross_entropy_with_logits`` against the backend's method."""
+    """Per call: ``bce_core.<function>(x, y)`` against ``get_backend(name).<function>(x, y)``.
+
+    Nothing else differs between the two calls (the same arguments; the wait for the
+    result is outside the timed span), so the paired difference is the public API's own
+    cost: resolving the backend and passing the options on.
+    """
     import bce_core
 
-    direct, sync = framework.backend, framework.sync
-    if route is None:
-        api = bce_core.binary_cross_entropy_with_logits
-    else:
-        api = functools.partial(bce_core.binary_cross_entropy_with_logits, backend=route)
-    for size in config.overhead_sizes:
-        logits, targets = make_inputs(size, config.seed)
-        x, y = framework.tensor(logits, "float32"), framework.tensor(targets, "float32")
-        functions = {
-            "api": lambda x=x, y=y: sync(api(x, y)),
-            "direct": lambda x=x, y=y: sync(direct.binary_cross_entropy_with_logits(x, y)),
-        }
-        try:
-            timings = interleaved(functions, repeat=config.repeat, target=config.overhead_target)
-        except Exception as exc:
-            result.failures.append(f"overhead at {size} elements raised {_short(exc)}")
-            return
-        measured = {
-            key: Measured(f"{key} call", "eager", t.median, size, t.samples, t.number)
-            for key, t in timings.items()
-        }
-        result.overheads.append(Overhead(framework.name, size, measured["api"], measured["direct"]))
+    for function in OVERHEAD_FUNCTIONS:
+        api = getattr(bce_core, function)
+        if route is not None:
+            api = functools.partial(api, backend=route)
+        direct = getattr(framework.backend, function)
+        name = "loss" if function == "binary_cross_entropy_with_logits" else function
+        for size in config.overhead_sizes:
+            logits, targets = make_inputs(size, config.seed)
+            x, y = framework.tensor(logits, "float32"), framework.tensor(targets, "float32")
+            try:
+                timings = paired(
+                    functools.partial(api, x, y),
+                    functools.partial(direct, x, y),
+                    rounds=config.repeat,
+                    target=config.overhead_target,
+                    settle=framework.sync,
+                )
+            except Exception as exc:
+                result.failures.append(f"{name} overhead at {size} elements raised {_short(exc)}")
+                break
+            measured = [
+                Measured(label, EAGER, t.median, size, t.samples, t.number)
+                for label, t in zip(("API call", "backend call"), timings)
+            ]
+            result.overheads.append(Overhead(framework.name, name, size, *measured))
 
 
 def run_backend(name: str, version: str, config: Config, progress: Progress) -> BackendResult:
@@ -257,6 +274,7 @@ def run_backend(name: str, version: str, config: Config, progress: Progress) -> 
     framework = framework_for(name, bce_core.get_backend(name))
     result = BackendResult(name, version)
     route = _route(framework, config.seed, result)
+    styles = styles_for(name)
     unavailable: set[str] = set()
     for size in config.sizes:
         logits, targets = make_inputs(size, config.seed)
@@ -276,9 +294,8 @@ def run_backend(name: str, version: str, config: Config, progress: Progress) -> 
             variants = our_variants(name, x, y, route) + natives
             for task in TASKS:
                 progress.on_step(f"{name} {fmt_size(size)} {dtype} {task}")
-                _group(
-                    framework, [v for v in variants if v.task == task], size, dtype, config, result
-                )
+                group = [v for v in variants if v.task == task]
+                _group(framework, styles, group, size, dtype, config, result)
             del x, y, variants, natives  # free the large inputs before the next size
     progress.on_step(f"{name} per-call overhead")
     _overhead(framework, config, route, result)

@@ -120,9 +120,9 @@ def interleaved(
     seconds for the slowest function, between 5 and 50 rounds.
 
     ``known`` holds the seconds of calls the caller has already timed (its
-    warm-up of functions that compile nothing): a function that took
-    ``target`` or more is slow enough for one call per sample, and is not
-    called again to be estimated.
+    warm-up): a function that took ``target`` or more is called once more,
+    and if that call too takes ``target`` or more it is slow enough for one
+    call per sample and is not estimated further.
     """
     numbers: dict[Key, int] = {}
     sample_seconds: dict[Key, float] = {}
@@ -131,6 +131,10 @@ def interleaved(
         if warm_up:
             function()
         seen = (known or {}).get(key, 0.0)
+        if seen >= target:
+            # A slow first call may have compiled (a backend's own jit, torch.compile):
+            # one more call tells a slow function from one that has become fast.
+            seen = _time_once(function)
         per_call = seen if seen >= target else estimate(function, sample_target, target)
         numbers[key] = max(1, int(sample_target / per_call))
         sample_seconds[key] = per_call * numbers[key]
@@ -141,4 +145,64 @@ def interleaved(
     for order in rounds(functions, repeat):
         for key in order:
             timings[key].samples.append(_sample(functions[key], numbers[key]))
+    return timings
+
+
+#: Rounds of :func:`paired` when not given: as many as fit in ``target`` seconds, within these.
+MIN_PAIRED_ROUNDS = 200
+MAX_PAIRED_ROUNDS = 20_000
+#: Warm-up calls of each function before :func:`paired` times them.
+PAIRED_WARM_UP_CALLS = 20
+
+
+def paired(
+    first: Callable[[], Any],
+    second: Callable[[], Any],
+    *,
+    rounds: int | None = None,
+    target: float = TARGET_SECONDS,
+    settle: Callable[[Any], Any] | None = None,
+) -> tuple[Timing, Timing]:
+    """Single calls of two functions, alternated: one call of each per round.
+
+    Made to measure a small difference between two similar calls (the cost of one
+    layer of dispatch): the order swaps every round, so neither call is always the
+    first after the other, and ``samples[i]`` of both come from the same moment.
+    With ``rounds=None`` the rounds go on for ``target`` seconds (200 to 20,000 rounds).
+    ``settle`` is called on each result outside the timed span (to wait for queued
+    device work, so that it does not pile up and land on later calls).
+
+    >>> a, b = paired(lambda: sum(range(50)), lambda: None, rounds=4)
+    >>> (a.number, a.repeat, b.repeat)
+    (1, 4, 4)
+    """
+    for _ in range(PAIRED_WARM_UP_CALLS):
+        first()
+        second()
+    timings = Timing(1), Timing(1)
+    clock = time.perf_counter
+    enabled = gc.isenabled()
+    gc.disable()  # the collector would land on one call of a pair
+    began = clock()
+    try:
+        r = 0
+        while (
+            r < rounds
+            if rounds is not None
+            else r < MAX_PAIRED_ROUNDS and (r < MIN_PAIRED_ROUNDS or clock() - began < target)
+        ):
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for index in order:
+                function = first if index == 0 else second
+                start = clock()
+                result = function()
+                timings[index].samples.append(clock() - start)
+                if settle is not None:
+                    settle(result)
+            r += 1
+            if r % 1000 == 0 and enabled:
+                gc.collect()  # between rounds, untimed: garbage does not pile up
+    finally:
+        if enabled:
+            gc.enable()
     return timings

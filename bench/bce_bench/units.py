@@ -4,8 +4,8 @@
 ('12.3 µs', '1.50 s', '42.1 ms')
 >>> fmt_rate(2.5e9), fmt_rate(810.0)
 ('2.50 G/s', '810 /s')
->>> fmt_size(10_000_000), fmt_size(300), fmt_size(1)
-('1e7', '300', '1')
+>>> fmt_size(10_000_000), fmt_size(100), fmt_size(300), fmt_size(10)
+('1e7', '1e2', '300', '10')
 >>> fmt_ratio(1.234), fmt_ratio(None)
 ('1.23×', '—')
 """
@@ -45,9 +45,9 @@ def fmt_rate(per_second: float) -> str:
 
 
 def fmt_size(elements: int) -> str:
-    """Powers of ten from 1000 up as 1eN (as the --sizes option takes them), others in full."""
+    """Powers of ten from 100 up as 1eN (as the --sizes option takes them), others in full."""
     exponent = round(math.log10(elements)) if elements > 0 else 0
-    return f"1e{exponent}" if exponent >= 3 and 10**exponent == elements else str(elements)
+    return f"1e{exponent}" if exponent >= 2 and 10**exponent == elements else str(elements)
 
 
 def fmt_ratio(ratio: float | None) -> str:
