@@ -177,9 +177,14 @@ def test_other_calls_take_the_exact_path() -> None:
     }
     for label, options in exact.items():
         assert not _is_lean(BACKEND.binary_cross_entropy_with_logits(x, y, **options)), label
-    for targets in (y.double(), [1.0, 0.0], y.half()):
+    # Targets of another type are converted first, then take the lean path too: the same
+    # values give the same result whatever their type.
+    expected = BACKEND.binary_cross_entropy_with_logits(x, y)
+    for targets in (y.double(), [1.0, 0.0], y.half(), y.long(), y.bool(), np.array([1, 0])):
         loss = BACKEND.binary_cross_entropy_with_logits(x, targets)
-        assert not _is_lean(loss)
+        assert _is_lean(loss) and loss.item() == expected.item()
+        _, grad = BACKEND.value_and_grad(x.detach().numpy(), targets)
+        assert grad.tolist() == BACKEND.value_and_grad(x.detach(), y)[1].tolist()
     y_leaf = y.clone().requires_grad_(True)
     loss = BACKEND.binary_cross_entropy_with_logits(x, y_leaf)
     assert not _is_lean(loss)

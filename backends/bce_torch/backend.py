@@ -184,7 +184,7 @@ class TorchBackend:
         ``one_pass_min_elements`` elements (nothing when compiling is off).
 
         >>> TorchBackend().size_thresholds("cpu")
-        (16384,)
+        (65536,)
         """
         return () if self._one_pass_min is None else (self._one_pass_min,)
 
@@ -238,11 +238,24 @@ class TorchBackend:
     ) -> torch.Tensor:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
-        if self._lean_applies(logits, targets, weight, pos_weight, mask, validate, eps, reduction):
+        # The lean path on the caller's tensors when they fit it as they are, else on the
+        # converted operands: the same values take the same path whatever their types.
+        lean = self._lean_applies(
+            logits, targets, weight, pos_weight, mask, validate, eps, reduction
+        )
+        if lean:
             loss = lean_loss(logits, targets, reduction, self._exact_loss(targets, reduction))
             if loss is not None:
                 return loss
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        if not lean and self._lean_applies(
+            ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, validate, eps, reduction
+        ):
+            loss = lean_loss(
+                ops.inputs, ops.targets, reduction, self._exact_loss(ops.targets, reduction)
+            )
+            if loss is not None:
+                return loss
         if self._one_pass_applies(ops, (ops.targets, ops.weight, ops.pos_weight)):
             return self._one_pass_loss(ops, eps, reduction)
         return self._eager_logits_loss(ops, eps, reduction)
@@ -360,13 +373,31 @@ class TorchBackend:
         reduction = check_reduction(reduction)
         names, as_tuple = check_wrt(wrt)
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
-        if names == ("logits",) and self._lean_applies(
+        lean = names == ("logits",) and self._lean_applies(
             logits, targets, weight, pos_weight, mask, validate, eps, reduction
-        ):
-            lean = lean_value_and_grad(logits, targets, reduction)
-            if lean is not None:
-                return lean[0], pack_gradients([lean[1]], as_tuple)
+        )
+        if lean:
+            result = lean_value_and_grad(logits, targets, reduction)
+            if result is not None:
+                return result[0], pack_gradients([result[1]], as_tuple)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        if (
+            not lean
+            and names == ("logits",)
+            and self._lean_applies(
+                ops.inputs,
+                ops.targets,
+                ops.weight,
+                ops.pos_weight,
+                ops.mask,
+                validate,
+                eps,
+                reduction,
+            )
+        ):
+            result = lean_value_and_grad(ops.inputs, ops.targets, reduction)
+            if result is not None:
+                return result[0], pack_gradients([result[1]], as_tuple)
         dtype, shape = ops.inputs.dtype, ops.shape
         if names == ("logits",) and self._one_pass_applies(ops, ()):
             x = ops.inputs

@@ -1,24 +1,24 @@
-"""The lean path for the usual small call: six operations forward, six backward, one node.
+"""The lean path for the usual small call: five operations forward, five backward, one node.
 
 At 10^2 to 10^4 elements an eager training step pays per operation, not per
 element: each torch operation called from Python costs microseconds of
-dispatch and allocation (an operation with a Python number costs about twice
-one with a tensor, which is why the constants here are 0-d tensors). The
-usual call (float32 or float64 logits on the CPU, targets of the same shape
-and dtype, no weight, pos_weight or mask) is computed with the fewest
-operations that keep the accuracy contract:
+dispatch and allocation. The usual call (float32 or float64 logits on the
+CPU, targets of the same shape and dtype, no weight, pos_weight or mask, no
+label smoothing) is computed with the fewest operations that keep the
+accuracy contract:
 
-    loss elements = (1 - y') softplus(x) + y' softplus(-x)
+    loss elements = lerp(softplus(x), softplus(-x), y) = (1 - y) softplus(x) + y softplus(-x)
 
-with softplus(x) and -softplus(-x) each one ``torch.nn.functional.softplus``
-kernel (beta 1 and -1; one exp and one log1p each, threshold 40, beyond which
-softplus(x) = x to within exp(-40) relative, well below float64's rounding);
-both terms are non-negative, so nothing cancels. The gradient is
-(1 - y') sigma(x) - y' sigma(-x), from ``torch.sigmoid`` on both sides.
+with each softplus one kernel (one exp and one log1p; threshold 40, beyond
+which softplus(x) = x to within exp(-40) relative, below float64's rounding).
+Both terms are non-negative, so nothing cancels, and torch's lerp returns
+either end exactly for y = 0 and y = 1 (for other y it works from the nearer
+end, so its rounding is that of the smaller term). The gradient is
+lerp(sigma(x), -sigma(-x), y) = (1 - y) sigma(x) - y sigma(-x).
 
-A non-finite sum (an infinite logit, where (1 - y') softplus(x) is 0 * inf, or
-a NaN) is recomputed by the exact path, which follows the spec there; so is
-the gradient of the gradient (``create_graph=True``).
+A non-finite loss (an infinite logit, where the lerp meets 0 * inf, or a NaN)
+is recomputed by the exact path, which follows the spec there; so is the
+gradient of the gradient (``create_graph=True``).
 
 >>> x = torch.tensor([0.0, 2.0], requires_grad=True)
 >>> loss = lean_loss(x, torch.tensor([1.0, 0.0]), "mean", lambda z: None)
@@ -47,35 +47,29 @@ DTYPES = (torch.float32, torch.float64)
 #: The reductions the lean path computes: the sum divided by a Python number.
 REDUCTIONS = ("mean", "sum", "none", "batch_mean", "weighted_mean")
 
-#: 0-d ones on the CPU, per dtype, never written: ``one - y`` is a tensor operation.
-_ONES = {dtype: torch.ones((), dtype=dtype) for dtype in DTYPES}
-
 Exact = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
-def elements(x: torch.Tensor, y: torch.Tensor, one_minus_y: torch.Tensor) -> torch.Tensor:
-    """(1 - y) softplus(x) + y softplus(-x), elementwise.
+def elements(x: torch.Tensor, negated: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(1 - y) softplus(x) + y softplus(-x), elementwise; ``negated`` is -x.
 
-    >>> [round(v, 4) for v in elements(torch.tensor([0.0, 30.0]), torch.tensor([1.0, 1.0]),
-    ...                                torch.tensor([0.0, 0.0])).tolist()]
+    >>> x = torch.tensor([0.0, 30.0])
+    >>> [round(v, 4) for v in elements(x, -x, torch.tensor([1.0, 1.0])).tolist()]
     [0.6931, 0.0]
     """
-    positive = F.softplus(x, 1.0, _THRESHOLD)
-    negative = F.softplus(x, -1.0, _THRESHOLD)  # -softplus(-x)
-    return torch.mul(one_minus_y, positive).addcmul_(y, negative, value=-1)
+    softplus = F.softplus
+    return torch.lerp(softplus(x, 1.0, _THRESHOLD), softplus(negated, 1.0, _THRESHOLD), y)
 
 
-def gradient(x: torch.Tensor, y: torch.Tensor, one_minus_y: torch.Tensor) -> torch.Tensor:
+def gradient(x: torch.Tensor, negated: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """d(element loss)/dx = (1 - y) sigma(x) - y sigma(-x): a difference only where the two
     terms are of the same size, and then graded against the larger one.
 
-    >>> [round(v, 4) for v in gradient(torch.tensor([0.0]), torch.tensor([1.0]),
-    ...                                torch.tensor([0.0])).tolist()]
+    >>> x = torch.tensor([0.0])
+    >>> gradient(x, -x, torch.tensor([1.0])).tolist()
     [-0.5]
     """
-    return torch.mul(one_minus_y, torch.sigmoid(x)).addcmul_(
-        y, torch.sigmoid(torch.neg(x)), value=-1
-    )
+    return torch.lerp(torch.sigmoid(x), torch.sigmoid(negated).neg_(), y)
 
 
 def _reduce(values: torch.Tensor, reduction: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -124,34 +118,30 @@ def applies(x: torch.Tensor, y: Any, reduction: str) -> bool:
 class LeanLoss(torch.autograd.Function):
     """The reduced (or per-element) loss of ``elements``, differentiable in x.
 
-    ``apply(x, y, one_minus_y, reduction, exact)``; ``exact(x)`` is the same loss through
-    the exact Functions, for ``create_graph=True``.
+    ``apply(x, y, reduction, exact)``; ``exact(x)`` is the same loss through the exact
+    Functions, for ``create_graph=True``.
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        one_minus_y: torch.Tensor,
-        reduction: str,
-        exact: Exact,
+        ctx: Any, x: torch.Tensor, y: torch.Tensor, reduction: str, exact: Exact
     ) -> torch.Tensor:
-        ctx.save_for_backward(x, y, one_minus_y)
+        negated = torch.neg(x)
+        ctx.save_for_backward(x, negated, y)
         ctx.reduction, ctx.exact = reduction, exact
-        return _reduce(elements(x, y, one_minus_y), reduction, tuple(x.shape))
+        return _reduce(elements(x, negated, y), reduction, tuple(x.shape))
 
     @staticmethod
     def backward(ctx: Any, upstream: torch.Tensor) -> tuple[Any, ...]:
-        x, y, one_minus_y = ctx.saved_tensors
+        x, negated, y = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a gradient exact to differentiate
             (grad,) = torch.autograd.grad(ctx.exact(x), x, upstream, create_graph=True)
-            return grad, None, None, None, None
-        grad = gradient(x, y, one_minus_y)
+            return grad, None, None, None
+        grad = gradient(x, negated, y)
         if ctx.reduction == "none":
-            return grad.mul_(upstream), None, None, None, None
+            return grad.mul_(upstream), None, None, None
         scale = upstream.item() / _divisor(ctx.reduction, tuple(x.shape), x.numel())
-        return (grad if scale == 1.0 else grad.mul_(scale)), None, None, None, None
+        return (grad if scale == 1.0 else grad.mul_(scale)), None, None, None
 
 
 def lean_loss(
@@ -162,11 +152,10 @@ def lean_loss(
 
     ``exact(z)`` computes the same loss through the exact path, for second derivatives.
     """
-    one_minus_y = torch.sub(_ONES[x.dtype], y)
     if x.requires_grad and torch.is_grad_enabled():
-        loss = LeanLoss.apply(x, y, one_minus_y, reduction, exact)
+        loss = LeanLoss.apply(x, y, reduction, exact)
     else:
-        loss = _reduce(elements(x, y, one_minus_y), reduction, tuple(x.shape))
+        loss = _reduce(elements(x, torch.neg(x), y), reduction, tuple(x.shape))
     return loss if _finite(loss) else None
 
 
@@ -181,16 +170,15 @@ def lean_value_and_grad(
     [-0.25, 0.25]
     """
     with torch.no_grad():
-        one_minus_y = torch.sub(_ONES[x.dtype], y)
-        loss = _reduce(elements(x, y, one_minus_y), reduction, tuple(x.shape))
+        negated = torch.neg(x)
+        loss = _reduce(elements(x, negated, y), reduction, tuple(x.shape))
         if not _finite(loss):
             return None
-        grad = gradient(x, y, one_minus_y)
+        grad = gradient(x, negated, y)
         divisor = _divisor(reduction, tuple(x.shape), x.numel())
     return loss, (grad if divisor == 1 else grad.div_(divisor))
 
 
 def _finite(loss: torch.Tensor) -> bool:
     """Whether the loss (or the sum of its elements) is finite: one read of a CPU scalar."""
-    total = loss if loss.ndim == 0 else loss.sum()
-    return math.isfinite(total.detach().item())
+    return math.isfinite((loss if loss.ndim == 0 else loss.sum()).item())
