@@ -184,7 +184,7 @@ class TorchBackend:
         ``one_pass_min_elements`` elements (nothing when compiling is off).
 
         >>> TorchBackend().size_thresholds("cpu")
-        (65536,)
+        (16384,)
         """
         return () if self._one_pass_min is None else (self._one_pass_min,)
 

@@ -49,7 +49,7 @@ from .operands import TORCH_OPS as OPS
 from .operands import working_dtype
 
 #: Inputs with fewer elements are computed eagerly (no compile wait for small calls).
-DEFAULT_MIN_ELEMENTS = 1 << 16
+DEFAULT_MIN_ELEMENTS = 1 << 14
 
 #: Inductor options of the compile: a small first size must not make the CPU loop
 #: single-threaded for good.
