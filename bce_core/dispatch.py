@@ -90,10 +90,24 @@ def _frameworks_of(arrays: Sequence[Any]) -> dict[str, type]:
     return owners
 
 
+def _all_of_type(arrays: Sequence[Any], array_type: type) -> bool:
+    for array in arrays:  # a loop, not all(): no generator on the per-call path
+        if array is not None and type(array) is not array_type:
+            return False
+    return True
+
+
 def resolve_backend(backend: str | Backend | None, arrays: Sequence[Any]) -> Backend:
     """Pick the backend for a call on ``arrays`` (None entries are ignored)."""
     if backend is not None:
         return get_registry().get(backend) if isinstance(backend, str) else backend
+    registry = get_registry()
+    # The usual call: every array of one type whose owner is known. One dict read, no loop
+    # over the owners; written once per type (a race writes the same backend).
+    first = type(arrays[0])
+    known = registry.backend_of_type.get(first)
+    if known is not None and _all_of_type(arrays, first):
+        return known
     owners = _frameworks_of(arrays)
     if len(owners) > 1:
         owners.pop(INTERCHANGE_BACKEND, None)
@@ -105,8 +119,11 @@ def resolve_backend(backend: str | Backend | None, arrays: Sequence[Any]) -> Bac
             f"arrays of different frameworks in one call: {described}; convert them to one "
             f"framework (NumPy arrays are accepted next to any framework)."
         )
-    if owners:
-        name = next(iter(owners))
-    else:
+    if not owners:
         name = _context_backend.get() or _default_backend or INTERCHANGE_BACKEND
-    return get_registry().get(name)
+        return registry.get(name)
+    ((name, owned_type),) = owners.items()
+    chosen = registry.get(name)
+    if owned_type is first and _all_of_type(arrays, first):
+        registry.backend_of_type[first] = chosen
+    return chosen

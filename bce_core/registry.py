@@ -91,6 +91,8 @@ class Registry:
     plugin_errors: list[PluginError] = field(default_factory=list)
     _loaded: dict[str, Backend] = field(default_factory=dict)
     _owner_cache: dict[type, str | None] = field(default_factory=dict)
+    #: The loaded backend for calls whose arrays are all of one owned type (see dispatch).
+    backend_of_type: dict[type, Backend] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- building -----------------------------------------------------------

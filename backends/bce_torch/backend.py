@@ -66,8 +66,11 @@ from .fused import (
     coefficients,
     compiling_enabled,
     reduction_scale,
+    transforms_active,
 )
 from .kernels import LogitParts, logit_grad, logit_hessian, logit_loss, logit_partials
+from .lean import applies as lean_applies
+from .lean import lean_loss, lean_value_and_grad
 from .operands import TORCH_OPS as OPS
 from .operands import as_input, numpy_to_tensor, prepare, tensor_to_numpy, validate, working_dtype
 
@@ -235,10 +238,61 @@ class TorchBackend:
     ) -> torch.Tensor:
         eps = check_label_smoothing(label_smoothing)
         reduction = check_reduction(reduction)
+        # The lean path on the caller's tensors when they fit it as they are, else on the
+        # converted operands: the same values take the same path whatever their types.
+        lean = self._lean_applies(
+            logits, targets, weight, pos_weight, mask, validate, eps, reduction
+        )
+        if lean:
+            loss = lean_loss(logits, targets, reduction, self._exact_loss(targets, reduction))
+            if loss is not None:
+                return loss
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        if not lean and self._lean_applies(
+            ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, validate, eps, reduction
+        ):
+            loss = lean_loss(
+                ops.inputs, ops.targets, reduction, self._exact_loss(ops.targets, reduction)
+            )
+            if loss is not None:
+                return loss
         if self._one_pass_applies(ops, (ops.targets, ops.weight, ops.pos_weight)):
             return self._one_pass_loss(ops, eps, reduction)
         return self._eager_logits_loss(ops, eps, reduction)
+
+    def _lean_applies(
+        self,
+        logits: Any,
+        targets: Any,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        validate: bool,
+        eps: float,
+        reduction: str,
+    ) -> bool:
+        """Whether ``lean`` computes this call: the usual small one (see ``lean.applies``),
+        below the one-pass size and outside every transform."""
+        return (
+            type(logits) is torch.Tensor
+            and weight is None
+            and pos_weight is None
+            and mask is None
+            and not validate
+            and eps == 0.0
+            and (self._one_pass_min is None or logits.numel() < self._one_pass_min)
+            and lean_applies(logits, targets, reduction)
+            and not transforms_active()
+        )
+
+    def _exact_loss(self, targets: torch.Tensor, reduction: str) -> Callable[..., Any]:
+        """The loss of ``targets`` as a function of the logits, through the exact Functions."""
+
+        def exact(z: torch.Tensor) -> torch.Tensor:
+            ops = self._prepare("logits", z, targets, None, None, None, False)
+            return self._eager_logits_loss(ops, 0.0, reduction)
+
+        return exact
 
     def _one_pass_applies(
         self, ops: Operands[torch.Tensor], others: tuple[torch.Tensor | None, ...]
@@ -319,7 +373,31 @@ class TorchBackend:
         reduction = check_reduction(reduction)
         names, as_tuple = check_wrt(wrt)
         check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        lean = names == ("logits",) and self._lean_applies(
+            logits, targets, weight, pos_weight, mask, validate, eps, reduction
+        )
+        if lean:
+            result = lean_value_and_grad(logits, targets, reduction)
+            if result is not None:
+                return result[0], pack_gradients([result[1]], as_tuple)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
+        if (
+            not lean
+            and names == ("logits",)
+            and self._lean_applies(
+                ops.inputs,
+                ops.targets,
+                ops.weight,
+                ops.pos_weight,
+                ops.mask,
+                validate,
+                eps,
+                reduction,
+            )
+        ):
+            result = lean_value_and_grad(ops.inputs, ops.targets, reduction)
+            if result is not None:
+                return result[0], pack_gradients([result[1]], as_tuple)
         dtype, shape = ops.inputs.dtype, ops.shape
         if names == ("logits",) and self._one_pass_applies(ops, ()):
             x = ops.inputs

@@ -51,6 +51,10 @@ from .operands import working_dtype
 #: Inputs with fewer elements are computed eagerly (no compile wait for small calls).
 DEFAULT_MIN_ELEMENTS = 1 << 14
 
+#: Inductor options of the compile: a small first size must not make the CPU loop
+#: single-threaded for good.
+_COMPILE_OPTIONS = {"cpp.min_chunk_size": 1}
+
 #: Set to 0 (or "off", "false") to never compile.
 COMPILE_ENV = "BCE_TORCH_COMPILE"
 
@@ -277,14 +281,29 @@ class CompiledPrograms:
             return program
         with self._lock:
             if key not in self._programs:
-                # Small size hints must not make the CPU loop single-threaded for good.
-                self._programs[key] = torch.compile(
-                    _own_function(kind, len(self._programs)),
-                    fullgraph=True,
-                    dynamic=True,
-                    options={"cpp.min_chunk_size": 1},
+                compiled = torch.compile(
+                    _own_function(kind, len(self._programs)), fullgraph=True, dynamic=True
                 )
+                self._programs[key] = self._compiling_first(key, compiled)
             return self._programs[key]
+
+    def _compiling_first(
+        self, key: tuple[Any, ...], compiled: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """``compiled``, whose first call (the compile) runs under ``_COMPILE_OPTIONS``.
+
+        The options are applied to that call only: passed to torch.compile they would
+        be patched in and out of Inductor's config around every call, which costs more
+        than the kernel itself at 10^5 elements.
+        """
+
+        def first(*args: Any) -> Any:
+            with torch._inductor.config.patch(_COMPILE_OPTIONS):
+                result = compiled(*args)
+            self._programs[key] = compiled  # later calls go straight to the compiled code
+            return result
+
+        return first
 
     def run(self, kind: Kind, *args: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The compiled program on ``args``; eager ``one_pass`` once compiling has failed."""
