@@ -1,7 +1,8 @@
 """The one-pass path: the loss from logits and its gradient as compiled XLA programs.
 
-One pass over the elements (``bce_core.compensated``; on the CPU a chunk at a time) gives
-the reduced loss and the logits' gradient. A program is traced once per ``Layout`` with a
+One pass over the elements (on the CPU a chunk at a time) gives the reduced loss and the
+logits' gradient: in single arithmetic for float32 (``kernels.plain_loss_and_slope``), in
+``bce_core.compensated``'s pairs for float64. A program is traced once per ``Layout`` with a
 shape-free signature; eps and the denominator are runtime inputs. Up to ``SMALL`` elements,
 operands are flattened and padded to a power of two by a front traced once per dtype.
 
@@ -29,6 +30,7 @@ from bce_core import rules
 from bce_core.compensated import UNDERFLOW, Coefficients, LogitParts, Smoothing
 
 from .chunks import chunk_sum, over_rows
+from .kernels import plain_loss_and_slope
 from .operands import OPS, PRIMITIVES, Operands, dynamic_shape, runs_on_cpu, working_dtype
 
 #: Elements per chunk on CPU: the loop's own cost is small, the intermediates stay in cache.
@@ -132,6 +134,8 @@ def build_fused(
     )
     names = ["logits", "targets", *(name for name, _ in layout.optional), *(n for n, _ in extras)]
     threshold = UNDERFLOW[np.dtype(layout.dtype)].threshold
+    # float32 meets the contract in single arithmetic; float64 keeps the compensated pairs.
+    plain = layout.dtype == "float32"
 
     def run(*args: tf.Tensor) -> tuple[tf.Tensor, ...]:
         given = dict(zip(names, args))
@@ -152,17 +156,24 @@ def build_fused(
             )
 
             def compute(tails: bool) -> tuple[list, list]:
-                parts = LogitParts.of(PRIMITIVES, x, tails=tails)
-                coefficients = Coefficients.of(PRIMITIVES, y, q, constants)
-                out = [parts.loss(coefficients, w)]
+                if plain:
+                    smoothed = None if constants is None else (constants.keep.hi, constants.half.hi)
+                    loss, slope = plain_loss_and_slope(x, y, w, q, smoothed, tails=tails)
+                else:
+                    parts = LogitParts.of(PRIMITIVES, x, tails=tails)
+                    coefficients = Coefficients.of(PRIMITIVES, y, q, constants)
+                    loss = parts.loss(coefficients, w)
+                    slope = parts.slope(coefficients, w) if grad else None
+                out = [loss]
                 if grad:
-                    slope = parts.slope(coefficients, w)
                     out.append(slope if factor is None else rules.zero_safe(OPS, factor, slope))
                 if keep is not None:
                     out = [OPS.where(keep, v, 0.0) for v in out]
                 return (out[:1], out[1:]) if reduced else ([], out)
 
-            if layout.padded:  # small inputs: one variant, for a shorter compilation
+            if layout.padded or plain:  # small inputs: one variant, for a shorter compilation
+                # (In single arithmetic the tails cost little; XLA would turn a conditional
+                # of two light branches into a select computing both.)
                 return compute(True)
             # Typical logits have no element in the far tail: XLA then runs the lighter variant.
             far = tf.reduce_any(tf.abs(x) >= tf.constant(threshold, work))
