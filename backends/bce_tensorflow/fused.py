@@ -17,6 +17,7 @@ operands are flattened and padded to a power of two by a front traced once per d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context
 
 from bce_core import rules
 from bce_core.compensated import UNDERFLOW, Coefficients, LogitParts, Smoothing
@@ -108,7 +110,7 @@ def denominator(reduction: str, ops: Operands[tf.Tensor]) -> tf.Tensor | None:
     by = rules.denominator(
         OPS, reduction, dynamic_shape(ops.inputs), keep=ops.mask, weight=weight, like=_FLOAT64
     )
-    return tf.constant(float(by), tf.float64) if isinstance(by, int) else tf.cast(by, tf.float64)
+    return constant(float(by), tf.float64) if isinstance(by, int) else tf.cast(by, tf.float64)
 
 
 @functools.lru_cache(maxsize=256)
@@ -117,7 +119,26 @@ def _smoothing_values(eps: float, dtype: str) -> tuple[float, ...]:
 
 
 def _smoothing(eps: float, dtype: str) -> tf.Tensor:
-    return tf.constant(_smoothing_values(eps, dtype), dtype)
+    return constant(_smoothing_values(eps, dtype), dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _eager_constant(value: Any, dtype: str, device: str) -> tf.Tensor:
+    with tf.device(device) if device else contextlib.nullcontext():
+        return tf.constant(value, dtype)
+
+
+def constant(value: Any, dtype: str | tf.DType) -> tf.Tensor:
+    """``tf.constant(value, dtype)``; eagerly, made once per value, dtype and device (each new
+    eager tensor costs a few microseconds, which an eager training step pays on every call).
+
+    >>> constant(2, "int32") is constant(2, "int32")
+    True
+    """
+    if not tf.executing_eagerly():
+        return tf.constant(value, dtype)
+    device = context.context().device_name or ""
+    return _eager_constant(value, tf.as_dtype(dtype).name, device)
 
 
 def build_fused(
@@ -259,14 +280,14 @@ def _small(ops: Operands[tf.Tensor], eps: float, reduction: str) -> tuple[tf.Ten
     front = compiled(
         ("small", dtype.name, reduced), lambda: _build_front(dtype, reduced), jit=False
     )
-    one = tf.constant(1, dtype)
+    one = constant(1, dtype)
     operands = [
         ops.inputs,
         ops.targets,
         one if ops.weight is None else ops.weight,
         one if ops.pos_weight is None else ops.pos_weight,
-        tf.constant(True) if ops.mask is None else ops.mask,
-        tf.constant(bucket(ops.inputs.shape.num_elements()), tf.int32),
+        constant(True, tf.bool) if ops.mask is None else ops.mask,
+        constant(bucket(ops.inputs.shape.num_elements()), tf.int32),
     ]
     if reduced:
         operands.append(denominator(reduction, ops))
