@@ -231,19 +231,16 @@ def bucket(size: int) -> int:
     return max(_MIN_SIZE, 1 << max(size - 1, 0).bit_length())
 
 
-def _build_front(dtype: tf.DType, reduced: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
+def _build_front(
+    dtype: tf.DType, reduced: bool, given: tuple[str, ...], smoothing: bool
+) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
+    """The front of small inputs with the optional operands ``given`` (of ``OPTIONAL``): the
+    operands flattened and padded to the size bucket, then the padded program."""
     work = working_dtype(dtype)
-    padded = Layout(work.name, 1, tuple((n, (True,)) for n in OPTIONAL), False, True)
+    padded = Layout(work.name, 1, tuple((n, (True,)) for n in given), False, True)
 
-    def run(
-        x: tf.Tensor,
-        y: tf.Tensor,
-        w: tf.Tensor,
-        q: tf.Tensor,
-        m: tf.Tensor,
-        size: tf.Tensor,
-        *extras: tf.Tensor,
-    ) -> tuple[tf.Tensor, ...]:
+    def run(x: tf.Tensor, y: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        optional, size, extras = rest[: len(given)], rest[len(given)], rest[len(given) + 1 :]
         shape, count = tf.shape(x), tf.size(x)
 
         def flat(value: tf.Tensor) -> tf.Tensor:
@@ -253,10 +250,10 @@ def _build_front(dtype: tf.DType, reduced: bool) -> tuple[Callable[..., Any], li
             return tf.pad(tf.reshape(tf.broadcast_to(value, shape), [-1]), [[0, size - count]])
 
         program = compiled(
-            ("fused", padded, reduced, True, True, None),
-            lambda: build_fused(padded, reduced, True, True),
+            ("fused", padded, reduced, True, smoothing, None),
+            lambda: build_fused(padded, reduced, True, smoothing),
         )
-        loss, grad = program(*[flat(t) for t in (x, y, w, q, m)], count, *extras)
+        loss, grad = program(*[flat(t) for t in (x, y, *optional)], count, *extras)
 
         def restore(value: tf.Tensor, elementwise: bool = True) -> tf.Tensor:
             if elementwise:
@@ -266,32 +263,40 @@ def _build_front(dtype: tf.DType, reduced: bool) -> tuple[Callable[..., Any], li
         return restore(loss, elementwise=not reduced), restore(grad)
 
     # Any rank and shape: one trace serves every layout of the operands.
-    signature = [tf.TensorSpec(None, dtype)] * 4 + [
-        tf.TensorSpec(None, tf.bool),
-        tf.TensorSpec([], tf.int32),
+    signature = [tf.TensorSpec(None, dtype)] * 2 + [
+        tf.TensorSpec(None, tf.bool if name == "mask" else dtype) for name in given
     ]
-    return run, signature + [tf.TensorSpec([], tf.float64)] * reduced + [tf.TensorSpec([4], work)]
+    signature.append(tf.TensorSpec([], tf.int32))
+    signature += [tf.TensorSpec([], tf.float64)] * reduced
+    return run, signature + [tf.TensorSpec([4], work)] * smoothing
 
 
 def _small(ops: Operands[tf.Tensor], eps: float, reduction: str) -> tuple[tf.Tensor, tf.Tensor]:
     dtype = ops.inputs.dtype
-    reduced = reduction != "none"
+    reduced, smoothing = reduction != "none", eps != 0.0
+    given = tuple(
+        (name, t)
+        for name, t in zip(OPTIONAL, (ops.weight, ops.pos_weight, ops.mask))
+        if t is not None
+    )
+    names = tuple(name for name, _ in given)
     # The gradient is always computed: one front and one program serve both kinds of call.
     front = compiled(
-        ("small", dtype.name, reduced), lambda: _build_front(dtype, reduced), jit=False
+        ("small", dtype.name, reduced, names, smoothing),
+        lambda: _build_front(dtype, reduced, names, smoothing),
+        jit=False,
     )
-    one = constant(1, dtype)
     operands = [
         ops.inputs,
         ops.targets,
-        one if ops.weight is None else ops.weight,
-        one if ops.pos_weight is None else ops.pos_weight,
-        constant(True, tf.bool) if ops.mask is None else ops.mask,
+        *(t for _, t in given),
         constant(bucket(ops.inputs.shape.num_elements()), tf.int32),
     ]
     if reduced:
         operands.append(denominator(reduction, ops))
-    return front(*operands, _smoothing(eps, working_dtype(dtype).name))
+    if smoothing:
+        operands.append(_smoothing(eps, working_dtype(dtype).name))
+    return front(*operands)
 
 
 def _large(
