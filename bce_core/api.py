@@ -15,7 +15,8 @@ builds it): building it takes a lock, which the compiler cannot trace.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .dispatch import resolve_backend
 from .plugin import Backend
@@ -23,7 +24,24 @@ from .spec import DEFAULT_LOG_CLAMP
 
 BackendChoice = str | Backend | None
 
+F = TypeVar("F", bound=Callable[..., Any])
 
+
+def unconverted(function: F) -> F:
+    """Mark ``function`` so that TensorFlow's AutoGraph calls it as it is, without importing
+    TensorFlow: the attribute ``tf.autograph.experimental.do_not_convert`` sets. Converted,
+    a public function would have AutoGraph walk into the registry and the backends (and warn
+    about each function it cannot convert); the backends' methods emit graph operations
+    directly.
+
+    >>> hasattr(binary_cross_entropy_with_logits, "autograph_info__")
+    True
+    """
+    function.autograph_info__ = None  # type: ignore[attr-defined]
+    return function
+
+
+@unconverted
 def binary_cross_entropy_with_logits(
     logits: Any,
     targets: Any,
@@ -59,6 +77,7 @@ def binary_cross_entropy_with_logits(
     )
 
 
+@unconverted
 def binary_cross_entropy(
     probs: Any,
     targets: Any,
@@ -95,6 +114,7 @@ def binary_cross_entropy(
     )
 
 
+@unconverted
 def value_and_grad(
     logits: Any,
     targets: Any,
@@ -132,6 +152,7 @@ def value_and_grad(
     )
 
 
+@unconverted
 def grad_hess(
     logits: Any,
     targets: Any,

@@ -46,9 +46,12 @@ def chunk_sum(values: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """The sum of ``values`` in ``dtype``: partial sums of ``_PARTIAL`` elements in the values'
     own dtype (fast, and each within a few units of roundoff), then their sum in ``dtype``."""
     flat = tf.reshape(values, [-1])
-    flat = tf.pad(flat, [[0, (-tf.size(flat)) % _PARTIAL]])
-    partial = tf.reduce_sum(tf.reshape(flat, [-1, _PARTIAL]), axis=1)
-    return tf.reduce_sum(tf.cast(partial, dtype))
+    # The elements past the last full block are summed apart, in ``dtype``: padding the values
+    # instead would make the pad the root of the program's elementwise pass, which XLA on CPU
+    # then emits unvectorised.
+    full = tf.size(flat) - tf.size(flat) % _PARTIAL
+    partial = tf.reduce_sum(tf.reshape(flat[:full], [-1, _PARTIAL]), axis=1)
+    return tf.reduce_sum(tf.cast(partial, dtype)) + tf.reduce_sum(tf.cast(flat[full:], dtype))
 
 
 def over_rows(

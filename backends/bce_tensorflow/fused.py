@@ -1,7 +1,8 @@
 """The one-pass path: the loss from logits and its gradient as compiled XLA programs.
 
-One pass over the elements (``bce_core.compensated``; on the CPU a chunk at a time) gives
-the reduced loss and the logits' gradient. A program is traced once per ``Layout`` with a
+One pass over the elements (on the CPU a chunk at a time) gives the reduced loss and the
+logits' gradient: in single arithmetic for float32 (``kernels.plain_loss_and_slope``), in
+``bce_core.compensated``'s pairs for float64. A program is traced once per ``Layout`` with a
 shape-free signature; eps and the denominator are runtime inputs. Up to ``SMALL`` elements,
 operands are flattened and padded to a power of two by a front traced once per dtype.
 
@@ -16,6 +17,7 @@ operands are flattened and padded to a power of two by a front traced once per d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -24,11 +26,13 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context
 
 from bce_core import rules
 from bce_core.compensated import UNDERFLOW, Coefficients, LogitParts, Smoothing
 
 from .chunks import chunk_sum, over_rows
+from .kernels import plain_loss_and_slope
 from .operands import OPS, PRIMITIVES, Operands, dynamic_shape, runs_on_cpu, working_dtype
 
 #: Elements per chunk on CPU: the loop's own cost is small, the intermediates stay in cache.
@@ -106,7 +110,7 @@ def denominator(reduction: str, ops: Operands[tf.Tensor]) -> tf.Tensor | None:
     by = rules.denominator(
         OPS, reduction, dynamic_shape(ops.inputs), keep=ops.mask, weight=weight, like=_FLOAT64
     )
-    return tf.constant(float(by), tf.float64) if isinstance(by, int) else tf.cast(by, tf.float64)
+    return constant(float(by), tf.float64) if isinstance(by, int) else tf.cast(by, tf.float64)
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,7 +119,26 @@ def _smoothing_values(eps: float, dtype: str) -> tuple[float, ...]:
 
 
 def _smoothing(eps: float, dtype: str) -> tf.Tensor:
-    return tf.constant(_smoothing_values(eps, dtype), dtype)
+    return constant(_smoothing_values(eps, dtype), dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _eager_constant(value: Any, dtype: str, device: str) -> tf.Tensor:
+    with tf.device(device) if device else contextlib.nullcontext():
+        return tf.constant(value, dtype)
+
+
+def constant(value: Any, dtype: str | tf.DType) -> tf.Tensor:
+    """``tf.constant(value, dtype)``; eagerly, made once per value, dtype and device (each new
+    eager tensor costs a few microseconds, which an eager training step pays on every call).
+
+    >>> constant(2, "int32") is constant(2, "int32")
+    True
+    """
+    if not tf.executing_eagerly():
+        return tf.constant(value, dtype)
+    device = context.context().device_name or ""
+    return _eager_constant(value, tf.as_dtype(dtype).name, device)
 
 
 def build_fused(
@@ -132,6 +155,8 @@ def build_fused(
     )
     names = ["logits", "targets", *(name for name, _ in layout.optional), *(n for n, _ in extras)]
     threshold = UNDERFLOW[np.dtype(layout.dtype)].threshold
+    # float32 meets the contract in single arithmetic; float64 keeps the compensated pairs.
+    plain = layout.dtype == "float32"
 
     def run(*args: tf.Tensor) -> tuple[tf.Tensor, ...]:
         given = dict(zip(names, args))
@@ -152,17 +177,24 @@ def build_fused(
             )
 
             def compute(tails: bool) -> tuple[list, list]:
-                parts = LogitParts.of(PRIMITIVES, x, tails=tails)
-                coefficients = Coefficients.of(PRIMITIVES, y, q, constants)
-                out = [parts.loss(coefficients, w)]
+                if plain:
+                    smoothed = None if constants is None else (constants.keep.hi, constants.half.hi)
+                    loss, slope = plain_loss_and_slope(x, y, w, q, smoothed, tails=tails)
+                else:
+                    parts = LogitParts.of(PRIMITIVES, x, tails=tails)
+                    coefficients = Coefficients.of(PRIMITIVES, y, q, constants)
+                    loss = parts.loss(coefficients, w)
+                    slope = parts.slope(coefficients, w) if grad else None
+                out = [loss]
                 if grad:
-                    slope = parts.slope(coefficients, w)
                     out.append(slope if factor is None else rules.zero_safe(OPS, factor, slope))
                 if keep is not None:
                     out = [OPS.where(keep, v, 0.0) for v in out]
                 return (out[:1], out[1:]) if reduced else ([], out)
 
-            if layout.padded:  # small inputs: one variant, for a shorter compilation
+            if layout.padded or plain:  # small inputs: one variant, for a shorter compilation
+                # (In single arithmetic the tails cost little; XLA would turn a conditional
+                # of two light branches into a select computing both.)
                 return compute(True)
             # Typical logits have no element in the far tail: XLA then runs the lighter variant.
             far = tf.reduce_any(tf.abs(x) >= tf.constant(threshold, work))
@@ -199,19 +231,16 @@ def bucket(size: int) -> int:
     return max(_MIN_SIZE, 1 << max(size - 1, 0).bit_length())
 
 
-def _build_front(dtype: tf.DType, reduced: bool) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
+def _build_front(
+    dtype: tf.DType, reduced: bool, given: tuple[str, ...], smoothing: bool
+) -> tuple[Callable[..., Any], list[tf.TensorSpec]]:
+    """The front of small inputs with the optional operands ``given`` (of ``OPTIONAL``): the
+    operands flattened and padded to the size bucket, then the padded program."""
     work = working_dtype(dtype)
-    padded = Layout(work.name, 1, tuple((n, (True,)) for n in OPTIONAL), False, True)
+    padded = Layout(work.name, 1, tuple((n, (True,)) for n in given), False, True)
 
-    def run(
-        x: tf.Tensor,
-        y: tf.Tensor,
-        w: tf.Tensor,
-        q: tf.Tensor,
-        m: tf.Tensor,
-        size: tf.Tensor,
-        *extras: tf.Tensor,
-    ) -> tuple[tf.Tensor, ...]:
+    def run(x: tf.Tensor, y: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        optional, size, extras = rest[: len(given)], rest[len(given)], rest[len(given) + 1 :]
         shape, count = tf.shape(x), tf.size(x)
 
         def flat(value: tf.Tensor) -> tf.Tensor:
@@ -221,10 +250,10 @@ def _build_front(dtype: tf.DType, reduced: bool) -> tuple[Callable[..., Any], li
             return tf.pad(tf.reshape(tf.broadcast_to(value, shape), [-1]), [[0, size - count]])
 
         program = compiled(
-            ("fused", padded, reduced, True, True, None),
-            lambda: build_fused(padded, reduced, True, True),
+            ("fused", padded, reduced, True, smoothing, None),
+            lambda: build_fused(padded, reduced, True, smoothing),
         )
-        loss, grad = program(*[flat(t) for t in (x, y, w, q, m)], count, *extras)
+        loss, grad = program(*[flat(t) for t in (x, y, *optional)], count, *extras)
 
         def restore(value: tf.Tensor, elementwise: bool = True) -> tf.Tensor:
             if elementwise:
@@ -234,32 +263,40 @@ def _build_front(dtype: tf.DType, reduced: bool) -> tuple[Callable[..., Any], li
         return restore(loss, elementwise=not reduced), restore(grad)
 
     # Any rank and shape: one trace serves every layout of the operands.
-    signature = [tf.TensorSpec(None, dtype)] * 4 + [
-        tf.TensorSpec(None, tf.bool),
-        tf.TensorSpec([], tf.int32),
+    signature = [tf.TensorSpec(None, dtype)] * 2 + [
+        tf.TensorSpec(None, tf.bool if name == "mask" else dtype) for name in given
     ]
-    return run, signature + [tf.TensorSpec([], tf.float64)] * reduced + [tf.TensorSpec([4], work)]
+    signature.append(tf.TensorSpec([], tf.int32))
+    signature += [tf.TensorSpec([], tf.float64)] * reduced
+    return run, signature + [tf.TensorSpec([4], work)] * smoothing
 
 
 def _small(ops: Operands[tf.Tensor], eps: float, reduction: str) -> tuple[tf.Tensor, tf.Tensor]:
     dtype = ops.inputs.dtype
-    reduced = reduction != "none"
+    reduced, smoothing = reduction != "none", eps != 0.0
+    given = tuple(
+        (name, t)
+        for name, t in zip(OPTIONAL, (ops.weight, ops.pos_weight, ops.mask))
+        if t is not None
+    )
+    names = tuple(name for name, _ in given)
     # The gradient is always computed: one front and one program serve both kinds of call.
     front = compiled(
-        ("small", dtype.name, reduced), lambda: _build_front(dtype, reduced), jit=False
+        ("small", dtype.name, reduced, names, smoothing),
+        lambda: _build_front(dtype, reduced, names, smoothing),
+        jit=False,
     )
-    one = tf.constant(1, dtype)
     operands = [
         ops.inputs,
         ops.targets,
-        one if ops.weight is None else ops.weight,
-        one if ops.pos_weight is None else ops.pos_weight,
-        tf.constant(True) if ops.mask is None else ops.mask,
-        tf.constant(bucket(ops.inputs.shape.num_elements()), tf.int32),
+        *(t for _, t in given),
+        constant(bucket(ops.inputs.shape.num_elements()), tf.int32),
     ]
     if reduced:
         operands.append(denominator(reduction, ops))
-    return front(*operands, _smoothing(eps, working_dtype(dtype).name))
+    if smoothing:
+        operands.append(_smoothing(eps, working_dtype(dtype).name))
+    return front(*operands)
 
 
 def _large(
