@@ -146,7 +146,9 @@ def test_sizes_straddle_each_declared_threshold() -> None:
     assert regime_sizes([32768]) == (32767, 32771, LARGE_PRIME)
     assert regime_sizes(()) == regime_sizes(None) == DEFAULT_LARGE_SIZES
     assert all(is_prime(n) for n in DEFAULT_LARGE_SIZES + (LARGE_PRIME,))
-    assert backend_sizes(bce_core.get_backend("numpy"), "cpu") == (32767, 32771, LARGE_PRIME)
+    # NumPy's lean path switches its log1p at 512 and its exponential at 4096; blocks at 32768.
+    numpy_sizes = (511, 521, 4095, 4099, 32767, 32771, LARGE_PRIME)
+    assert backend_sizes(bce_core.get_backend("numpy"), "cpu") == numpy_sizes
 
     class OnePath:
         def size_thresholds(self, device: str) -> tuple[int, ...]:
