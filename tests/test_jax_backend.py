@@ -750,6 +750,58 @@ def test_chunked_programs_match_the_whole_array_programs(
         )
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "batch_mean"])
+def test_plain_path_matches_the_compensated_one_whole_and_chunked(
+    small_chunks: object, reduction: str
+) -> None:
+    # Without weight, pos_weight and smoothing the programs compute in plain arithmetic
+    # (kernels.PlainParts); a weight of ones takes the compensated path, held to a few ULP.
+    problem = chunk_problem(np.float32, (38, 7))
+    edges = np.array(
+        [
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            20.0,
+            -20.0,
+            100.0,
+            -100.0,
+            1e4,
+            -1e4,
+            np.inf,
+            -np.inf,
+            3e38,
+            -3e38,
+        ],
+        np.float32,
+    )
+    x = np.asarray(problem["x"]).copy()
+    x.ravel()[: edges.size] = edges
+    x, y = jnp.asarray(x), problem["y"]
+    want = ("loss", "grad:logits", "grad:targets", "curvature")
+
+    def run(weight: object) -> dict:
+        return fused.logits_program(
+            x, y, weight, None, None, eps=0.0, reduction=reduction, want=want
+        )
+
+    compensated, plain = run(jnp.ones(x.shape, jnp.float32)), run(None)
+    small_chunks()
+    chunked = run(None)
+    for key in want:
+        for got in (plain[key], chunked[key]):
+            assert got.dtype == jnp.float32 and got.shape == compensated[key].shape, key
+            expected = host(compensated[key])
+            np.testing.assert_allclose(
+                host(got),
+                expected,
+                rtol=16 * EPS["float32"],
+                atol=float(np.finfo(np.float32).tiny),
+                err_msg=key,
+            )
+
+
 def test_chunked_paths_through_autodiff_vmap_and_float64(small_chunks: object) -> None:
     problem = chunk_problem(np.float64, (40, 5))
     x, y, w = problem["x"], problem["y"], problem["w"]

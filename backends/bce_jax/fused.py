@@ -262,6 +262,8 @@ def _logits_outputs(
     q: Array | None,
 ) -> dict[str, Array]:
     """The outputs ``keys`` of ``logits_program`` on (a chunk of) its operands."""
+    if w is None and q is None and eps == 0.0:
+        return _plain_logits_outputs(keys, loss, plan, x, y)
     coefficients = kernels.coefficients(y, q, eps)
     parts = LogitParts.of(PRIMITIVES, x)
 
@@ -291,6 +293,27 @@ def _logits_outputs(
         c = one_minus + rules.zero_safe(OPS, q, smoothed)
         out["curvature"] = plan.gradient(
             "logits", parts.curvature(kernels.weighted(w, c)), None, loss
+        )
+    return out
+
+
+def _plain_logits_outputs(
+    keys: tuple[str, ...], loss: Array | None, plan: Plan, x: Array, y: Array
+) -> dict[str, Array]:
+    """``_logits_outputs`` without weight, pos_weight or smoothing (``kernels.PlainParts``)."""
+    parts = kernels.PlainParts.of(x)
+
+    def partial_of(name: str) -> Array:
+        # d/dy of (1 - y) softplus(x) + y softplus(-x) is exactly -x.
+        return parts.slope(y) if name == "logits" else -x
+
+    out = _gradients(keys, plan, loss, {"logits": x.shape, "targets": y.shape}, partial_of)
+    if "loss" in keys:
+        out["loss"] = plan.total(parts.loss(y))
+    if "curvature" in keys:
+        smoothed, one_minus = rules.smoothed_targets(y, 0.0)
+        out["curvature"] = plan.gradient(
+            "logits", parts.curvature(one_minus + smoothed), None, loss
         )
     return out
 
