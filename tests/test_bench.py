@@ -450,6 +450,7 @@ def test_plot_of_a_saved_run_has_one_line_per_backend_style_and_dtype(
 ) -> None:
     pytest.importorskip("matplotlib")
     saved, picture = tmp_path / "run.json", tmp_path / "pictures" / f"bench.{extension}"
+    picture.parent.mkdir()  # the folder must exist: bce bench creates none
     saved.write_text(json.dumps(synthetic_run()))
     assert main(["bench", "--from-json", str(saved), "--plot", str(picture)]) == 0
     out = capsys.readouterr().out
@@ -465,6 +466,7 @@ def test_plot_of_a_saved_run_has_one_line_per_backend_style_and_dtype(
 def test_bench_run_writes_its_plot_and_the_readme_links_it(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     readme, picture = tmp_path / "README.md", tmp_path / "docs" / "bench.svg"
+    picture.parent.mkdir()
     readme.write_text("<!-- bench:begin -->\n<!-- bench:end -->\n")
     args = ["--plot", str(picture), "--write-readme", "--readme", str(readme)]
     data = bench(tmp_path, "--backend", "numpy", *TINY, *args)

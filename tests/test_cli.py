@@ -49,7 +49,7 @@ def test_conformance_on_numpy_passes_and_writes_json(
 
 def test_conformance_with_unknown_backend_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["conformance", "--backend", "nupmy"]) == 2
-    assert "bce: error: no backend named 'nupmy'" in capsys.readouterr().err
+    assert "bce conformance: error: no backend named 'nupmy'" in capsys.readouterr().err
 
 
 def test_version_and_help() -> None:

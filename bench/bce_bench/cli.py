@@ -13,11 +13,13 @@ against size, one line per backend and calling style, as PNG or SVG by the
 file's extension (needs matplotlib). ``--from-json`` reports, plots or writes
 the README from a run saved by ``--json`` instead of timing again.
 
-Exit code 0 when at least one backend was timed; 1 when none could be, when the
-JSON or the picture cannot be written or read, when ``--plot`` lacks
-matplotlib, or when ``--write-readme`` finds no bench markers in the README
-(these are checked before anything is timed); 2 for a bad option, such as a
-``--plot`` name that ends neither in .png nor in .svg.
+Exit code 0 when at least one backend was timed; 1 when none could be, when
+``--plot`` lacks matplotlib, when ``--write-readme`` finds no bench markers in
+the README, when ``--from-json`` names a file that is not a saved run, or when
+a file cannot be written after all; 2 for a bad option: an unknown backend, a
+``--plot`` name that ends neither in .png nor in .svg, a file to write whose
+folder is missing or not writable, a file to read that does not exist. All
+but the last write are checked before anything is timed.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="bce bench")
@@ -37,6 +39,17 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bce_core.cli import (
+    UsageError,
+    check_backend_names,
+    distinct_outputs,
+    input_file,
+    input_problem,
+    output_file,
+    output_problem,
+    run_command,
+)
 
 from .machine import describe, machine_info
 from .options import (
@@ -90,7 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "adaptive, about 0.3 s per variant (5 to 50 rounds) and per overhead pair "
         "(200 to 20,000 rounds)",
     )
-    parser.add_argument("--json", metavar="PATH", help="write every number of the run as JSON")
+    parser.add_argument(
+        "--json", type=output_file, metavar="PATH", help="write every number of the run as JSON"
+    )
     parser.add_argument(
         "--plot",
         type=plot_path,
@@ -100,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--from-json",
+        type=input_file,
         metavar="PATH",
         help="report a run saved by --json instead of timing one (with --plot, "
         "--write-readme); takes no timing option",
@@ -155,7 +171,11 @@ def _console() -> Console:
 
 
 def _check_readme(path: Path) -> str | None:
-    """Why the README cannot take the bench section, or None when it can."""
+    """Why the README cannot take the bench section, or None when it can; raises UsageError
+    when ``--readme`` names no file that can be read and rewritten."""
+    problem = input_problem(str(path)) or output_problem(str(path))
+    if problem is not None:
+        raise UsageError(f"--readme {str(path)!r}: {problem}")
     try:
         replace_section(path.read_text(encoding="utf-8"), "")
     except OSError as exc:
@@ -166,7 +186,13 @@ def _check_readme(path: Path) -> str | None:
 
 
 def _problems_before_timing(args: argparse.Namespace) -> list[str]:
-    """What would make the run fail at its end: found before minutes of timing."""
+    """What would make the run fail at its end: found before minutes of timing.
+
+    A bad command line raises UsageError or UnknownBackendError instead."""
+    check_backend_names(_backends(args))
+    distinct_outputs(
+        json=args.json, plot=args.plot, readme=args.readme if args.write_readme else None
+    )
     problems = []
     if args.from_json:
         given = [
@@ -183,7 +209,7 @@ def _problems_before_timing(args: argparse.Namespace) -> list[str]:
         if given:
             problems.append(f"--from-json reports a saved run: {', '.join(given)} cannot apply")
     if args.plot:
-        from .plot import matplotlib_missing  # imports no matplotlib
+        from .plot import matplotlib_missing  # the module imports no matplotlib
 
         missing = matplotlib_missing()
         if missing is not None:
@@ -247,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_json:
         try:
             result = read_json(args.from_json)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             print(f"bce bench: error: cannot read {args.from_json}: {exc}", file=sys.stderr)
             return 1
         console.print(f"bce bench: the run saved in {args.from_json}", highlight=False)
@@ -271,7 +297,6 @@ def run(args: argparse.Namespace) -> int:
         from .plot import plot_format, write_plot
 
         try:
-            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             drawn = write_plot(result, args.plot, plot_format(args.plot))
         except OSError as exc:
             print(f"bce bench: error: cannot write {args.plot}: {exc}", file=sys.stderr)
@@ -292,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m bce_bench.cli``: the same command without the ``bce`` front end."""
     parser = argparse.ArgumentParser(prog="bce bench")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command(run, parser.parse_args(argv), parser.prog)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+from bce_core.cli import output_file
 from bce_core.spec import FLOAT_DTYPES, closest_name
 
 #: The backends timed by default, when installed, each against its framework's own loss.
@@ -112,7 +113,8 @@ def positive_int(text: str) -> int:
 
 
 def plot_path(text: str) -> str:
-    """A file name for ``--plot``: its extension chooses the format, PNG or SVG.
+    """A file name for ``--plot``: its extension chooses the format, PNG or SVG; its folder
+    must exist and be writable.
 
     >>> plot_path("bench.pdf")
     Traceback (most recent call last):
@@ -124,4 +126,4 @@ def plot_path(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} does not end in .png or .svg (the picture's formats)"
         )
-    return text
+    return output_file(text)

@@ -36,7 +36,6 @@ from .report import RATIO_HEADER, lines
 from .results import BenchResult
 from .units import fmt_size
 
-INSTALL_HINT = "pip install 'bce-core[report]'"
 #: Inches: one panel, and the room of the legend under it.
 PANEL = (6.0, 3.6)
 LEGEND_ROW = 0.22
@@ -46,11 +45,9 @@ EVEN = "1.0: as fast as the framework's own (above: bce-core faster)"
 
 def matplotlib_missing() -> str | None:
     """Why no picture can be drawn (matplotlib not installed), or None when one can."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return f"--plot needs matplotlib ({INSTALL_HINT})"
-    return None
+    from bce_core.cli import missing_module
+
+    return missing_module("--plot", "matplotlib", "report")
 
 
 def plot_format(path: str | Path) -> str:

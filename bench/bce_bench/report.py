@@ -372,5 +372,31 @@ def write_json(result: BenchResult, path: str | Path) -> None:
 
 
 def read_json(path: str | Path) -> BenchResult:
-    """A run written by :func:`write_json`; raises OSError, ValueError or KeyError."""
-    return BenchResult.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+    """A run written by :func:`write_json`; raises OSError, or ValueError for a file that
+    is not one (not JSON, or JSON of another shape).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".json") as saved:
+    ...     _ = saved.write("[1, 2]")
+    ...     saved.flush()
+    ...     read_json(saved.name)
+    Traceback (most recent call last):
+    ...
+    ValueError: not a run saved by bce bench --json (a list)
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    shape = {"command": str, "machine": dict, "config": dict, "backends": list, "skipped": list}
+    if not isinstance(data, dict):
+        raise ValueError(f"not a run saved by bce bench --json (a {type(data).__name__})")
+    for key, kind in shape.items():
+        if key in data and not isinstance(data[key], kind):
+            raise ValueError(
+                f"not a run saved by bce bench --json ({key!r} is a {type(data[key]).__name__}, "
+                f"not a {kind.__name__})"
+            )
+    try:
+        return BenchResult.from_json(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(
+            f"not a run saved by bce bench --json ({type(exc).__name__}: {exc})"
+        ) from None

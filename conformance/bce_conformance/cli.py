@@ -5,7 +5,10 @@
                     [--jobs N]
 
 Exit code 1 when any case fails (or, with --require-device, when no requested
-device is usable), 0 otherwise.
+device is usable), 0 otherwise. The command line is checked before anything
+runs: 2 for a bad option, an unknown backend, or a report that cannot be
+written (its folder missing or not writable, a folder named instead of a file);
+1 when --html lacks matplotlib.
 """
 
 from __future__ import annotations
@@ -16,12 +19,20 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bce_core.cli import (
+    check_backend_names,
+    distinct_outputs,
+    missing_module,
+    output_file,
+    run_command,
+)
 from bce_core.registry import get_registry
 
 from .cases import DTYPES
@@ -55,9 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail, rather than skip, when no requested device is usable",
     )
-    parser.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     parser.add_argument(
-        "--html", metavar="PATH", help="write an HTML report with error-versus-logit plots"
+        "--json", type=output_file, metavar="PATH", help="write the full report as JSON"
+    )
+    parser.add_argument(
+        "--html",
+        type=output_file,
+        metavar="PATH",
+        help="write an HTML report with error-versus-logit plots (needs matplotlib)",
     )
     parser.add_argument(
         "--isolate",
@@ -83,7 +99,7 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(
-            f"--jobs {text!r}: give a whole number of processes, "
+            f"{text!r} is not a number of processes: give a whole number, "
             f"1 or more (this machine has {os.cpu_count()} CPUs)"
         )
     return value
@@ -208,8 +224,35 @@ def _device_failures(report: Report, args: argparse.Namespace) -> list[str]:
     return [f"no usable {args.device} device for {name}" for name in missing]
 
 
+def _check_before_running(args: argparse.Namespace) -> str | None:
+    """Raise UsageError (or UnknownBackendError) for a bad command line; return why the
+    run cannot deliver what was asked, or None: all found before the suite starts."""
+    check_backend_names(args.backend)
+    distinct_outputs(json=args.json, html=args.html)
+    if args.html and not args.worker:  # a worker only measures; its parent draws
+        return missing_module("--html", "matplotlib", "report")
+    return None
+
+
+def _write(path: str, write: Callable[[], None]) -> bool:
+    """Write one report; False, with the reason on stderr, when the file cannot be written
+    after all (its folder, checked before the run, removed since; a full disk)."""
+    try:
+        write()
+    except OSError as exc:
+        print(
+            f"bce conformance: error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``bce conformance``."""
+    problem = _check_before_running(args)
+    if problem is not None:
+        print(f"bce conformance: error: {problem}", file=sys.stderr)
+        return 1
     console = Console(stderr=args.worker)
     profiles: list[ErrorProfile] | None = None
     if (args.isolate or args.jobs > 1) and not args.worker:
@@ -222,15 +265,18 @@ def run(args: argparse.Namespace) -> int:
             data["profiles"] = [p.to_json() for p in _profiles(report)]
         Path(args.json).write_text(json.dumps(data, default=jsonable))
         return 0
+    json_written = html_written = True
     if args.json:
-        write_json(report, args.json)
+        json_written = _write(args.json, lambda: write_json(report, args.json))
     for line in header_lines(report):
         console.print(line, highlight=False, markup=False)
     print_report(report, console)
     if args.html:
-        write_html(report, args.html, _profiles(report) if profiles is None else profiles)
-        console.print(f"wrote {args.html}")
-    if args.json:
+        pictures = _profiles(report) if profiles is None else profiles
+        html_written = _write(args.html, lambda: write_html(report, args.html, pictures))
+        if html_written:
+            console.print(f"wrote {args.html}")
+    if args.json and json_written:
         console.print(f"wrote {args.json}")
     problems = _device_failures(report, args)
     for problem in problems:
@@ -240,14 +286,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     passed = len(report.results) - len(report.failures)
     console.print(f"{passed} passed, {len(report.failures)} failed", highlight=False)
-    return 1 if report.failures or problems else 0
+    return 1 if report.failures or problems or not (json_written and html_written) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bce_conformance.cli``: the same command without the ``bce`` front end."""
     parser = argparse.ArgumentParser(prog="bce conformance")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command(run, parser.parse_args(argv), parser.prog)
 
 
 if __name__ == "__main__":
