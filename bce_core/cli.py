@@ -30,6 +30,7 @@ from rich.table import Table
 
 from . import __version__, available_backends
 from .errors import BackendConflictError, BackendUnavailableError, UnknownBackendError
+from .quiet import quiet_framework_logs
 from .registry import get_registry
 from .spec import SPEC_VERSION
 
@@ -300,5 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bce`` command; returns the exit code."""
+    quiet_framework_logs()
     args = build_parser().parse_args(argv)
     return run_command(args.run, args, getattr(args, "prog", "bce"))

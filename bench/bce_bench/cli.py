@@ -262,7 +262,6 @@ def _picture_link(plot: str, readme: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``bce bench``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ log noise
     console = _console()
     readme = Path(args.readme)
     problems = _problems_before_timing(args)

@@ -33,6 +33,7 @@ from bce_core.cli import (
     output_file,
     run_command,
 )
+from bce_core.quiet import quiet_framework_logs
 from bce_core.registry import get_registry
 
 from .cases import DTYPES
@@ -291,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bce_conformance.cli``: the same command without the ``bce`` front end."""
+    quiet_framework_logs()
     parser = argparse.ArgumentParser(prog="bce conformance")
     add_arguments(parser)
     return run_command(run, parser.parse_args(argv), parser.prog)
