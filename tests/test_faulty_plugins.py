@@ -122,8 +122,18 @@ MALFORMED = [
         "BackendSpec(name='bad', loader='m:B')",
         ["bce_backends", "BackendSpec", "list"],
     ),
-    ("backends_wrong_item", "bce_backends", "['numpy']", ["bce_backends", "'numpy'", "BackendSpec"]),
-    ("commands_wrong_item", "bce_commands", "['hello']", ["bce_commands", "'hello'", "CommandSpec"]),
+    (
+        "backends_wrong_item",
+        "bce_backends",
+        "['numpy']",
+        ["bce_backends", "'numpy'", "BackendSpec"],
+    ),
+    (
+        "commands_wrong_item",
+        "bce_commands",
+        "['hello']",
+        ["bce_commands", "'hello'", "CommandSpec"],
+    ),
     ("commands_not_a_list", "bce_commands", "object", ["bce_commands", "list"]),
     (
         "command_run_not_callable",
@@ -209,7 +219,9 @@ def test_malformed_plugin_is_rejected_and_reported(
     expected: list[str],
 ) -> None:
     make_distribution(
-        "faulty-bce", {"faulty": "faulty_plugin"}, {"faulty_plugin": PLUGIN.format(hook=hook, value=value)}
+        "faulty-bce",
+        {"faulty": "faulty_plugin"},
+        {"faulty_plugin": PLUGIN.format(hook=hook, value=value)},
     )
     errors = [e for e in get_registry().plugin_errors if e.distribution == "faulty-bce"]
     assert len(errors) == 1, get_registry().plugin_errors
@@ -273,7 +285,9 @@ def test_one_bad_spec_does_not_reject_the_good_one_beside_it(make_distribution) 
         " BackendSpec(name='good', loader='bce_numpy.backend:NumpyBackend')]"
     )
     make_distribution(
-        "mixed-bce", {"mixed": "mixed_plugin"}, {"mixed_plugin": PLUGIN.format(hook="bce_backends", value=value)}
+        "mixed-bce",
+        {"mixed": "mixed_plugin"},
+        {"mixed_plugin": PLUGIN.format(hook="bce_backends", value=value)},
     )
     registry = get_registry()
     assert "good" in registry.names() and "bad" not in registry.names()
@@ -350,7 +364,8 @@ def test_a_third_party_cannot_shadow_a_built_in_backend(
     assert "'numpy'" in error.error and CORE_DISTRIBUTION in error.error
     _numpy_still_works()
     assert registry.owner_of(np.ndarray) == "numpy"
-    line = next(l for l in _backends_text(monkeypatch, capsys).splitlines() if "shadow-bce" in l)
+    text = _backends_text(monkeypatch, capsys)
+    line = next(line for line in text.splitlines() if "shadow-bce" in line)
     assert CORE_DISTRIBUTION in line and "numpy" in line
     assert any("shadow-bce" in line for line in _conformance_header())
 
@@ -366,8 +381,12 @@ def bce_backends():
     return [BackendSpec(name="{name}", loader="bce_numpy.backend:NumpyBackend")]
 """
     # zeta is first on sys.path, but alpha sorts first: alpha wins in either order.
-    make_distribution("alpha-bce", {"acme": "alpha_plugin"}, {"alpha_plugin": plugin.format(name="alpha")})
-    make_distribution("zeta-bce", {"acme": "zeta_plugin"}, {"zeta_plugin": plugin.format(name="zeta")})
+    make_distribution(
+        "alpha-bce", {"acme": "alpha_plugin"}, {"alpha_plugin": plugin.format(name="alpha")}
+    )
+    make_distribution(
+        "zeta-bce", {"acme": "zeta_plugin"}, {"zeta_plugin": plugin.format(name="zeta")}
+    )
     registry = get_registry()
     assert "alpha" in registry.names() and "zeta" not in registry.names()
     (error,) = registry.plugin_errors
