@@ -24,7 +24,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	mkdir -p reports
-	$(BIN)/bce backends
+	$(BIN)/bce backends --devices
 	JAX_ENABLE_X64=1 $(BIN)/bce conformance --jobs 2 --json reports/conformance.json \
 		--html reports/conformance.html
 

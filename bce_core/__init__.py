@@ -25,17 +25,21 @@ from .spec import REDUCTIONS, SPEC_VERSION
 __version__ = "0.1.0"
 
 
-def available_backends() -> list[BackendInfo]:
+def available_backends(*, load: bool = True) -> list[BackendInfo]:
     """Every registered backend with its status, version, devices and load error.
 
     Installed backends are loaded (and so their frameworks imported) to report
-    their devices.
+    their devices. With ``load=False`` nothing is imported: installed backends
+    are ``"installed"``, with their framework's version from package metadata.
 
     >>> [info.status for info in available_backends() if info.name == "numpy"]
     ['ok']
+    >>> [info.status for info in available_backends(load=False) if info.name == "numpy"]
+    ['installed']
     """
     registry = get_registry()
-    return [registry.info(name) for name in registry.names()]
+    describe = registry.info if load else registry.describe
+    return [describe(name) for name in registry.names()]
 
 
 __all__ = [

@@ -26,18 +26,56 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from . import __version__, available_backends
 from .errors import BackendConflictError, BackendUnavailableError, UnknownBackendError
 from .quiet import quiet_framework_logs
-from .registry import get_registry
+from .registry import BackendInfo, get_registry
 from .spec import SPEC_VERSION
 
 #: Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
 TRACEBACK_VARIABLE = "BCE_TRACEBACK"
 
-STATUS_STYLE = {"ok": "green", "not installed": "yellow", "failed": "red", "conflict": "red"}
+STATUS_STYLE = {
+    "ok": "green",
+    "installed": "green",
+    "not installed": "yellow",
+    "failed": "red",
+    "conflict": "red",
+}
+
+
+def _load_with_progress(names: Sequence[str]) -> list[BackendInfo]:
+    """Load each backend (importing its framework) to list its devices, showing progress."""
+    registry = get_registry()
+    console = Console(stderr=True)  # stdout stays the table or the JSON
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    infos = []
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as progress:
+        task = progress.add_task("loading backends", total=len(names))
+        for name in names:
+            progress.update(task, description=f"importing {name}")
+            infos.append(registry.info(name))
+            progress.advance(task)
+    return infos
 
 
 class UsageError(ValueError):
@@ -230,8 +268,11 @@ def run_command(
 
 
 def _backends_command(args: argparse.Namespace) -> int:
-    infos = available_backends()
     registry = get_registry()
+    if args.devices:
+        infos = _load_with_progress(registry.names())
+    else:
+        infos = available_backends(load=False)
     if args.json:
         payload = {
             "spec_version": SPEC_VERSION,
@@ -242,28 +283,37 @@ def _backends_command(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     table = Table(title=f"bce-core {__version__} backends (spec {SPEC_VERSION})")
-    for column in ("backend", "status", "version", "devices", "plugin", "detail"):
+    columns = ["backend", "status", "version", "plugin", "detail"]
+    if args.devices:
+        columns.insert(3, "devices")
+    else:
+        table.caption = "--devices: load each framework and list its devices"
+    for column in columns:
         table.add_column(column, overflow="fold")
     for info in infos:
         detail = info.error or ""
         if info.status == "not installed" and info.extra:
             detail = f"pip install 'bce-core[{info.extra}]'"
         style = STATUS_STYLE.get(info.status, "")
-        table.add_row(
+        row = [
             info.name,
             f"[{style}]{info.status}[/]",
             info.version or "",
-            ", ".join(info.devices),
             info.distribution or info.plugin or "",
-            detail,
-        )
+            escape(detail),
+        ]
+        if args.devices:
+            row.insert(3, ", ".join(info.devices))
+        table.add_row(*row)
     console.print(table)
     for error in registry.plugin_errors:
+        # One line per plugin, never wrapped: the message names the field and what it expects.
         console.print(
-            f"[red]plugin {error.plugin!r} ({error.distribution or 'no distribution'}) "
-            f"failed to load:[/] {error.error}",
+            f"[red]broken plugin[/] {error.plugin!r} ({error.distribution or 'no distribution'}): "
+            f"{escape(error.error)}",
             markup=True,
             highlight=False,
+            soft_wrap=True,
         )
     return 0
 
@@ -277,9 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"bce-core {__version__} (spec {SPEC_VERSION})"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    backends = commands.add_parser("backends", help="List registered backends and their status.")
+    backends = commands.add_parser(
+        "backends",
+        help="List registered backends, their framework's version and broken plugins.",
+        description="List registered backends from package metadata, without importing any "
+        "framework, and the plugins that were rejected.",
+    )
     backends.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
-    backends.set_defaults(run=_backends_command, prog=backends.prog)
+    backends.add_argument(
+        "--devices",
+        action="store_true",
+        help="Load each installed backend (importing its framework) and list its devices.",
+    )
+    backends.set_defaults(run=_backends_command)
     for command in get_registry().commands:
         try:
             sub = commands.add_parser(

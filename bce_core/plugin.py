@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
@@ -119,6 +120,108 @@ class CommandSpec:
             return int(importlib.import_module(module).run(args))
 
         return cls(name, help, add_arguments, run)
+
+
+#: Backend, command and extra names: letters, digits, ``_`` and ``-``, not starting with a digit.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+#: A dotted module path (``bce_numpy.backend``) or attribute path.
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_NAME_RULE = "a non-empty identifier-like str (letters, digits, '_' and '-')"
+
+#: Command names the ``bce`` CLI defines itself.
+BUILT_IN_COMMANDS = ("backends",)
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and _NAME.match(value) is not None
+
+
+def _is_dotted(value: object) -> bool:
+    return isinstance(value, str) and _DOTTED.match(value) is not None
+
+
+def _field(name: str, value: object, expected: str) -> str:
+    return f"{name}={value!r} ({type(value).__name__}), expected {expected}"
+
+
+def _tuple_problems(name: str, value: object, ok: Callable[[object], bool], item: str) -> list[str]:
+    if not isinstance(value, tuple):
+        return [_field(name, value, f"a tuple of {item}")]
+    return [
+        _field(f"{name}[{i}]", element, item) for i, element in enumerate(value) if not ok(element)
+    ]
+
+
+def _is_array_type(value: object) -> bool:
+    return (
+        isinstance(value, ArrayType)
+        and _is_dotted(value.module)
+        and (value.name is None or _is_dotted(value.name))
+    )
+
+
+def backend_spec_problems(spec: object) -> list[str]:
+    """What is wrong with a ``BackendSpec`` a plugin returned, one entry per field ([] if none).
+
+    The registry checks every spec with this before using it, so a malformed one is
+    reported and ignored instead of breaking dispatch for every backend.
+
+    >>> backend_spec_problems(BackendSpec(name="mine", loader="my_backend:MyBackend"))
+    []
+    >>> backend_spec_problems(BackendSpec(name="mine", loader="m:B", priority="high"))
+    ["priority='high' (str), expected an int"]
+    """
+    if not isinstance(spec, BackendSpec):
+        return [f"{spec!r} ({type(spec).__name__}) is not a bce_core.plugin.BackendSpec"]
+    problems = []
+    if not _is_name(spec.name):
+        problems.append(_field("name", spec.name, _NAME_RULE))
+    module, _, attribute = (
+        spec.loader.partition(":") if isinstance(spec.loader, str) else ("", "", "")
+    )
+    if not _is_dotted(module) or not (attribute == "" or _is_dotted(attribute)):
+        problems.append(_field("loader", spec.loader, "'module:attribute' (or 'module') as a str"))
+    problems += _tuple_problems(
+        "array_types",
+        spec.array_types,
+        _is_array_type,
+        "ArrayType(module, name) with a dotted module str and a class name str or None",
+    )
+    problems += _tuple_problems("requires", spec.requires, _is_dotted, "module names as str")
+    if spec.extra is not None and not _is_name(spec.extra):
+        problems.append(_field("extra", spec.extra, "a pip extra name as a str or None"))
+    if not isinstance(spec.description, str):
+        problems.append(_field("description", spec.description, "a str"))
+    if isinstance(spec.priority, bool) or not isinstance(spec.priority, int):
+        problems.append(_field("priority", spec.priority, "an int"))
+    return problems
+
+
+def command_spec_problems(spec: object) -> list[str]:
+    """What is wrong with a ``CommandSpec`` a plugin returned, one entry per field ([] if none).
+
+    >>> command_spec_problems(CommandSpec("hello", "Say hello.", print, print))
+    []
+    >>> command_spec_problems(CommandSpec("hello", "Say hello.", print, "run"))
+    ["run='run' (str), expected a callable taking the parsed arguments"]
+    """
+    if not isinstance(spec, CommandSpec):
+        return [f"{spec!r} ({type(spec).__name__}) is not a bce_core.plugin.CommandSpec"]
+    problems = []
+    if not _is_name(spec.name):
+        problems.append(_field("name", spec.name, _NAME_RULE))
+    elif spec.name in BUILT_IN_COMMANDS:
+        problems.append(f"name={spec.name!r} is built in to the bce command; choose another name")
+    if not isinstance(spec.help, str):
+        problems.append(_field("help", spec.help, "a str"))
+    if not callable(spec.add_arguments):
+        problems.append(
+            _field("add_arguments", spec.add_arguments, "a callable taking an ArgumentParser")
+        )
+    if not callable(spec.run):
+        problems.append(_field("run", spec.run, "a callable taking the parsed arguments"))
+    problems += _tuple_problems("aliases", spec.aliases, _is_name, _NAME_RULE)
+    return problems
 
 
 class LogitOptions(TypedDict, total=False):

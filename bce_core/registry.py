@@ -3,8 +3,15 @@
 The registry is built on first use (never at ``import bce_core``) from the
 ``bce`` entry-point group. Each plugin is loaded and asked for its backends in
 isolation: a plugin that fails is recorded with its error and the others keep
-working. Setting ``BCE_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the backends
-shipped with bce-core.
+working. What a hook returns is checked field by field (``backend_spec_problems``,
+``command_spec_problems``): a malformed backend or command is recorded as a
+plugin error and ignored. A backend name that bce-core itself registers can't
+be taken by a third party: the built-in wins and the other is recorded as a
+plugin error, whatever the load order. Entry points load bce-core's first, then
+by distribution name, so when two third parties use one entry-point name the
+first distribution by name wins and the other is recorded. Two third parties
+that register one backend name make it a "conflict" (neither is used). Setting
+``BCE_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the backends shipped with bce-core.
 
 >>> from bce_core.registry import get_registry
 >>> "numpy" in get_registry().names()
@@ -18,13 +25,23 @@ import importlib.metadata
 import importlib.util
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from .errors import BackendConflictError, BackendUnavailableError, UnknownBackendError
-from .plugin import PROJECT, Backend, BackendSpec, BceHookSpecs, CommandSpec, missing_members
+from .plugin import (
+    PROJECT,
+    Backend,
+    BackendSpec,
+    BceHookSpecs,
+    CommandSpec,
+    backend_spec_problems,
+    command_spec_problems,
+    missing_members,
+)
 from .spec import closest_name
 
 #: Environment variable that turns off loading of third-party plugins.
@@ -36,7 +53,8 @@ CORE_DISTRIBUTION = "bce-core"
 
 @dataclass(frozen=True)
 class PluginError:
-    """A plugin that could not be loaded or whose hook raised."""
+    """A plugin that could not be loaded, whose hook raised, or whose hook returned something
+    malformed (what was rejected is named in ``error``; the rest of the plugin is used)."""
 
     plugin: str
     distribution: str | None
@@ -56,7 +74,8 @@ class BackendRecord:
 class BackendInfo:
     """What ``available_backends()`` reports about one backend.
 
-    ``status`` is ``"ok"``, ``"not installed"``, ``"failed"`` or ``"conflict"``.
+    ``status`` is ``"ok"`` (loaded), ``"installed"`` (its framework is installed, not
+    loaded: see ``Registry.describe``), ``"not installed"``, ``"failed"`` or ``"conflict"``.
     """
 
     name: str
@@ -74,7 +93,15 @@ def _autoload_disabled() -> bool:
 
 
 def _short_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    # One line: the error is shown in a table row and in the conformance header.
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}"
+
+
+def _entry_point_order(entry_point: importlib.metadata.EntryPoint) -> tuple[bool, str, str]:
+    # bce-core's own first, then by distribution and name: the same order on every machine.
+    dist = entry_point.dist.name if entry_point.dist is not None else ""
+    return (dist != CORE_DISTRIBUTION, dist, entry_point.name)
 
 
 @dataclass
@@ -93,6 +120,7 @@ class Registry:
     _owner_cache: dict[type, str | None] = field(default_factory=dict)
     #: The loaded backend for calls whose arrays are all of one owned type (see dispatch).
     backend_of_type: dict[type, Backend] = field(default_factory=dict)
+    _module_distributions: Mapping[str, list[str]] | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- building -----------------------------------------------------------
@@ -106,18 +134,26 @@ class Registry:
         manager.add_hookspecs(BceHookSpecs)
         registry = cls()
         distributions: dict[str, str | None] = {}
-        for entry_point in importlib.metadata.entry_points(group=PROJECT):
+        entry_points = importlib.metadata.entry_points(group=PROJECT)
+        for entry_point in sorted(entry_points, key=_entry_point_order):
             dist = entry_point.dist.name if entry_point.dist is not None else None
             if not autoload and dist != CORE_DISTRIBUTION:
                 continue
             if manager.has_plugin(entry_point.name):
-                # Two distributions registering the same plugin name: keep the first.
+                # Two distributions with one entry-point name: the first in that order is kept.
+                kept = distributions.get(entry_point.name)
+                why = (
+                    "a built-in plugin of bce-core"
+                    if kept == CORE_DISTRIBUTION
+                    else "the first distribution by name is kept"
+                )
                 registry.plugin_errors.append(
                     PluginError(
                         entry_point.name,
                         dist,
-                        f"plugin name {entry_point.name!r} is already registered by "
-                        f"{distributions.get(entry_point.name)!r}; this one was skipped",
+                        f"entry point {entry_point.name!r} is already registered by "
+                        f"{kept!r} ({why}); this one, of {dist!r}, is ignored; rename the "
+                        f"entry point",
                     )
                 )
                 continue
@@ -157,27 +193,69 @@ class Registry:
             for impl in getattr(manager.hook, hook_name).get_hookimpls():
                 dist = distributions.get(impl.plugin_name)
                 try:
-                    results = list(impl.function() or ())
+                    returned = impl.function()
                 except Exception as exc:
                     self.plugin_errors.append(
                         PluginError(impl.plugin_name, dist, _short_error(exc))
                     )
                     continue
-                for item in results:
-                    if hook_name == "bce_commands":
-                        self.commands.append(item)
-                    elif isinstance(item, BackendSpec):
-                        self.records.setdefault(item.name, []).append(
-                            BackendRecord(item, impl.plugin_name, dist)
+                self._add_results(hook_name, returned, impl.plugin_name, dist)
+        self._keep_built_in_names()
+
+    def _add_results(self, hook: str, returned: object, plugin: str, dist: str | None) -> None:
+        """Check what one plugin's hook returned; keep the valid items, record the others."""
+        kind = "BackendSpec" if hook == "bce_backends" else "CommandSpec"
+        if returned is None:
+            return
+        if not isinstance(returned, (list, tuple)):
+            self.plugin_errors.append(
+                PluginError(
+                    plugin,
+                    dist,
+                    f"{hook} returned {returned!r} ({type(returned).__name__}), expected a list "
+                    f"of {kind}; the plugin's {hook} is ignored",
+                )
+            )
+            return
+        problems = []
+        for item in returned:
+            if isinstance(item, BackendSpec) and hook == "bce_backends":
+                found = backend_spec_problems(item)
+                if not found:
+                    self.records.setdefault(item.name, []).append(BackendRecord(item, plugin, dist))
+                    continue
+                problems.append(f"backend {item.name!r} ignored: {'; '.join(found)}")
+            elif isinstance(item, CommandSpec) and hook == "bce_commands":
+                found = command_spec_problems(item)
+                if not found:
+                    self.commands.append(item)
+                    continue
+                problems.append(f"command {item.name!r} ignored: {'; '.join(found)}")
+            else:
+                problems.append(
+                    f"returned {item!r} ({type(item).__name__}), which is not a {kind}; ignored"
+                )
+        if problems:
+            self.plugin_errors.append(PluginError(plugin, dist, f"{hook}: {'; '.join(problems)}"))
+
+    def _keep_built_in_names(self) -> None:
+        """A third party's backend under a name bce-core registers is ignored and recorded."""
+        for name, records in self.records.items():
+            built_in = [r for r in records if r.distribution == CORE_DISTRIBUTION]
+            if not built_in or len(records) == 1:
+                continue
+            for record in records:
+                if record.distribution != CORE_DISTRIBUTION:
+                    self.plugin_errors.append(
+                        PluginError(
+                            record.plugin,
+                            record.distribution,
+                            f"bce_backends: backend {name!r} of {record.distribution!r} is "
+                            f"ignored: {name!r} is a built-in backend of {CORE_DISTRIBUTION!r} "
+                            f"(plugin {built_in[0].plugin!r}); register it under another name",
                         )
-                    else:
-                        self.plugin_errors.append(
-                            PluginError(
-                                impl.plugin_name,
-                                dist,
-                                f"bce_backends returned {item!r}, which is not a BackendSpec",
-                            )
-                        )
+                    )
+            self.records[name] = built_in
 
     # -- queries ------------------------------------------------------------
 
@@ -282,16 +360,64 @@ class Registry:
                 return claims[0][2]
         return None
 
-    def info(self, name: str) -> BackendInfo:
-        """Status, version and devices of ``name``; loads it if installed."""
+    def _base_info(self, name: str) -> dict[str, Any]:
         records = self.records.get(name, [])
         first = records[0] if records else None
-        base: dict[str, Any] = dict(
+        return dict(
             name=name,
             extra=first.spec.extra if first else None,
             plugin=first.plugin if first else None,
             distribution=first.distribution if first else None,
         )
+
+    def framework_version(self, name: str) -> str | None:
+        """The installed version of ``name``'s framework, read from package metadata without
+        importing it: the distribution of its first required module (``torch``), or the
+        plugin's own distribution for a backend that requires nothing.
+
+        >>> import importlib.metadata
+        >>> get_registry().framework_version("numpy") == importlib.metadata.version("numpy")
+        True
+        """
+        record = self.record(name)
+        if record.spec.requires:
+            module = record.spec.requires[0].split(".")[0]
+            found = self._module_distributions
+            if found is None:  # one scan of the installed metadata
+                found = self._module_distributions = importlib.metadata.packages_distributions()
+            candidates = [*found.get(module, []), module]
+        else:
+            candidates = [record.distribution] if record.distribution else []
+        for distribution in candidates:
+            try:
+                return importlib.metadata.version(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return None
+
+    def describe(self, name: str) -> BackendInfo:
+        """Status and framework version of ``name`` without loading it or importing its
+        framework: ``"installed"`` when every required module is found, else ``"not
+        installed"`` (or ``"conflict"``). ``info`` loads it and lists its devices.
+
+        >>> get_registry().describe("numpy").status
+        'installed'
+        """
+        base = self._base_info(name)
+        try:
+            self.record(name)
+        except BackendConflictError as exc:
+            return BackendInfo(status="conflict", error=str(exc), **base)
+        missing = self.missing_requirement(name)
+        if missing is not None:
+            return BackendInfo(
+                status="not installed", error=f"needs {missing!r}, which is not installed", **base
+            )
+        return BackendInfo(status="installed", version=self.framework_version(name), **base)
+
+    def info(self, name: str) -> BackendInfo:
+        """Status, version and devices of ``name``; loads it if installed."""
+        base = self._base_info(name)
         try:
             self.record(name)
         except BackendConflictError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -17,9 +18,24 @@ def test_backends_json_lists_every_builtin_backend(capsys: pytest.CaptureFixture
     payload = json.loads(capsys.readouterr().out)
     backends = {b["name"]: b for b in payload["backends"]}
     assert {"numpy", "torch", "tensorflow", "jax"} <= set(backends)
+    # Listed from metadata, without loading: the framework's version, no devices.
+    assert backends["numpy"]["status"] == "installed"
+    assert backends["numpy"]["version"] == importlib.metadata.version("numpy")
+    assert backends["numpy"]["devices"] == []
+    assert backends["numpy"]["distribution"] == "bce-core"
+    assert payload["spec_version"] == "1.0"
+
+
+def test_backends_devices_loads_each_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backends", "--devices", "--json"]) == 0
+    backends = {b["name"]: b for b in json.loads(capsys.readouterr().out)["backends"]}
     assert backends["numpy"]["status"] == "ok"
     assert backends["numpy"]["devices"] == ["cpu"]
-    assert payload["spec_version"] == "1.0"
+    assert backends["numpy"]["version"] == importlib.metadata.version("numpy")
+    for name in ("torch", "tensorflow", "jax"):
+        if backends[name]["status"] != "not installed":
+            assert backends[name]["status"] == "ok", backends[name]
+            assert backends[name]["devices"][0] == "cpu"
 
 
 def test_backends_table_through_python_dash_m() -> None:
@@ -30,7 +46,8 @@ def test_backends_table_through_python_dash_m() -> None:
         check=True,
         env={"COLUMNS": "200", "PATH": ""},
     )
-    assert "numpy" in out.stdout and "ok" in out.stdout
+    numpy_row = next(line for line in out.stdout.splitlines() if " numpy " in line)
+    assert "installed" in numpy_row and "bce-core" in numpy_row
 
 
 def test_conformance_on_numpy_passes_and_writes_json(

@@ -34,3 +34,21 @@ def test_import_does_not_build_the_registry() -> None:
     script = "import bce_core, bce_core.registry as r; print(r._registry is None)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_bce_backends_imports_no_framework() -> None:
+    # The listing comes from metadata; only --devices loads the frameworks.
+    script = f"""
+import contextlib, io, json, sys
+from bce_core.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = main(["backends"])
+print(json.dumps({{"code": code, "out": out.getvalue(),
+                  "imported": sorted(m for m in {FRAMEWORKS!r} if m in sys.modules)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0
+    assert result["imported"] == []
+    assert "torch" in result["out"] and "numpy" in result["out"]

@@ -79,7 +79,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"backend {name}: {info.status} {info.version or ''} devices "
         f"{', '.join(info.devices) or 'none'}" + (f" ({info.error})" if info.error else ""),
     ]
-    lines += [f"plugin {e.plugin} failed to load: {e.error}" for e in get_registry().plugin_errors]
+    lines += [
+        f"broken plugin {e.plugin!r} ({e.distribution or 'no distribution'}): {e.error}"
+        for e in get_registry().plugin_errors
+    ]
     return lines
 
 

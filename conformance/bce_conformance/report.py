@@ -44,7 +44,8 @@ def header_lines(report: Report) -> list[str]:
                 + (f" ({info['error']})" if info["status"] == "failed" else "")
             )
     for error in report.plugin_errors:
-        lines.append(f"  plugin {error['plugin']} failed to load: {error['error']}")
+        where = error.get("distribution") or "no distribution"
+        lines.append(f"  broken plugin {error['plugin']!r} ({where}): {error['error']}")
     return lines
 
 
