@@ -109,7 +109,7 @@ def check_number(argument: str, value: object, example: str) -> float:
         if _real_dtype(value):
             try:  # detached first: torch warns when a tensor that requires grad becomes a float
                 detach = getattr(value, "detach", None)
-                return float(value if detach is None else detach())
+                return float(value if detach is None else detach())  # type: ignore[arg-type]
             except Exception:  # a traced value (jax.jit, tf.function) has no value to read
                 reason = (
                     " (a traced value, inside jax.jit or tf.function, has no value to check: "
