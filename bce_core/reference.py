@@ -124,7 +124,7 @@ def binary_cross_entropy_with_logits(
     >>> float(binary_cross_entropy_with_logits([800.0], [1.0], reduction="sum"))
     0.0
     """
-    options = check_options(label_smoothing=label_smoothing, reduction=reduction)
+    options = check_options(label_smoothing=label_smoothing, reduction=reduction, validate=validate)
     eps, reduction = options.eps, options.reduction
     ops = prepare_operands(
         "logits", logits, targets, weight=weight, pos_weight=pos_weight, mask=mask
@@ -155,7 +155,7 @@ def binary_cross_entropy(
     0.693147
     """
     options = check_options(
-        label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp
+        label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp, validate=validate
     )
     eps, reduction, clamp = options.eps, options.reduction, options.log_clamp
     ops = prepare_operands("probs", probs, targets, weight=weight, pos_weight=pos_weight, mask=mask)
@@ -198,6 +198,7 @@ def value_and_grad(
         wrt=wrt,
         weight=weight,
         pos_weight=pos_weight,
+        validate=validate,
     )
     eps, reduction = options.eps, options.reduction
     ops = prepare_operands(

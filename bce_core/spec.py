@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
+
 #: Version of the specification the backends are held to.
 SPEC_VERSION = "1.0"
 
@@ -65,25 +67,83 @@ def check_reduction(reduction: object) -> str:
     )
 
 
+#: What a numeric option (``label_smoothing``, ``log_clamp``) accepts, for the errors.
+NUMBER_TYPES = "a Python float or int, a NumPy scalar or a 0-d array of a real dtype"
+
+
+def _dtype_name(value: object) -> str:
+    """The name of an array's dtype in any framework (NumPy, torch, TensorFlow, JAX)."""
+    dtype = getattr(value, "dtype", None)
+    return str(getattr(dtype, "name", dtype)).removeprefix("torch.")
+
+
+def _real_dtype(value: object) -> bool:
+    """Whether an array's dtype is real: a float or an integer, not bool or complex."""
+    return _dtype_name(value).startswith(("float", "bfloat", "int", "uint"))
+
+
+def check_number(argument: str, value: object, example: str) -> float:
+    """``value`` as a float when it is a real number, else TypeError naming ``argument``.
+
+    A real number is a Python float or int (not bool), a NumPy scalar or a 0-d array of a
+    real dtype of any framework, converted with ``float()``. Strings, bools, None, complex
+    numbers, arrays of more than 0 dimensions (even with one element) and traced values
+    (inside ``jax.jit`` or ``tf.function``, whose value is unknown) are refused, the same
+    way on every backend. ``example`` is a valid value, for the error's fix.
+
+    >>> check_number("log_clamp", -5, "-100.0")
+    -5.0
+    >>> check_number("log_clamp", "-5", "-100.0")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: log_clamp must be a real number (...), got '-5' of type str; pass a number, ...
+    """
+    kind = value.__class__
+    if kind is float or kind is int:  # the usual call, checked first
+        return float(value)  # type: ignore[arg-type]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)  # subclasses (NumPy's float64 is one)
+    dims = _dims(value)
+    reason = ""
+    if dims == () and not isinstance(value, (str, bytes)):
+        if _real_dtype(value):
+            try:  # detached first: torch warns when a tensor that requires grad becomes a float
+                detach = getattr(value, "detach", None)
+                return float(value if detach is None else detach())  # type: ignore[arg-type]
+            except Exception:  # a traced value (jax.jit, tf.function) has no value to read
+                reason = (
+                    " (a traced value, inside jax.jit or tf.function, has no value to check: "
+                    "pass the number from outside the traced function)"
+                )
+    shown = (
+        repr(value) if dims is None else f"an array of shape {dims} and dtype {_dtype_name(value)}"
+    )
+    hint = " (a one-element array a: float(a.reshape(())))" if dims else ""
+    raise TypeError(
+        f"{argument} must be a real number ({NUMBER_TYPES}), got {shown} of type "
+        f"{kind.__name__}{reason}; pass a number, for example {argument}={example}{hint}."
+    )
+
+
+def _dims(value: object) -> tuple[int | None, ...] | None:
+    """The shape of an array of any framework as a tuple; None for a non-array (or a shape
+    of unknown rank)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "dtype"):
+        return None
+    try:
+        return tuple(value.shape)  # type: ignore[attr-defined]
+    except Exception:  # TensorFlow's shape of unknown rank has no tuple
+        return None
+
+
 def check_label_smoothing(label_smoothing: object) -> float:
-    """Return ``label_smoothing`` as a float in [0, 1], else raise.
+    """Return ``label_smoothing`` as a float in [0, 1] (see :func:`check_number` for the types),
+    else raise TypeError (not a number) or ValueError (outside [0, 1], NaN).
 
     >>> check_label_smoothing(0.1)
     0.1
     """
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        # Accept 0-d numbers of any library (NumPy scalars, 0-d arrays) through float().
-        try:
-            if isinstance(label_smoothing, (str, bytes)):
-                raise TypeError
-            value = float(label_smoothing)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"label_smoothing must be a number in [0, 1], got {label_smoothing!r} "
-                f"of type {type(label_smoothing).__name__}."
-            ) from None
-    else:
-        value = float(label_smoothing)
+    value = check_number("label_smoothing", label_smoothing, "0.1")
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(
             f"label_smoothing={value!r} is outside [0, 1]; pass a value such as 0.0 (off) or 0.1."
@@ -92,21 +152,37 @@ def check_label_smoothing(label_smoothing: object) -> float:
 
 
 def check_log_clamp(log_clamp: object) -> float:
-    """Return ``log_clamp`` as a float that is <= 0 (``-inf`` means no clamp), else raise.
+    """Return ``log_clamp`` as a float that is <= 0 (``-inf`` means no clamp; see
+    :func:`check_number` for the types), else raise TypeError (not a number) or ValueError
+    (positive, NaN).
 
     >>> check_log_clamp(-100)
     -100.0
     """
-    try:
-        value = float(log_clamp)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"log_clamp must be a number <= 0 or -inf, got {log_clamp!r}.") from None
+    value = check_number("log_clamp", log_clamp, "-100.0")
     if math.isnan(value) or value > 0:
         raise ValueError(
             f"log_clamp={value!r} must be <= 0; use -100.0 (PyTorch's clamp) or float('-inf') "
             f"for the exact logarithm."
         )
     return value
+
+
+def check_validate(validate: object) -> bool:
+    """Return ``validate`` as a bool when it is True or False (a Python or NumPy bool), else
+    raise TypeError: a truthy string such as "no" must not switch the data checks on.
+
+    >>> check_validate(False)
+    False
+    """
+    if validate is True or validate is False:
+        return validate
+    if isinstance(validate, np.bool_):
+        return bool(validate)
+    raise TypeError(
+        f"validate must be True or False, got {validate!r} of type {type(validate).__name__}; "
+        f"pass validate=True to check the data, or validate=False."
+    )
 
 
 def check_wrt(wrt: object) -> tuple[tuple[str, ...], bool]:
@@ -259,6 +335,8 @@ class CallOptions(NamedTuple):
     #: Whether the caller passed ``wrt`` as a tuple (then the gradients come back as one).
     wrt_as_tuple: bool = False
     log_clamp: float = DEFAULT_LOG_CLAMP
+    #: Whether to run the data checks (``validate``), as a bool.
+    validate: bool = False
 
 
 def check_options(
@@ -269,21 +347,32 @@ def check_options(
     weight: object = None,
     pos_weight: object = None,
     log_clamp: object = DEFAULT_LOG_CLAMP,
+    validate: object = False,
 ) -> CallOptions:
     """Check every option of one call, in the spec's order, and return them normalised.
 
     ``wrt=None`` means the call computes no gradient; ``weight`` and ``pos_weight``
     are only looked at to check that ``wrt`` names arguments that were passed.
 
-    >>> check_options(label_smoothing=0.1, reduction="sum", wrt=("logits",))
-    CallOptions(eps=0.1, reduction='sum', wrt=('logits',), wrt_as_tuple=True, log_clamp=-100.0)
+    The types each option accepts, the same on every backend and entry point (a wrong type
+    raises TypeError, a wrong value ValueError, each naming the argument and the fix):
+
+    - ``label_smoothing``: a real number in [0, 1] (see :func:`check_number`);
+    - ``log_clamp``: a real number <= 0, or ``float('-inf')`` for no clamp;
+    - ``validate``: True or False (a Python or NumPy bool; no truthy strings or numbers);
+    - ``reduction``: one of :data:`REDUCTIONS` (ValueError otherwise, naming them);
+    - ``wrt``: one of :data:`WRT_NAMES` or a tuple of them (ValueError otherwise).
+
+    >>> check_options(label_smoothing=0.1, reduction="sum", wrt=("logits",)).wrt
+    ('logits',)
     """
     eps = check_label_smoothing(label_smoothing)
     checked_reduction = check_reduction(reduction)
     # The default needs no check; every call that does not set log_clamp passes it.
     clamp = DEFAULT_LOG_CLAMP if log_clamp is DEFAULT_LOG_CLAMP else check_log_clamp(log_clamp)
+    checked_validate = check_validate(validate)
     if wrt is None:
-        return CallOptions(eps, checked_reduction, (), False, clamp)
+        return CallOptions(eps, checked_reduction, (), False, clamp, checked_validate)
     names, as_tuple = check_wrt(wrt)
     check_wrt_given(names, weight=weight, pos_weight=pos_weight)
-    return CallOptions(eps, checked_reduction, names, as_tuple, clamp)
+    return CallOptions(eps, checked_reduction, names, as_tuple, clamp, checked_validate)

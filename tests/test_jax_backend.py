@@ -695,14 +695,29 @@ def chunk_problem(dtype: object, shape: tuple[int, ...]) -> dict:
     )
 
 
+#: label_smoothing=0.1 as the programs' runtime input.
+SMOOTHING = fused.smoothing_input(0.1, np.dtype(np.float32))
+
+
 def by_program(problem: dict, reduction: str, probs: bool = False) -> dict:
     x, y, w, q, mask = (problem[k] for k in ("x", "y", "w", "q", "mask"))
     if probs:
         want = tuple(k.replace("logits", "probs") for k in LOGITS_OUTPUTS if k != "curvature")
         return fused.probs_program(
-            jax.nn.sigmoid(x), y, w, q, mask, eps=0.1, reduction=reduction, clamp=-100.0, want=want
+            jax.nn.sigmoid(x),
+            y,
+            w,
+            q,
+            mask,
+            None,
+            SMOOTHING,
+            reduction=reduction,
+            clamp=-100.0,
+            want=want,
         )
-    return fused.logits_program(x, y, w, q, mask, eps=0.1, reduction=reduction, want=LOGITS_OUTPUTS)
+    return fused.logits_program(
+        x, y, w, q, mask, None, SMOOTHING, reduction=reduction, want=LOGITS_OUTPUTS
+    )
 
 
 @pytest.fixture
@@ -730,7 +745,7 @@ def test_chunked_programs_match_the_whole_array_programs(
     x, y = problem["x"], problem["y"]
     lowered = jax.jit(
         lambda a, b: fused.logits_program(
-            a, b, None, None, None, eps=0.0, reduction=reduction, want=("loss",)
+            a, b, None, None, None, reduction=reduction, want=("loss",)
         )
     ).lower(x, y)
     assert "while" in lowered.as_text()  # the chunk loop is really there
@@ -782,9 +797,7 @@ def test_plain_path_matches_the_compensated_one_whole_and_chunked(
     want = ("loss", "grad:logits", "grad:targets", "curvature")
 
     def run(weight: object) -> dict:
-        return fused.logits_program(
-            x, y, weight, None, None, eps=0.0, reduction=reduction, want=want
-        )
+        return fused.logits_program(x, y, weight, None, None, reduction=reduction, want=want)
 
     compensated, plain = run(jnp.ones(x.shape, jnp.float32)), run(None)
     small_chunks()
@@ -1098,3 +1111,27 @@ def test_dispatch_picks_jax_from_arrays_and_tracers() -> None:
     assert isinstance(grad, jax.Array)
     grad, hess = bce_core.grad_hess(x, np.array([[0.0], [1.0]]))
     assert isinstance(hess, jax.Array) and hess.dtype == jnp.float32
+
+
+def test_a_label_smoothing_schedule_compiles_once() -> None:
+    # label_smoothing and log_clamp are runtime inputs of the programs: a schedule of values
+    # (shapes no other test uses) compiles one program per form, not one per value; a
+    # smoothing of 0 keeps the plain program of its own.
+    rng = np.random.default_rng(25)
+    x = jnp.asarray(rng.uniform(-4, 4, (3, 11)).astype(np.float32))
+    y = jnp.asarray(rng.uniform(0, 1, (3, 11)).astype(np.float32))
+    p = jnp.asarray(rng.uniform(0, 1, (3, 11)).astype(np.float32))
+    schedule = [0.01 * (i + 1) for i in range(20)]
+    with CompiledPrograms() as compiled:
+        for eps in schedule:
+            BACKEND.binary_cross_entropy_with_logits(x, y, label_smoothing=eps)
+            BACKEND.value_and_grad(x, y, label_smoothing=eps, wrt=("logits", "targets"))
+            jax.grad(
+                lambda a, e=eps: BACKEND.binary_cross_entropy_with_logits(a, y, label_smoothing=e)
+            )(x)
+            BACKEND.binary_cross_entropy(p, y, label_smoothing=eps)
+        for clamp in (-100.0, -50.0, -20.0, -10.0, -5.0, -2.0, -1.0, -0.5, 0.0, -np.inf):
+            BACKEND.binary_cross_entropy(p, y, log_clamp=clamp, label_smoothing=0.3)
+    assert compiled.names.count("jit(logits_program)") == 1, compiled.names
+    assert compiled.names.count("jit(probs_program)") == 1, compiled.names
+    assert len(compiled.names) <= 4, compiled.names

@@ -101,7 +101,7 @@ def test_label_smoothing_outside_unit_interval_is_rejected(
 
 
 def test_label_smoothing_must_be_a_number(api: SimpleNamespace) -> None:
-    with pytest.raises(TypeError, match="label_smoothing must be a number"):
+    with pytest.raises(TypeError, match="label_smoothing must be a real number"):
         api.loss([0.0], [1.0], label_smoothing="0.1")
 
 

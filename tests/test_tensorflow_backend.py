@@ -934,3 +934,24 @@ def test_scaled_product_keeps_subnormals_and_zero_factors():
             np.testing.assert_allclose(got, want, rtol=1e-7, atol=smallest)
     zero = scaled_product(tf.constant(saved), tf.constant(np.float32(0.0))).numpy()
     np.testing.assert_array_equal(zero, np.zeros_like(saved))
+
+
+def test_a_label_smoothing_schedule_traces_the_programs_once():
+    # The smoothing constants and the log clamp are runtime inputs of the traced programs:
+    # new values (after a first smoothed call) trace nothing new.
+    rng = np.random.default_rng(38)
+    x = tf.constant((rng.normal(size=(300, 9)) * 3).astype(np.float32))
+    y = tf.constant(rng.random((300, 9)).astype(np.float32))
+    p = tf.sigmoid(x)
+
+    def schedule(values: list[float]) -> None:
+        for eps in values:
+            BACKEND.binary_cross_entropy_with_logits(x, y, label_smoothing=eps)
+            BACKEND.value_and_grad(x, y, label_smoothing=eps)
+        for clamp in (-100.0, -20.0, -5.0, 0.0, -np.inf):
+            BACKEND.binary_cross_entropy(p, y, label_smoothing=values[-1], log_clamp=clamp)
+
+    schedule([0.05])
+    traced = dict(fused._programs)
+    schedule([0.01 * (i + 1) for i in range(20)])
+    assert fused._programs == traced

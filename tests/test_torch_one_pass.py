@@ -248,3 +248,22 @@ def test_threads_share_the_programs_and_agree() -> None:
         thread.join()
     for loss, grad in results:
         assert torch.equal(loss, expected[0]) and torch.equal(grad, expected[1])
+
+
+def test_a_label_smoothing_schedule_compiles_once() -> None:
+    # The compiled one-pass kernel takes the smoothing constants as tensors: a schedule of
+    # values after a first smoothed call makes no new graph.
+    from torch._dynamo.utils import counters
+
+    backend = TorchBackend(one_pass_min_elements=1)
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3000, generator=generator), torch.rand(3000, generator=generator)
+    backend.value_and_grad(x, y, label_smoothing=0.05)
+    backend.binary_cross_entropy_with_logits(x, y, label_smoothing=0.05)
+    graphs = counters["stats"]["unique_graphs"]
+    programs = len(backend._programs._programs)
+    for i in range(20):
+        backend.value_and_grad(x, y, label_smoothing=0.01 * (i + 1))
+        backend.binary_cross_entropy_with_logits(x, y, label_smoothing=0.01 * (i + 1))
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert len(backend._programs._programs) == programs

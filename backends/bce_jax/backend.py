@@ -186,7 +186,9 @@ class JaxBackend:
         reduction: str = "mean",
         validate: bool = False,
     ) -> jax.Array:
-        options = check_options(label_smoothing=label_smoothing, reduction=reduction)
+        options = check_options(
+            label_smoothing=label_smoothing, reduction=reduction, validate=validate
+        )
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         return autodiff.loss(
             fused.LOGITS, *prepared, (("eps", options.eps), ("reduction", options.reduction))
@@ -206,7 +208,10 @@ class JaxBackend:
         validate: bool = False,
     ) -> jax.Array:
         options = check_options(
-            label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            log_clamp=log_clamp,
+            validate=validate,
         )
         prepared = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
         return autodiff.loss(
@@ -234,6 +239,7 @@ class JaxBackend:
             wrt=wrt,
             weight=weight,
             pos_weight=pos_weight,
+            validate=validate,
         )
         prepared = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         # One program per set of names, whatever their order or repetition.
@@ -280,6 +286,7 @@ class JaxBackend:
         and a hashable key of the other ``options``. Validated once here, outside any
         transformation, since validation cannot run on traced values."""
         input_name = "logits" if form == "logits" else "probs"
+        check_options(validate=validate, **options)
         prepared = self._prepare(input_name, inputs, targets, weight, pos_weight, mask, validate)
         arrays = dict(zip((input_name, "targets", "weight", "pos_weight", "mask"), prepared))
         method = (
@@ -335,6 +342,7 @@ class JaxBackend:
             wrt=wrt,
             weight=weight,
             pos_weight=pos_weight,
+            validate=validate,
         ).wrt
         arrays, loss, key = self._differentiable(
             "logits",

@@ -16,7 +16,7 @@ runtime input (``SCALED``).
 
 >>> import jax.numpy as jnp
 >>> out = logits_program(jnp.array([0.0, 0.0], jnp.bfloat16), jnp.array([1.0, 0.0], jnp.bfloat16),
-...                      None, None, None, eps=0.0, reduction="sum", want=("loss",))
+...                      None, None, None, reduction="sum", want=("loss",))
 >>> out["loss"].dtype, float(out["loss"])
 (dtype(bfloat16), 1.3828125)
 """
@@ -24,7 +24,7 @@ runtime input (``SCALED``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bce_core import rules
-from bce_core.compensated import LogitParts
+from bce_core.compensated import LogitParts, Smoothing
 
 from . import chunks, kernels
 from .operands import OPS, PRIMITIVES, working_dtype
@@ -252,7 +252,7 @@ def _gradients(
 
 
 def _logits_outputs(
-    eps: float,
+    eps: kernels.Smooth,
     keys: tuple[str, ...],
     loss: Array | None,
     plan: Plan,
@@ -262,7 +262,7 @@ def _logits_outputs(
     q: Array | None,
 ) -> dict[str, Array]:
     """The outputs ``keys`` of ``logits_program`` on (a chunk of) its operands."""
-    if w is None and q is None and eps == 0.0:
+    if w is None and q is None and kernels.unsmoothed(eps):
         return _plain_logits_outputs(keys, loss, plan, x, y)
     coefficients = kernels.coefficients(y, q, eps)
     parts = LogitParts.of(PRIMITIVES, x)
@@ -289,7 +289,7 @@ def _logits_outputs(
     if "loss" in keys:
         out["loss"] = plan.total(parts.loss(coefficients, w))
     if "curvature" in keys:
-        smoothed, one_minus = rules.smoothed_targets(y, eps)
+        smoothed, one_minus = kernels.smoothed_targets(y, eps)
         c = one_minus + rules.zero_safe(OPS, q, smoothed)
         out["curvature"] = plan.gradient(
             "logits", parts.curvature(kernels.weighted(w, c)), None, loss
@@ -318,7 +318,7 @@ def _plain_logits_outputs(
     return out
 
 
-@partial(jax.jit, static_argnames=("eps", "reduction", "want"))
+@partial(jax.jit, static_argnames=("reduction", "want"))
 def logits_program(
     x: Array,
     y: Array,
@@ -326,8 +326,8 @@ def logits_program(
     q: Array | None,
     mask: Array | None,
     denominator: float | Array | None = None,
+    smoothing: Array | None = None,
     *,
-    eps: float,
     reduction: str,
     want: tuple[str, ...],
 ) -> dict[str, Array]:
@@ -341,7 +341,9 @@ def logits_program(
 
     One exp and one log1p per element serve them all, in one pass over the elements
     (``chunks``). Not differentiable itself: ``autodiff`` gives the loss its derivatives.
-    ``reduction`` may be ``SCALED``, with its runtime ``denominator``.
+    ``reduction`` may be ``SCALED``, with its runtime ``denominator``. Label smoothing is a
+    runtime input too (``smoothing_input``; None for none, which has a program of its own):
+    one compilation serves every eps, so a schedule of values compiles once.
     """
     _check_outputs("logits_program", want, NAMES, curvature=True)
     dtype, work = x.dtype, working_dtype(x.dtype)
@@ -349,11 +351,12 @@ def logits_program(
     plan = Plan.of(
         reduction, x.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
     )
+    eps = 0.0 if smoothing is None else smoothing
     return _evaluate(partial(_logits_outputs, eps), NAMES, operands, plan, want, dtype)
 
 
 def _probs_outputs(
-    eps: float,
+    eps: kernels.Smooth,
     clamp: float | Array,
     keys: tuple[str, ...],
     loss: Array | None,
@@ -388,7 +391,7 @@ def _probs_outputs(
     return out
 
 
-@partial(jax.jit, static_argnames=("eps", "reduction", "want"))
+@partial(jax.jit, static_argnames=("reduction", "want"))
 def probs_program(
     p: Array,
     y: Array,
@@ -396,14 +399,14 @@ def probs_program(
     q: Array | None,
     mask: Array | None,
     denominator: float | Array | None = None,
+    smoothing: Array | None = None,
     *,
-    eps: float,
     reduction: str,
     clamp: float | Array,
     want: tuple[str, ...],
 ) -> dict[str, Array]:
     """``logits_program`` for probabilities (NAMES with "probs" first; no curvature). The log
-    clamp is a runtime value: one compilation serves every clamp."""
+    clamp and the smoothing are runtime values: one compilation serves every clamp and eps."""
     names = ("probs", *NAMES[1:])
     _check_outputs("probs_program", want, names, curvature=False)
     dtype, work = p.dtype, working_dtype(p.dtype)
@@ -411,6 +414,7 @@ def probs_program(
     plan = Plan.of(
         reduction, p.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
     )
+    eps = 0.0 if smoothing is None else smoothing
     return _evaluate(partial(_probs_outputs, eps, clamp), names, operands, plan, want, dtype)
 
 
@@ -489,8 +493,27 @@ def outputs(
             want = everything
     elif not any(isinstance(a, jax.core.Tracer) for a in (x, y, w, q, mask)):
         want = _rounded_up(form, want, everything)
-    runtime = ()
+    denominator = None
     if reduction in SCALED_REDUCTIONS:  # one program for the three, the denominator an input
         kwargs["reduction"] = SCALED
-        runtime = (runtime_denominator(reduction, np.shape(x), masked=mask is not None),)
-    return form.program(x, y, w, q, mask, *runtime, want=want, **kwargs)
+        denominator = runtime_denominator(reduction, np.shape(x), masked=mask is not None)
+    smoothing = smoothing_input(kwargs.pop("eps"), working_dtype(x.dtype))
+    return form.program(x, y, w, q, mask, denominator, smoothing, want=want, **kwargs)
+
+
+@lru_cache(maxsize=256)
+def _smoothing_values(eps: float, dtype: str) -> np.ndarray:
+    values = np.asarray(Smoothing.values(eps, np.dtype(dtype)), dtype)
+    values.flags.writeable = False  # shared by every call with this eps
+    return values
+
+
+def smoothing_input(eps: float, dtype: np.dtype[Any]) -> np.ndarray | None:
+    """The runtime input of a program for label smoothing ``eps`` in the working ``dtype``:
+    ``Smoothing.values`` (1 - eps and eps / 2 as pairs, exact as compiled-in constants are),
+    or None for no smoothing. Made once per value (the exact constants take Fractions).
+
+    >>> smoothing_input(0.5, np.dtype(np.float32)).tolist(), smoothing_input(0.0, np.float32)
+    ([0.5, 0.0, 0.25, 0.0], None)
+    """
+    return None if eps == 0.0 else _smoothing_values(float(eps), np.dtype(dtype).name)

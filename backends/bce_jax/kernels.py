@@ -97,6 +97,34 @@ class PlainParts(NamedTuple):
         return weighted(c, r * (self.e * r))
 
 
+#: Label smoothing as the element math takes it: the caller's eps as a float (0.0 for none),
+#: or inside a program its constants as a runtime array (``Smoothing.values``: 1 - eps and
+#: eps / 2, each as a pair), so that one compilation serves every eps.
+Smooth = float | Array
+
+
+def unsmoothed(eps: Smooth) -> bool:
+    """Whether ``eps`` is no smoothing at all (a runtime array never is).
+
+    >>> unsmoothed(0.0), unsmoothed(jnp.zeros(4))
+    (True, False)
+    """
+    return isinstance(eps, float) and eps == 0.0
+
+
+def smoothed_targets(y: Array, eps: Smooth) -> tuple[Array, Array]:
+    """``rules.smoothed_targets`` for a float or a runtime ``eps`` (its rounded constants)."""
+    if isinstance(eps, float):
+        return rules.smoothed_targets(y, eps)
+    keep, half = eps[0], eps[2]
+    return rules.smoothed_targets(y, None, affine=lambda v: v * keep + half)
+
+
+def target_slope(eps: Smooth) -> float | Array:
+    """``rules.smoothed_target_slope`` (1 - eps, rounded) for a float or a runtime ``eps``."""
+    return rules.smoothed_target_slope(eps) if isinstance(eps, float) else eps[0]
+
+
 def weighted(w: Array | None, value: Array) -> Array:
     """w * value under the zero-coefficient rule (w None means 1)."""
     return rules.zero_safe(OPS, w, value)
@@ -109,16 +137,16 @@ def logit_partial(
     y: Array,
     w: Array | None,
     q: Array | None,
-    eps: float,
+    eps: Smooth,
 ) -> Array:
     """d(element loss)/d(name) for targets, weight (the bracket) and pos_weight, from the
     softpluses (softplus(x), softplus(-x))."""
     sp_pos, sp_neg = softpluses
-    smoothed, one_minus = rules.smoothed_targets(y, eps)
+    smoothed, one_minus = smoothed_targets(y, eps)
     if name == "targets":
         # w (1 - eps) [q softplus(-x) - softplus(x)], exactly -x when q = 1.
         diff = -x if q is None else rules.zero_safe(OPS, q, sp_neg) - sp_pos
-        return weighted(w, rules.zero_safe(OPS, rules.smoothed_target_slope(eps), diff))
+        return weighted(w, rules.zero_safe(OPS, target_slope(eps), diff))
     if name == "weight":
         b = rules.zero_safe(OPS, q, smoothed)
         return rules.zero_safe(OPS, one_minus, sp_pos) + rules.zero_safe(OPS, b, sp_neg)
@@ -140,28 +168,28 @@ def probs_bracket(log_p: Array, log_1mp: Array, one_minus: Array, b: Array) -> A
 
 
 def probs_partial(
-    name: str, logs: tuple[Array, Array], y: Array, w: Array | None, q: Array | None, eps: float
+    name: str, logs: tuple[Array, Array], y: Array, w: Array | None, q: Array | None, eps: Smooth
 ) -> Array:
     """d(element loss)/d(name) for targets, weight (the bracket) and pos_weight, from the
     clamped logs (max(log p, c), max(log1p(-p), c))."""
     log_p, log_1mp = logs
-    smoothed, one_minus = rules.smoothed_targets(y, eps)
+    smoothed, one_minus = smoothed_targets(y, eps)
     if name == "targets":
         # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
         diff = log_1mp - rules.zero_safe(OPS, q, log_p)
-        return weighted(w, rules.zero_safe(OPS, rules.smoothed_target_slope(eps), diff))
+        return weighted(w, rules.zero_safe(OPS, target_slope(eps), diff))
     if name == "weight":
         return probs_bracket(log_p, log_1mp, one_minus, rules.times(q, smoothed))
     return weighted(w, rules.zero_safe(OPS, smoothed, -log_p))  # pos_weight
 
 
-def probs_slope(p: Array, y: Array, w: Array | None, q: Array | None, eps: float) -> Array:
+def probs_slope(p: Array, y: Array, w: Array | None, q: Array | None, eps: Smooth) -> Array:
     """The spec's d loss / dp = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12).
 
     >>> float(probs_slope(jnp.float32(0.5), jnp.float32(1.0), None, None, 0.0))
     -2.0
     """
-    smoothed, one_minus = rules.smoothed_targets(y, eps)
+    smoothed, one_minus = smoothed_targets(y, eps)
     b = rules.times(q, smoothed)
     floor = jnp.asarray(PROBS_GRAD_EPS, p.dtype)
     slope = (p * (one_minus + b) - b) / jnp.maximum(p * (1 - p), floor)
@@ -169,8 +197,10 @@ def probs_slope(p: Array, y: Array, w: Array | None, q: Array | None, eps: float
     return jnp.where((p >= 0) & (p <= 1), weighted(w, slope), jnp.nan)
 
 
-def coefficients(y: Array, q: Array | None, eps: float) -> Coefficients:
+def coefficients(y: Array, q: Array | None, eps: Smooth) -> Coefficients:
     """The core's compensated coefficients of targets ``y``, pos_weight ``q`` and label
-    smoothing ``eps``, the smoothing constants compiled into the program."""
+    smoothing ``eps`` (a float: constants compiled into the program; else runtime values)."""
+    if not isinstance(eps, float):
+        return Coefficients.of(PRIMITIVES, y, q, Smoothing.of(eps))
     smoothing = None if eps == 0.0 else Smoothing.opaque(PRIMITIVES, eps, PRIMITIVES.dtype(y))
     return Coefficients.of(PRIMITIVES, y, q, smoothing)

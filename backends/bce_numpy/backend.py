@@ -182,11 +182,13 @@ class NumpyBackend(FrameworkLossBackend):
     ) -> np.ndarray:
         """The loss from logits: the lean pass for the common call (``lean``), else one blocked
         pass (``fused``)."""
-        if not validate and _lean_arrays(logits, targets, weight, pos_weight, mask):
+        if validate is False and _lean_arrays(logits, targets, weight, pos_weight, mask):
             eps = _quick_eps(label_smoothing, reduction)
             if eps is not None:
                 return lean.lean_logits(logits, targets, eps, reduction, want_grad=False)[0]
-        options = check_options(label_smoothing=label_smoothing, reduction=reduction)
+        options = check_options(
+            label_smoothing=label_smoothing, reduction=reduction, validate=validate
+        )
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         if _lean(ops):
             return lean.lean_logits(
@@ -211,7 +213,10 @@ class NumpyBackend(FrameworkLossBackend):
     ) -> np.ndarray:
         """The loss from probabilities, on whole float64 arrays."""
         options = check_options(
-            label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            log_clamp=log_clamp,
+            validate=validate,
         )
         ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
         p, yp, one_minus_yp, w, q = _working(ops, options.eps)
@@ -245,7 +250,7 @@ class NumpyBackend(FrameworkLossBackend):
         if (
             wrt.__class__ is str
             and wrt == "logits"
-            and not validate
+            and validate is False
             and _lean_arrays(logits, targets, weight, pos_weight, mask)
         ):
             eps = _quick_eps(label_smoothing, reduction)
@@ -257,6 +262,7 @@ class NumpyBackend(FrameworkLossBackend):
             wrt=wrt,
             weight=weight,
             pos_weight=pos_weight,
+            validate=validate,
         )
         eps, reduction, names = options.eps, options.reduction, options.wrt
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)

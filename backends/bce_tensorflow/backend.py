@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 #: The options of a tape that ``spec.check_options`` checks (the others are operands).
-_OPTIONS = ("label_smoothing", "reduction", "log_clamp")
+_OPTIONS = ("label_smoothing", "reduction", "log_clamp", "validate")
 
 
 @functools.cache
@@ -157,7 +157,7 @@ class TensorFlowBackend:
         reduction: str = "mean",
         validate: bool = False,
     ) -> tf.Tensor:
-        o = check_options(label_smoothing=label_smoothing, reduction=reduction)
+        o = check_options(label_smoothing=label_smoothing, reduction=reduction, validate=validate)
         ops = self._operands("logits", logits, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):
             return autodiff.logits_loss(ops, eps=o.eps, reduction=o.reduction)
@@ -176,7 +176,12 @@ class TensorFlowBackend:
         log_clamp: float = DEFAULT_LOG_CLAMP,
         validate: bool = False,
     ) -> tf.Tensor:
-        o = check_options(label_smoothing=label_smoothing, reduction=reduction, log_clamp=log_clamp)
+        o = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            log_clamp=log_clamp,
+            validate=validate,
+        )
         ops = self._operands("probs", probs, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):
             return autodiff.probs_loss(ops, eps=o.eps, reduction=o.reduction, clamp=o.log_clamp)
@@ -201,6 +206,7 @@ class TensorFlowBackend:
             wrt=wrt,
             weight=weight,
             pos_weight=pos_weight,
+            validate=validate,
         )
         ops = self._operands("logits", logits, targets, weight, pos_weight, mask, validate)
         with on_device_of(ops.inputs):

@@ -40,14 +40,7 @@ from bce_core.rules import (
     reduction_gradients,
     smoothed_targets,
 )
-from bce_core.spec import (
-    DEFAULT_LOG_CLAMP,
-    check_label_smoothing,
-    check_log_clamp,
-    check_reduction,
-    check_wrt,
-    check_wrt_given,
-)
+from bce_core.spec import DEFAULT_LOG_CLAMP, check_options, check_wrt, check_wrt_given
 
 from .autodiff import (
     as_tensors,
@@ -236,8 +229,10 @@ class TorchBackend:
         reduction: str = "mean",
         validate: bool = False,
     ) -> torch.Tensor:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
+        options = check_options(
+            label_smoothing=label_smoothing, reduction=reduction, validate=validate
+        )
+        eps, reduction = options.eps, options.reduction
         # The lean path on the caller's tensors when they fit it as they are, else on the
         # converted operands: the same values take the same path whatever their types.
         lean = self._lean_applies(
@@ -345,9 +340,13 @@ class TorchBackend:
         log_clamp: float = DEFAULT_LOG_CLAMP,
         validate: bool = False,
     ) -> torch.Tensor:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        clamp = check_log_clamp(log_clamp)
+        options = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            log_clamp=log_clamp,
+            validate=validate,
+        )
+        eps, reduction, clamp = options.eps, options.reduction, options.log_clamp
         ops = self._prepare("probs", probs, targets, weight, pos_weight, mask, validate)
         p, y, w, q, keep = _working(ops)
         if keep is not None:
@@ -369,10 +368,16 @@ class TorchBackend:
         validate: bool = False,
         wrt: str | tuple[str, ...] = "logits",
     ) -> tuple[torch.Tensor, Any]:
-        eps = check_label_smoothing(label_smoothing)
-        reduction = check_reduction(reduction)
-        names, as_tuple = check_wrt(wrt)
-        check_wrt_given(names, weight=weight, pos_weight=pos_weight)
+        options = check_options(
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            wrt=wrt,
+            weight=weight,
+            pos_weight=pos_weight,
+            validate=validate,
+        )
+        eps, reduction = options.eps, options.reduction
+        names, as_tuple = options.wrt, options.wrt_as_tuple
         lean = names == ("logits",) and self._lean_applies(
             logits, targets, weight, pos_weight, mask, validate, eps, reduction
         )
