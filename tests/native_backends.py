@@ -24,14 +24,7 @@ from bce_core.plugin import Backend
 BACKEND_FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
 #: Where a backend disagrees with the specification today, by (test function, backend): what
 #: differs. Those tests are marked xfail(strict=True), so a fix shows up as a failure here.
-KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    (
-        "test_without_validation_bad_probabilities_give_nan",
-        "jax",
-    ): "a probability outside [0, 1] gives a finite loss where the other term's coefficient "
-    "is 0 (p=1.5, y=1 gives -0.405 and p=-0.5, y=0 too), not NaN as the spec and every "
-    "other backend"
-}
+KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}
 #: The operands a call converts to native arrays.
 OPERANDS = ("logits", "probs", "targets", "weight", "pos_weight", "mask")
 

@@ -267,6 +267,57 @@ def test_half_precision_is_computed_wider_and_rounded_once(backend: Backend, dty
     assert float(ulps(total, expected_total, np_dtype)) <= 1.0
 
 
+# -- subnormal probabilities -----------------------------------------------------------------
+
+
+def subnormal_probs(dtype: np.dtype) -> np.ndarray:
+    """The smallest and the largest positive subnormal of the working dtype (float32 for the
+    half dtypes, whose own subnormals are normal there), one between, and their negatives."""
+    work = np.dtype(np.float64 if dtype == np.float64 else np.float32)
+    info = np.finfo(work)
+    tiny, largest = float(info.smallest_subnormal), float(np.nextafter(info.tiny, 0, dtype=work))
+    if dtype.itemsize == 2 and dtype.name == "float16":
+        info16 = np.finfo(np.float16)  # float16's own subnormals
+        tiny, largest = float(info16.smallest_subnormal), float(np.nextafter(info16.tiny, 0))
+    between = float(np.sqrt(tiny * largest))
+    return np.array([tiny, between, largest, between, between, -between, -tiny]).astype(dtype)
+
+
+def assert_within(got: Any, exact: np.ndarray, dtype: np.dtype, k: float, what: str) -> None:
+    """``got`` within ``k`` ULP of ``exact`` (the same infinity or NaN where it is one); 0 is
+    also right where the exact value is below the smallest normal number."""
+    got, exact = as_float64(got), np.asarray(exact, np.float64)
+    smallest_normal = float((ml_dtypes.finfo if ml_dtypes else np.finfo)(dtype).tiny)
+    with np.errstate(over="ignore"):  # an exact value beyond the dtype's range is inf there
+        rounded = exact.astype(dtype).astype(np.float64)
+    special = ~np.isfinite(rounded)
+    np.testing.assert_array_equal(got[special], rounded[special], err_msg=what)
+    flushed = (np.abs(exact) < smallest_normal) & (got == 0)
+    error = ulps(got[~special], exact[~special], dtype)
+    error[flushed[~special]] = 0.0
+    assert error.max(initial=0.0) <= k, f"{what}: {error.max():.2f} ULP at {exact[~special]}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormal_probabilities_have_exact_logarithms(backend: Backend, dtype: str) -> None:
+    """log p of a subnormal p is exact at every clamp (XLA and TensorFlow on the CPU read
+    subnormal inputs as 0), and so is d loss / d p; a negative subnormal is outside [0, 1]."""
+    np_dtype = numpy_dtype(dtype)
+    p = subnormal_probs(np_dtype)
+    y = np.array([1.0, 1.0, 1.0, 0.0, 0.5, 1.0, 0.0]).astype(np_dtype)
+    k = 1.0 if dtype in HALF else 4.0
+    np_p, np_y = backend.asarray(p), backend.asarray(y)
+    for clamp in (-100.0, -200.0, -np.inf):
+        what = f"{backend.name} {dtype} log_clamp={clamp}"
+        expected = reference.binary_cross_entropy(p, y, reduction="none", log_clamp=clamp)
+        got = backend.binary_cross_entropy(np_p, np_y, reduction="none", log_clamp=clamp)
+        assert_within(backend.to_numpy(got), expected, np_dtype, k, f"{what} loss")
+        if isinstance(backend, AutodiffBackend):
+            _, grad = backend.autodiff_probs_grad(np_p, np_y, reduction="sum", log_clamp=clamp)
+            expected_grad = reference.probs_grad(p, y)
+            assert_within(backend.to_numpy(grad), expected_grad, np_dtype, k, f"{what} d/dp")
+
+
 # -- errors: the same type and the same words everywhere -------------------------------------
 
 

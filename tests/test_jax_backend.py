@@ -664,6 +664,46 @@ def test_probability_form_and_its_autodiff_match_the_reference() -> None:
     assert np.isnan(host(outside)).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=["float32", "bfloat16"])
+def test_subnormal_and_outside_probabilities_under_jit_and_grad(dtype) -> None:
+    """log p of a subnormal p exact (XLA reads a subnormal operand as 0), and NaN for p outside
+    [0, 1] (a negative subnormal too), eagerly, under jit, through grad and value_and_grad."""
+    p = np.array([1e-40, 1e-40, 1e-40, 1.1, -0.1, 1.5, -1e-40, 0.5]).astype(dtype)
+    y = np.array([1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 0.0, 1.0]).astype(dtype)
+    exact = reference.binary_cross_entropy(p, y, reduction="none", log_clamp=-np.inf)
+    slope = reference.probs_grad(p, y)
+    nan = np.isnan(exact)
+    assert nan.tolist() == [False] * 3 + [True] * 4 + [False]
+    rtol = 1e-6 if dtype == np.float32 else 4e-3
+    for clamp in (-100.0, -np.inf):
+
+        def total(v, clamp=clamp):
+            return BACKEND.binary_cross_entropy(
+                v, jnp.asarray(y), reduction="none", log_clamp=clamp
+            )
+
+        def summed(v, clamp=clamp):
+            return BACKEND.binary_cross_entropy(v, jnp.asarray(y), reduction="sum", log_clamp=clamp)
+
+        for losses in (total(jnp.asarray(p)), jax.jit(total)(jnp.asarray(p))):
+            got = host(losses).astype(np.float64)
+            assert np.isnan(got[nan]).all()
+            np.testing.assert_allclose(got[~nan], exact[~nan], rtol=rtol, atol=1e-38)
+        grads = [
+            jax.grad(summed)(jnp.asarray(p)),
+            jax.jit(jax.grad(summed))(jnp.asarray(p)),
+            jax.jit(jax.value_and_grad(summed))(jnp.asarray(p))[1],
+            BACKEND.autodiff_probs_grad(jnp.asarray(p), y, reduction="sum", log_clamp=clamp)[1],
+            BACKEND.autodiff_probs_grad(
+                jnp.asarray(p), y, reduction="sum", log_clamp=clamp, compiled=True
+            )[1],
+        ]
+        for grad in grads:
+            got = host(grad).astype(np.float64)
+            assert np.isnan(got[nan]).all()
+            np.testing.assert_allclose(got[~nan], slope[~nan], rtol=rtol)
+
+
 # -- large inputs, a chunk of rows at a time (CPU) -----------------------------------------
 
 

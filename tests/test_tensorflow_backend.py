@@ -407,6 +407,49 @@ def test_probability_form_matches_reference(dtype, compiled):
     close(grad, reference.probs_grad(p, y, **options), DTYPE_NAMES[dtype])
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16], ids=["float32", "bfloat16"])
+def test_subnormal_and_outside_probabilities_in_every_mode(dtype) -> None:
+    """log p of a subnormal p exact (TensorFlow reads a subnormal operand as 0), and NaN for p
+    outside [0, 1] (a negative subnormal too): eagerly, in tf.function with and without XLA,
+    through a tape and through autodiff_probs_grad."""
+    # Built on the host: TensorFlow's own casts flush subnormal results to 0.
+    p = tf.constant(
+        np.array([1e-40, 1e-40, 1e-40, 1.1, -0.1, 1.5, -1e-40, 0.5]).astype(dtype.as_numpy_dtype)
+    )
+    y = tf.constant(np.array([1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 0.0, 1.0]).astype(dtype.as_numpy_dtype))
+    host_p, host_y = (BACKEND.to_numpy(v).astype(np.float64) for v in (p, y))
+    exact = reference.binary_cross_entropy(host_p, host_y, reduction="none", log_clamp=-np.inf)
+    slope = reference.probs_grad(host_p, host_y)
+    nan = np.isnan(exact)
+    assert nan.tolist() == [False] * 3 + [True] * 4 + [False]
+    rtol = 1e-6 if dtype == tf.float32 else 4e-3
+    for clamp in (-100.0, -np.inf):
+
+        def loss_and_grad(v, clamp=clamp):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                losses = BACKEND.binary_cross_entropy(v, y, reduction="none", log_clamp=clamp)
+            return losses, tape.gradient(tf.reduce_sum(losses), v)
+
+        runs = [
+            loss_and_grad(p),
+            tf.function(loss_and_grad, autograph=False)(p),
+            tf.function(loss_and_grad, autograph=False, jit_compile=True)(p),
+        ]
+        for compiled in (False, True):
+            _, grad = BACKEND.autodiff_probs_grad(
+                p, y, reduction="sum", log_clamp=clamp, compiled=compiled
+            )
+            runs.append((None, grad))
+        for losses, grad in runs:
+            for got, want in ((losses, exact), (grad, slope)):
+                if got is None:
+                    continue
+                got = BACKEND.to_numpy(got).astype(np.float64)
+                assert np.isnan(got[nan]).all()
+                np.testing.assert_allclose(got[~nan], want[~nan], rtol=rtol, atol=1e-38)
+
+
 # -- half precision ------------------------------------------------------------------------
 
 

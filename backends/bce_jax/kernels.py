@@ -12,17 +12,19 @@ here once, in terms of the two softpluses (logits) or the two clamped logs
 JAX's autodiff (``autodiff``) alike.
 
 >>> import jax.numpy as jnp
->>> log_p, log_1mp = probs_logs(jnp.float32(0.5), -100.0)
->>> round(float(probs_bracket(log_p, log_1mp, jnp.float32(0.5), jnp.float32(0.5))), 6)
+>>> logs = probs_logs(jnp.float32(0.5), -100.0)
+>>> round(float(probs_bracket(logs, jnp.float32(0.5), jnp.float32(0.5))), 6)
 0.693147
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bce_core import rules
 from bce_core.compensated import Coefficients, Smoothing
@@ -156,30 +158,92 @@ def logit_partial(
 # -- the probability form -------------------------------------------------------------------
 
 
-def probs_logs(p: Array, clamp: float | Array) -> tuple[Array, Array]:
-    """(max(log p, clamp), max(log1p(-p), clamp)); NaN stays NaN (p outside [0, 1])."""
+class UnitInterval(NamedTuple):
+    """A probability read from its bits, so that subnormal values count: XLA on the CPU reads
+    a subnormal operand of an arithmetic operation or comparison as 0, which would turn
+    log(1e-40) into -inf and let -1e-40 pass as inside [0, 1]. Integer operations on the
+    bits see every value as it is.
+
+    ``scaled`` is p, except p * 2**k for a positive subnormal p (k = the mantissa's bits + 1),
+    a normal number: ``scale`` is 2**k there and 1 elsewhere, ``shift`` is k log 2 there and 0
+    elsewhere. On normal numbers they change nothing: the common path keeps its roundings.
+
+    >>> parts = UnitInterval.of(jnp.array([1e-40, 0.5, -1e-40, 1.5], jnp.float32))
+    >>> [bool(v) for v in parts.valid]
+    [True, True, False, False]
+    >>> round(float(parts.log()[0]), 4)
+    -92.1034
+    """
+
+    p: Array
+    valid: Array  # 0 <= p <= 1 (-0 included, NaN not)
+    scaled: Array
+    scale: Array
+    shift: Array
+
+    @classmethod
+    def of(cls, p: Array) -> UnitInterval:
+        info = jnp.finfo(p.dtype)
+        signed = jnp.int32 if info.bits == 32 else jnp.int64
+        bits = jax.lax.bitcast_convert_type(p, signed)
+        one = np.asarray(1.0, p.dtype).view(signed)  # positive floats order as their bits
+        negative_zero = np.asarray(-0.0, p.dtype).view(signed)
+        valid = ((bits >= 0) & (bits <= one)) | (bits == negative_zero)
+        subnormal = (bits > 0) & (bits < (1 << info.nmant))
+        k = info.nmant + 1
+        # A subnormal is its bits (the mantissa) times the smallest subnormal 2**(minexp - nmant);
+        # the integer converts exactly, and times 2**(minexp + 1) it is normal.
+        lifted = bits.astype(p.dtype) * jnp.asarray(2.0 ** (info.minexp + 1), p.dtype)
+        return cls(
+            p,
+            valid,
+            jnp.where(subnormal, lifted, p),
+            jnp.where(subnormal, jnp.asarray(2.0**k, p.dtype), jnp.asarray(1.0, p.dtype)),
+            # k log 2 rounded once is within 1/8 ULP of log p at these magnitudes.
+            jnp.where(subnormal, jnp.asarray(k * math.log(2.0), p.dtype), jnp.asarray(0, p.dtype)),
+        )
+
+    def log(self) -> Array:
+        """log p, exact for subnormal p; NaN for p < 0."""
+        return jnp.log(self.scaled) - self.shift
+
+
+class ProbsLogs(NamedTuple):
+    """The clamped logs (max(log p, c), max(log1p(-p), c)) and whether p is in [0, 1]."""
+
+    log_p: Array
+    log_1mp: Array
+    valid: Array
+
+
+def probs_logs(p: Array, clamp: float | Array) -> ProbsLogs:
+    """(max(log p, clamp), max(log1p(-p), clamp), 0 <= p <= 1), log p exact for subnormal p.
+    log1p(-p) of a subnormal p is below the smallest normal number (it may be 0)."""
     c = jnp.asarray(clamp, p.dtype)
-    return jnp.maximum(jnp.log(p), c), jnp.maximum(jnp.log1p(-p), c)
+    parts = UnitInterval.of(p)
+    return ProbsLogs(jnp.maximum(parts.log(), c), jnp.maximum(jnp.log1p(-p), c), parts.valid)
 
 
-def probs_bracket(log_p: Array, log_1mp: Array, one_minus: Array, b: Array) -> Array:
-    """-[q y' max(log p, c) + (1 - y') max(log1p(-p), c)] with b = q y'."""
-    return -(rules.zero_safe(OPS, b, log_p) + rules.zero_safe(OPS, one_minus, log_1mp))
+def probs_bracket(logs: ProbsLogs, one_minus: Array, b: Array) -> Array:
+    """-[q y' max(log p, c) + (1 - y') max(log1p(-p), c)] with b = q y'; NaN where p is
+    outside [0, 1], even where its term's coefficient is 0."""
+    bracket = -(rules.zero_safe(OPS, b, logs.log_p) + rules.zero_safe(OPS, one_minus, logs.log_1mp))
+    return jnp.where(logs.valid, bracket, jnp.nan)
 
 
 def probs_partial(
-    name: str, logs: tuple[Array, Array], y: Array, w: Array | None, q: Array | None, eps: Smooth
+    name: str, logs: ProbsLogs, y: Array, w: Array | None, q: Array | None, eps: Smooth
 ) -> Array:
     """d(element loss)/d(name) for targets, weight (the bracket) and pos_weight, from the
     clamped logs (max(log p, c), max(log1p(-p), c))."""
-    log_p, log_1mp = logs
+    log_p, log_1mp = logs.log_p, logs.log_1mp
     smoothed, one_minus = smoothed_targets(y, eps)
     if name == "targets":
         # w (1 - eps) [max(log1p(-p), c) - q max(log p, c)]
         diff = log_1mp - rules.zero_safe(OPS, q, log_p)
         return weighted(w, rules.zero_safe(OPS, target_slope(eps), diff))
     if name == "weight":
-        return probs_bracket(log_p, log_1mp, one_minus, rules.times(q, smoothed))
+        return probs_bracket(logs, one_minus, rules.times(q, smoothed))
     return weighted(w, rules.zero_safe(OPS, smoothed, -log_p))  # pos_weight
 
 
@@ -192,9 +256,13 @@ def probs_slope(p: Array, y: Array, w: Array | None, q: Array | None, eps: Smoot
     smoothed, one_minus = smoothed_targets(y, eps)
     b = rules.times(q, smoothed)
     floor = jnp.asarray(PROBS_GRAD_EPS, p.dtype)
-    slope = (p * (one_minus + b) - b) / jnp.maximum(p * (1 - p), floor)
+    # Numerator and denominator times the same power of 2 for a subnormal p (read as 0 in
+    # p (1 - y'), where p / floor is normal); times 1 elsewhere.
+    parts = UnitInterval.of(p)
+    numerator = parts.scaled * (one_minus + b) - b * parts.scale
+    slope = numerator / (jnp.maximum(p * (1 - p), floor) * parts.scale)
     # Where p is outside [0, 1] the loss is NaN, and so is its slope.
-    return jnp.where((p >= 0) & (p <= 1), weighted(w, slope), jnp.nan)
+    return jnp.where(parts.valid, weighted(w, slope), jnp.nan)
 
 
 def coefficients(y: Array, q: Array | None, eps: Smooth) -> Coefficients:

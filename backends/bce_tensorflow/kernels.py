@@ -161,9 +161,61 @@ def plain_loss_and_slope(
     return loss, slope
 
 
+class UnitInterval(NamedTuple):
+    """A probability read from its bits, so that subnormal values count: TensorFlow and XLA on
+    the CPU read a subnormal operand of an arithmetic operation or comparison as 0, which
+    would turn log(1e-40) into -inf and let -1e-40 pass as inside [0, 1]. Integer operations
+    on the bits see every value as it is.
+
+    ``scaled`` is p, except p * 2**k for a positive subnormal p (k = the mantissa's bits + 1),
+    a normal number: ``scale`` is 2**k there and 1 elsewhere, ``shift`` is k log 2 there and 0
+    elsewhere. On normal numbers they change nothing: the common path keeps its roundings.
+
+    >>> parts = UnitInterval.of(tf.constant([1e-40, 0.5, -1e-40, 1.5]))
+    >>> parts.valid.numpy().tolist()
+    [True, True, False, False]
+    >>> round(float(parts.log()[0]), 4)
+    -92.1034
+    """
+
+    valid: tf.Tensor  # 0 <= p <= 1 (-0 included, NaN not)
+    scaled: tf.Tensor
+    scale: tf.Tensor
+    shift: tf.Tensor
+
+    @classmethod
+    def of(cls, p: tf.Tensor) -> UnitInterval:
+        dtype = p.dtype.as_numpy_dtype
+        info = np.finfo(dtype)
+        signed = tf.int32 if info.bits == 32 else tf.int64
+        bits = tf.bitcast(p, signed)
+        view = signed.as_numpy_dtype
+        one = int(np.asarray(1.0, dtype).view(view))  # positive floats order as their bits
+        negative_zero = int(np.asarray(-0.0, dtype).view(view))
+        valid = ((bits >= 0) & (bits <= one)) | tf.equal(bits, negative_zero)
+        subnormal = (bits > 0) & (bits < (1 << info.nmant))
+        k = info.nmant + 1
+        # A subnormal is its bits (the mantissa) times the smallest subnormal 2**(minexp - nmant);
+        # the integer converts exactly, and times 2**(minexp + 1) it is normal.
+        lifted = tf.cast(bits, p.dtype) * tf.constant(2.0 ** (info.minexp + 1), p.dtype)
+
+        def pick(there: float, elsewhere: float) -> tf.Tensor:
+            return tf.where(subnormal, tf.constant(there, p.dtype), tf.constant(elsewhere, p.dtype))
+
+        # k log 2 rounded once is within 1/8 ULP of log p at these magnitudes.
+        return cls(
+            valid, tf.where(subnormal, lifted, p), pick(2.0**k, 1.0), pick(k * math.log(2.0), 0.0)
+        )
+
+    def log(self) -> tf.Tensor:
+        """log p, exact for subnormal p; NaN for p < 0."""
+        return tf.math.log(self.scaled) - self.shift
+
+
 class ProbsTerms(NamedTuple):
     """The element loss -w [q y' max(log p, c) + (1 - y') max(log1p(-p), c)] and its partial
-    derivatives; NaN where p is outside [0, 1]."""
+    derivatives; NaN where p is outside [0, 1]. log p is exact for subnormal p; log1p(-p) of
+    a subnormal p is below the smallest normal number (it may be 0)."""
 
     p: tf.Tensor
     logs: tuple[tf.Tensor, tf.Tensor]  # max(log p, c), max(log1p(-p), c)
@@ -171,6 +223,7 @@ class ProbsTerms(NamedTuple):
     w: tf.Tensor | None
     q: tf.Tensor | None
     eps: float
+    bits: UnitInterval
 
     @classmethod
     def of(
@@ -183,28 +236,32 @@ class ProbsTerms(NamedTuple):
         clamp: float,
     ) -> ProbsTerms:
         floor = tf.constant(clamp, p.dtype)
+        bits = UnitInterval.of(p)
         return cls(
             p,
-            (tf.maximum(tf.math.log(p), floor), tf.maximum(tf.math.log1p(-p), floor)),
+            (tf.maximum(bits.log(), floor), tf.maximum(tf.math.log1p(-p), floor)),
             rules.smoothed_targets(y, eps),
             w,
             q,
             eps,
+            bits,
         )
 
     def _valid(self, value: tf.Tensor) -> tf.Tensor:
         """``value``, NaN where p is outside [0, 1] (the loss is NaN there, and so its slope)."""
-        return OPS.where((self.p >= 0) & (self.p <= 1), value, float("nan"))
+        return OPS.where(self.bits.valid, value, float("nan"))
 
     def partial(self, name: str) -> tf.Tensor:
         """d loss / d ``name`` (of ``OPERANDS``, "logits" standing for the probabilities)."""
         (log_p, log_1mp), (smoothed, one_minus) = self.logs, self.smoothed
         b = weighted(self.q, smoothed)
         if name == "logits":  # w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12)
-            numerator = self.p * (one_minus + b) - b
-            return self._valid(
-                weighted(self.w, numerator / tf.maximum(self.p * (1.0 - self.p), PROBS_GRAD_EPS))
-            )
+            # Numerator and denominator times the same power of 2 for a subnormal p (read as
+            # 0 in p (1 - y'), where p / floor is normal); times 1 elsewhere.
+            scaled, scale = self.bits.scaled, self.bits.scale
+            numerator = scaled * (one_minus + b) - b * scale
+            floor = tf.maximum(self.p * (1.0 - self.p), PROBS_GRAD_EPS)
+            return self._valid(weighted(self.w, numerator / (floor * scale)))
         if name == "weight":  # the bracket, the loss before the weight
             return self._valid(
                 -(rules.zero_safe(OPS, b, log_p) + rules.zero_safe(OPS, one_minus, log_1mp))
