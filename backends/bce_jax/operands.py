@@ -29,7 +29,7 @@ import numpy as np
 from jax import lax
 
 from bce_core import rules
-from bce_core.arrays import as_mask, as_operand, validate_operands
+from bce_core.arrays import as_mask, as_numpy, as_operand, validate_operands
 from bce_core.rules import Operands
 from bce_core.spec import check_float_dtype
 
@@ -203,7 +203,7 @@ class JaxConverter:
         if isinstance(value, jax.Array):
             _check_input_dtype(name, np.dtype(value.dtype))
             return value
-        array = np.asarray(value)
+        array = as_numpy(name, value)
         if not isinstance(value, (np.ndarray, np.generic)) and array.dtype == np.float64:
             array = array.astype(jax.dtypes.canonicalize_dtype(np.float64))
         check_float_dtype(name, array.dtype.name)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bce_core import rules
-from bce_core.arrays import as_float_input, as_mask, as_operand, validate_operands
+from bce_core.arrays import as_float_input, as_mask, as_numpy, as_operand, validate_operands
 from bce_core.rules import Operands
 from bce_core.spec import check_float_dtype, check_mask_dtype, check_operand_dtype
 
@@ -188,7 +188,7 @@ def as_operand_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor
         return value if value.dtype == like.dtype else value.to(like.dtype)
     if isinstance(value, (bool, int, float)):  # straight to the dtype: one rounding, as NumPy's
         return torch.tensor(value, dtype=like.dtype, device=like.device)
-    array = np.asarray(value)
+    array = as_numpy(name, value)
     array = as_operand(name, array, array.dtype)  # the dtype check, with NumPy's message
     return numpy_to_tensor(array, like.device).to(like.dtype)
 
