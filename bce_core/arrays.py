@@ -41,6 +41,7 @@ __all__ = [
     "reduce_loss",
     "sum_to_shape",
     "validate_operands",
+    "validation_under_tracing",
 ]
 
 
@@ -295,6 +296,23 @@ def validate_operands(
             raise_first_bad(
                 name, values, ((values64 < 0) | (values64 > 1)) & keep, "is outside [0, 1]"
             )
+
+
+def validation_under_tracing(where: str, kind: type[ValueError] = ValueError) -> ValueError:
+    """The error of ``validate=True`` inside a compiled or transformed function (``where``
+    names them), the same in every backend: the data checks need the values.
+
+    >>> raise validation_under_tracing("jax.jit")
+    Traceback (most recent call last):
+    ValueError: validate=True checks the data, which cannot run under jax.jit (the values are \
+abstract there); validate the data eagerly before the compiled or transformed step (call the loss \
+once with validate=True outside it), or pass validate=False inside it.
+    """
+    return kind(
+        f"validate=True checks the data, which cannot run under {where} (the values are "
+        f"abstract there); validate the data eagerly before the compiled or transformed step "
+        f"(call the loss once with validate=True outside it), or pass validate=False inside it."
+    )
 
 
 def sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

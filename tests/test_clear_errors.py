@@ -25,7 +25,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 def framework_arrays(name: str) -> tuple[Any, Any]:
     """A (0.25, 0.75) input and (1, 1) targets as ``name``'s native float32 arrays."""
     backend = installed_backend(name)
-    return backend.asarray(np.array([0.25, 0.75], np.float32)), backend.asarray(np.ones(2, np.float32))
+    return backend.asarray(np.array([0.25, 0.75], np.float32)), backend.asarray(
+        np.ones(2, np.float32)
+    )
 
 
 # -- backend= must be a name or a backend object -----------------------------------------------
@@ -123,10 +125,14 @@ def test_a_symbolic_tensorflow_tensor_is_refused_by_another_backend(
 
     with pytest.raises(TypeError) as raised:
         loss(tf.constant([0.25, 0.5], tf.float64))
-    assert str(raised.value).rstrip().endswith(  # after TensorFlow's "in user code" trace
-        f"{argument} is a symbolic tf.Tensor (inside tf.function); a backend of another "
-        f"framework reads it through NumPy, which cannot see symbolic values: pass "
-        f"backend='tensorflow' (or no backend=) inside tf.function, or call the loss eagerly."
+    assert (
+        str(raised.value)
+        .rstrip()
+        .endswith(  # after TensorFlow's "in user code" trace
+            f"{argument} is a symbolic tf.Tensor (inside tf.function); a backend of another "
+            f"framework reads it through NumPy, which cannot see symbolic values: pass "
+            f"backend='tensorflow' (or no backend=) inside tf.function, or call the loss eagerly."
+        )
     )
 
 
@@ -218,9 +224,7 @@ def test_validate_under_tf_function_is_our_value_error() -> None:
     installed_backend("tensorflow")
     import tensorflow as tf
 
-    step = tf.function(
-        lambda x, y: bce_core.binary_cross_entropy_with_logits(x, y, validate=True)
-    )
+    step = tf.function(lambda x, y: bce_core.binary_cross_entropy_with_logits(x, y, validate=True))
     where = r"tf.function or XLA \(jit_compile\) tracing"
     with pytest.raises(ValueError, match=VALIDATION_UNDER_TRACING.format(where=where)):
         step(tf.zeros(2), tf.ones(2))
