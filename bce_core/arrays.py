@@ -32,6 +32,7 @@ __all__ = [
     "Reduced",
     "as_float_input",
     "as_mask",
+    "as_numpy",
     "as_operand",
     "gradients_of_reduction",
     "prepare_operands",
@@ -40,6 +41,7 @@ __all__ = [
     "reduce_loss",
     "sum_to_shape",
     "validate_operands",
+    "validation_under_tracing",
 ]
 
 
@@ -107,9 +109,99 @@ _VALID_INPUT_DTYPES: set[np.dtype[Any]] = set()
 _VALID_OPERAND_DTYPES: set[np.dtype[Any]] = set()
 
 
+#: What each framework's arrays that NumPy cannot read (being differentiated or traced) are,
+#: and what to do instead: (what it is, what NumPy cannot keep, the backend, the remedy).
+_UNREADABLE = {
+    "torch": (
+        "a torch.Tensor that requires grad",
+        "would cut it off from autograd",
+        "torch",
+        "to differentiate it, or {name}.detach() to use its values",
+    ),
+    "jax": (
+        "a JAX tracer (inside jax.jit, jax.grad or jax.vmap)",
+        "cannot see traced values",
+        "jax",
+        "inside the transformation, or call the loss outside it",
+    ),
+    "tensorflow": (
+        "a symbolic tf.Tensor (inside tf.function)",
+        "cannot see symbolic values",
+        "tensorflow",
+        "inside tf.function, or call the loss eagerly",
+    ),
+}
+
+
+def _framework_refusal(name: str, value: Any) -> TypeError | None:
+    """The TypeError for another framework's array that its framework will not hand to NumPy
+    (detected from its type, without importing the framework), or None."""
+    kind = type(value)
+    module = kind.__module__.partition(".")[0]
+    if module == "torch" and getattr(value, "requires_grad", False):
+        framework = "torch"
+    elif module == "jax" and any(c.__name__ == "Tracer" for c in kind.__mro__):
+        framework = "jax"
+    elif module == "tensorflow":
+        framework = "tensorflow"  # eager tensors convert: this one is symbolic
+    else:
+        return None
+    what, loss, backend, remedy = _UNREADABLE[framework]
+    return TypeError(
+        f"{name} is {what}; a backend of another framework reads it through NumPy, which "
+        f"{loss}: pass backend={backend!r} (or no backend=) {remedy.format(name=name)}."
+    )
+
+
+def _ragged_detail(value: Any) -> str:
+    """Where a nested list stops being rectangular, e.g. "the lists at depth 1 have lengths 1
+    and 2" (depth 0 is the outer list)."""
+    level, depth = [value], 0
+    while level:
+        lists = [v for v in level if isinstance(v, (list, tuple))]
+        if not lists:
+            break
+        if len(lists) != len(level):
+            return f"at depth {depth} numbers and lists are mixed"
+        lengths = sorted({len(v) for v in lists})
+        if len(lengths) > 1:
+            shown = ", ".join(map(str, lengths[:-1])) + f" and {lengths[-1]}"
+            return f"the lists at depth {depth} have lengths {shown}"
+        level, depth = [v for sub in lists for v in sub], depth + 1
+    return "its lists have different lengths"
+
+
+def as_numpy(name: str, value: Any) -> np.ndarray:
+    """``np.asarray(value)``, with an error naming the argument where NumPy cannot read it: a
+    ragged nested list (ValueError), or another framework's array that is being differentiated
+    or traced (TypeError, as for arrays of two frameworks in one call).
+
+    Every backend reads what is not its own array (lists, other frameworks' arrays) with this.
+
+    >>> as_numpy("logits", [[1.0, 2.0], [3.0]])
+    Traceback (most recent call last):
+    ValueError: logits is a ragged nested list (the lists at depth 1 have lengths 1 and 2); \
+an array needs one length per dimension: pad the short lists to one length (and pass mask= to \
+exclude the padding).
+    """
+    try:
+        return np.asarray(value)
+    except Exception as error:  # diagnosed here, off the path of every call that converts
+        refusal = _framework_refusal(name, value)
+        if refusal is not None:
+            raise refusal from error
+        if isinstance(value, (list, tuple)) and isinstance(error, ValueError):
+            raise ValueError(
+                f"{name} is a ragged nested list ({_ragged_detail(value)}); an array needs one "
+                f"length per dimension: pad the short lists to one length (and pass mask= to "
+                f"exclude the padding)."
+            ) from error
+        raise
+
+
 def as_float_input(name: str, value: Any) -> np.ndarray:
     """``value`` as an array, which must have a floating dtype of the spec."""
-    array = np.asarray(value)
+    array = as_numpy(name, value)
     dtype = array.dtype
     if dtype not in _VALID_INPUT_DTYPES:
         check_float_dtype(name, dtype.name)
@@ -119,7 +211,7 @@ def as_float_input(name: str, value: Any) -> np.ndarray:
 
 def as_operand(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """A float, int or bool operand cast to ``dtype``; anything else is a TypeError."""
-    array = np.asarray(value)
+    array = as_numpy(name, value)
     own = array.dtype
     if own not in _VALID_OPERAND_DTYPES:
         check_operand_dtype(name, own.name, is_real=own.kind in "biuf" or own.name == "bfloat16")
@@ -129,7 +221,7 @@ def as_operand(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
 
 def as_mask(value: Any) -> np.ndarray:
     """A boolean mask; integer masks are refused because 0/1 and index arrays look alike."""
-    array = np.asarray(value)
+    array = as_numpy("mask", value)
     check_mask_dtype(array.dtype.name)
     return array
 
@@ -204,6 +296,23 @@ def validate_operands(
             raise_first_bad(
                 name, values, ((values64 < 0) | (values64 > 1)) & keep, "is outside [0, 1]"
             )
+
+
+def validation_under_tracing(where: str, kind: type[ValueError] = ValueError) -> ValueError:
+    """The error of ``validate=True`` inside a compiled or transformed function (``where``
+    names them), the same in every backend: the data checks need the values.
+
+    >>> raise validation_under_tracing("jax.jit")
+    Traceback (most recent call last):
+    ValueError: validate=True checks the data, which cannot run under jax.jit (the values are \
+abstract there); validate the data eagerly before the compiled or transformed step (call the loss \
+once with validate=True outside it), or pass validate=False inside it.
+    """
+    return kind(
+        f"validate=True checks the data, which cannot run under {where} (the values are "
+        f"abstract there); validate the data eagerly before the compiled or transformed step "
+        f"(call the loss once with validate=True outside it), or pass validate=False inside it."
+    )
 
 
 def sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -97,10 +97,39 @@ def _all_of_type(arrays: Sequence[Any], array_type: type) -> bool:
     return True
 
 
+#: Types already found to be backend objects: the protocol check reads every method's name,
+#: a set lookup does not.
+_BACKEND_TYPES: set[type] = set()
+
+
+def _chosen_backend(backend: Any) -> Backend:
+    """The backend an explicit ``backend=`` names; anything but a name or a backend object is a
+    TypeError, the same whatever the arrays.
+
+    >>> _chosen_backend(3)
+    Traceback (most recent call last):
+    TypeError: backend=3 is of type int; pass a backend name (a str such as 'numpy'; \
+bce_core.available_backends() lists them) or a backend object from bce_core.get_backend(name).
+    """
+    if isinstance(backend, str):
+        return get_registry().get(backend)
+    kind = type(backend)
+    if kind in _BACKEND_TYPES:
+        return backend  # type: ignore[no-any-return]
+    if isinstance(backend, Backend) and not isinstance(backend, type):
+        _BACKEND_TYPES.add(kind)
+        return backend
+    raise TypeError(
+        f"backend={backend!r} is of type {kind.__qualname__}; pass a backend name (a str such as "
+        f"'numpy'; bce_core.available_backends() lists them) or a backend object from "
+        f"bce_core.get_backend(name)."
+    )
+
+
 def resolve_backend(backend: str | Backend | None, arrays: Sequence[Any]) -> Backend:
     """Pick the backend for a call on ``arrays`` (None entries are ignored)."""
     if backend is not None:
-        return get_registry().get(backend) if isinstance(backend, str) else backend
+        return _chosen_backend(backend)
     registry = get_registry()
     # The usual call: every array of one type whose owner is known. One dict read, no loop
     # over the owners; written once per type (a race writes the same backend).

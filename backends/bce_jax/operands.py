@@ -29,7 +29,13 @@ import numpy as np
 from jax import lax
 
 from bce_core import rules
-from bce_core.arrays import as_mask, as_operand, validate_operands
+from bce_core.arrays import (
+    as_mask,
+    as_numpy,
+    as_operand,
+    validate_operands,
+    validation_under_tracing,
+)
 from bce_core.rules import Operands
 from bce_core.spec import check_float_dtype
 
@@ -203,7 +209,7 @@ class JaxConverter:
         if isinstance(value, jax.Array):
             _check_input_dtype(name, np.dtype(value.dtype))
             return value
-        array = np.asarray(value)
+        array = as_numpy(name, value)
         if not isinstance(value, (np.ndarray, np.generic)) and array.dtype == np.float64:
             array = array.astype(jax.dtypes.canonicalize_dtype(np.float64))
         check_float_dtype(name, array.dtype.name)
@@ -261,10 +267,6 @@ def validate_data(ops: Operands[Array], input_name: str) -> None:
     """
     arrays = (ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask)
     if any(is_traced(array) for array in arrays):
-        raise ValueError(
-            "validate=True checks the data, which cannot run under jax.jit, jax.grad or "
-            "jax.vmap (the values are abstract there); validate before the transformation, "
-            "or pass validate=False inside it."
-        )
+        raise validation_under_tracing("jax.jit, jax.grad or jax.vmap")
     host = Operands(*(None if a is None else np.asarray(a) for a in arrays), ops.shape)
     validate_operands(host, input_name, input_in_unit_interval=input_name == "probs")

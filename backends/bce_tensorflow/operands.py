@@ -124,11 +124,7 @@ def prepare(
 def validate(ops: Operands[tf.Tensor], input_name: str) -> None:
     """The data checks of ``validate=True`` (the core's, on NumPy copies); eager only."""
     if not tf.executing_eagerly():
-        raise ValueError(
-            "validate=True checks the data, which cannot run under tf.function or "
-            "XLA (jit_compile) tracing; validate the data eagerly before the "
-            "compiled step, or pass validate=False inside it."
-        )
+        raise arrays.validation_under_tracing("tf.function or XLA (jit_compile) tracing")
     copies = Operands(
         *(
             None if t is None else np.asarray(t.numpy())

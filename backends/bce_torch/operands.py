@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from bce_core import rules
-from bce_core.arrays import as_float_input, as_mask, as_operand, validate_operands
+from bce_core.arrays import (
+    as_float_input,
+    as_mask,
+    as_numpy,
+    as_operand,
+    validate_operands,
+    validation_under_tracing,
+)
 from bce_core.rules import Operands
 from bce_core.spec import check_float_dtype, check_mask_dtype, check_operand_dtype
 
@@ -188,7 +195,7 @@ def as_operand_tensor(name: str, value: Any, like: torch.Tensor) -> torch.Tensor
         return value if value.dtype == like.dtype else value.to(like.dtype)
     if isinstance(value, (bool, int, float)):  # straight to the dtype: one rounding, as NumPy's
         return torch.tensor(value, dtype=like.dtype, device=like.device)
-    array = np.asarray(value)
+    array = as_numpy(name, value)
     array = as_operand(name, array, array.dtype)  # the dtype check, with NumPy's message
     return numpy_to_tensor(array, like.device).to(like.dtype)
 
@@ -244,19 +251,31 @@ def tracing() -> bool:
     return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
+_UNDER_TRACING = "torch.compile, torch.jit or a torch.func transform"
+
+
+class _ValidationUnderCompileError(ValueError, AssertionError):
+    """The ValueError of ``validate=True`` under torch.compile. It is an AssertionError too
+    only because Dynamo hands an AssertionError raised while it traces to the caller as it is,
+    where it would wrap a ValueError in its own error (and report a raise that it traces as
+    unsupported under fullgraph=True)."""
+
+
+@torch.compiler.assume_constant_result  # run by Dynamo itself while it traces, not traced
+def _refuse_under_compile() -> bool:
+    raise validation_under_tracing(_UNDER_TRACING, _ValidationUnderCompileError)
+
+
 def validate(ops: Operands[torch.Tensor], input_name: str) -> None:
     """The data checks of ``validate=True``: ``bce_core.arrays.validate_operands`` on NumPy copies.
 
     Raises ValueError under torch.compile, a jit trace or a torch.func transform,
     where the data cannot be read.
     """
-    message = (
-        "validate=True reads the data, which cannot be done under jit (torch.compile, "
-        "torch.jit or a torch.func transform); validate outside the compiled or "
-        "transformed function, or pass validate=False."
-    )
+    if torch.compiler.is_compiling():
+        _refuse_under_compile()
     if tracing():
-        raise ValueError(message)
+        raise validation_under_tracing(_UNDER_TRACING)
     try:
         copies = (
             None if t is None else tensor_to_numpy(t)
@@ -264,5 +283,5 @@ def validate(ops: Operands[torch.Tensor], input_name: str) -> None:
         )
         arrays = Operands(*copies, ops.shape)
     except RuntimeError as exc:  # functorch wrappers and fake tensors have no data
-        raise ValueError(message) from exc
+        raise validation_under_tracing(_UNDER_TRACING) from exc
     validate_operands(arrays, input_name, input_in_unit_interval=input_name == "probs")
