@@ -108,6 +108,17 @@ class TensorFlowConverter:
         """The static shape, with -1 for a dimension unknown while tracing."""
         return tuple(-1 if d is None else int(d) for d in array.shape.as_list())
 
+    @staticmethod
+    def isfinite(array: tf.Tensor) -> tf.Tensor:
+        return tf.math.is_finite(array)
+
+    @staticmethod
+    def nan_where_not(finite: tf.Tensor, array: tf.Tensor) -> tf.Tensor:
+        # An added 0 or NaN: the gradient passes through the add untouched, where a where's
+        # gradient would go through a select that flushes subnormals on the CPU.
+        dtype = array.dtype
+        return array + tf.where(finite, tf.zeros([], dtype), tf.constant(float("nan"), dtype))
+
 
 CONVERTER = TensorFlowConverter()
 
