@@ -114,10 +114,15 @@ class TensorFlowConverter:
 
     @staticmethod
     def nan_where_not(finite: tf.Tensor, array: tf.Tensor) -> tf.Tensor:
-        # An added 0 or NaN: the gradient passes through the add untouched, where a where's
-        # gradient would go through a select that flushes subnormals on the CPU.
+        # TensorFlow's CPU kernels flush subnormals in arithmetic (and in a where's gradient),
+        # so the usual call, all finite, passes the inputs through untouched; where the data
+        # is not finite an added NaN carries the upstream gradient through (NaN) as well.
         dtype = array.dtype
-        return array + tf.where(finite, tf.zeros([], dtype), tf.constant(float("nan"), dtype))
+
+        def with_nan() -> tf.Tensor:
+            return array + tf.where(finite, tf.zeros([], dtype), tf.constant(float("nan"), dtype))
+
+        return tf.cond(tf.reduce_all(finite), lambda: tf.identity(array), with_nan)
 
 
 CONVERTER = TensorFlowConverter()
