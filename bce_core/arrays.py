@@ -243,6 +243,15 @@ class NumpyConverter:
     def shape_of(array: np.ndarray) -> tuple[int, ...]:
         return tuple(array.shape)
 
+    @staticmethod
+    def isfinite(array: np.ndarray) -> Any:
+        finite = np.isfinite(array)
+        return True if finite.all() else finite
+
+    @staticmethod
+    def nan_where_not(finite: Any, array: np.ndarray) -> np.ndarray:
+        return np.where(finite, array, np.nan)
+
 
 NUMPY_CONVERTER = NumpyConverter()
 
@@ -285,13 +294,17 @@ def validate_operands(
     ValueError: targets[1] = 2.0 is outside [0, 1]; fix the data or pass mask= to exclude it.
     """
     keep = np.ones(ops.shape, bool) if ops.mask is None else np.broadcast_to(ops.mask, ops.shape)
-    checks = [(input_name, ops.inputs, input_in_unit_interval), ("targets", ops.targets, True)]
+    # The data first: the rule for non-finite data has already put NaN in the inputs there.
+    checks = [("targets", ops.targets, True)]
     for name, values in (("weight", ops.weight), ("pos_weight", ops.pos_weight)):
         if values is not None:
             checks.append((name, np.broadcast_to(values, ops.shape), False))
+    checks.append((input_name, ops.inputs, input_in_unit_interval))
     for name, values, unit_interval in checks:
         values64 = values.astype(np.float64)
         raise_first_bad(name, values, np.isnan(values64) & keep, "is NaN")
+        if name in ("weight", "pos_weight"):
+            raise_first_bad(name, values, np.isinf(values64) & keep, "is infinite")
         if unit_interval:
             raise_first_bad(
                 name, values, ((values64 < 0) | (values64 > 1)) & keep, "is outside [0, 1]"

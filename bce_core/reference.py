@@ -53,7 +53,10 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def term(coefficient: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """``rules.zero_safe`` on NumPy arrays: a coefficient of exactly 0 contributes exactly 0."""
+    """``rules.zero_safe`` on NumPy arrays: a coefficient of exactly 0 contributes exactly 0.
+
+    The weight is applied as a term's coefficient of its own (never folded into another
+    coefficient first), so that a weight of 0 gives 0 whatever the other operands hold."""
     return np.asarray(zero_safe(NUMPY_OPS, coefficient, value))
 
 
@@ -81,14 +84,14 @@ def element_grad_logits(
     x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray, w: np.ndarray
 ) -> np.ndarray:
     """d loss / d x = w [ (1 - y') sigma(x) - q y' sigma(-x) ]."""
-    return term(w * one_minus_yp, sigmoid(x)) - term(w * q * yp, sigmoid(-x))
+    return term(w, term(one_minus_yp, sigmoid(x)) - term(q * yp, sigmoid(-x)))
 
 
 def element_hessian_logits(
     x: np.ndarray, yp: np.ndarray, one_minus_yp: np.ndarray, q: np.ndarray, w: np.ndarray
 ) -> np.ndarray:
     """d2 loss / d x2 = w (1 + (q - 1) y') sigma(x) sigma(-x), with 1 + (q-1)y' = (1-y') + q y'."""
-    return w * (one_minus_yp + q * yp) * sigmoid(x) * sigmoid(-x)
+    return term(w, (one_minus_yp + q * yp) * sigmoid(x) * sigmoid(-x))
 
 
 def element_grad_probs(
@@ -97,8 +100,8 @@ def element_grad_probs(
     """d loss / d p = w (p (1 + (q - 1) y') - q y') / max(p (1 - p), 1e-12); NaN where p is
     outside [0, 1], as the loss is."""
     with np.errstate(invalid="ignore"):
-        slope = (
-            w * (p * (one_minus_yp + q * yp) - q * yp) / np.maximum(p * (1.0 - p), PROBS_GRAD_EPS)
+        slope = term(
+            w, (p * (one_minus_yp + q * yp) - q * yp) / np.maximum(p * (1.0 - p), PROBS_GRAD_EPS)
         )
     return np.where((p >= 0) & (p <= 1), slope, np.nan)
 
@@ -213,10 +216,10 @@ def value_and_grad(
     partials = {
         "logits": lambda: element_grad_logits(x, yp, one_minus_yp, q, w),
         "targets": lambda: term(
-            w * smoothed_target_slope(eps), term(q, softplus(-x)) - softplus(x)
+            w, smoothed_target_slope(eps) * (term(q, softplus(-x)) - softplus(x))
         ),
         "weight": lambda: bracket,
-        "pos_weight": lambda: term(w * yp, softplus(-x)),
+        "pos_weight": lambda: term(w, term(yp, softplus(-x))),
     }
     grads = gradients_of_reduction(options.wrt, partials, ops, reduction, reduced)
     return reduced.loss, pack_gradients(grads, options.wrt_as_tuple)

@@ -174,6 +174,22 @@ def zero_safe(ops: ArrayOps, coefficient: Coefficient, value: Any) -> Any:
     return ops.where(coefficient == 0, 0.0, coefficient * value)
 
 
+def weight_times(ops: ArrayOps, weight: Coefficient, coefficient: Coefficient) -> Coefficient:
+    """weight * coefficient, exactly 0 where the weight is exactly 0 whatever the coefficient
+    holds (an infinite or NaN target or pos_weight): a weight of 0 is a zero coefficient of the
+    whole element. None means exactly 1, as in ``times``.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> with np.errstate(invalid="ignore"):
+    ...     print(weight_times(NUMPY_OPS, np.array([0.0, 2.0]), np.array([np.inf, 3.0])))
+    [0. 6.]
+    """
+    if weight is None or coefficient is None:
+        return times(weight, coefficient)
+    return zero_safe(ops, weight, coefficient)
+
+
 def times(first: Coefficient, second: Coefficient) -> Coefficient:
     """The product of two coefficients, where None (exactly 1) costs nothing.
 
@@ -424,6 +440,17 @@ class Converter(Protocol):
         """The static shape of a native array."""
         ...
 
+    def isfinite(self, array: Any) -> Any:
+        """Where ``array`` is finite, as a native boolean array; or True where that is known
+        to hold everywhere at no cost (an eager CPU check), so that the rule can be skipped."""
+        ...
+
+    def nan_where_not(self, finite: Any, array: Any) -> Any:
+        """``array`` with NaN where ``finite`` (broadcast) is false. The gradient of the result
+        with respect to ``array`` is the upstream gradient everywhere (a NaN upstream stays
+        NaN), and the finite elements are left bit for bit (subnormals too)."""
+        ...
+
 
 @dataclass(slots=True)
 class Operands(Generic[A]):
@@ -442,6 +469,29 @@ class Operands(Generic[A]):
     shape: tuple[int, ...]
 
 
+def nan_where_data_is_not_finite(convert: Converter, inputs: Any, *data: Any) -> Any:
+    """The spec's rule for non-finite data: ``inputs`` (logits or probabilities) with NaN
+    wherever a target, weight or pos_weight in ``data`` (None for an absent one) is infinite
+    or NaN, so that the element's loss and each of its derivatives is NaN on every code path.
+
+    Only a weight of exactly 0 overrides it (the zero-coefficient rule, applied after).
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_CONVERTER
+    >>> nan_where_data_is_not_finite(NUMPY_CONVERTER, np.zeros(3), np.array([0.0, np.inf, 1.0]))
+    array([ 0., nan,  0.])
+    """
+    finite: Any = True
+    for array in data:
+        if array is None:
+            continue
+        here = convert.isfinite(array)
+        if here is True:
+            continue
+        finite = here if finite is True else finite & here
+    return inputs if finite is True else convert.nan_where_not(finite, inputs)
+
+
 def prepare_operands(
     convert: Converter,
     input_name: str,
@@ -451,9 +501,12 @@ def prepare_operands(
     weight: Any,
     pos_weight: Any,
     mask: Any,
+    data_rule: bool = True,
 ) -> Operands[Any]:
     """Apply the spec's dtype and shape rules to one call's arguments, in the spec's order:
-    the input's dtype, then each operand's, then the shapes (``spec.check_shapes``).
+    the input's dtype, then each operand's, then the shapes (``spec.check_shapes``); then the
+    rule for non-finite data (``nan_where_data_is_not_finite``), unless ``data_rule`` is
+    False (a backend that applies it inside its compiled programs).
 
     >>> import numpy as np
     >>> from bce_core.arrays import NUMPY_CONVERTER
@@ -476,4 +529,6 @@ def prepare_operands(
         pos_weight=None if q is None else shape_of(q),
         mask=None if m is None else shape_of(m),
     )
+    if data_rule:
+        x = nan_where_data_is_not_finite(convert, x, y, w, q)
     return Operands(x, y, w, q, m, shape)

@@ -4,6 +4,13 @@ Everything here works on plain Python values and shape tuples, so every
 backend (NumPy, PyTorch, TensorFlow, JAX or a third-party one) validates its
 arguments with the same code and raises the same errors with the same words.
 
+Non-finite data: a target, weight or pos_weight that is infinite or NaN makes
+its element's loss and each of that element's derivatives NaN
+(``rules.nan_where_data_is_not_finite``); a weight of exactly 0 overrides it,
+its element contributing exactly 0 to everything but the derivative with
+respect to the weight (``rules.weight_times``). ``validate=True`` refuses
+infinite weights and pos_weights.
+
 >>> check_reduction("mean")
 'mean'
 >>> check_shapes((4, 3), (4, 3), pos_weight=(3,))

@@ -35,7 +35,7 @@ from bce_core import rules
 from bce_core.compensated import LogitParts, Smoothing
 
 from . import chunks, kernels
-from .operands import OPS, PRIMITIVES, working_dtype
+from .operands import CONVERTER, OPS, PRIMITIVES, working_dtype
 
 Array = jax.Array
 
@@ -164,6 +164,13 @@ class Plan(NamedTuple):
 
 def _up(value: Array | None, dtype: np.dtype[Any]) -> Array | None:
     return None if value is None else value.astype(dtype)
+
+
+def _with_data_rule(
+    x: Array, y: Array, w: Array | None, q: Array | None
+) -> tuple[Array | None, ...]:
+    """The operands with the spec's rule for non-finite data applied to the input."""
+    return (rules.nan_where_data_is_not_finite(CONVERTER, x, y, w, q), y, w, q)
 
 
 def _output_shape(
@@ -347,7 +354,7 @@ def logits_program(
     """
     _check_outputs("logits_program", want, NAMES, curvature=True)
     dtype, work = x.dtype, working_dtype(x.dtype)
-    operands = tuple(_up(v, work) for v in (x, y, w, q))
+    operands = _with_data_rule(*(_up(v, work) for v in (x, y, w, q)))
     plan = Plan.of(
         reduction, x.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
     )
@@ -410,7 +417,7 @@ def probs_program(
     names = ("probs", *NAMES[1:])
     _check_outputs("probs_program", want, names, curvature=False)
     dtype, work = p.dtype, working_dtype(p.dtype)
-    operands = tuple(_up(v, work) for v in (p, y, w, q))
+    operands = _with_data_rule(*(_up(v, work) for v in (p, y, w, q)))
     plan = Plan.of(
         reduction, p.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
     )

@@ -247,6 +247,14 @@ class JaxConverter:
     def shape_of(array: Array) -> tuple[int, ...]:
         return tuple(array.shape)
 
+    @staticmethod
+    def isfinite(array: Array) -> Array:
+        return jnp.isfinite(array)
+
+    @staticmethod
+    def nan_where_not(finite: Array, array: Array) -> Array:
+        return jnp.where(finite, array, array + jnp.nan)
+
 
 CONVERTER = JaxConverter()
 
@@ -254,9 +262,17 @@ CONVERTER = JaxConverter()
 def prepare_operands(
     input_name: str, inputs: Any, targets: Any, *, weight: Any, pos_weight: Any, mask: Any
 ) -> Operands[Array]:
-    """``bce_core.rules.prepare_operands`` with JAX's converter."""
+    """``bce_core.rules.prepare_operands`` with JAX's converter. The rule for non-finite data
+    is left to the compiled programs (``fused``), where it costs no eager dispatch."""
     return rules.prepare_operands(
-        CONVERTER, input_name, inputs, targets, weight=weight, pos_weight=pos_weight, mask=mask
+        CONVERTER,
+        input_name,
+        inputs,
+        targets,
+        weight=weight,
+        pos_weight=pos_weight,
+        mask=mask,
+        data_rule=False,
     )
 
 

@@ -42,7 +42,7 @@ from bce_core.arrays import (
     validate_operands,
 )
 from bce_core.plugin import FrameworkLossBackend
-from bce_core.rules import pack_gradients, times, zero_safe
+from bce_core.rules import pack_gradients, times, weight_times, zero_safe
 from bce_core.spec import DEFAULT_LOG_CLAMP, REDUCTIONS, check_options
 
 from . import lean
@@ -93,7 +93,8 @@ def _quick_eps(label_smoothing: Any, reduction: Any) -> float | None:
 def _lean_arrays(logits: Any, targets: Any, weight: Any, pos_weight: Any, mask: Any) -> bool:
     """Whether the call's arrays go to the lean path as they are: NumPy arrays of one dtype and
     shape that ``lean.serves``, nothing else. The spec's dtype and shape checks pass for them
-    (a float dtype of the spec for both, equal shapes), so ``prepare_operands`` is skipped."""
+    (a float dtype of the spec for both, equal shapes), so ``prepare_operands`` is skipped; the
+    targets must be finite, which leaves the rule for non-finite data nothing to do."""
     return (
         weight is None
         and pos_weight is None
@@ -103,6 +104,8 @@ def _lean_arrays(logits: Any, targets: Any, weight: Any, pos_weight: Any, mask: 
         and logits.dtype == targets.dtype
         and logits.shape == targets.shape
         and lean.serves(logits, targets)
+        # Non-finite targets take the path that applies the rule for non-finite data.
+        and bool(np.isfinite(targets).all())
     )
 
 
@@ -283,10 +286,12 @@ class NumpyBackend(FrameworkLossBackend):
         partials = {
             "logits": lambda: parts.slope(yp, one_minus_yp, q, w),
             "targets": lambda: zero_safe(
-                NUMPY_OPS, times(w, slope), zero_safe(NUMPY_OPS, q, sp_neg) - sp_pos
+                NUMPY_OPS,
+                weight_times(NUMPY_OPS, w, slope),
+                zero_safe(NUMPY_OPS, q, sp_neg) - sp_pos,
             ),
             "weight": lambda: bracket,
-            "pos_weight": lambda: zero_safe(NUMPY_OPS, times(w, yp), sp_neg),
+            "pos_weight": lambda: zero_safe(NUMPY_OPS, weight_times(NUMPY_OPS, w, yp), sp_neg),
         }
         grads = gradients_of_reduction(names, partials, ops, reduction, reduced)
         return (
@@ -304,7 +309,9 @@ class NumpyBackend(FrameworkLossBackend):
         parts = LogitParts.of(x)
         sig_pos, sig_neg = sigmoids = parts.sigmoids()
         grad = parts.slope(y, one_minus_y, q, w, sigmoids)
-        hess = times(w, one_minus_y + times(q, y)) * sig_pos * sig_neg
+        hess = zero_safe(
+            NUMPY_OPS, weight_times(NUMPY_OPS, w, one_minus_y + times(q, y)), sig_pos * sig_neg
+        )
         return (
             _cast(np.broadcast_to(grad, ops.shape), ops.inputs),
             _cast(np.broadcast_to(hess, ops.shape), ops.inputs),

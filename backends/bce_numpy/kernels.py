@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from bce_core.arrays import NUMPY_OPS
-from bce_core.rules import times, zero_safe
+from bce_core.rules import times, weight_times, zero_safe
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,6 @@ class LogitParts:
     ) -> np.ndarray:
         """d loss / d x = w (1 - y') sigma(x) - w q y' sigma(-x) (``sigmoids`` if already made)."""
         sig_pos, sig_neg = self.sigmoids() if sigmoids is None else sigmoids
-        return zero_safe(NUMPY_OPS, times(w, one_minus_yp), sig_pos) - zero_safe(
-            NUMPY_OPS, times(times(w, q), yp), sig_neg
+        return zero_safe(NUMPY_OPS, weight_times(NUMPY_OPS, w, one_minus_yp), sig_pos) - zero_safe(
+            NUMPY_OPS, weight_times(NUMPY_OPS, w, times(q, yp)), sig_neg
         )

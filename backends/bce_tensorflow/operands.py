@@ -108,6 +108,22 @@ class TensorFlowConverter:
         """The static shape, with -1 for a dimension unknown while tracing."""
         return tuple(-1 if d is None else int(d) for d in array.shape.as_list())
 
+    @staticmethod
+    def isfinite(array: tf.Tensor) -> tf.Tensor:
+        return tf.math.is_finite(array)
+
+    @staticmethod
+    def nan_where_not(finite: tf.Tensor, array: tf.Tensor) -> tf.Tensor:
+        # TensorFlow's CPU kernels flush subnormals in arithmetic (and in a where's gradient),
+        # so the usual call, all finite, passes the inputs through untouched; where the data
+        # is not finite an added NaN carries the upstream gradient through (NaN) as well.
+        dtype = array.dtype
+
+        def with_nan() -> tf.Tensor:
+            return array + tf.where(finite, tf.zeros([], dtype), tf.constant(float("nan"), dtype))
+
+        return tf.cond(tf.reduce_all(finite), lambda: tf.identity(array), with_nan)
+
 
 CONVERTER = TensorFlowConverter()
 

@@ -43,6 +43,7 @@ from bce_core.rules import (
     smoothed_targets,
     sum_to_shape,
     times,
+    weight_times,
     zero_safe,
 )
 from bce_core.spec import PROBS_GRAD_EPS
@@ -297,14 +298,16 @@ def _derivative_tables(
     yp, one_minus_yp = smoothed_targets(y, eps)
     first = {
         "logits": lambda: (
-            zero_safe(OPS, times(w, one_minus_yp), sig_pos)
-            - zero_safe(OPS, times(w, times(q, yp)), sig_neg)
+            zero_safe(OPS, weight_times(OPS, w, one_minus_yp), sig_pos)
+            - zero_safe(OPS, weight_times(OPS, w, times(q, yp)), sig_neg)
         ),
         "targets": lambda: zero_safe(
-            OPS, times(w, smoothed_target_slope(eps)), zero_safe(OPS, q, sp_neg) - sp_pos
+            OPS,
+            weight_times(OPS, w, smoothed_target_slope(eps)),
+            zero_safe(OPS, q, sp_neg) - sp_pos,
         ),
         "weight": lambda: logit_bracket(sp_pos, sp_neg, yp, one_minus_yp, q),
-        "pos_weight": lambda: zero_safe(OPS, times(w, yp), sp_neg),
+        "pos_weight": lambda: zero_safe(OPS, weight_times(OPS, w, yp), sp_neg),
     }
     return first, _second_partials(sp_pos, sp_neg, sig_pos, sig_neg, yp, one_minus_yp, w, q, eps)
 
@@ -330,20 +333,26 @@ def _second_partials(
     a = smoothed_target_slope(eps)
     qyp = times(q, yp)
     return {
-        frozenset(("logits",)): lambda: (
-            times(w, one_minus_yp + (yp if qyp is None else qyp)) * (sig_pos * sig_neg)
+        frozenset(("logits",)): lambda: zero_safe(
+            OPS,
+            weight_times(OPS, w, one_minus_yp + (yp if qyp is None else qyp)),
+            sig_pos * sig_neg,
         ),
         frozenset(("logits", "targets")): lambda: (
-            -zero_safe(OPS, times(w, a), sig_pos + zero_safe(OPS, q, sig_neg))
+            -zero_safe(OPS, weight_times(OPS, w, a), sig_pos + zero_safe(OPS, q, sig_neg))
         ),
         frozenset(("logits", "weight")): lambda: (
             zero_safe(OPS, one_minus_yp, sig_pos) - zero_safe(OPS, qyp, sig_neg)
         ),
-        frozenset(("logits", "pos_weight")): lambda: -zero_safe(OPS, times(w, yp), sig_neg),
+        frozenset(("logits", "pos_weight")): lambda: (
+            -zero_safe(OPS, weight_times(OPS, w, yp), sig_neg)
+        ),
         frozenset(("targets", "weight")): lambda: zero_safe(
             OPS, a, zero_safe(OPS, q, sp_neg) - sp_pos
         ),
-        frozenset(("targets", "pos_weight")): lambda: zero_safe(OPS, times(w, a), sp_neg),
+        frozenset(("targets", "pos_weight")): lambda: zero_safe(
+            OPS, weight_times(OPS, w, a), sp_neg
+        ),
         frozenset(("weight", "pos_weight")): lambda: zero_safe(OPS, yp, sp_neg),
     }
 
@@ -424,12 +433,14 @@ def _probs_partials(
         log_p, log_1mp = probs_logs(p, log_clamp)
         if "targets" in names:
             out["targets"] = -zero_safe(
-                OPS, times(w, smoothed_target_slope(eps)), zero_safe(OPS, q, log_p) - log_1mp
+                OPS,
+                weight_times(OPS, w, smoothed_target_slope(eps)),
+                zero_safe(OPS, q, log_p) - log_1mp,
             )
         if "weight" in names:
             out["weight"] = probs_bracket(p, log_p, log_1mp, yp, one_minus_yp, q)
         if "pos_weight" in names:
-            out["pos_weight"] = -zero_safe(OPS, times(w, yp), log_p)
+            out["pos_weight"] = -zero_safe(OPS, weight_times(OPS, w, yp), log_p)
     return out
 
 

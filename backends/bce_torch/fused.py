@@ -46,7 +46,7 @@ from bce_core.rules import smoothed_targets, smoothing_floats, zero_safe
 
 from .kernels import LogitParts, logit_grad, logit_loss
 from .operands import TORCH_OPS as OPS
-from .operands import working_dtype
+from .operands import transforms_active, working_dtype
 
 #: Inputs with fewer elements are computed eagerly (no compile wait for small calls).
 DEFAULT_MIN_ELEMENTS = 1 << 14
@@ -145,18 +145,6 @@ def one_pass(
     if grad is not None:
         grad = zero_safe(OPS, factor.to(dtype), grad).to(x.dtype)
     return loss, grad
-
-
-def transforms_active() -> bool:
-    """True inside torch.compile, a jit trace, a torch.func transform or a forward-AD level,
-    where the eager Functions (which support all of them) must be used."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    functorch = getattr(torch._C, "_functorch", None)
-    peek = getattr(functorch, "peek_interpreter_stack", None)
-    if peek is None or peek() is not None:  # unknown torch: assume a transform may be active
-        return True
-    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
 
 
 def applies(

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-from bce_core.rules import Coefficient, smoothed_target_slope, times, zero_safe
+from bce_core.rules import Coefficient, smoothed_target_slope, times, weight_times, zero_safe
 
 from .operands import TORCH_OPS as OPS
 
@@ -160,7 +160,10 @@ def logit_loss(
 ) -> torch.Tensor:
     """w [(1 - y') softplus(x) + q y' softplus(-x)], the weight applied before the small side."""
     return parts.combine(
-        times(w, one_minus_yp), times(w, times(q, yp)), *parts.softplus_sides(), product=product
+        weight_times(OPS, w, one_minus_yp),
+        weight_times(OPS, w, times(q, yp)),
+        *parts.softplus_sides(),
+        product=product,
     )
 
 
@@ -179,9 +182,11 @@ def logit_grad(
     parts: LogitParts, yp: torch.Tensor, one_minus_yp: torch.Tensor, w: Coefficient, q: Coefficient
 ) -> torch.Tensor:
     """d loss / d x = w (1 - y') sigma(x) - w q y' sigma(-x)."""
-    c_neg = times(w, times(q, yp))
+    c_neg = weight_times(OPS, w, times(q, yp))
     return parts.combine(
-        times(w, one_minus_yp), -1.0 if c_neg is None else -c_neg, *parts.sigmoid_sides()
+        weight_times(OPS, w, one_minus_yp),
+        -1.0 if c_neg is None else -c_neg,
+        *parts.sigmoid_sides(),
     )
 
 
@@ -190,8 +195,8 @@ def logit_hessian(
 ) -> torch.Tensor:
     """d2 loss / d x2 = w (1 + (q - 1) y') sigma(x) sigma(-x), as w ((1 - y') + q y') r (e r)."""
     big, small = parts.sigmoid_sides()
-    coefficient = times(w, one_minus_yp + (yp if q is None else q * yp))
-    return coefficient * big * small * parts.scale
+    coefficient = weight_times(OPS, w, one_minus_yp + (yp if q is None else q * yp))
+    return zero_safe(OPS, coefficient, big * small * parts.scale)
 
 
 def logit_partials(
@@ -215,12 +220,14 @@ def logit_partials(
         sp_pos, sp_neg = parts.softplus()
         if "targets" in names:
             out["targets"] = zero_safe(
-                OPS, times(w, smoothed_target_slope(eps)), zero_safe(OPS, q, sp_neg) - sp_pos
+                OPS,
+                weight_times(OPS, w, smoothed_target_slope(eps)),
+                zero_safe(OPS, q, sp_neg) - sp_pos,
             )
         if "weight" in names:
             out["weight"] = logit_bracket(sp_pos, sp_neg, yp, one_minus_yp, q)
         if "pos_weight" in names:
-            out["pos_weight"] = zero_safe(OPS, times(w, yp), sp_neg)
+            out["pos_weight"] = zero_safe(OPS, weight_times(OPS, w, yp), sp_neg)
     return out
 
 

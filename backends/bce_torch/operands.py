@@ -216,6 +216,18 @@ def as_mask_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
     return _on_device("mask", mask, like.device) if mask is value else mask.to(like.device)
 
 
+def transforms_active() -> bool:
+    """True inside torch.compile, a jit trace, a torch.func transform or a forward-AD level,
+    where the eager Functions (which support all of them) must be used."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    if peek is None or peek() is not None:  # unknown torch: assume a transform may be active
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
 class TorchConverter:
     """The ``rules.Converter`` of torch tensors (and of NumPy arrays, lists and numbers)."""
 
@@ -226,6 +238,20 @@ class TorchConverter:
     @staticmethod
     def shape_of(array: torch.Tensor) -> tuple[int, ...]:
         return tuple(array.shape)
+
+    @staticmethod
+    def isfinite(array: torch.Tensor) -> Any:
+        finite = torch.isfinite(array)
+        # Reading the answer costs nothing on the CPU (no device to wait for) and spares the
+        # where; traced or transformed code has no answer to read.
+        if array.device.type == "cpu" and not transforms_active() and bool(finite.all()):
+            return True
+        return finite
+
+    @staticmethod
+    def nan_where_not(finite: Any, array: torch.Tensor) -> torch.Tensor:
+        # The NaN branch is a function of ``array`` so that its gradient reaches it (NaN).
+        return torch.where(finite, array, array + float("nan"))
 
 
 TORCH_CONVERTER = TorchConverter()
