@@ -73,7 +73,9 @@ class SklearnObjective(ObjectiveOptions):
     (None without weights).
     """
 
-    def __call__(self, y_true: Any, y_pred: Any, weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, y_true: Any, y_pred: Any, weight: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         return self.derivatives(y_pred, y_true, weight, ("y_pred", "y_true", "weight"))
 
 
