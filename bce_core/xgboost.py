@@ -16,6 +16,9 @@ to 0.5, a start at margin 0, and ``Booster.predict`` returns probabilities
 from margin 0.5 and ``predict`` returns margins. ``XGBClassifier(objective=...)`` starts from
 margin 0 and its ``predict_proba`` returns the sigmoid of the margins.
 
+Labels of shape (n, k) (a multi-label model, ``multi_strategy`` set) get one binary loss per
+output. A multi-class model (``num_class``) is refused: this objective is binary.
+
 >>> import numpy as np
 >>> import xgboost
 >>> from bce_core.xgboost import objective

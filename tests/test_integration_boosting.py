@@ -105,6 +105,15 @@ def test_xgbclassifier_matches_binary_logistic(ours, builtin):
     assert pickle.loads(pickle.dumps(got)).objective == got.objective
 
 
+def test_xgboost_multi_label_is_one_binary_loss_per_output():
+    labels = np.stack([Y, (X[:, 0] > 14).astype(int)], axis=1)  # (n, 2): two binary targets
+    params = {"objective": "binary:logistic", "multi_strategy": "one_output_per_tree"}
+    expected = xgb_margins({**params, "base_score": 0.5}, label=labels)
+    got = xgb_margins(params, bce_xgb.objective(), label=labels)
+    assert got.shape == (len(Y), 2)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=XGB_MARGIN_ATOL)
+
+
 # -- LightGBM -----------------------------------------------------------------------------
 
 
