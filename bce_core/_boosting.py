@@ -15,8 +15,8 @@ The curvature sigma(x) sigma(-x) falls below float32's smallest normal number, 2
 the factor sigma(x) sigma(-x) is floored at :data:`HESSIAN_FLOOR` = 2**-126: the curvature
 that reaches the booster is positive wherever the loss has curvature at all (a positive
 weight and a positive coefficient (1 - y') + q y'), and exact for |x| <= 87.3. A zero weight
-still gives a zero curvature. The floor changes no split: it is far below any
-``min_child_weight`` (XGBoost) or ``min_sum_hessian_in_leaf`` (LightGBM).
+still gives a zero curvature. The floor is far below the least curvature a leaf needs by
+default (XGBoost's ``min_child_weight`` 1, LightGBM's ``min_sum_hessian_in_leaf`` 1e-3).
 
 >>> import numpy as np
 >>> grad, hess = gradient_and_hessian(np.array([0.0, 50.0, -800.0]), np.array([1.0, 0.0, 1.0]))
