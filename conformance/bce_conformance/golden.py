@@ -172,17 +172,21 @@ def _expected(case: Case, inputs: dict[str, np.ndarray]) -> Expected:
     grads_and_terms = groups.each(lambda a, b, c, d: oracle.element_grad(a, b, c, d, eps))
     partial_x = [g[0] for g in grads_and_terms]
 
+    @oracle.data_rule
     def partial_y(a: Any, b: Any, c: Any, d: Any) -> Any:
         positive = MP.mpf(0) if d == 0 else d * oracle.softplus(-a)
         return _zero_safe(c * (1 - MP.mpf(eps)), positive - oracle.softplus(a))
 
+    @oracle.data_rule
     def partial_q(a: Any, b: Any, c: Any, d: Any) -> Any:
         return _zero_safe(c * oracle.smoothed(b, eps)[0], oracle.softplus(-a))
 
     partials = {
         "logits": partial_x,
         "targets": groups.each(partial_y),
-        "weight": groups.each(lambda a, b, c, d: oracle.element_loss(a, b, 1.0, d, eps)),
+        "weight": groups.each(
+            oracle.data_rule(lambda a, b, c, d: oracle.element_loss(a, b, 1.0, d, eps))
+        ),
         "pos_weight": groups.each(partial_q),
     }
     denominator = _denominator(case, groups)

@@ -13,9 +13,11 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import mpmath
 import numpy as np
@@ -65,6 +67,30 @@ def sigmoid(x: Any) -> Any:
     return 1 / (1 + MP.exp(-x))
 
 
+_Element = TypeVar("_Element", bound=Callable[..., Any])
+
+
+def data_rule(function: _Element) -> _Element:
+    """The spec's rule for non-finite data on an element function ``f(x, y, w, q, ...)``.
+
+    An infinite or NaN target, weight or pos_weight makes the element's loss and every one
+    of its derivatives NaN (a tuple result becomes a tuple of NaN), whatever the input.
+
+    >>> import mpmath
+    >>> mpmath.isnan(element_loss(0.5, 1.0, float("inf")))
+    True
+    """
+
+    @functools.wraps(function)
+    def ruled(x: Any, y: Any, w: Any = 1.0, q: Any = 1.0, *rest: Any) -> Any:
+        if all(MP.isfinite(MP.mpf(v)) for v in (y, w, q)):
+            return function(x, y, w, q, *rest)
+        result = function(0.0, 0.0, 1.0, 1.0, *rest)  # finite operands: only for its shape
+        return tuple(MP.nan for _ in result) if isinstance(result, tuple) else MP.nan
+
+    return ruled  # type: ignore[return-value]
+
+
 def _term(coefficient: Any, value: Any) -> Any:
     return MP.mpf(0) if coefficient == 0 else coefficient * value
 
@@ -76,6 +102,7 @@ def smoothed(y: Any, eps: Any) -> tuple[Any, Any]:
     return yp, 1 - yp
 
 
+@data_rule
 def element_loss(x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0) -> Any:
     """Exact element loss from a logit."""
     yp, one_minus = smoothed(y, eps)
@@ -83,6 +110,7 @@ def element_loss(x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float 
     return _term(w, _term(one_minus, softplus(x)) + _term(q * yp, softplus(-MP.mpf(x))))
 
 
+@data_rule
 def element_grad(
     x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0
 ) -> tuple[Any, Any]:
@@ -100,6 +128,7 @@ def element_hessian(x: float, y: float, w: float = 1.0, q: float = 1.0) -> Any:
     return element_hessian_smoothed(x, y, w, q, 0.0)
 
 
+@data_rule
 def element_hessian_smoothed(
     x: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0
 ) -> Any:
@@ -112,6 +141,7 @@ def element_hessian_smoothed(
     return coefficient * sigmoid(x) * sigmoid(-MP.mpf(x))
 
 
+@data_rule
 def element_grad_probs(p: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0) -> Any:
     """Exact d loss / d p of the probability form, with the spec's floor on p (1 - p)."""
     p = MP.mpf(p)
@@ -122,6 +152,7 @@ def element_grad_probs(p: float, y: float, w: float = 1.0, q: float = 1.0, eps: 
     return MP.mpf(w) * (p * (one_minus + q * yp) - q * yp) / max(p * (1 - p), MP.mpf(1e-12))
 
 
+@data_rule
 def element_loss_probs(
     p: float, y: float, w: float = 1.0, q: float = 1.0, eps: float = 0.0, log_clamp: float = -100.0
 ) -> Any:
