@@ -82,10 +82,11 @@ def data_rule(function: _Element) -> _Element:
     """
 
     @functools.wraps(function)
-    def ruled(x: Any, y: Any, w: Any = 1.0, q: Any = 1.0, *rest: Any) -> Any:
+    def ruled(x: Any, y: Any, w: Any = 1.0, q: Any = 1.0, *rest: Any, **options: Any) -> Any:
         if all(MP.isfinite(MP.mpf(v)) for v in (y, w, q)):
-            return function(x, y, w, q, *rest)
-        result = function(0.0, 0.0, 1.0, 1.0, *rest)  # finite operands: only for its shape
+            return function(x, y, w, q, *rest, **options)
+        # Evaluated at finite operands only for the shape of its result.
+        result = function(0.0, 0.0, 1.0, 1.0, *rest, **options)
         return tuple(MP.nan for _ in result) if isinstance(result, tuple) else MP.nan
 
     return ruled  # type: ignore[return-value]
