@@ -18,6 +18,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,10 @@ def small_model(activation: str | None = None) -> Any:
     return model
 
 
+# Keras's TensorFlow backend saves a variable as np.array(variable), which NumPy 2 warns about.
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 @pytest.mark.parametrize("which", ["class", "function"])
 def test_a_compiled_model_saves_and_loads(tmp_path: Path, which: str) -> None:
     if which == "class":
@@ -293,16 +298,16 @@ def test_a_compiled_model_saves_and_loads(tmp_path: Path, which: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained() -> dict[str, dict[str, Any]]:
-    """The worker's JSON by Keras backend, the processes run at once; a backend whose
-    framework is missing maps to {"skip": reason}."""
+def workers() -> Iterator[dict[str, Any]]:
+    """One worker process per Keras backend, all started at once; a backend whose framework
+    is missing maps to the reason to skip it."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(sys.path))
-    processes, results = {}, {}
+    started: dict[str, Any] = {}
     for backend, framework in FRAMEWORKS.items():
         if importlib.util.find_spec(framework) is None:
-            results[backend] = {"skip": f"{framework} is not installed"}
+            started[backend] = f"{framework} is not installed"
             continue
-        processes[backend] = subprocess.Popen(
+        started[backend] = subprocess.Popen(
             [sys.executable, str(WORKER)],
             env=dict(env, KERAS_BACKEND=backend),
             stdout=subprocess.PIPE,
@@ -310,15 +315,37 @@ def trained() -> dict[str, dict[str, Any]]:
             text=True,
         )
     try:
-        for backend, process in processes.items():
-            out, err = process.communicate(timeout=240)
-            assert process.returncode == 0, f"KERAS_BACKEND={backend}:\n{err[-4000:]}"
-            results[backend] = json.loads(out.strip().splitlines()[-1])
+        yield started
     finally:
-        for process in processes.values():
-            if process.poll() is None:
+        for process in started.values():
+            if isinstance(process, subprocess.Popen) and process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def start_workers_first(request: pytest.FixtureRequest) -> None:
+    """Start the workers before this module's first test when any test here needs them, so
+    that they run while the tests in this process do (they take most of the file's time)."""
+    if any(
+        "trained" in item.fixturenames
+        for item in request.session.items
+        if item.module is request.module
+    ):
+        request.getfixturevalue("workers")
+
+
+@pytest.fixture(scope="module")
+def trained(workers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The worker's JSON by Keras backend, or {"skip": reason}."""
+    results: dict[str, dict[str, Any]] = {}
+    for backend, process in workers.items():
+        if isinstance(process, str):
+            results[backend] = {"skip": process}
+            continue
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, f"KERAS_BACKEND={backend}:\n{err[-4000:]}"
+        results[backend] = json.loads(out.strip().splitlines()[-1])
     return results
 
 
