@@ -16,8 +16,10 @@ Keras smooths labels as bce-core does: y (1 - ε) + ε / 2. Where Keras clips pr
 to [1e-7, 1 - 1e-7] (so no log is below -16.12), the probability form here is exact down to
 ``log_clamp`` (-100 by default, as PyTorch; ``float("-inf")`` for no clamp). As Keras's own
 loss does on TensorFlow, a ``y_pred`` that a Keras sigmoid activation produced carries its
-logits, and the loss is then computed from them (on TensorFlow and PyTorch; a JAX array
-cannot carry them). The logits form is exact for every finite logit, its gradient too.
+logits, and the loss is then computed from them: on TensorFlow (eager and in
+``tf.function``), PyTorch and eager JAX. Inside ``jax.jit``, where Keras trains on JAX, a
+traced array cannot carry them, and the probabilities are used. The logits form is exact
+for every finite logit, its gradient too.
 
 At p = 1e-30 with target 1 the loss is -log p = 69.08; Keras's is -log 1e-7 = 16.12:
 
