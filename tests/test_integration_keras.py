@@ -43,7 +43,8 @@ BACKEND = keras.backend.backend()
 ULP_BOUND = 4.0
 #: Against Keras on ordinary float32 inputs.
 RTOL, ATOL = 2e-6, 1e-7
-#: The three loss curves, float32 all through (measured: within 2e-7 of each other).
+#: The three loss curves, float32 all through (measured: "ours" the same to the bit on the
+#: three backends, the others within 1.5e-7).
 CURVE_RTOL = 1e-5
 KERAS_REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none")
 WORKER = Path(__file__).with_name("keras_worker.py")
