@@ -106,8 +106,8 @@ def _check_pos_weight(pos_weight: Any) -> PosWeight:
     [1.0, 2.5]
     >>> _check_pos_weight([1.0, float("inf")])
     Traceback (most recent call last):
-    ValueError: pos_weight=[1.0, inf] holds a value that is not finite, which would make every \
-loss NaN; pass finite numbers, such as 2.0 or one per class [1.0, 3.0].
+    ValueError: pos_weight=[1.0, inf] holds a value that is not finite, which makes the loss of \
+its elements NaN; pass finite numbers, such as 2.0 or one per class [1.0, 3.0].
     """
     if pos_weight is None:
         return None
@@ -126,8 +126,9 @@ loss NaN; pass finite numbers, such as 2.0 or one per class [1.0, 3.0].
         values = check_number("pos_weight", pos_weight, "2.0")
     if not all(math.isfinite(v) for v in (values if isinstance(values, list) else [values])):
         raise ValueError(
-            f"pos_weight={reprlib.repr(values)} holds a value that is not finite, which would "
-            f"make every loss NaN; pass finite numbers, such as 2.0 or one per class [1.0, 3.0]."
+            f"pos_weight={reprlib.repr(values)} holds a value that is not finite, which makes "
+            f"the loss of its elements NaN; pass finite numbers, such as 2.0 or one per class "
+            f"[1.0, 3.0]."
         )
     return values
 
