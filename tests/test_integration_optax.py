@@ -88,11 +88,7 @@ def test_matches_optax_on_ordinary_inputs():
 )
 def test_broadcasts_as_optax(logits_shape, labels):
     x = jnp.asarray(np.random.default_rng(1).normal(0.0, 3.0, logits_shape), jnp.float32)
-    labels = (
-        labels
-        if np.ndim(labels) == 0 and not isinstance(labels, np.ndarray)
-        else jnp.asarray(labels)
-    )
+    labels = jnp.asarray(labels) if isinstance(labels, np.ndarray) else labels
     ours, theirs = sigmoid_binary_cross_entropy(x, labels), optax_bce(x, labels)
     assert ours.shape == np.broadcast_shapes(logits_shape, np.shape(labels))
     assert_matches_optax(ours, theirs)
