@@ -68,6 +68,13 @@ labels of shape (2, 3), or of a shape that broadcasts to it such as (2, 1) or (3
     return broadcast[0], broadcast[1]
 
 
+def _cast(value: Any, dtype: Any) -> Any:
+    """A JAX array of another dtype cast to ``dtype``; anything else as it is."""
+    if isinstance(value, jax.Array) and value.dtype != dtype:
+        return value.astype(dtype)
+    return value
+
+
 def sigmoid_binary_cross_entropy(
     logits: Any,
     labels: Any,
@@ -91,6 +98,11 @@ def sigmoid_binary_cross_entropy(
     [0.693147, 2.126928, 0.0, 0.0]
     """
     logits, labels = _broadcast(logits, labels)
+    if jnp.issubdtype(logits.dtype, jnp.floating):
+        # Cast as optax does (bce-core would cast too): a JAX array of another dtype closed
+        # over by a jitted function reaches the backend as a traced value of the right dtype.
+        labels = _cast(labels, logits.dtype)
+        pos_weight = _cast(pos_weight, logits.dtype)
     loss: jax.Array = binary_cross_entropy_with_logits(
         logits,
         labels,

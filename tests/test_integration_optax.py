@@ -162,6 +162,21 @@ def test_jit_and_vmap():
     assert_matches_optax(per_example, grad_sum(optax_bce, x, y))
 
 
+@pytest.mark.parametrize("labels_dtype", ["int32", "bool", "float16"])
+def test_jit_with_labels_of_another_dtype_closed_over(labels_dtype):
+    """Labels (and a pos_weight) held by the jitted function as constants of another dtype."""
+    x, y = operands()
+    labels = (y > 0.5).astype(labels_dtype)
+    q = jnp.asarray([1, 2, 1, 3], jnp.int32)
+    loss_fn = jax.jit(lambda v: sigmoid_binary_cross_entropy(v, labels, pos_weight=q).sum())
+    value, grad = jax.value_and_grad(loss_fn)(x)
+    expected = reference.value_and_grad(
+        as64(x), as64(labels.astype(jnp.float32)), pos_weight=as64(q), reduction="sum"
+    )
+    assert float(value) == pytest.approx(float(expected[0]), rel=RTOL)
+    np.testing.assert_allclose(as64(grad), expected[1], rtol=RTOL, atol=ATOL)
+
+
 def test_gradients_match_optax_on_ordinary_inputs():
     x, y = operands()
     for argnums in (0, 1):  # d/d logits and d/d labels
