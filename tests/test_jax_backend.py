@@ -633,6 +633,27 @@ def test_vmap_jit_and_grad_compose() -> None:
     np.testing.assert_allclose(np.asarray(grads), reference.grad_hess(x, y)[0], rtol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.float16])
+def test_jit_closes_over_concrete_operands_of_another_dtype(dtype) -> None:
+    # A concrete JAX array of another dtype held by the jitted function as a constant (int
+    # labels, a float16 weight): cast inside the trace, not through NumPy and a device check.
+    x = np.array([0.5, -1.0, 2.0, 30.0], dtype=np.float32)
+    y = jnp.array([1, 0, 1, 1]).astype(dtype)
+    w = jnp.array([1.0, 0.5, 2.0, 1.0], dtype=jnp.float16)
+
+    @jax.jit
+    def loss(a: object) -> object:
+        return BACKEND.binary_cross_entropy_with_logits(a, y, weight=w, pos_weight=y)
+
+    expected = reference.binary_cross_entropy_with_logits(
+        x.astype(np.float64),
+        np.asarray(y, np.float64),
+        weight=np.asarray(w, np.float64),
+        pos_weight=np.asarray(y, np.float64),
+    )
+    np.testing.assert_allclose(float(loss(jnp.asarray(x))), expected, rtol=1e-6)
+
+
 def test_probability_form_and_its_autodiff_match_the_reference() -> None:
     p = np.array([0.0, 1e-30, 0.2, 0.5, 0.9, 1 - 1e-9, 1.0])
     y = np.array([1.0, 1.0, 0.0, 1.0, 0.3, 0.0, 0.0])

@@ -168,7 +168,8 @@ def _place(array: np.ndarray, device: jax.Device | None) -> Array:
     (``jax.device_put`` rather than ``jnp.asarray``, which compiles a copy for each new shape.)
     """
     placed = jax.device_put(array)
-    if device is not None and placed.devices() != {device}:
+    # Under a trace (a jitted function's constant) the placement is the trace's to decide.
+    if device is not None and not is_traced(placed) and placed.devices() != {device}:
         placed = jax.device_put(array, device)
     return placed
 
