@@ -108,6 +108,95 @@ def test_every_reduction_matches_the_reference(reduction: str, dtype: str) -> No
         assert np.all(error <= 2 * rtol * larger + 1e-300), np.max(error / larger)
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize(("y", "w", "q"), [(1.0, 0.7, 2.5), (0.0, 3.0, 0.1), (0.3, 0.25, 4.0)])
+def test_weight_and_pos_weight_elements_and_gradients_are_within_4_ulp(
+    dtype: str, y: float, w: float, q: float
+) -> None:
+    sweep = _sweep(np.dtype(dtype).type)
+    # Without the largest logits, whose weighted loss overflows (the exact path gives inf).
+    x = torch.from_numpy(sweep[np.abs(sweep) < np.finfo(sweep.dtype).max / 16])
+    targets = torch.full_like(x, y)
+    weight, pos_weight = torch.full_like(x, w), torch.tensor([q], dtype=x.dtype)
+    yd, wd, qd = (float(np.asarray(v, dtype)) for v in (y, w, q))
+    exact_loss = [oracle.element_loss(v, yd, wd, qd) for v in x.tolist()]
+    exact_grad = [oracle.element_grad(v, yd, wd, qd) for v in x.tolist()]
+    references = [None if y in (0.0, 1.0) else g[1] for g in exact_grad]
+
+    leaf = x.clone().requires_grad_(True)
+    options = dict(weight=weight, pos_weight=pos_weight, reduction="none")
+    loss = BACKEND.binary_cross_entropy_with_logits(leaf, targets, **options)
+    assert _is_lean(loss)
+    loss.sum().backward()
+    _, fused_grad = BACKEND.value_and_grad(x, targets, **options)
+    errors = {
+        "loss": oracle.ulp_errors(loss.detach().numpy(), exact_loss, dtype),
+        "backward": oracle.ulp_errors(
+            leaf.grad.numpy(), [g[0] for g in exact_grad], dtype, references
+        ),
+        "value_and_grad": oracle.ulp_errors(
+            fused_grad.numpy(), [g[0] for g in exact_grad], dtype, references
+        ),
+    }
+    for label, ulps in errors.items():
+        worst = int(np.argmax(ulps))
+        assert ulps[worst] <= ULP_BOUND, f"{label}: {ulps[worst]:.2f} ULP at x={x[worst].item()!r}"
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    ("weight_shape", "pos_weight_shape"), [((6, 1), (5,)), ((5,), ()), ((6, 5), None), (None, (1,))]
+)
+def test_broadcast_weights_match_the_reference_on_every_reduction(
+    reduction: str, weight_shape: tuple[int, ...] | None, pos_weight_shape: tuple[int, ...] | None
+) -> None:
+    generator = np.random.default_rng(11)
+    x64 = generator.normal(0.0, 4.0, (6, 5))
+    y64 = generator.uniform(0.0, 1.0, (6, 5)).round(2)
+    w64 = None if weight_shape is None else generator.uniform(0.0, 2.0, weight_shape)
+    q64 = None if pos_weight_shape is None else generator.uniform(0.5, 3.0, pos_weight_shape)
+    expected_loss, expected_grad = reference.value_and_grad(
+        x64, y64, weight=w64, pos_weight=q64, reduction=reduction
+    )
+    as_tensor = lambda a: None if a is None else torch.tensor(a)  # noqa: E731
+    options = dict(weight=as_tensor(w64), pos_weight=as_tensor(q64), reduction=reduction)
+    leaf = torch.tensor(x64, requires_grad=True)
+    loss = BACKEND.binary_cross_entropy_with_logits(leaf, torch.tensor(y64), **options)
+    assert _is_lean(loss)
+    loss.sum().backward()
+    value, grad = BACKEND.value_and_grad(torch.tensor(x64), torch.tensor(y64), **options)
+    for got in (loss.detach(), value):
+        np.testing.assert_allclose(got.numpy(), expected_loss, rtol=1e-13)
+    for got in (leaf.grad, grad):
+        np.testing.assert_allclose(got.numpy(), expected_grad, rtol=1e-12, atol=1e-16)
+
+
+def test_non_finite_weights_and_zero_weight_sums_take_the_exact_path() -> None:
+    x = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    y = torch.tensor([1.0, 0.0, 1.0])
+    nan, inf = float("nan"), float("inf")
+    for options in (
+        dict(weight=torch.tensor([inf, 1.0, 1.0])),
+        dict(weight=torch.tensor([nan, 1.0, 1.0])),
+        dict(pos_weight=torch.tensor([inf])),
+        dict(weight=torch.tensor([0.0, 1.0, 1.0]), pos_weight=torch.tensor([inf])),
+    ):
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none", **options)
+        assert not _is_lean(loss)
+        expected = reference.binary_cross_entropy_with_logits(
+            x.detach().numpy(),
+            y.numpy(),
+            reduction="none",
+            **{k: v.numpy() for k, v in options.items()},
+        )
+        np.testing.assert_array_equal(loss.detach().numpy(), expected.astype(np.float32))
+    zero = torch.zeros(3)
+    loss = BACKEND.binary_cross_entropy_with_logits(x, y, weight=zero, reduction="weighted_mean")
+    assert not _is_lean(loss) and loss.item() == 0.0
+    loss.backward()
+    assert x.grad.tolist() == [0.0, 0.0, 0.0]
+
+
 def test_a_non_finite_logit_is_recomputed_by_the_exact_path() -> None:
     """(1 - y) softplus(x) at x = inf, y = 1 is 0 * inf in the lean arithmetic; the spec's
     zero coefficient gives 0 there, as the exact path does."""
@@ -116,7 +205,7 @@ def test_a_non_finite_logit_is_recomputed_by_the_exact_path() -> None:
     ones = torch.ones(4)
     elements = BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none")
     assert not _is_lean(elements)
-    exact = BACKEND.binary_cross_entropy_with_logits(x, y, weight=ones, reduction="none")
+    exact = BACKEND.binary_cross_entropy_with_logits(x, y, mask=ones.bool(), reduction="none")
     assert elements.tolist() == exact.tolist()
     assert elements[:2].tolist() == [0.0, 0.0]
     loss = BACKEND.binary_cross_entropy_with_logits(x, y)
@@ -140,7 +229,7 @@ def test_second_derivatives_are_those_of_the_exact_path(reduction: str) -> None:
     (grad,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
     (second,) = torch.autograd.grad(grad.sum(), x)
     exact = BACKEND.binary_cross_entropy_with_logits(
-        x, y, weight=torch.ones_like(y), reduction=reduction
+        x, y, mask=torch.ones_like(y, dtype=torch.bool), reduction=reduction
     )
     (exact_grad,) = torch.autograd.grad(exact.sum(), x, create_graph=True)
     (exact_second,) = torch.autograd.grad(exact_grad.sum(), x)
@@ -169,8 +258,8 @@ def test_other_calls_take_the_exact_path() -> None:
     x = torch.tensor([0.0, 2.0], requires_grad=True)
     y = torch.tensor([1.0, 0.0])
     exact = {
-        "weight": dict(weight=torch.ones(2)),
-        "pos_weight": dict(pos_weight=torch.ones(2)),
+        "weight to differentiate": dict(weight=torch.ones(2, requires_grad=True)),
+        "pos_weight to differentiate": dict(pos_weight=torch.ones(2, requires_grad=True)),
         "mask": dict(mask=torch.tensor([True, True])),
         "smoothing": dict(label_smoothing=0.1),
         "validate": dict(validate=True),

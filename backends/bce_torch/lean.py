@@ -3,25 +3,28 @@
 At 10^2 to 10^4 elements an eager training step pays per operation, not per
 element: each torch operation called from Python costs microseconds of
 dispatch and allocation. The usual call (float32 or float64 logits on the
-CPU, targets of the same shape and dtype, no weight, pos_weight or mask, no
-label smoothing) is computed with the fewest operations that keep the
-accuracy contract:
+CPU, targets of the same shape and dtype, a weight and a pos_weight of that
+dtype or none, no mask, no label smoothing) is computed with the fewest
+operations that keep the accuracy contract:
 
-    loss elements = lerp(softplus(x), softplus(-x), y) = (1 - y) softplus(x) + y softplus(-x)
+    loss elements = lerp(softplus(x), q softplus(-x), y) w
+                  = w [(1 - y) softplus(x) + q y softplus(-x)]
 
 with each softplus one kernel (one exp and one log1p; threshold 40, beyond
 which softplus(x) = x to within exp(-40) relative, below float64's rounding).
 Both terms are non-negative, so nothing cancels, and torch's lerp returns
 either end exactly for y = 0 and y = 1 (for other y it works from the nearer
 end, so its rounding is that of the smaller term). The gradient is
-lerp(sigma(x), -sigma(-x), y) = (1 - y) sigma(x) - y sigma(-x).
+lerp(sigma(x), -q sigma(-x), y) w = w [(1 - y) sigma(x) - q y sigma(-x)]. A weight
+and a pos_weight add one multiplication each way (half an ULP each).
 
-A non-finite loss (an infinite logit, where the lerp meets 0 * inf, or a NaN)
-is recomputed by the exact path, which follows the spec there; so is the
-gradient of the gradient (``create_graph=True``).
+A non-finite loss (an infinite logit, where the lerp meets 0 * inf, an infinite
+or NaN weight, pos_weight or target, or a NaN logit) is recomputed by the exact
+path, which follows the spec there; so are a weighted mean whose weights sum to
+0 and the gradient of the gradient (``create_graph=True``).
 
 >>> x = torch.tensor([0.0, 2.0], requires_grad=True)
->>> loss = lean_loss(x, torch.tensor([1.0, 0.0]), "mean", lambda z: None)
+>>> loss = lean_loss(x, torch.tensor([1.0, 0.0]), None, None, "mean", lambda z: None)
 >>> round(loss.item(), 4)
 1.41
 >>> loss.backward()
@@ -50,53 +53,95 @@ REDUCTIONS = ("mean", "sum", "none", "batch_mean", "weighted_mean")
 Exact = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
-def elements(x: torch.Tensor, negated: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(1 - y) softplus(x) + y softplus(-x), elementwise; ``negated`` is -x.
+def elements(
+    x: torch.Tensor,
+    negated: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None = None,
+    q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """w [(1 - y) softplus(x) + q y softplus(-x)], elementwise; ``negated`` is -x.
 
     >>> x = torch.tensor([0.0, 30.0])
     >>> [round(v, 4) for v in elements(x, -x, torch.tensor([1.0, 1.0])).tolist()]
     [0.6931, 0.0]
     """
     softplus = F.softplus
-    return torch.lerp(softplus(x, 1.0, _THRESHOLD), softplus(negated, 1.0, _THRESHOLD), y)
+    positive = softplus(negated, 1.0, _THRESHOLD)
+    values = torch.lerp(softplus(x, 1.0, _THRESHOLD), positive if q is None else positive * q, y)
+    return values if w is None else values.mul_(w)
 
 
-def gradient(x: torch.Tensor, negated: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """d(element loss)/dx = (1 - y) sigma(x) - y sigma(-x): a difference only where the two
-    terms are of the same size, and then graded against the larger one.
+def gradient(
+    x: torch.Tensor,
+    negated: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None = None,
+    q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """d(element loss)/dx = w [(1 - y) sigma(x) - q y sigma(-x)]: a difference only where the
+    two terms are of the same size, and then graded against the larger one.
 
     >>> x = torch.tensor([0.0])
     >>> gradient(x, -x, torch.tensor([1.0])).tolist()
     [-0.5]
     """
-    return torch.lerp(torch.sigmoid(x), torch.sigmoid(negated).neg_(), y)
+    positive = torch.sigmoid(negated).neg_()
+    values = torch.lerp(torch.sigmoid(x), positive if q is None else positive.mul_(q), y)
+    return values if w is None else values.mul_(w)
 
 
-def _reduce(values: torch.Tensor, reduction: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _reduce(values: torch.Tensor, reduction: str, divisor: float) -> torch.Tensor:
+    if reduction == "none":
+        return values
+    total = values.sum()
+    return total if divisor == 1 else total / divisor
+
+
+def divisor(
+    reduction: str, shape: tuple[int, ...], numel: int, w: torch.Tensor | None
+) -> float | None:
+    """What the element sum is divided by (the gradient's scale), a Python number; None for a
+    weighted mean whose weights sum to 0 or to a non-finite value (the exact path gives the
+    spec's answer there).
+
+    >>> divisor("weighted_mean", (2, 3), 6, torch.tensor([1.0, 0.5, 0.5]))
+    4.0
+    """
+    if reduction == "weighted_mean" and w is not None:
+        total = float(w.sum()) * (numel // w.numel())  # the sum of w broadcast to the shape
+        return total if total != 0 and math.isfinite(total) else None
     if reduction in ("mean", "weighted_mean"):  # weighted_mean without a weight is the mean
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    if reduction == "batch_mean":
-        return values.sum() / shape[0]
-    return values
-
-
-def _divisor(reduction: str, shape: tuple[int, ...], numel: int) -> int:
-    """What the element sum is divided by (the gradient's scale), a Python int."""
-    if reduction in ("mean", "weighted_mean"):
         return numel
     if reduction == "batch_mean":
         return shape[0]
     return 1
 
 
-def applies(x: torch.Tensor, y: Any, reduction: str) -> bool:
-    """Whether the lean path computes a call whose weight, pos_weight and mask are None and
-    whose label smoothing is 0: CPU tensors of one lean dtype and shape, a nonempty batch, and
-    targets that autograd need not differentiate.
+def _fits(coefficient: Any, x: torch.Tensor) -> bool:
+    """Whether a weight or pos_weight can be used as it is: None, or a CPU tensor of x's
+    dtype that broadcasts to x's shape without enlarging it and that autograd need not
+    differentiate (any other shape goes to the exact path, which raises the spec's error)."""
+    if coefficient is None:
+        return True
+    return (
+        type(coefficient) is torch.Tensor
+        and coefficient.dtype == x.dtype
+        and coefficient.device.type == "cpu"
+        and coefficient.ndim <= x.ndim
+        and coefficient.numel() > 0
+        and all(d in (1, n) for d, n in zip(reversed(coefficient.shape), reversed(x.shape)))
+        and not (coefficient.requires_grad and torch.is_grad_enabled())
+    )
 
-    >>> applies(torch.zeros(3), torch.ones(3), "mean")
+
+def applies(x: torch.Tensor, y: Any, reduction: str, w: Any = None, q: Any = None) -> bool:
+    """Whether the lean path computes a call whose mask is None and whose label smoothing is
+    0: CPU tensors of one lean dtype (the targets of the logits' shape, a weight and a
+    pos_weight broadcasting to it), a nonempty batch, and operands other than the logits that
+    autograd need not differentiate.
+
+    >>> applies(torch.zeros(3), torch.ones(3), "mean", q=torch.tensor([2.0]))
     True
     >>> applies(torch.zeros(3), [1.0, 1.0, 1.0], "mean")
     False
@@ -112,71 +157,92 @@ def applies(x: torch.Tensor, y: Any, reduction: str) -> bool:
         and reduction in REDUCTIONS
         and not (y.requires_grad and torch.is_grad_enabled())
         and (reduction != "batch_mean" or x.ndim > 0)
+        and _fits(w, x)
+        and _fits(q, x)
     )
 
 
 class LeanLoss(torch.autograd.Function):
     """The reduced (or per-element) loss of ``elements``, differentiable in x.
 
-    ``apply(x, y, reduction, exact)``; ``exact(x)`` is the same loss through the exact
-    Functions, for ``create_graph=True``.
+    ``apply(x, y, w, q, reduction, divisor, exact)``; ``exact(x)`` is the same loss through the
+    exact Functions, for ``create_graph=True``.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, y: torch.Tensor, reduction: str, exact: Exact
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor | None,
+        q: torch.Tensor | None,
+        reduction: str,
+        divisor: float,
+        exact: Exact,
     ) -> torch.Tensor:
         negated = torch.neg(x)
-        ctx.save_for_backward(x, negated, y)
-        ctx.reduction, ctx.exact = reduction, exact
-        return _reduce(elements(x, negated, y), reduction, tuple(x.shape))
+        ctx.save_for_backward(x, negated, y, w, q)
+        ctx.reduction, ctx.divisor, ctx.exact = reduction, divisor, exact
+        return _reduce(elements(x, negated, y, w, q), reduction, divisor)
 
     @staticmethod
     def backward(ctx: Any, upstream: torch.Tensor) -> tuple[Any, ...]:
-        x, negated, y = ctx.saved_tensors
+        x, negated, y, w, q = ctx.saved_tensors
+        unused = (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True: a gradient exact to differentiate
             (grad,) = torch.autograd.grad(ctx.exact(x), x, upstream, create_graph=True)
-            return grad, None, None, None
-        grad = gradient(x, negated, y)
+            return (grad, *unused)
+        grad = gradient(x, negated, y, w, q)
         if ctx.reduction == "none":
-            return grad.mul_(upstream), None, None, None
-        scale = upstream.item() / _divisor(ctx.reduction, tuple(x.shape), x.numel())
-        return (grad if scale == 1.0 else grad.mul_(scale)), None, None, None
+            return (grad.mul_(upstream), *unused)
+        scale = upstream.item() / ctx.divisor
+        return (grad if scale == 1.0 else grad.mul_(scale), *unused)
 
 
 def lean_loss(
-    x: torch.Tensor, y: torch.Tensor, reduction: str, exact: Exact
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    q: torch.Tensor | None,
+    reduction: str,
+    exact: Exact,
 ) -> torch.Tensor | None:
     """The loss of ``elements`` reduced by ``reduction``, differentiable in x; None where the
-    sum is not finite (the caller then computes exactly).
+    sum is not finite or the weights sum to 0 (the caller then computes exactly).
 
     ``exact(z)`` computes the same loss through the exact path, for second derivatives.
     """
+    scale = divisor(reduction, tuple(x.shape), x.numel(), w)
+    if scale is None:
+        return None
     if x.requires_grad and torch.is_grad_enabled():
-        loss = LeanLoss.apply(x, y, reduction, exact)
+        loss = LeanLoss.apply(x, y, w, q, reduction, scale, exact)
     else:
-        loss = _reduce(elements(x, torch.neg(x), y), reduction, tuple(x.shape))
+        loss = _reduce(elements(x, torch.neg(x), y, w, q), reduction, scale)
     return loss if _finite(loss) else None
 
 
 def lean_value_and_grad(
-    x: torch.Tensor, y: torch.Tensor, reduction: str
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, q: torch.Tensor | None, reduction: str
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(loss, d loss / d x) without autograd; None where the sum is not finite.
+    """(loss, d loss / d x) without autograd; None where the sum is not finite or the weights
+    sum to 0.
 
     >>> loss, grad = lean_value_and_grad(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]),
-    ...                                  "mean")
+    ...                                  None, torch.tensor([3.0]), "mean")
     >>> grad.tolist()
-    [-0.25, 0.25]
+    [-0.75, 0.25]
     """
+    scale = divisor(reduction, tuple(x.shape), x.numel(), w)
+    if scale is None:
+        return None
     with torch.no_grad():
         negated = torch.neg(x)
-        loss = _reduce(elements(x, negated, y), reduction, tuple(x.shape))
+        loss = _reduce(elements(x, negated, y, w, q), reduction, scale)
         if not _finite(loss):
             return None
-        grad = gradient(x, negated, y)
-        divisor = _divisor(reduction, tuple(x.shape), x.numel())
-    return loss, (grad if divisor == 1 else grad.div_(divisor))
+        grad = gradient(x, negated, y, w, q)
+    return loss, (grad if scale == 1 else grad.div_(scale))
 
 
 def _finite(loss: torch.Tensor) -> bool:
