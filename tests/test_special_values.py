@@ -31,7 +31,6 @@ and dtype, and Hypothesis shrinks it to a minimal call, printed as code to run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,13 +48,7 @@ from bce_core.spec import REDUCTIONS
 bce_conformance = pytest.importorskip("bce_conformance")
 from bce_conformance import golden  # noqa: E402
 from bce_conformance.cases import Case, numpy_dtype  # noqa: E402
-from bce_conformance.checks import (  # noqa: E402
-    LARGEST,
-    Comparison,
-    compare,
-    gradient_scale,
-    reduced_scale,
-)
+from bce_conformance.checks import LARGEST, Comparison, compare, gradient_scale, reduced_scale  # noqa: E402
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 BACKENDS = tuple(BACKEND_FRAMEWORKS)
@@ -65,11 +58,39 @@ GRADED_ULP = 4.0
 #: reference while the exact value is finite: the oracle gives the expected values there.
 FLOAT64_OVERFLOW_RISK = 2.0**500
 
+#: The kinds of mismatch ``finding_of`` names.
+ETA1 = "d/dtargets at label_smoothing=1 is 0, not NaN, for non-finite data"
+SUBNORMAL = "a subnormal operand taken as 0"
+OVERFLOW = "reduced loss overflows the working dtype where the exact value is finite"
+FLUSHED_FACTOR = "weighted_mean gradient 0: 1 / sum(weight) is subnormal and flushed"
+NEGATIVE_SUBNORMAL_P = "negative subnormal probability read as in [0, 1]"
+
 #: Where a backend disagrees with the spec today, by (backend, finding): what differs. A
 #: mismatch that ``finding_of`` names precisely, on a backend listed here, is tolerated by the
-#: property tests; ``test_known_finding`` holds each entry to its minimal reproduction with a
+#: property tests; ``test_known_finding`` holds each entry to a minimal reproduction with a
 #: strict xfail, so a fix shows up there (remove the entry then).
-KNOWN: dict[tuple[str, str], str] = {}
+KNOWN: dict[tuple[str, str], str] = {
+    **{
+        (name, ETA1): "the target slope 1 - eps = 0 is taken as a zero coefficient, which "
+        "overrides the NaN of the rule for non-finite data (only a weight of 0 may)"
+        for name in BACKENDS
+    },
+    ("tensorflow", SUBNORMAL): "TensorFlow's CPU kernels read subnormal operands as 0: a "
+    "subnormal weight of an infinite or NaN element gives 0",
+    ("jax", SUBNORMAL): "XLA on CPU reads subnormal operands as 0: a subnormal weight of an "
+    "infinite or NaN element gives 0",
+    ("torch", SUBNORMAL): "w * y' (a subnormal weight times the smoothed target) underflows "
+    "to 0 and is then taken as a zero coefficient of softplus(-x) = inf",
+    ("numpy", SUBNORMAL): "d/dpos_weight: w * y' underflows to 0 and is then taken as a zero "
+    "coefficient of softplus(-x) = inf",
+    ("torch", OVERFLOW): "the element losses are summed in the working dtype (float32 for "
+    "halves), which overflows where the exact mean is finite",
+    ("jax", OVERFLOW): "an element loss or the sum overflows the working dtype where the exact "
+    "mean is finite",
+    ("tensorflow", OVERFLOW): "an element loss overflows the working dtype (float32 for "
+    "halves) where the exact mean is finite",
+}
+
 
 SETTINGS = settings(
     derandomize=True,
@@ -304,22 +325,48 @@ class Expected:
     grads: dict[str, np.ndarray]
 
 
+def _with_oracle(d: Drawn, ref: Expected) -> Expected:
+    """In float64 near the largest values: the oracle's exact values where the reference is
+    not NaN (it overflows where the exact value is finite). The oracle knows no rule for
+    non-finite data, so it sees the logits as that rule makes them (NaN at such elements),
+    and the reference's NaN, which follow the rule, are kept."""
+    arrays = dict(d.arrays)
+    data = [arrays[n] for n in ("targets", "weight", "pos_weight") if n in arrays]
+    bad = np.zeros(d.shape, bool)
+    for value in data:
+        bad = bad | ~np.isfinite(np.broadcast_to(value, d.shape))
+    arrays[d.form] = np.where(bad, np.nan, arrays[d.form]).astype(arrays[d.form].dtype)
+    with np.errstate(all="ignore"):
+        exact = golden._expected(Drawn(d.form, d.dtype, arrays, d.options).case(), arrays)
+
+    def pick(reference_value: np.ndarray, oracle_value: np.ndarray) -> np.ndarray:
+        either = np.isnan(reference_value) | np.isnan(oracle_value)
+        return np.where(either, reference_value, oracle_value)
+
+    return Expected(
+        pick(ref.loss, exact.loss), {k: pick(g, exact.grads[k]) for k, g in ref.grads.items()}
+    )
+
+
 def expected_logits(d: Drawn) -> Expected:
-    if d.needs_oracle():
-        exact = d.oracle()
-        return Expected(exact.loss, {name: exact.grads[name] for name in d.wrt})
     a = d.arrays
     loss, grads = reference.value_and_grad(
         a["logits"], a["targets"], weight=a.get("weight"), pos_weight=a.get("pos_weight"),
         mask=a.get("mask"), wrt=d.wrt, **d.options,
     )  # fmt: skip
-    return Expected(np.asarray(loss), dict(zip(d.wrt, grads)))
+    ref = Expected(np.asarray(loss), dict(zip(d.wrt, grads)))
+    if d.eps == 1.0:
+        # d/dy carries the coefficient 1 - eps = 0: the reference's 0 * inf at an infinite
+        # logit is NaN, where the zero-coefficient rule (and the oracle) give 0. Elements with
+        # non-finite data stay NaN, by the rule for non-finite data.
+        v = d.v()
+        finite = np.isfinite(v["y"]) & np.isfinite(v["w"]) & np.isfinite(v["q"])
+        infinite_x = np.isinf(v["x"]) & finite
+        ref.grads["targets"] = np.where(infinite_x, 0.0, ref.grads["targets"])
+    return _with_oracle(d, ref) if d.needs_oracle() else ref
 
 
 def expected_probs(d: Drawn) -> Expected:
-    if d.needs_oracle():
-        exact = d.oracle()
-        return Expected(exact.loss, {"probs": exact.grads["probs"]})
     a = d.arrays
     operands = {k: a[k] for k in ("weight", "pos_weight", "mask") if k in a}
     loss = reference.binary_cross_entropy(a["probs"], a["targets"], **operands, **d.options)
@@ -330,15 +377,90 @@ def expected_probs(d: Drawn) -> Expected:
     factor = d.factor()
     with np.errstate(all="ignore"):  # a factor of 0 (masked out, zero denominator) gives 0
         grad = np.where(np.equal(factor, 0), 0.0, slope * factor)
-    return Expected(np.asarray(loss), {"probs": np.broadcast_to(grad, d.shape)})
+    ref = Expected(np.asarray(loss), {"probs": np.broadcast_to(grad, d.shape)})
+    return _with_oracle(d, ref) if d.needs_oracle() else ref
+
+
+EXPECTED = {"logits": expected_logits, "probs": expected_probs}
 
 
 # -- findings ---------------------------------------------------------------------------------
 
 
-def finding_of(d: Drawn, quantity: str, got: np.ndarray, want: np.ndarray) -> str | None:
-    """The name of a known kind of mismatch, when this one is precisely of that kind."""
+def _working_largest(dtype: str) -> float:
+    """The largest finite number of the dtype a backend computes ``dtype`` in."""
+    return float(finfo("float32" if dtype in ("float16", "bfloat16") else dtype).max)
+
+
+def _flushed(d: Drawn) -> Drawn:
+    """``d`` with every subnormal operand replaced by a zero of its sign."""
+    arrays = {}
+    for name, value in d.arrays.items():
+        if name != "mask":
+            as64 = value.astype(np.float64)
+            subnormal = (as64 != 0) & (np.abs(as64) < float(finfo(d.dtype).tiny))
+            value = cast(np.where(subnormal, np.copysign(0.0, as64), as64), d.dtype)
+        arrays[name] = value
+    return Drawn(d.form, d.dtype, arrays, d.options)
+
+
+def _passes(d: Drawn, quantity: str, got: np.ndarray, want: Expected) -> bool:
+    with np.errstate(all="ignore"):
+        return all(c.passed for c in comparisons(d, {quantity: got}, want))
+
+
+def finding_of(d: Drawn, quantity: str, got: np.ndarray, want: Expected) -> str | None:
+    """The name of a known kind of mismatch, when this one is precisely of that kind (each is
+    checked by changing what the kind names and seeing the mismatch go)."""
+    v = d.v()
+    expected = want.loss if quantity.endswith("loss") else want.grads[quantity[:-1].split("[")[1]]
+    if d.form == "probs":
+        p = v["x"]
+        negative_subnormal = (p < 0) & (p > -float(finfo(d.dtype).tiny))
+        if negative_subnormal.any():
+            moved = dict(d.arrays, probs=cast(np.where(negative_subnormal, -0.5, p), d.dtype))
+            if _passes(d, quantity, got, EXPECTED["probs"](Drawn("probs", d.dtype, moved,
+                                                                 d.options))):  # fmt: skip
+                return NEGATIVE_SUBNORMAL_P
+    if quantity.endswith("grad[targets]") and d.eps == 1.0:
+        nan_as_zero = np.where(np.isnan(expected) & (got == 0), np.nan, got)
+        if _passes(d, quantity, nan_as_zero, want):
+            return ETA1
+    if d.reduction == "weighted_mean" and "weight" in d.arrays:
+        keep = np.broadcast_to(d.arrays.get("mask", True), d.shape)
+        total = np.sum(np.where(keep, np.broadcast_to(v["w"], d.shape), 0.0))
+        if np.isfinite(total) and total > 1 / float(finfo(d.dtype).tiny) / 2:
+            zero_as_expected = np.where((got == 0) & np.isfinite(expected), expected, got)
+            if not quantity.endswith("loss") and _passes(d, quantity, zero_as_expected, want):
+                return FLUSHED_FACTOR
+    if quantity.endswith("loss") and d.reduction != "none" and np.all(np.isinf(got)):
+        with np.errstate(all="ignore"):
+            kept = want_elements(d)
+        largest = _working_largest(d.dtype)
+        if np.all(np.isfinite(expected)) and np.nansum(np.abs(kept)) > largest:
+            return OVERFLOW
+    flushed = _flushed(d)
+    if flushed.arrays.keys() == d.arrays.keys() and any(
+        not np.array_equal(a, b, equal_nan=True)
+        for a, b in zip(flushed.arrays.values(), d.arrays.values())
+    ):
+        if _passes(d, quantity, got, EXPECTED[d.form](flushed)):
+            return SUBNORMAL
     return None
+
+
+def want_elements(d: Drawn) -> np.ndarray:
+    """The exact element losses of the kept elements (0 elsewhere), from the reference."""
+    a = d.arrays
+    operands = {k: a[k] for k in ("weight", "pos_weight") if k in a}
+    options = dict(d.options, reduction="none")
+    if d.form == "logits":
+        elements = reference.binary_cross_entropy_with_logits(
+            a["logits"], a["targets"], **operands, **options
+        )
+    else:
+        elements = reference.binary_cross_entropy(a["probs"], a["targets"], **operands, **options)
+    return np.where(np.broadcast_to(a.get("mask", True), d.shape), elements, 0.0)
 
 
 # -- the backend's results --------------------------------------------------------------------
@@ -414,13 +536,19 @@ def comparisons(d: Drawn, got: dict[str, np.ndarray], want: Expected) -> list[Co
     out = []
     for quantity, value in got.items():
         if quantity.endswith("loss"):
-            out.append(compare(quantity, value, want.loss, loss_scale, d.dtype, terms))
+            out.append(compare(quantity, value, want.loss, _finite(loss_scale), d.dtype, terms))
         else:
             name = quantity.split("[")[1].rstrip("]")
             expected = want.grads[name]
             scale, count = gradient_scale(element_scales[name], factor, expected.shape)
-            out.append(compare(quantity, value, expected, scale, d.dtype, count))
+            out.append(compare(quantity, value, expected, _finite(scale), d.dtype, count))
     return out
+
+
+def _finite(scale: Any) -> Any:
+    """A scale that overflowed float64 (operands near its largest value) as its largest: an
+    infinite expected value is matched exactly whatever the scale."""
+    return np.minimum(scale, np.finfo(np.float64).max)
 
 
 def ulp_failures(d: Drawn, got: dict[str, np.ndarray]) -> list[str]:
@@ -440,11 +568,13 @@ def ulp_failures(d: Drawn, got: dict[str, np.ndarray]) -> list[str]:
     return failures
 
 
-def check(name: str, d: Drawn, expected: Callable[[Drawn], Expected]) -> None:
+def problems_of(name: str, d: Drawn, *, tolerate: bool = True) -> list[str]:
+    """What the backend ``name`` gets wrong on ``d``; with ``tolerate``, less the mismatches
+    that are a KNOWN finding of that backend."""
     backend = installed_backend(name)
     with float64_enabled(name):
         got = results(backend, d)
-    want = expected(d)
+    want = EXPECTED[d.form](d)
     problems = []
     for quantity, value in got.items():
         if np.asarray(value).dtype.name != d.dtype:
@@ -454,13 +584,45 @@ def check(name: str, d: Drawn, expected: Callable[[Drawn], Expected]) -> None:
     for comparison in checked:
         if comparison.passed:
             continue
-        finding = finding_of(d, comparison.quantity, got[comparison.quantity], want.loss)
-        if finding is not None and (name, finding) in KNOWN:
+        finding = finding_of(d, comparison.quantity, got[comparison.quantity], want)
+        if tolerate and (name, finding) in KNOWN:
             continue
-        problems.append(f"{comparison.quantity}: {comparison.detail}")
+        named = f" [{finding}]" if finding else ""
+        problems.append(f"{comparison.quantity}: {comparison.detail}{named}")
     if d.graded():
         problems += ulp_failures(d, got)
+    return problems
+
+
+def check(name: str, d: Drawn) -> None:
+    problems = problems_of(name, d)
     assert not problems, f"{name} {d.dtype}, {d!r}:\n  " + "\n  ".join(problems)
+
+
+def _call(form: str, dtype: str, options: dict[str, Any], **arrays: Any) -> Drawn:
+    native = {k: v if k == "mask" else cast(v, dtype) for k, v in arrays.items()}
+    return Drawn(form, dtype, native, options)
+
+
+SUB32 = float(np.finfo(np.float32).smallest_subnormal)
+#: A minimal call that shows each finding, by finding (and by backend where they differ).
+REPRODUCTIONS: dict[tuple[str, str | None], Drawn] = {
+    (ETA1, None): _call("logits", "float32", {"reduction": "none", "label_smoothing": 1.0},
+                        logits=[0.0], targets=[np.inf]),  # fmt: skip
+    (SUBNORMAL, None): _call("logits", "float32", {"reduction": "none", "label_smoothing": 0.1},
+                             logits=[-np.inf], targets=[0.0], weight=[SUB32]),  # fmt: skip
+    (SUBNORMAL, "numpy"): _call("logits", "float64", {"reduction": "none"}, logits=[-np.inf],
+                                targets=[0.5], weight=[5e-324], pos_weight=[1.0]),  # fmt: skip
+    (OVERFLOW, None): _call("logits", "float32", {"reduction": "mean"}, logits=[3e38, -3e38],
+                            targets=[0.0, 1.0]),  # fmt: skip
+    (OVERFLOW, "tensorflow"): _call("logits", "bfloat16", {"reduction": "mean"},
+                                    logits=[0.0, -3.3895313892515355e38],
+                                    targets=[0.0, 1.5]),  # fmt: skip
+}
+
+
+def reproduction(name: str, finding: str) -> Drawn:
+    return REPRODUCTIONS.get((finding, name), REPRODUCTIONS[(finding, None)])
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -478,7 +640,7 @@ def _needs_dtype(dtype: str) -> None:
 def test_logits_form_special_values(name: str, dtype: str, data: st.DataObject) -> None:
     _needs_dtype(dtype)
     installed_backend(name)
-    check(name, data.draw(drawn_calls("logits", dtype), label="call"), expected_logits)
+    check(name, data.draw(drawn_calls("logits", dtype), label="call"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -488,4 +650,24 @@ def test_logits_form_special_values(name: str, dtype: str, data: st.DataObject) 
 def test_probability_form_special_values(name: str, dtype: str, data: st.DataObject) -> None:
     _needs_dtype(dtype)
     installed_backend(name)
-    check(name, data.draw(drawn_calls("probs", dtype), label="call"), expected_probs)
+    check(name, data.draw(drawn_calls("probs", dtype), label="call"))
+
+
+@pytest.mark.parametrize(
+    "name,finding",
+    [
+        pytest.param(*key, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                   reason=f"{key[0]}: {reason}"))
+        for key, reason in KNOWN.items()
+    ],
+)  # fmt: skip
+def test_known_finding(name: str, finding: str) -> None:
+    """Each KNOWN finding on its minimal reproduction: it fails today, and every problem is
+    of the kind named (a fix makes this pass, and the strict xfail fail: remove the entry)."""
+    d = reproduction(name, finding)
+    _needs_dtype(d.dtype)
+    problems = problems_of(name, d, tolerate=False)
+    unnamed = [p for p in problems if not p.endswith(f"[{finding}]")]
+    if unnamed:
+        raise RuntimeError(f"{name}: problems of another kind on {d!r}: {unnamed}")
+    assert not problems, f"{name}, {d!r}:\n  " + "\n  ".join(problems)
