@@ -83,6 +83,15 @@ KNOWN: dict[tuple[str, str], str] = {
     "to 0 and is then taken as a zero coefficient of softplus(-x) = inf",
     ("numpy", SUBNORMAL): "d/dpos_weight: w * y' underflows to 0 and is then taken as a zero "
     "coefficient of softplus(-x) = inf",
+    ("tensorflow", NEGATIVE_SUBNORMAL_P): "with a non-finite target, weight or pos_weight "
+    "in the call, the rule for non-finite data rewrites the probabilities, which flushes a "
+    "negative subnormal p to -0: its loss is -0 and its gradient 0, not NaN",
+    **{
+        (name, FLUSHED_FACTOR): "the factor 1 / sum(weight) of weighted_mean is below the "
+        "smallest normal number where sum(weight) > 2**126 and is flushed to 0 (XLA and "
+        "TensorFlow on CPU): every gradient is 0"
+        for name in ("jax", "tensorflow")
+    },
     ("torch", OVERFLOW): "the element losses are summed in the working dtype (float32 for "
     "halves), which overflows where the exact mean is finite",
     ("jax", OVERFLOW): "an element loss or the sum overflows the working dtype where the exact "
@@ -452,7 +461,7 @@ def finding_of(d: Drawn, quantity: str, got: np.ndarray, want: Expected) -> str 
         p = v["x"]
         negative_subnormal = (p < 0) & (p > -float(finfo(d.dtype).tiny))
         if negative_subnormal.any():
-            moved = dict(d.arrays, probs=cast(np.where(negative_subnormal, -0.5, p), d.dtype))
+            moved = dict(d.arrays, probs=cast(np.where(negative_subnormal, -0.0, p), d.dtype))
             if _passes(d, quantity, got, EXPECTED["probs"](Drawn("probs", d.dtype, moved,
                                                                  d.options))):  # fmt: skip
                 return NEGATIVE_SUBNORMAL_P
@@ -645,7 +654,11 @@ REPRODUCTIONS: dict[tuple[str, str | None], Drawn] = {
     (OVERFLOW, "tensorflow"): _call("logits", "bfloat16", {"reduction": "mean"},
                                     logits=[0.0, -3.3895313892515355e38],
                                     targets=[0.0, 1.5]),  # fmt: skip
-}
+    (NEGATIVE_SUBNORMAL_P, None): _call("probs", "float32", {"reduction": "none"},
+                                        probs=[-SUB32, 0.5], targets=[0.0, np.inf]),
+    (FLUSHED_FACTOR, None): _call("logits", "float32", {"reduction": "weighted_mean"},
+                                  logits=[1.0, 2.0], targets=[0.0, 1.0], weight=[2e38, 1.0]),
+}  # fmt: skip
 
 
 def reproduction(name: str, finding: str) -> Drawn:
