@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from native_backends import BACKEND_FRAMEWORKS, float64_enabled, installed_backend, to_numpy
 
@@ -70,6 +70,8 @@ SUBNORMAL = "a subnormal operand taken as 0"
 OVERFLOW = "a mean overflows the working dtype before its division, the exact value finite"
 FLUSHED_FACTOR = "weighted_mean gradient 0: 1 / sum(weight) is subnormal and flushed"
 NEGATIVE_SUBNORMAL_P = "negative subnormal probability read as in [0, 1]"
+INFINITE_WEIGHT_MEAN = "weighted_mean with an infinite weight is 0, not NaN"
+PROBS_SLOPE_NAN = "d/dprobs NaN at p = 0 where q * y' overflows (0 * inf)"
 
 #: Where a backend disagrees with the spec today, by (backend, finding): what differs. A
 #: mismatch that ``finding_of`` names precisely, on a backend listed here, is tolerated by the
@@ -98,6 +100,14 @@ KNOWN: dict[tuple[str, str], str] = {
         "TensorFlow on CPU): every gradient is 0"
         for name in ("jax", "tensorflow")
     },
+    ("numpy", INFINITE_WEIGHT_MEAN): "binary_cross_entropy_with_logits (its one-pass path) "
+    "divides by sum(weight) = inf and gives 0 where the element of infinite weight is NaN",
+    **{
+        (name, PROBS_SLOPE_NAN): "the slope's p * (1 - y' + q y') is 0 * inf where q * y' "
+        "overflows the working dtype (a target above 1, q near the largest value): NaN where "
+        "the exact slope is beyond the largest finite value (-inf)"
+        for name in ("torch", "jax", "tensorflow")
+    },
     ("torch", OVERFLOW): "the element losses are summed in the working dtype (float32 for "
     "halves), which overflows where the exact mean is finite",
     ("jax", OVERFLOW): "an element loss or the sum overflows the working dtype where the exact "
@@ -108,7 +118,7 @@ KNOWN: dict[tuple[str, str], str] = {
 
 
 #: Calls drawn per backend, form and dtype: fewer where each new structure compiles.
-EXAMPLES = {"numpy": 25, "torch": 25, "jax": 8, "tensorflow": 8}
+EXAMPLES = {"numpy": 40, "torch": 40, "jax": 8, "tensorflow": 8}
 SETTINGS = settings(
     derandomize=True,
     deadline=None,
@@ -470,6 +480,21 @@ def finding_of(d: Drawn, quantity: str, got: np.ndarray, want: Expected) -> str 
             if _passes(d, quantity, got, EXPECTED["probs"](Drawn("probs", d.dtype, moved,
                                                                  d.options))):  # fmt: skip
                 return NEGATIVE_SUBNORMAL_P
+    if (
+        quantity.endswith("loss")
+        and d.reduction == "weighted_mean"
+        and np.isinf(np.where(np.broadcast_to(d.arrays.get("mask", True), d.shape),
+                              np.broadcast_to(v["w"], d.shape), 0.0)).any()
+        and np.all(np.isnan(expected))
+        and np.all(got == 0)
+    ):  # fmt: skip
+        return INFINITE_WEIGHT_MEAN
+    if d.form == "probs" and quantity.endswith("grad[probs]"):
+        beyond = np.isnan(got) & (np.abs(expected) > _working_largest(d.dtype))
+        at_zero = np.broadcast_to(v["x"] == 0, d.shape)
+        if beyond.any() and np.all(at_zero[beyond]):
+            if _passes(d, quantity, np.where(beyond, expected, got), want):
+                return PROBS_SLOPE_NAN
     if quantity.endswith("grad[targets]") and d.eps == 1.0:
         nan_as_zero = np.where(np.isnan(expected) & (got == 0), np.nan, got)
         if _passes(d, quantity, nan_as_zero, want):
@@ -658,6 +683,11 @@ REPRODUCTIONS: dict[tuple[str, str | None], Drawn] = {
                             targets=[0.0, 0.0], weight=[2.0, 1.0]),
     (NEGATIVE_SUBNORMAL_P, None): _call("probs", "float32", {"reduction": "none"},
                                         probs=[-SUB32, 0.5], targets=[0.0, np.inf]),
+    (INFINITE_WEIGHT_MEAN, None): _call("logits", "float32", {"reduction": "weighted_mean"},
+                                        logits=[1.0, 2.0], targets=[0.0, 1.0],
+                                        weight=[np.inf, 1.0]),
+    (PROBS_SLOPE_NAN, None): _call("probs", "float32", {"reduction": "none"}, probs=[0.0],
+                                   targets=[1.5], pos_weight=[3.4028234663852886e38]),
     (FLUSHED_FACTOR, None): _call("logits", "float32", {"reduction": "weighted_mean"},
                                   logits=[1.0, 2.0], targets=[0.0, 1.0], weight=[2e38, 1.0]),
 }  # fmt: skip
@@ -685,7 +715,22 @@ def run_property(name: str, dtype: str, form: str) -> None:
     def holds(call: Drawn) -> None:
         check(name, call)
 
+    for call in explicit_calls(form, dtype):
+        holds = example(call=call)(holds)
     holds()
+
+
+def explicit_calls(form: str, dtype: str) -> list[Drawn]:
+    """Calls run on every backend besides the drawn ones, in the first compiled structure (so
+    they cost no compilation): the rule for non-finite data in a weighted mean."""
+    inside = [1.0, 2.0, 0.0, -3.0, 0.5, 1.0] if form == "logits" else [0.1, 0.2, 0.0, 1.0, 0.5, 0.9]
+    options = {"reduction": "weighted_mean", "label_smoothing": 0.1}
+    mask = np.array([True, True, True, True, False, True])
+    return [
+        _call(form, dtype, options, **{form: inside}, targets=[0.0, 1.0, 0.5, 1.0, 0.0, 0.25],
+              weight=weight, pos_weight=[2.0], mask=mask)
+        for weight in ([np.inf, 1, 1, 1, 1, 1], [1, np.nan, 1, 1, 1, 1], [1, 1, 1, 1, np.inf, 1])
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
