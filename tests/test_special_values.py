@@ -100,8 +100,6 @@ KNOWN: dict[tuple[str, str], str] = {
         "TensorFlow on CPU): every gradient is 0"
         for name in ("jax", "tensorflow")
     },
-    ("numpy", INFINITE_WEIGHT_MEAN): "binary_cross_entropy_with_logits (its one-pass path) "
-    "divides by sum(weight) = inf and gives 0 where the element of infinite weight is NaN",
     **{
         (name, PROBS_SLOPE_NAN): "the slope's p * (1 - y' + q y') is 0 * inf where q * y' "
         "overflows the working dtype (a target above 1, q near the largest value): NaN where "

@@ -416,7 +416,7 @@ def fused_logits(
     elementwise = reduction == "none"
     by = denominator(ops, reduction)
     _, factor = rules.divide_or_zero(NUMPY_OPS, 1.0, by)
-    if factor == 0.0:  # a zero denominator: nothing to compute, the loss and gradient are 0
+    if by == 0.0:  # a zero denominator: nothing to compute, the loss and gradient are 0
         loss = np.zeros(ops.shape if elementwise else (), dtype)
         return loss, (np.zeros(ops.shape, dtype) if want_grad else None)
 
