@@ -23,6 +23,7 @@ runtime input (``SCALED``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
@@ -81,6 +82,8 @@ class Plan(NamedTuple):
     scale: Any
     #: For ``SCALED`` with a mask: whether the denominator is the mask's count.
     counted: Array | None = None
+    #: The doublings a total beyond the dtype's range is scaled down by (``rules.finish_total``)
+    shift: int = 1
 
     @classmethod
     def of(
@@ -111,7 +114,9 @@ class Plan(NamedTuple):
             by = rules.denominator(
                 OPS, reduction, shape, keep=keep, weight=weight, like=jnp.zeros((), dtype)
             )
-        return cls(reduction, shape, keep, by, rules.divide_or_zero(OPS, 1.0, by)[1], counted)
+        scale = rules.divide_or_zero(OPS, 1.0, by)[1]
+        shift = rules.overflow_shift(math.prod(shape))
+        return cls(reduction, shape, keep, by, scale, counted, shift)
 
     def within(self, shape: tuple[int, ...], keep: Array | None) -> Plan:
         """This plan for a chunk of rows of ``shape`` (``keep``: its rows of ``self.keep``):
@@ -119,14 +124,22 @@ class Plan(NamedTuple):
         return self._replace(shape=shape, keep=keep)
 
     def total(self, elements: Array) -> Array:
-        """The sum of the element losses that count (for "none", those losses themselves)."""
-        summed = "none" if self.reduction == "none" else "sum"
-        return rules.reduce_elements(OPS, elements, summed, keep=self.keep, weight=None).loss
+        """The sum of the element losses that count and that sum times 2**-shift, computed
+        without overflow (``rules.scaled_total``), stacked; for "none", the losses themselves.
+        """
+        if self.reduction == "none":
+            return rules.reduce_elements(OPS, elements, "none", keep=self.keep, weight=None).loss
+        kept = elements if self.keep is None else jnp.where(self.keep, elements, 0.0)
+        total = jnp.sum(kept)
+        return jnp.stack([total, rules.scaled_total(OPS, kept, total, self.shift)])
 
-    def finish(self, total: Array) -> Array:
-        """The reduced loss from the ``total`` of the whole input."""
+    def finish(self, totals: Array) -> Array:
+        """The reduced loss from the ``totals`` of the whole input (see ``total``)."""
         if self.by is None:
-            return total
+            return totals
+        return rules.finish_total(OPS, totals[0], lambda: totals[1], self._divide, self.shift)
+
+    def _divide(self, total: Array) -> Array:
         quotient, _ = rules.divide_or_zero(OPS, total, self.by)
         if self.reduction != SCALED:
             return quotient
@@ -179,8 +192,8 @@ def _output_shape(
     """The shape of output ``key`` (see ``logits_program``)."""
     kind, _, name = key.partition(":")
     shape = operands[0].shape
-    if key == "loss":
-        return shape if reduction == "none" else ()
+    if key == "loss":  # a reduction's total and its scaled copy (``Plan.total``)
+        return shape if reduction == "none" else (2,)
     if kind == "grad":
         return operands[names.index(name)].shape
     return shape  # "full:NAME" and "curvature"

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -71,6 +72,15 @@ class JaxOps:
     @staticmethod
     def cast_like(array: Array, like: Array) -> Array:
         return jnp.asarray(array).astype(like.dtype)
+
+    @staticmethod
+    def unless_finite(
+        check: Array, value: Callable[[Array], Array], otherwise: Callable[[], Array]
+    ) -> Array:
+        # A select, not lax.cond: XLA computes the second sum in the loop of the first, where a
+        # conditional would write the elements out to pass them to its branch.
+        finite = jnp.isfinite(check)
+        return jnp.where(finite, value(jnp.where(finite, check, 0)), otherwise())
 
 
 OPS = JaxOps()
