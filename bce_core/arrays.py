@@ -99,7 +99,13 @@ class NumpyOps:
         return np.asarray(array).astype(np.asarray(like).dtype)
 
     @staticmethod
-    def unless_finite(check: Any, value: Callable[[Any], Any], otherwise: Callable[[], Any]) -> Any:
+    def unless_finite(
+        check: Any,
+        value: Callable[[Any], Any],
+        otherwise: Callable[[], Any],
+        *,
+        cheap: bool = False,
+    ) -> Any:
         plain = value(check)
         return plain if np.isfinite(check) else otherwise()
 

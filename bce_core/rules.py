@@ -78,13 +78,19 @@ class ArrayOps(Protocol):
         ...
 
     def unless_finite(
-        self, check: Any, value: Callable[[Any], Any], otherwise: Callable[[], Any]
+        self,
+        check: Any,
+        value: Callable[[Any], Any],
+        otherwise: Callable[[], Any],
+        *,
+        cheap: bool = False,
     ) -> Any:
         """``value(check)`` where the 0-d ``check`` is finite, else ``otherwise()``.
 
         ``value`` is always called. A framework that can branch on data without a device
         round trip calls ``otherwise`` only where ``check`` is not finite; a traced program
-        may compute both and select, passing ``value`` the check with a non-finite value
+        may compute both and select (always, when ``cheap`` says that ``otherwise`` is a few
+        operations on 0-d values), passing ``value`` the check with a non-finite value
         replaced by 0 (so that the branch not taken has a finite derivative, not NaN)."""
         ...
 
@@ -313,7 +319,8 @@ def scaled_total(ops: ArrayOps, elements: Any, total: Any, shift: int) -> Any:
     """The elements' sum times 2**-shift, for a sum ``total`` that may have overflowed: the
     sum of the scaled elements where ``total`` is not finite (only then, where the framework
     branches), else ``total`` scaled. Sums of parts (chunks, blocks) add these up alongside
-    their totals, for ``finish_total``.
+    their totals, for ``finish_total``. ``elements`` may be a function that computes them
+    again (a compiled program then need not keep them for the branch).
 
     >>> import numpy as np
     >>> from bce_core.arrays import NUMPY_OPS
@@ -323,18 +330,29 @@ def scaled_total(ops: ArrayOps, elements: Any, total: Any, shift: int) -> Any:
     1.5e+38
     """
     scale = 2.0**-shift
-    return ops.unless_finite(total, lambda t: t * scale, lambda: ops.total(elements * scale))
+
+    def rescaled() -> Any:
+        return ops.total((elements() if callable(elements) else elements) * scale)
+
+    return ops.unless_finite(total, lambda t: t * scale, rescaled)
 
 
 def finish_total(
-    ops: ArrayOps, total: Any, scaled: Callable[[], Any], finish: Callable[[Any], Any], shift: int
+    ops: ArrayOps,
+    total: Any,
+    scaled: Callable[[], Any],
+    finish: Callable[[Any], Any],
+    shift: int,
+    *,
+    cheap: bool = True,
 ) -> Any:
     """``finish(total)`` (a division by the denominator, or a product with its reciprocal)
     without intermediate overflow: where ``total``, a sum of finite elements, is beyond the
     largest float, ``finish(scaled()) * 2**shift`` from the sum scaled by 2**-shift
     (``scaled_total``). The reduced loss is then finite whenever the exact quotient is
     representable, and inf only where the quotient itself overflows; an infinite or NaN
-    element still gives inf or NaN.
+    element still gives inf or NaN. ``cheap``: whether ``scaled()`` costs a few operations on
+    0-d values (``ArrayOps.unless_finite``); a compiled program then selects, not branches.
 
     >>> import numpy as np
     >>> from bce_core.arrays import NUMPY_OPS
@@ -345,7 +363,7 @@ def finish_total(
     ...                    lambda t: t / np.float32(2), 2))
     3e+38
     """
-    return ops.unless_finite(total, finish, lambda: finish(scaled()) * 2.0**shift)
+    return ops.unless_finite(total, finish, lambda: finish(scaled()) * 2.0**shift, cheap=cheap)
 
 
 def reduce_total(

@@ -75,12 +75,20 @@ class JaxOps:
 
     @staticmethod
     def unless_finite(
-        check: Array, value: Callable[[Array], Array], otherwise: Callable[[], Array]
+        check: Array,
+        value: Callable[[Array], Array],
+        otherwise: Callable[[], Array],
+        *,
+        cheap: bool = False,
     ) -> Array:
-        # A select, not lax.cond: XLA computes the second sum in the loop of the first, where a
-        # conditional would write the elements out to pass them to its branch.
         finite = jnp.isfinite(check)
-        return jnp.where(finite, value(jnp.where(finite, check, 0)), otherwise())
+        if cheap:  # a few scalar operations: a select costs less than a conditional
+            return jnp.where(finite, value(jnp.where(finite, check, 0)), otherwise())
+        # Otherwise a conditional, whose branch runs only when taken (with a select XLA would
+        # compute the elements twice, once for each sum). Only the branch taken is
+        # differentiated, so the plain value needs no finite stand-in.
+        plain = value(check)
+        return lax.cond(finite, lambda: plain, otherwise)
 
 
 OPS = JaxOps()

@@ -205,6 +205,8 @@ class TensorFlowArrays:
         check: tf.Tensor,
         value: Callable[[tf.Tensor], tf.Tensor],
         otherwise: Callable[[], tf.Tensor],
+        *,
+        cheap: bool = False,
     ) -> tf.Tensor:
         # Eagerly tf.cond runs one branch; in a graph it is a conditional op (whose gradient
         # takes the branch taken only).

@@ -110,6 +110,8 @@ class TorchOps:
         check: torch.Tensor,
         value: Callable[[torch.Tensor], torch.Tensor],
         otherwise: Callable[[], torch.Tensor],
+        *,
+        cheap: bool = False,
     ) -> torch.Tensor:
         # Eagerly on the CPU a scalar reads at no cost, so the second sum runs only when needed;
         # on a GPU (no synchronisation) and when traced, a select.
