@@ -416,21 +416,23 @@ def reduce_elements(
         )
     by = denominator(ops, reduction, shape, keep=keep, weight=weight, like=elements)
     total = ops.total(elements)
-    if isinstance(by, int) and by == 1:
-        loss, scale = divide_or_zero(ops, total, by)
-    else:  # a quotient may be finite where the sum is not
-        shift = overflow_shift(math.prod(shape) if all(isinstance(d, int) for d in shape) else None)
-        scales = []
+    loss, scale = divide_or_zero(ops, total, by)
+    if not (isinstance(by, int) and by == 1):  # a quotient may be finite where the sum is not
 
-        def divide(t: Any) -> Any:
-            quotient, one_over = divide_or_zero(ops, t, by)
-            scales.append(one_over)
-            return quotient
+        def rescued() -> Any:
+            dims = shape if all(isinstance(d, int) for d in shape) else None
+            shift = overflow_shift(None if dims is None else math.prod(dims))
+            scaled = scaled_total(ops, elements, total, shift)
+            return divide_or_zero(ops, scaled, by)[0] * 2.0**shift
 
-        loss = finish_total(
-            ops, total, lambda: scaled_total(ops, elements, total, shift), divide, shift
+        # An eager framework passes the total itself, whose quotient is already at hand; a
+        # traced one passes a finite stand-in, to divide again (see ArrayOps.unless_finite).
+        loss = ops.unless_finite(
+            total,
+            lambda t: loss if t is total else divide_or_zero(ops, t, by)[0],
+            rescued,
+            cheap=True,
         )
-        scale = scales[0]
     if keep is None:
         factor = scale
     elif isinstance(scale, (int, float)):  # where() of two Python numbers may lose precision

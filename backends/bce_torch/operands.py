@@ -115,7 +115,7 @@ class TorchOps:
     ) -> torch.Tensor:
         # Eagerly on the CPU a scalar reads at no cost, so the second sum runs only when needed;
         # on a GPU (no synchronisation) and when traced, a select.
-        if check.device.type == "cpu" and not transforms_active():
+        if check.is_cpu and not transforms_active():
             plain = value(check)
             return plain if math.isfinite(check.item()) else otherwise()
         finite = torch.isfinite(check)
