@@ -98,6 +98,17 @@ class NumpyOps:
     def cast_like(array: Any, like: Any) -> np.ndarray:
         return np.asarray(array).astype(np.asarray(like).dtype)
 
+    @staticmethod
+    def unless_finite(
+        check: Any,
+        value: Callable[[Any], Any],
+        otherwise: Callable[[], Any],
+        *,
+        cheap: bool = False,
+    ) -> Any:
+        plain = value(check)
+        return plain if np.isfinite(check) else otherwise()
+
 
 NUMPY_OPS = NumpyOps()
 

@@ -77,6 +77,23 @@ class ArrayOps(Protocol):
         """Zeros of ``array``'s shape and dtype."""
         ...
 
+    def unless_finite(
+        self,
+        check: Any,
+        value: Callable[[Any], Any],
+        otherwise: Callable[[], Any],
+        *,
+        cheap: bool = False,
+    ) -> Any:
+        """``value(check)`` where the 0-d ``check`` is finite, else ``otherwise()``.
+
+        ``value`` is always called. A framework that can branch on data without a device
+        round trip calls ``otherwise`` only where ``check`` is not finite; a traced program
+        may compute both and select (always, when ``cheap`` says that ``otherwise`` is a few
+        operations on 0-d values), passing ``value`` the check with a non-finite value
+        replaced by 0 (so that the branch not taken has a finite derivative, not NaN)."""
+        ...
+
 
 # -- dtypes -----------------------------------------------------------------------------------
 
@@ -280,6 +297,94 @@ def divide_or_zero(ops: ArrayOps, total: Any, by: Any) -> tuple[Any, Any]:
     return ops.where(zero, 0.0, total / safe), scale
 
 
+#: The most doublings the overflow branch scales a sum down by (an element count whose size is
+#: not a Python int: a dimension of a graph traced for any batch size).
+MAX_OVERFLOW_SHIFT = 64
+
+
+def overflow_shift(size: Any) -> int:
+    """k such that the sum of ``size`` finite values, each times 2**-k, cannot overflow: 2**k
+    is at least the count. The scaled values lose only what lies far below the sum's rounding
+    (the branch is taken where the sum is beyond the largest float).
+
+    >>> overflow_shift(2), overflow_shift(1024), overflow_shift(None)
+    (2, 11, 64)
+    """
+    if isinstance(size, int) and not isinstance(size, bool):
+        return max(1, min(size.bit_length(), MAX_OVERFLOW_SHIFT))
+    return MAX_OVERFLOW_SHIFT
+
+
+def scaled_total(ops: ArrayOps, elements: Any, total: Any, shift: int) -> Any:
+    """The elements' sum times 2**-shift, for a sum ``total`` that may have overflowed: the
+    sum of the scaled elements where ``total`` is not finite (only then, where the framework
+    branches), else ``total`` scaled. Sums of parts (chunks, blocks) add these up alongside
+    their totals, for ``finish_total``. ``elements`` may be a function that computes them
+    again (a compiled program then need not keep them for the branch).
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> big = np.array([3e38, 3e38], np.float32)
+    >>> with np.errstate(over="ignore"):
+    ...     print(scaled_total(NUMPY_OPS, big, big.sum(), overflow_shift(2)))
+    1.5e+38
+    """
+    scale = 2.0**-shift
+
+    def rescaled() -> Any:
+        return ops.total((elements() if callable(elements) else elements) * scale)
+
+    return ops.unless_finite(total, lambda t: t * scale, rescaled)
+
+
+def finish_total(
+    ops: ArrayOps,
+    total: Any,
+    scaled: Callable[[], Any],
+    finish: Callable[[Any], Any],
+    shift: int,
+    *,
+    cheap: bool = True,
+) -> Any:
+    """``finish(total)`` (a division by the denominator, or a product with its reciprocal)
+    without intermediate overflow: where ``total``, a sum of finite elements, is beyond the
+    largest float, ``finish(scaled()) * 2**shift`` from the sum scaled by 2**-shift
+    (``scaled_total``). The reduced loss is then finite whenever the exact quotient is
+    representable, and inf only where the quotient itself overflows; an infinite or NaN
+    element still gives inf or NaN. ``cheap``: whether ``scaled()`` costs a few operations on
+    0-d values (``ArrayOps.unless_finite``); a compiled program then selects, not branches.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> big = np.array([3e38, 3e38], np.float32)
+    >>> with np.errstate(over="ignore"):
+    ...     total = big.sum()
+    >>> print(finish_total(NUMPY_OPS, total, lambda: scaled_total(NUMPY_OPS, big, total, 2),
+    ...                    lambda t: t / np.float32(2), 2))
+    3e+38
+    """
+    return ops.unless_finite(total, finish, lambda: finish(scaled()) * 2.0**shift, cheap=cheap)
+
+
+def reduce_total(
+    ops: ArrayOps, elements: Any, finish: Callable[[Any], Any], *, size: Any = None
+) -> Any:
+    """``finish`` of the sum of ``elements`` without intermediate overflow (``finish_total``);
+    ``size`` is their count where ``elements.shape`` is not static.
+
+    >>> import numpy as np
+    >>> from bce_core.arrays import NUMPY_OPS
+    >>> with np.errstate(over="ignore"):
+    ...     print(reduce_total(NUMPY_OPS, np.array([3e38, 3e38], np.float32), lambda t: t / 2))
+    3e+38
+    """
+    shift = overflow_shift(math.prod(elements.shape) if size is None else size)
+    total = ops.total(elements)
+    return finish_total(
+        ops, total, lambda: scaled_total(ops, elements, total, shift), finish, shift
+    )
+
+
 def reduce_elements(
     ops: ArrayOps,
     elements: Any,
@@ -310,7 +415,24 @@ def reduce_elements(
             1.0 if keep is None else ops.cast_like(ops.broadcast_to(keep, shape), elements),
         )
     by = denominator(ops, reduction, shape, keep=keep, weight=weight, like=elements)
-    loss, scale = divide_or_zero(ops, ops.total(elements), by)
+    total = ops.total(elements)
+    loss, scale = divide_or_zero(ops, total, by)
+    if not (isinstance(by, int) and by == 1):  # a quotient may be finite where the sum is not
+
+        def rescued() -> Any:
+            dims = shape if all(isinstance(d, int) for d in shape) else None
+            shift = overflow_shift(None if dims is None else math.prod(dims))
+            scaled = scaled_total(ops, elements, total, shift)
+            return divide_or_zero(ops, scaled, by)[0] * 2.0**shift
+
+        # An eager framework passes the total itself, whose quotient is already at hand; a
+        # traced one passes a finite stand-in, to divide again (see ArrayOps.unless_finite).
+        loss = ops.unless_finite(
+            total,
+            lambda t: loss if t is total else divide_or_zero(ops, t, by)[0],
+            rescued,
+            cheap=True,
+        )
     if keep is None:
         factor = scale
     elif isinstance(scale, (int, float)):  # where() of two Python numbers may lose precision

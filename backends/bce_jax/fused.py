@@ -23,6 +23,7 @@ runtime input (``SCALED``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
@@ -81,6 +82,10 @@ class Plan(NamedTuple):
     scale: Any
     #: For ``SCALED`` with a mask: whether the denominator is the mask's count.
     counted: Array | None = None
+    #: The doublings a total beyond the dtype's range is scaled down by (``rules.finish_total``)
+    shift: int = 1
+    #: Whether ``total`` sums the losses times 2**-shift (the program run for that total).
+    scaled: bool = False
 
     @classmethod
     def of(
@@ -111,7 +116,9 @@ class Plan(NamedTuple):
             by = rules.denominator(
                 OPS, reduction, shape, keep=keep, weight=weight, like=jnp.zeros((), dtype)
             )
-        return cls(reduction, shape, keep, by, rules.divide_or_zero(OPS, 1.0, by)[1], counted)
+        scale = rules.divide_or_zero(OPS, 1.0, by)[1]
+        shift = rules.overflow_shift(math.prod(shape))
+        return cls(reduction, shape, keep, by, scale, counted, shift)
 
     def within(self, shape: tuple[int, ...], keep: Array | None) -> Plan:
         """This plan for a chunk of rows of ``shape`` (``keep``: its rows of ``self.keep``):
@@ -119,14 +126,24 @@ class Plan(NamedTuple):
         return self._replace(shape=shape, keep=keep)
 
     def total(self, elements: Array) -> Array:
-        """The sum of the element losses that count (for "none", those losses themselves)."""
+        """The sum of the element losses that count (for "none", those losses themselves);
+        for a ``scaled`` plan, the sum of the losses times 2**-shift."""
         summed = "none" if self.reduction == "none" else "sum"
+        if self.scaled and summed == "sum":
+            elements = elements * 2.0**-self.shift
         return rules.reduce_elements(OPS, elements, summed, keep=self.keep, weight=None).loss
 
-    def finish(self, total: Array) -> Array:
-        """The reduced loss from the ``total`` of the whole input."""
+    def finish(self, total: Array, rescaled: Callable[[], Array] | None) -> Array:
+        """The reduced loss from the ``total`` of the whole input, without intermediate
+        overflow (``rules.finish_total``): ``rescaled()`` is the total of a ``scaled`` plan,
+        computed (in a conditional) only where ``total`` is beyond the dtype's range."""
         if self.by is None:
             return total
+        if rescaled is None:
+            return self._divide(total)
+        return rules.finish_total(OPS, total, rescaled, self._divide, self.shift, cheap=False)
+
+    def _divide(self, total: Array) -> Array:
         quotient, _ = rules.divide_or_zero(OPS, total, self.by)
         if self.reduction != SCALED:
             return quotient
@@ -212,10 +229,12 @@ def _evaluate(
     plan: Plan,
     want: tuple[str, ...],
     dtype: np.dtype[Any],
+    rescaled: Callable[[], Array] | None = None,
 ) -> dict[str, Array]:
     """The outputs ``want`` in ``dtype``: in one pass over the operands' chunks, except those
     that need the whole input's loss (the weight's gradient under "weighted_mean"), which
-    take a second pass once it is known."""
+    take a second pass once it is known. ``rescaled()`` is the loss's total from a scaled
+    plan (``Plan.finish``); for a scaled plan itself, "loss" is that total."""
     late = tuple(
         key
         for key in want
@@ -233,8 +252,10 @@ def _evaluate(
     out = chunks.by_chunks(
         partial(run, early, None), (*operands, plan.keep), operands[0].shape, out_shapes
     )
+    if plan.scaled:
+        return {"loss": out["loss"]}
     if "loss" in out:
-        out["loss"] = plan.finish(out["loss"])
+        out["loss"] = plan.finish(out["loss"], rescaled)
     if late:
         out.update(run(late, out["loss"], *operands, plan.keep))
     return {key: out[key].astype(dtype) for key in want}
@@ -353,13 +374,38 @@ def logits_program(
     one compilation serves every eps, so a schedule of values compiles once.
     """
     _check_outputs("logits_program", want, NAMES, curvature=True)
+    return _logits_body(x, y, w, q, mask, denominator, smoothing, reduction, want, scaled=False)
+
+
+def _logits_body(
+    x: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    denominator: float | Array | None,
+    smoothing: Array | None,
+    reduction: str,
+    want: tuple[str, ...],
+    *,
+    scaled: bool,
+) -> dict[str, Array]:
+    """``logits_program``'s outputs; ``scaled``: only the loss's total times 2**-shift, which
+    the overflow branch computes from the program's own parameters (so that the program need
+    not write any intermediate out to keep it for the branch)."""
     dtype, work = x.dtype, working_dtype(x.dtype)
     operands = _with_data_rule(*(_up(v, work) for v in (x, y, w, q)))
     plan = Plan.of(
         reduction, x.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
-    )
+    )._replace(scaled=scaled)
     eps = 0.0 if smoothing is None else smoothing
-    return _evaluate(partial(_logits_outputs, eps), NAMES, operands, plan, want, dtype)
+
+    def rescaled() -> Array:
+        args = (x, y, w, q, mask, denominator, smoothing, reduction, ("loss",))
+        return _logits_body(*args, scaled=True)["loss"]
+
+    outputs_of = partial(_logits_outputs, eps)
+    return _evaluate(outputs_of, NAMES, operands, plan, want, dtype, rescaled)
 
 
 def _probs_outputs(
@@ -414,15 +460,39 @@ def probs_program(
 ) -> dict[str, Array]:
     """``logits_program`` for probabilities (NAMES with "probs" first; no curvature). The log
     clamp and the smoothing are runtime values: one compilation serves every clamp and eps."""
-    names = ("probs", *NAMES[1:])
-    _check_outputs("probs_program", want, names, curvature=False)
+    _check_outputs("probs_program", want, ("probs", *NAMES[1:]), curvature=False)
+    args = (p, y, w, q, mask, denominator, smoothing, reduction, clamp)
+    return _probs_body(*args, want, scaled=False)
+
+
+def _probs_body(
+    p: Array,
+    y: Array,
+    w: Array | None,
+    q: Array | None,
+    mask: Array | None,
+    denominator: float | Array | None,
+    smoothing: Array | None,
+    reduction: str,
+    clamp: float | Array,
+    want: tuple[str, ...],
+    *,
+    scaled: bool,
+) -> dict[str, Array]:
+    """``probs_program``'s outputs; ``scaled`` as in ``_logits_body``."""
     dtype, work = p.dtype, working_dtype(p.dtype)
     operands = _with_data_rule(*(_up(v, work) for v in (p, y, w, q)))
     plan = Plan.of(
         reduction, p.shape, mask=mask, weight=operands[2], dtype=work, denominator=denominator
-    )
+    )._replace(scaled=scaled)
     eps = 0.0 if smoothing is None else smoothing
-    return _evaluate(partial(_probs_outputs, eps, clamp), names, operands, plan, want, dtype)
+
+    def rescaled() -> Array:
+        args = (p, y, w, q, mask, denominator, smoothing, reduction, clamp)
+        return _probs_body(*args, ("loss",), scaled=True)["loss"]
+
+    outputs_of = partial(_probs_outputs, eps, clamp)
+    return _evaluate(outputs_of, ("probs", *NAMES[1:]), operands, plan, want, dtype, rescaled)
 
 
 # -- which outputs a call computes ------------------------------------------------------------

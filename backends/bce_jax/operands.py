@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -71,6 +72,23 @@ class JaxOps:
     @staticmethod
     def cast_like(array: Array, like: Array) -> Array:
         return jnp.asarray(array).astype(like.dtype)
+
+    @staticmethod
+    def unless_finite(
+        check: Array,
+        value: Callable[[Array], Array],
+        otherwise: Callable[[], Array],
+        *,
+        cheap: bool = False,
+    ) -> Array:
+        finite = jnp.isfinite(check)
+        if cheap:  # a few scalar operations: a select costs less than a conditional
+            return jnp.where(finite, value(jnp.where(finite, check, 0)), otherwise())
+        # Otherwise a conditional, whose branch runs only when taken (with a select XLA would
+        # compute the elements twice, once for each sum). Only the branch taken is
+        # differentiated, so the plain value needs no finite stand-in.
+        plain = value(check)
+        return lax.cond(finite, lambda: plain, otherwise)
 
 
 OPS = JaxOps()

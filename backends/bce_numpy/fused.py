@@ -106,8 +106,14 @@ class _Lazy(NamedTuple):
 
 
 def _total(sums: list[float]) -> float:
-    """Exact sum of finite block sums (fsum); plain addition when one is inf or NaN."""
-    return math.fsum(sums) if all(map(math.isfinite, sums)) else sum(sums)
+    """Exact sum of finite block sums (fsum); plain addition when one is inf or NaN, or when
+    the sum is beyond float64 (then inf, for ``rules.finish_total``)."""
+    if all(map(math.isfinite, sums)):
+        try:
+            return math.fsum(sums)
+        except OverflowError:
+            pass
+    return sum(sums)
 
 
 class _BlockedSums(NumpyOps):
@@ -380,9 +386,11 @@ def _exact_block(
     factor: float,
     loss_out: np.ndarray | None,
     grad_out: np.ndarray | None,
-) -> float:
+    shift: int,
+) -> tuple[float, float]:
     """The reference's formulas on one block, with the core's zero-coefficient and mask rules;
-    returns the sum of the loss elements."""
+    returns the sum of the loss elements, and that sum times 2**-shift without intermediate
+    overflow (``rules.scaled_total``)."""
     y = y.astype(np.float64, copy=False)  # the plain forward passes float32 targets
     yp, one_minus = rules.smoothed_targets(y, eps)
     parts = LogitParts.of(x)
@@ -396,7 +404,8 @@ def _exact_block(
         # d(loss)/d(element): the reduction's factor where kept, exactly 0 where masked out.
         scale = zero_safe(NUMPY_OPS, kept.factor, factor)
         grad_out[...] = zero_safe(NUMPY_OPS, scale, parts.slope(yp, one_minus, q, w))
-    return float(np.add.reduce(kept.loss))
+    total = np.add.reduce(kept.loss)
+    return float(total), float(rules.scaled_total(NUMPY_OPS, kept.loss, total, shift))
 
 
 # -- the pass -------------------------------------------------------------------
@@ -445,18 +454,30 @@ def fused_logits(
     )
     work = _Workspace(block, factor, want_grad) if fast else None
     sums: list[float] = []
+    scaled: list[float] = []  # the sums times 2**-shift, for a total beyond float64
+    shift = rules.overflow_shift(size)
     with iterator:
         for blocks in iterator:
             wb, qb, mb, lb, gb = map((*blocks, None).__getitem__, at)
             total = math.inf
             if work is not None:
                 total = _fast_block(work, blocks[0], blocks[1], wb, qb, mb, eps, lb, gb)
+                low = total * 2.0**-shift
             if not math.isfinite(total):  # float64 inputs, or inf/NaN/overflow in this block
-                total = _exact_block(blocks[0], blocks[1], wb, qb, mb, eps, factor, lb, gb)
+                total, low = _exact_block(
+                    blocks[0], blocks[1], wb, qb, mb, eps, factor, lb, gb, shift
+                )
             sums.append(total)
+            scaled.append(low)
     if elementwise:
         return loss_elements, grad
-    loss, _ = rules.divide_or_zero(NUMPY_OPS, _total(sums), by)
+    loss = rules.finish_total(
+        NUMPY_OPS,
+        _total(sums),
+        lambda: _total(scaled),
+        lambda total: rules.divide_or_zero(NUMPY_OPS, total, by)[0],
+        shift,
+    )
     return np.asarray(loss).astype(dtype), grad
 
 

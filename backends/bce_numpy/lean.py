@@ -302,7 +302,8 @@ def lean_logits(
         total = _block(work, xb, yb, eps, factor, lb, gb)
         if not math.isfinite(total):
             x64, y64 = xb.astype(np.float64), yb.astype(np.float64)
-            total = _exact_block(x64, y64, None, None, None, eps, factor, lb, gb)
+            # (float32 losses: their float64 sum cannot overflow, so no scaled sum is needed)
+            total = _exact_block(x64, y64, None, None, None, eps, factor, lb, gb, 1)[0]
         sums.append(total)
     if elementwise:
         return loss_elements, grad  # type: ignore[return-value]

@@ -157,6 +157,10 @@ def build_fused(
     threshold = UNDERFLOW[np.dtype(layout.dtype)].threshold
     # float32 meets the contract in single arithmetic; float64 keeps the compensated pairs.
     plain = layout.dtype == "float32"
+    # A float64 sum of float64 losses may overflow where their mean does not: a second sum,
+    # of the losses times 2**-shift, for ``rules.finish_total`` (the batch size is not static).
+    shift = rules.overflow_shift(None)
+    scaled = reduced and layout.dtype == "float64"
 
     def run(*args: tf.Tensor) -> tuple[tf.Tensor, ...]:
         given = dict(zip(names, args))
@@ -190,6 +194,8 @@ def build_fused(
                     out.append(slope if factor is None else rules.zero_safe(OPS, factor, slope))
                 if keep is not None:
                     out = [OPS.where(keep, v, 0.0) for v in out]
+                if scaled:
+                    return [out[0], out[0] * 2.0**-shift], out[1:]
                 return (out[:1], out[1:]) if reduced else ([], out)
 
             if layout.padded or plain:  # small inputs: one variant, for a shorter compilation
@@ -207,7 +213,7 @@ def build_fused(
                 chunk,
                 operands,
                 cut,
-                int(reduced),
+                int(reduced) + int(scaled),
                 [work] * (int(not reduced) + int(grad)),
                 CHUNK_ELEMENTS,
                 tf.float64,
@@ -221,7 +227,16 @@ def build_fused(
             ]
         if not reduced:
             return tuple(outputs)
-        return (tf.cast(rules.divide_or_zero(OPS, sums[0], by)[0], work), *outputs)
+        quotient = rules.divide_or_zero(OPS, sums[0], by)[0]
+        if scaled:
+            quotient = rules.finish_total(
+                OPS,
+                sums[0],
+                lambda: sums[1],
+                lambda total: rules.divide_or_zero(OPS, total, by)[0],
+                shift,
+            )
+        return (tf.cast(quotient, work), *outputs)
 
     return run, layout.signature() + [spec for _, spec in extras]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,19 @@ class TensorFlowArrays:
     @staticmethod
     def cast_like(array: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
         return tf.cast(array, like.dtype)
+
+    @staticmethod
+    def unless_finite(
+        check: tf.Tensor,
+        value: Callable[[tf.Tensor], tf.Tensor],
+        otherwise: Callable[[], tf.Tensor],
+        *,
+        cheap: bool = False,
+    ) -> tf.Tensor:
+        # Eagerly tf.cond runs one branch; in a graph it is a conditional op (whose gradient
+        # takes the branch taken only).
+        plain = value(check)
+        return tf.cond(tf.math.is_finite(check), lambda: plain, otherwise)
 
     @staticmethod
     def dtype(a: tf.Tensor) -> np.dtype:

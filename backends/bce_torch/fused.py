@@ -141,7 +141,11 @@ def one_pass(
     if scale == "none":
         return elements.to(x.dtype), None if grad is None else grad.to(x.dtype)
     assert factor is not None
-    loss = zero_safe(OPS, factor, elements.to(torch.float64).sum())
+    elements = elements.to(torch.float64)
+    if x.dtype == torch.float64:  # a float64 sum of narrower elements cannot overflow
+        loss = rules.reduce_total(OPS, elements, lambda total: zero_safe(OPS, factor, total))
+    else:
+        loss = zero_safe(OPS, factor, elements.sum())
     if grad is not None:
         grad = zero_safe(OPS, factor.to(dtype), grad).to(x.dtype)
     return loss, grad

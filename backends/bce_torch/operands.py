@@ -15,6 +15,8 @@ device. The dtype, shape and option rules are those of ``bce_core.spec`` and
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -102,6 +104,22 @@ class TorchOps:
     @staticmethod
     def cast_like(array: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return array.to(like.dtype)
+
+    @staticmethod
+    def unless_finite(
+        check: torch.Tensor,
+        value: Callable[[torch.Tensor], torch.Tensor],
+        otherwise: Callable[[], torch.Tensor],
+        *,
+        cheap: bool = False,
+    ) -> torch.Tensor:
+        # Eagerly on the CPU a scalar reads at no cost, so the second sum runs only when needed;
+        # on a GPU (no synchronisation) and when traced, a select.
+        if check.is_cpu and not transforms_active():
+            plain = value(check)
+            return plain if math.isfinite(check.item()) else otherwise()
+        finite = torch.isfinite(check)
+        return torch.where(finite, value(torch.where(finite, check, 0.0)), otherwise())
 
 
 TORCH_OPS = TorchOps()
