@@ -69,6 +69,10 @@ def runtime_denominator(reduction: str, shape: tuple[int, ...], *, masked: bool)
     return float(rules.denominator(OPS, reduction, shape, keep=None, weight=None, like=None))
 
 
+#: The largest input whose overflow branch is a select (both sums computed), not a conditional.
+SELECT_MAX = 4096
+
+
 class Plan(NamedTuple):
     """The reduction of one program, planned on the whole input before any loss is computed."""
 
@@ -141,7 +145,10 @@ class Plan(NamedTuple):
             return total
         if rescaled is None:
             return self._divide(total)
-        return rules.finish_total(OPS, total, rescaled, self._divide, self.shift, cheap=False)
+        # Up to SELECT_MAX elements XLA computes the scaled sum as well for less than a
+        # conditional costs (a few microseconds); beyond, the conditional runs it only if taken.
+        cheap = math.prod(self.shape) <= SELECT_MAX
+        return rules.finish_total(OPS, total, rescaled, self._divide, self.shift, cheap=cheap)
 
     def _divide(self, total: Array) -> Array:
         quotient, _ = rules.divide_or_zero(OPS, total, self.by)
