@@ -67,7 +67,7 @@ FLOAT64_OVERFLOW_RISK = 2.0**500
 #: The kinds of mismatch ``finding_of`` names.
 EPS_ONE = "d/dtargets at label_smoothing=1 is 0, not NaN, for non-finite data"
 SUBNORMAL = "a subnormal operand taken as 0"
-OVERFLOW = "a mean overflows the working dtype before its division, the exact value finite"
+OVERFLOW = "a weighted element loss overflows before the mean's division, the mean finite"
 FLUSHED_FACTOR = "weighted_mean gradient 0: 1 / sum(weight) is subnormal and flushed"
 NEGATIVE_SUBNORMAL_P = "negative subnormal probability read as in [0, 1]"
 INFINITE_WEIGHT_MEAN = "weighted_mean with an infinite weight is 0, not NaN"
@@ -106,12 +106,12 @@ KNOWN: dict[tuple[str, str], str] = {
         "the exact slope is beyond the largest finite value (-inf)"
         for name in ("torch", "jax", "tensorflow")
     },
-    ("torch", OVERFLOW): "the element losses are summed in the working dtype (float32 for "
-    "halves), which overflows where the exact mean is finite",
-    ("jax", OVERFLOW): "an element loss or the sum overflows the working dtype where the exact "
-    "mean is finite",
-    ("tensorflow", OVERFLOW): "an element loss overflows the working dtype (float32 for "
-    "halves) where the exact mean is finite",
+    **{
+        (name, OVERFLOW): "a weighted element loss (w softplus(x)) beyond the working dtype's "
+        "largest value is inf before the division (the sums themselves are rescaled where "
+        "they overflow): inf where the exact mean is finite"
+        for name in ("torch", "jax", "tensorflow")
+    },
 }
 
 
