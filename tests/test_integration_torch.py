@@ -493,6 +493,8 @@ try:
     grads = {name: p.grad.numpy() for name, p in model.module.named_parameters()}
     grads["pos_weight"] = model.module.loss_fn.pos_weight.numpy()
     np.savez(out, **grads)
+    # No rank tears gloo down while the other still talks to it (an abort at exit otherwise).
+    dist.barrier()
 finally:
     dist.destroy_process_group()
 """
