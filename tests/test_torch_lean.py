@@ -109,9 +109,20 @@ def test_every_reduction_matches_the_reference(reduction: str, dtype: str) -> No
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize(("y", "w", "q"), [(1.0, 0.7, 2.5), (0.0, 3.0, 0.1), (0.3, 0.25, 4.0)])
-def test_weight_and_pos_weight_elements_and_gradients_are_within_4_ulp(
-    dtype: str, y: float, w: float, q: float
+@pytest.mark.parametrize(
+    ("y", "w", "q", "eps"),
+    [
+        (1.0, 0.7, 2.5, 0.0),
+        (0.0, 3.0, 0.1, 0.0),
+        (0.3, 0.25, 4.0, 0.0),
+        (1.0, 1.0, 1.0, 0.1),
+        (0.0, 1.0, 1.0, 0.05),
+        (0.7, 1.5, 3.0, 0.2),
+        (1.0, 0.5, 2.0, 1.0),
+    ],
+)
+def test_weights_and_smoothing_elements_and_gradients_are_within_4_ulp(
+    dtype: str, y: float, w: float, q: float, eps: float
 ) -> None:
     sweep = _sweep(np.dtype(dtype).type)
     # Without the largest logits, whose weighted loss overflows (the exact path gives inf).
@@ -119,12 +130,12 @@ def test_weight_and_pos_weight_elements_and_gradients_are_within_4_ulp(
     targets = torch.full_like(x, y)
     weight, pos_weight = torch.full_like(x, w), torch.tensor([q], dtype=x.dtype)
     yd, wd, qd = (float(np.asarray(v, dtype)) for v in (y, w, q))
-    exact_loss = [oracle.element_loss(v, yd, wd, qd) for v in x.tolist()]
-    exact_grad = [oracle.element_grad(v, yd, wd, qd) for v in x.tolist()]
-    references = [None if y in (0.0, 1.0) else g[1] for g in exact_grad]
+    exact_loss = [oracle.element_loss(v, yd, wd, qd, eps) for v in x.tolist()]
+    exact_grad = [oracle.element_grad(v, yd, wd, qd, eps) for v in x.tolist()]
+    references = [None if y in (0.0, 1.0) and not eps else g[1] for g in exact_grad]
 
     leaf = x.clone().requires_grad_(True)
-    options = dict(weight=weight, pos_weight=pos_weight, reduction="none")
+    options = dict(weight=weight, pos_weight=pos_weight, label_smoothing=eps, reduction="none")
     loss = BACKEND.binary_cross_entropy_with_logits(leaf, targets, **options)
     assert _is_lean(loss)
     loss.sum().backward()
@@ -261,7 +272,6 @@ def test_other_calls_take_the_exact_path() -> None:
         "weight to differentiate": dict(weight=torch.ones(2, requires_grad=True)),
         "pos_weight to differentiate": dict(pos_weight=torch.ones(2, requires_grad=True)),
         "mask": dict(mask=torch.tensor([True, True])),
-        "smoothing": dict(label_smoothing=0.1),
         "validate": dict(validate=True),
     }
     for label, options in exact.items():

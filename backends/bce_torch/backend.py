@@ -239,16 +239,17 @@ class TorchBackend:
             logits, targets, weight, pos_weight, mask, validate, eps, reduction
         )
         if lean:
-            exact = self._exact_loss(targets, weight, pos_weight, reduction)
-            loss = lean_loss(logits, targets, weight, pos_weight, reduction, exact)
+            exact = self._exact_loss(targets, weight, pos_weight, eps, reduction)
+            loss = lean_loss(logits, targets, weight, pos_weight, eps, reduction, exact)
             if loss is not None:
                 return loss
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         if not lean and self._lean_applies(
             ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, validate, eps, reduction
         ):
-            exact = self._exact_loss(ops.targets, ops.weight, ops.pos_weight, reduction)
-            loss = lean_loss(ops.inputs, ops.targets, ops.weight, ops.pos_weight, reduction, exact)
+            exact = self._exact_loss(ops.targets, ops.weight, ops.pos_weight, eps, reduction)
+            args = (ops.inputs, ops.targets, ops.weight, ops.pos_weight, eps, reduction)
+            loss = lean_loss(*args, exact)
             if loss is not None:
                 return loss
         if self._one_pass_applies(ops, (ops.targets, ops.weight, ops.pos_weight)):
@@ -272,20 +273,19 @@ class TorchBackend:
             type(logits) is torch.Tensor
             and mask is None
             and not validate
-            and eps == 0.0
             and (self._one_pass_min is None or logits.numel() < self._one_pass_min)
             and lean_applies(logits, targets, reduction, weight, pos_weight)
             and not transforms_active()
         )
 
     def _exact_loss(
-        self, targets: torch.Tensor, weight: Any, pos_weight: Any, reduction: str
+        self, targets: torch.Tensor, weight: Any, pos_weight: Any, eps: float, reduction: str
     ) -> Callable[..., Any]:
         """The loss of ``targets`` as a function of the logits, through the exact Functions."""
 
         def exact(z: torch.Tensor) -> torch.Tensor:
             ops = self._prepare("logits", z, targets, weight, pos_weight, None, False)
-            return self._eager_logits_loss(ops, 0.0, reduction)
+            return self._eager_logits_loss(ops, eps, reduction)
 
         return exact
 
@@ -382,7 +382,7 @@ class TorchBackend:
             logits, targets, weight, pos_weight, mask, validate, eps, reduction
         )
         if lean:
-            result = lean_value_and_grad(logits, targets, weight, pos_weight, reduction)
+            result = lean_value_and_grad(logits, targets, weight, pos_weight, eps, reduction)
             if result is not None:
                 return result[0], pack_gradients([result[1]], as_tuple)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
@@ -401,7 +401,7 @@ class TorchBackend:
             )
         ):
             result = lean_value_and_grad(
-                ops.inputs, ops.targets, ops.weight, ops.pos_weight, reduction
+                ops.inputs, ops.targets, ops.weight, ops.pos_weight, eps, reduction
             )
             if result is not None:
                 return result[0], pack_gradients([result[1]], as_tuple)
