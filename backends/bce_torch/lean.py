@@ -27,7 +27,7 @@ path, which follows the spec there; so are a weighted mean whose weights sum to
 0 and the gradient of the gradient (``create_graph=True``).
 
 >>> x = torch.tensor([0.0, 2.0], requires_grad=True)
->>> loss = lean_loss(x, torch.tensor([1.0, 0.0]), None, None, 0.0, "mean", lambda z: None)
+>>> loss = lean_loss(x, torch.tensor([1.0, 0.0]), None, None, None, 0.0, "mean", lambda z: None)
 >>> round(loss.item(), 4)
 1.41
 >>> loss.backward()
@@ -140,34 +140,50 @@ def _reduce(values: torch.Tensor, reduction: str, divisor: float) -> torch.Tenso
 
 
 def divisor(
-    reduction: str, shape: tuple[int, ...], numel: int, w: torch.Tensor | None
+    reduction: str,
+    shape: tuple[int, ...],
+    numel: int,
+    w: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
 ) -> float | None:
     """What the element sum is divided by (the gradient's scale), a Python number; None for a
-    weighted mean whose weights sum to 0 or to a non-finite value (the exact path gives the
-    spec's answer there).
+    mean over nothing (every element masked out) or a weighted mean whose kept weights sum to
+    0 or to a non-finite value: the exact path gives the spec's answer there.
 
     >>> divisor("weighted_mean", (2, 3), 6, torch.tensor([1.0, 0.5, 0.5]))
     4.0
+    >>> divisor("mean", (2, 3), 6, None, torch.tensor([True, False, True]))
+    4
     """
     if reduction == "weighted_mean" and w is not None:
-        total = float(w.sum()) * (numel // w.numel())  # the sum of w broadcast to the shape
+        if mask is None:  # the sum of w broadcast to the shape
+            total = float(w.sum()) * (numel // w.numel())
+        else:  # the kept weights only (a masked-out weight may be inf or NaN)
+            total = float(torch.where(mask, w, 0.0).sum()) * (numel // _broadcast_numel(w, mask))
         return total if total != 0 and math.isfinite(total) else None
     if reduction in ("mean", "weighted_mean"):  # weighted_mean without a weight is the mean
-        return numel
+        count = numel if mask is None else int(mask.sum()) * (numel // mask.numel())
+        return count if count else None
     if reduction == "batch_mean":
         return shape[0]
     return 1
 
 
-def _fits(coefficient: Any, x: torch.Tensor) -> bool:
-    """Whether a weight or pos_weight can be used as it is: None, or a CPU tensor of x's
-    dtype that broadcasts to x's shape without enlarging it and that autograd need not
-    differentiate (any other shape goes to the exact path, which raises the spec's error)."""
+def _broadcast_numel(first: torch.Tensor, second: torch.Tensor) -> int:
+    """The number of elements of ``first`` and ``second`` broadcast together."""
+    return math.prod(torch.broadcast_shapes(first.shape, second.shape))
+
+
+def _fits(coefficient: Any, x: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether a weight, pos_weight or mask can be used as it is: None, or a CPU tensor of
+    x's dtype (``dtype`` for a mask) that broadcasts to x's shape without enlarging it and
+    that autograd need not differentiate (any other shape goes to the exact path, which
+    raises the spec's error)."""
     if coefficient is None:
         return True
     return (
         type(coefficient) is torch.Tensor
-        and coefficient.dtype == x.dtype
+        and coefficient.dtype == (x.dtype if dtype is None else dtype)
         and coefficient.device.type == "cpu"
         and coefficient.ndim <= x.ndim
         and coefficient.numel() > 0
@@ -176,11 +192,13 @@ def _fits(coefficient: Any, x: torch.Tensor) -> bool:
     )
 
 
-def applies(x: torch.Tensor, y: Any, reduction: str, w: Any = None, q: Any = None) -> bool:
-    """Whether the lean path computes a call whose mask is None (any label smoothing): CPU
-    tensors of one lean dtype (the targets of the logits' shape, a weight and a
-    pos_weight broadcasting to it), a nonempty batch, and operands other than the logits that
-    autograd need not differentiate.
+def applies(
+    x: torch.Tensor, y: Any, reduction: str, w: Any = None, q: Any = None, mask: Any = None
+) -> bool:
+    """Whether the lean path computes a call (any label smoothing): CPU tensors of one lean
+    dtype (the targets of the logits' shape, a weight and a pos_weight broadcasting to it, a
+    bool mask too), a nonempty batch, and operands other than the logits that autograd need
+    not differentiate.
 
     >>> applies(torch.zeros(3), torch.ones(3), "mean", q=torch.tensor([2.0]))
     True
@@ -200,15 +218,16 @@ def applies(x: torch.Tensor, y: Any, reduction: str, w: Any = None, q: Any = Non
         and (reduction != "batch_mean" or x.ndim > 0)
         and _fits(w, x)
         and _fits(q, x)
+        and _fits(mask, x, torch.bool)
     )
 
 
 class LeanLoss(torch.autograd.Function):
     """The reduced (or per-element) loss of ``elements``, differentiable in x.
 
-    ``apply(x, reduction, divisor, exact, kind, *fields)``: ``kind(*fields)`` are the
-    ``Terms`` (tensors, saved for backward); ``exact(x)`` is the same loss through the exact
-    Functions, for ``create_graph=True``.
+    ``apply(x, reduction, divisor, exact, kind, mask, *fields)``: ``kind(*fields)`` are the
+    ``Terms`` (tensors, saved for backward), ``mask`` the elements kept or None; ``exact(x)``
+    is the same loss through the exact Functions, for ``create_graph=True``.
     """
 
     @staticmethod
@@ -219,21 +238,23 @@ class LeanLoss(torch.autograd.Function):
         divisor: float,
         exact: Exact,
         kind: type[Terms],
+        mask: torch.Tensor | None,
         *fields: torch.Tensor | None,
     ) -> torch.Tensor:
         negated = torch.neg(x)
-        ctx.save_for_backward(x, negated, *fields)
+        ctx.save_for_backward(x, negated, mask, *fields)
         ctx.reduction, ctx.divisor, ctx.exact, ctx.kind = reduction, divisor, exact, kind
-        return _reduce(elements(x, negated, kind(*fields)), reduction, divisor)
+        values = _kept(elements(x, negated, kind(*fields)), mask)
+        return _reduce(values, reduction, divisor)
 
     @staticmethod
     def backward(ctx: Any, upstream: torch.Tensor) -> tuple[Any, ...]:
-        x, negated, *fields = ctx.saved_tensors
-        unused = (None,) * (4 + len(fields))
+        x, negated, mask, *fields = ctx.saved_tensors
+        unused = (None,) * (5 + len(fields))
         if torch.is_grad_enabled():  # create_graph=True: a gradient exact to differentiate
             (grad,) = torch.autograd.grad(ctx.exact(x), x, upstream, create_graph=True)
             return (grad, *unused)
-        grad = gradient(x, negated, ctx.kind(*fields))
+        grad = _kept(gradient(x, negated, ctx.kind(*fields)), mask)
         if ctx.reduction == "none":
             return (grad.mul_(upstream), *unused)
         scale = upstream.item() / ctx.divisor
@@ -245,6 +266,7 @@ def lean_loss(
     y: torch.Tensor,
     w: torch.Tensor | None,
     q: torch.Tensor | None,
+    mask: torch.Tensor | None,
     eps: float,
     reduction: str,
     exact: Exact,
@@ -254,14 +276,14 @@ def lean_loss(
 
     ``exact(z)`` computes the same loss through the exact path, for second derivatives.
     """
-    scale = divisor(reduction, tuple(x.shape), x.numel(), w)
+    scale = divisor(reduction, tuple(x.shape), x.numel(), w, mask)
     if scale is None:
         return None
     of = terms(y, w, q, eps)
     if x.requires_grad and torch.is_grad_enabled():
-        loss = LeanLoss.apply(x, reduction, scale, exact, type(of), *of)
+        loss = LeanLoss.apply(x, reduction, scale, exact, type(of), mask, *of)
     else:
-        loss = _reduce(elements(x, torch.neg(x), of), reduction, scale)
+        loss = _reduce(_kept(elements(x, torch.neg(x), of), mask), reduction, scale)
     return loss if _finite(loss) else None
 
 
@@ -270,6 +292,7 @@ def lean_value_and_grad(
     y: torch.Tensor,
     w: torch.Tensor | None,
     q: torch.Tensor | None,
+    mask: torch.Tensor | None,
     eps: float,
     reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -277,21 +300,26 @@ def lean_value_and_grad(
     sum to 0.
 
     >>> loss, grad = lean_value_and_grad(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]),
-    ...                                  None, torch.tensor([3.0]), 0.0, "mean")
+    ...                                  None, torch.tensor([3.0]), None, 0.0, "mean")
     >>> grad.tolist()
     [-0.75, 0.25]
     """
-    scale = divisor(reduction, tuple(x.shape), x.numel(), w)
+    scale = divisor(reduction, tuple(x.shape), x.numel(), w, mask)
     if scale is None:
         return None
     with torch.no_grad():
         of = terms(y, w, q, eps)
         negated = torch.neg(x)
-        loss = _reduce(elements(x, negated, of), reduction, scale)
+        loss = _reduce(_kept(elements(x, negated, of), mask), reduction, scale)
         if not _finite(loss):
             return None
-        grad = gradient(x, negated, of)
+        grad = _kept(gradient(x, negated, of), mask)
     return loss, (grad if scale == 1 else grad.div_(scale))
+
+
+def _kept(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``values`` where ``mask`` keeps them, exactly 0 elsewhere (even where they are NaN)."""
+    return values if mask is None else torch.where(mask, values, 0.0)
 
 
 def _finite(loss: torch.Tensor) -> bool:
