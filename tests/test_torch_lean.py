@@ -109,9 +109,20 @@ def test_every_reduction_matches_the_reference(reduction: str, dtype: str) -> No
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize(("y", "w", "q"), [(1.0, 0.7, 2.5), (0.0, 3.0, 0.1), (0.3, 0.25, 4.0)])
-def test_weight_and_pos_weight_elements_and_gradients_are_within_4_ulp(
-    dtype: str, y: float, w: float, q: float
+@pytest.mark.parametrize(
+    ("y", "w", "q", "eps"),
+    [
+        (1.0, 0.7, 2.5, 0.0),
+        (0.0, 3.0, 0.1, 0.0),
+        (0.3, 0.25, 4.0, 0.0),
+        (1.0, 1.0, 1.0, 0.1),
+        (0.0, 1.0, 1.0, 0.05),
+        (0.7, 1.5, 3.0, 0.2),
+        (1.0, 0.5, 2.0, 1.0),
+    ],
+)
+def test_weights_and_smoothing_elements_and_gradients_are_within_4_ulp(
+    dtype: str, y: float, w: float, q: float, eps: float
 ) -> None:
     sweep = _sweep(np.dtype(dtype).type)
     # Without the largest logits, whose weighted loss overflows (the exact path gives inf).
@@ -119,12 +130,12 @@ def test_weight_and_pos_weight_elements_and_gradients_are_within_4_ulp(
     targets = torch.full_like(x, y)
     weight, pos_weight = torch.full_like(x, w), torch.tensor([q], dtype=x.dtype)
     yd, wd, qd = (float(np.asarray(v, dtype)) for v in (y, w, q))
-    exact_loss = [oracle.element_loss(v, yd, wd, qd) for v in x.tolist()]
-    exact_grad = [oracle.element_grad(v, yd, wd, qd) for v in x.tolist()]
-    references = [None if y in (0.0, 1.0) else g[1] for g in exact_grad]
+    exact_loss = [oracle.element_loss(v, yd, wd, qd, eps) for v in x.tolist()]
+    exact_grad = [oracle.element_grad(v, yd, wd, qd, eps) for v in x.tolist()]
+    references = [None if y in (0.0, 1.0) and not eps else g[1] for g in exact_grad]
 
     leaf = x.clone().requires_grad_(True)
-    options = dict(weight=weight, pos_weight=pos_weight, reduction="none")
+    options = dict(weight=weight, pos_weight=pos_weight, label_smoothing=eps, reduction="none")
     loss = BACKEND.binary_cross_entropy_with_logits(leaf, targets, **options)
     assert _is_lean(loss)
     loss.sum().backward()
@@ -145,21 +156,41 @@ def test_weight_and_pos_weight_elements_and_gradients_are_within_4_ulp(
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize(
-    ("weight_shape", "pos_weight_shape"), [((6, 1), (5,)), ((5,), ()), ((6, 5), None), (None, (1,))]
+    ("weight_shape", "pos_weight_shape", "mask_shape", "eps"),
+    [
+        ((6, 1), (5,), None, 0.0),
+        ((5,), (), None, 0.1),
+        ((6, 5), None, (6, 5), 0.0),
+        (None, (1,), (6, 1), 0.2),
+        ((6, 1), (5,), (5,), 0.05),
+    ],
 )
-def test_broadcast_weights_match_the_reference_on_every_reduction(
-    reduction: str, weight_shape: tuple[int, ...] | None, pos_weight_shape: tuple[int, ...] | None
+def test_broadcast_weights_and_masks_match_the_reference_on_every_reduction(
+    reduction: str,
+    weight_shape: tuple[int, ...] | None,
+    pos_weight_shape: tuple[int, ...] | None,
+    mask_shape: tuple[int, ...] | None,
+    eps: float,
 ) -> None:
     generator = np.random.default_rng(11)
     x64 = generator.normal(0.0, 4.0, (6, 5))
     y64 = generator.uniform(0.0, 1.0, (6, 5)).round(2)
     w64 = None if weight_shape is None else generator.uniform(0.0, 2.0, weight_shape)
     q64 = None if pos_weight_shape is None else generator.uniform(0.5, 3.0, pos_weight_shape)
+    keep = None if mask_shape is None else generator.uniform(size=mask_shape) < 0.7
+    if keep is not None:  # masked-out elements may hold anything, NaN included
+        x64 = np.where(np.broadcast_to(keep, x64.shape), x64, np.nan)
     expected_loss, expected_grad = reference.value_and_grad(
-        x64, y64, weight=w64, pos_weight=q64, reduction=reduction
+        x64, y64, weight=w64, pos_weight=q64, mask=keep, label_smoothing=eps, reduction=reduction
     )
     as_tensor = lambda a: None if a is None else torch.tensor(a)  # noqa: E731
-    options = dict(weight=as_tensor(w64), pos_weight=as_tensor(q64), reduction=reduction)
+    options = dict(
+        weight=as_tensor(w64),
+        pos_weight=as_tensor(q64),
+        mask=as_tensor(keep),
+        label_smoothing=eps,
+        reduction=reduction,
+    )
     leaf = torch.tensor(x64, requires_grad=True)
     loss = BACKEND.binary_cross_entropy_with_logits(leaf, torch.tensor(y64), **options)
     assert _is_lean(loss)
@@ -195,6 +226,10 @@ def test_non_finite_weights_and_zero_weight_sums_take_the_exact_path() -> None:
     assert not _is_lean(loss) and loss.item() == 0.0
     loss.backward()
     assert x.grad.tolist() == [0.0, 0.0, 0.0]
+    nothing = torch.zeros(3, dtype=torch.bool)
+    for reduction in ("mean", "weighted_mean"):
+        loss = BACKEND.binary_cross_entropy_with_logits(x, y, mask=nothing, reduction=reduction)
+        assert not _is_lean(loss) and loss.item() == 0.0
 
 
 def test_a_non_finite_logit_is_recomputed_by_the_exact_path() -> None:
@@ -205,7 +240,10 @@ def test_a_non_finite_logit_is_recomputed_by_the_exact_path() -> None:
     ones = torch.ones(4)
     elements = BACKEND.binary_cross_entropy_with_logits(x, y, reduction="none")
     assert not _is_lean(elements)
-    exact = BACKEND.binary_cross_entropy_with_logits(x, y, mask=ones.bool(), reduction="none")
+    # A weight that autograd differentiates takes the exact path.
+    exact = BACKEND.binary_cross_entropy_with_logits(
+        x, y, weight=ones.requires_grad_(), reduction="none"
+    )
     assert elements.tolist() == exact.tolist()
     assert elements[:2].tolist() == [0.0, 0.0]
     loss = BACKEND.binary_cross_entropy_with_logits(x, y)
@@ -229,7 +267,7 @@ def test_second_derivatives_are_those_of_the_exact_path(reduction: str) -> None:
     (grad,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
     (second,) = torch.autograd.grad(grad.sum(), x)
     exact = BACKEND.binary_cross_entropy_with_logits(
-        x, y, mask=torch.ones_like(y, dtype=torch.bool), reduction=reduction
+        x, y, weight=torch.ones_like(y).requires_grad_(), reduction=reduction
     )
     (exact_grad,) = torch.autograd.grad(exact.sum(), x, create_graph=True)
     (exact_second,) = torch.autograd.grad(exact_grad.sum(), x)
@@ -260,8 +298,6 @@ def test_other_calls_take_the_exact_path() -> None:
     exact = {
         "weight to differentiate": dict(weight=torch.ones(2, requires_grad=True)),
         "pos_weight to differentiate": dict(pos_weight=torch.ones(2, requires_grad=True)),
-        "mask": dict(mask=torch.tensor([True, True])),
-        "smoothing": dict(label_smoothing=0.1),
         "validate": dict(validate=True),
     }
     for label, options in exact.items():

@@ -235,20 +235,19 @@ class TorchBackend:
         eps, reduction = options.eps, options.reduction
         # The lean path on the caller's tensors when they fit it as they are, else on the
         # converted operands: the same values take the same path whatever their types.
-        lean = self._lean_applies(
-            logits, targets, weight, pos_weight, mask, validate, eps, reduction
-        )
+        lean = self._lean_applies(logits, targets, weight, pos_weight, mask, validate, reduction)
         if lean:
-            exact = self._exact_loss(targets, weight, pos_weight, reduction)
-            loss = lean_loss(logits, targets, weight, pos_weight, reduction, exact)
+            exact = self._exact_loss(targets, weight, pos_weight, mask, eps, reduction)
+            loss = lean_loss(logits, targets, weight, pos_weight, mask, eps, reduction, exact)
             if loss is not None:
                 return loss
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
         if not lean and self._lean_applies(
-            ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, validate, eps, reduction
+            ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, validate, reduction
         ):
-            exact = self._exact_loss(ops.targets, ops.weight, ops.pos_weight, reduction)
-            loss = lean_loss(ops.inputs, ops.targets, ops.weight, ops.pos_weight, reduction, exact)
+            operands = (ops.targets, ops.weight, ops.pos_weight, ops.mask)
+            exact = self._exact_loss(*operands, eps, reduction)
+            loss = lean_loss(ops.inputs, *operands, eps, reduction, exact)
             if loss is not None:
                 return loss
         if self._one_pass_applies(ops, (ops.targets, ops.weight, ops.pos_weight)):
@@ -263,29 +262,32 @@ class TorchBackend:
         pos_weight: Any,
         mask: Any,
         validate: bool,
-        eps: float,
         reduction: str,
     ) -> bool:
         """Whether ``lean`` computes this call: the usual small one (see ``lean.applies``),
         below the one-pass size and outside every transform."""
         return (
             type(logits) is torch.Tensor
-            and mask is None
             and not validate
-            and eps == 0.0
             and (self._one_pass_min is None or logits.numel() < self._one_pass_min)
-            and lean_applies(logits, targets, reduction, weight, pos_weight)
+            and lean_applies(logits, targets, reduction, weight, pos_weight, mask)
             and not transforms_active()
         )
 
     def _exact_loss(
-        self, targets: torch.Tensor, weight: Any, pos_weight: Any, reduction: str
+        self,
+        targets: torch.Tensor,
+        weight: Any,
+        pos_weight: Any,
+        mask: Any,
+        eps: float,
+        reduction: str,
     ) -> Callable[..., Any]:
         """The loss of ``targets`` as a function of the logits, through the exact Functions."""
 
         def exact(z: torch.Tensor) -> torch.Tensor:
-            ops = self._prepare("logits", z, targets, weight, pos_weight, None, False)
-            return self._eager_logits_loss(ops, 0.0, reduction)
+            ops = self._prepare("logits", z, targets, weight, pos_weight, mask, False)
+            return self._eager_logits_loss(ops, eps, reduction)
 
         return exact
 
@@ -379,10 +381,11 @@ class TorchBackend:
         eps, reduction = options.eps, options.reduction
         names, as_tuple = options.wrt, options.wrt_as_tuple
         lean = names == ("logits",) and self._lean_applies(
-            logits, targets, weight, pos_weight, mask, validate, eps, reduction
+            logits, targets, weight, pos_weight, mask, validate, reduction
         )
         if lean:
-            result = lean_value_and_grad(logits, targets, weight, pos_weight, reduction)
+            args = (logits, targets, weight, pos_weight, mask, eps, reduction)
+            result = lean_value_and_grad(*args)
             if result is not None:
                 return result[0], pack_gradients([result[1]], as_tuple)
         ops = self._prepare("logits", logits, targets, weight, pos_weight, mask, validate)
@@ -390,18 +393,11 @@ class TorchBackend:
             not lean
             and names == ("logits",)
             and self._lean_applies(
-                ops.inputs,
-                ops.targets,
-                ops.weight,
-                ops.pos_weight,
-                ops.mask,
-                validate,
-                eps,
-                reduction,
+                ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, validate, reduction
             )
         ):
             result = lean_value_and_grad(
-                ops.inputs, ops.targets, ops.weight, ops.pos_weight, reduction
+                ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask, eps, reduction
             )
             if result is not None:
                 return result[0], pack_gradients([result[1]], as_tuple)
