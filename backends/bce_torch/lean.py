@@ -3,9 +3,9 @@
 At 10^2 to 10^4 elements an eager training step pays per operation, not per
 element: each torch operation called from Python costs microseconds of
 dispatch and allocation. The usual call (float32 or float64 logits on the
-CPU, targets of the same shape and dtype, a weight and a pos_weight of that
-dtype or none, no mask) is computed with the fewest operations that keep the
-accuracy contract. Without label smoothing:
+CPU, targets of the same shape and dtype, a weight, a pos_weight and a bool
+mask broadcasting to that shape or none, any label smoothing) is computed with
+the fewest operations that keep the accuracy contract. Without label smoothing:
 
     loss elements = lerp(softplus(x), q softplus(-x), y) w
                   = w [(1 - y) softplus(x) + q y softplus(-x)]
@@ -20,11 +20,14 @@ and a pos_weight add one multiplication each way (half an ULP each). With label
 smoothing the two coefficients w (1 - y') and w q y' are formed once per call
 (``terms``, 1 - y' from 1 - y so that it keeps its relative accuracy where y' is
 near 1), and each way is a product and a fused multiply-add of the two terms.
+A mask is one ``where`` each way: a masked-out element is exactly 0, whatever it
+holds, and the mean divides by the count (or the kept weights' sum).
 
 A non-finite loss (an infinite logit, where the lerp meets 0 * inf, an infinite
 or NaN weight, pos_weight or target, or a NaN logit) is recomputed by the exact
-path, which follows the spec there; so are a weighted mean whose weights sum to
-0 and the gradient of the gradient (``create_graph=True``).
+path, which follows the spec there; so are a mean over no kept element, a
+weighted mean whose kept weights sum to 0 and the gradient of the gradient
+(``create_graph=True``).
 
 >>> x = torch.tensor([0.0, 2.0], requires_grad=True)
 >>> loss = lean_loss(x, torch.tensor([1.0, 0.0]), None, None, None, 0.0, "mean", lambda z: None)
