@@ -46,22 +46,22 @@ def _is_lean(loss: torch.Tensor) -> bool:
     return type(loss.grad_fn).__name__ == "LeanLossBackward"
 
 
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("y", [0.0, 1.0, 0.5, 0.3, 0.999, 1e-3])
-def test_elements_and_gradients_are_within_4_ulp(dtype: str, y: float) -> None:
-    x = torch.from_numpy(_sweep(np.dtype(dtype).type))
-    targets = torch.full_like(x, y)
-    yd = float(np.asarray(y, dtype))
-    exact_loss = [oracle.element_loss(v, yd) for v in x.tolist()]
-    exact_grad = [oracle.element_grad(v, yd) for v in x.tolist()]
-    # Soft targets: the gradient's one difference is graded against its larger term.
-    references = [None if y in (0.0, 1.0) else g[1] for g in exact_grad]
-
+def _assert_lean_within_4_ulp(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    options: dict,
+    exact_loss: list,
+    exact_grad: list,
+    references: list,
+    dtype: str,
+) -> None:
+    """The unreduced loss, its backward() and value_and_grad on the lean path, each within
+    ULP_BOUND of the exact values (the gradient of soft targets against ``references``)."""
     leaf = x.clone().requires_grad_(True)
-    loss = BACKEND.binary_cross_entropy_with_logits(leaf, targets, reduction="none")
+    loss = BACKEND.binary_cross_entropy_with_logits(leaf, targets, reduction="none", **options)
     assert _is_lean(loss)
     loss.sum().backward()
-    _, fused_grad = BACKEND.value_and_grad(x, targets, reduction="none")
+    _, fused_grad = BACKEND.value_and_grad(x, targets, reduction="none", **options)
     errors = {
         "loss": oracle.ulp_errors(loss.detach().numpy(), exact_loss, dtype),
         "backward": oracle.ulp_errors(
@@ -74,6 +74,20 @@ def test_elements_and_gradients_are_within_4_ulp(dtype: str, y: float) -> None:
     for label, ulps in errors.items():
         worst = int(np.argmax(ulps))
         assert ulps[worst] <= ULP_BOUND, f"{label}: {ulps[worst]:.2f} ULP at x={x[worst].item()!r}"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("y", [0.0, 1.0, 0.5, 0.3, 0.999, 1e-3])
+def test_elements_and_gradients_are_within_4_ulp(dtype: str, y: float) -> None:
+    x = torch.from_numpy(_sweep(np.dtype(dtype).type))
+    targets = torch.full_like(x, y)
+    yd = float(np.asarray(y, dtype))
+    exact_loss = [oracle.element_loss(v, yd) for v in x.tolist()]
+    exact_grad = [oracle.element_grad(v, yd) for v in x.tolist()]
+    # Soft targets: the gradient's one difference is graded against its larger term.
+    references = [None if y in (0.0, 1.0) else g[1] for g in exact_grad]
+
+    _assert_lean_within_4_ulp(x, targets, {}, exact_loss, exact_grad, references, dtype)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -134,24 +148,8 @@ def test_weights_and_smoothing_elements_and_gradients_are_within_4_ulp(
     exact_grad = [oracle.element_grad(v, yd, wd, qd, eps) for v in x.tolist()]
     references = [None if y in (0.0, 1.0) and not eps else g[1] for g in exact_grad]
 
-    leaf = x.clone().requires_grad_(True)
-    options = dict(weight=weight, pos_weight=pos_weight, label_smoothing=eps, reduction="none")
-    loss = BACKEND.binary_cross_entropy_with_logits(leaf, targets, **options)
-    assert _is_lean(loss)
-    loss.sum().backward()
-    _, fused_grad = BACKEND.value_and_grad(x, targets, **options)
-    errors = {
-        "loss": oracle.ulp_errors(loss.detach().numpy(), exact_loss, dtype),
-        "backward": oracle.ulp_errors(
-            leaf.grad.numpy(), [g[0] for g in exact_grad], dtype, references
-        ),
-        "value_and_grad": oracle.ulp_errors(
-            fused_grad.numpy(), [g[0] for g in exact_grad], dtype, references
-        ),
-    }
-    for label, ulps in errors.items():
-        worst = int(np.argmax(ulps))
-        assert ulps[worst] <= ULP_BOUND, f"{label}: {ulps[worst]:.2f} ULP at x={x[worst].item()!r}"
+    options = dict(weight=weight, pos_weight=pos_weight, label_smoothing=eps)
+    _assert_lean_within_4_ulp(x, targets, options, exact_loss, exact_grad, references, dtype)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
