@@ -639,7 +639,7 @@ def _first_bad_block(
     array of the block's first bad kept element, or -1."""
     operands, m = (blocks[:-1], blocks[-1]) if has_mask else (blocks, None)
     first = np.full(len(checks), -1, np.int64)
-    offset = tuple(starts[axis][i] for axis, i in enumerate(block_id))
+    offset = tuple(start[i] for start, i in zip(starts, block_id))  # (block_id has the new axis)
     for k, (at, why) in enumerate(checks):
         values = np.asarray(operands[at], _F64)
         if why == "is NaN":
