@@ -38,7 +38,7 @@ from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
 from . import operands
 from .kernels import LogitParts, probability_bracket
-from .operands import OPS, is_dask, namespace_of
+from .operands import OPS, is_dask, namespace_of, to_numpy
 
 #: The device of Dask arrays (their chunks are NumPy arrays on the CPU).
 DASK_DEVICE = "cpu:dask"
@@ -73,7 +73,10 @@ def working_dtype(xp: ModuleType, like: Any) -> Any:
 
 
 def _cast(value: Any, like: Any) -> Any:
-    """A result in the input's dtype (every operand has it), rounded once from working."""
+    """A result in the input's dtype (every operand has it), rounded once from working; a
+    NumPy result is an array (NumPy's arithmetic makes scalars of 0-d arrays)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return np.asarray(value).astype(like.dtype)
     return namespace_of(value).astype(value, like.dtype)
 
 
@@ -83,24 +86,6 @@ def _reduce(elements: Any, reduction: str, ops: Operands[Any], w: Any) -> rules.
 
 def _chunked() -> ModuleType:
     return importlib.import_module("bce_array_api.chunked")
-
-
-def to_numpy(array: Any) -> np.ndarray:
-    """A NumPy copy of an array of any namespace.
-
-    >>> import array_api_strict as xp
-    >>> to_numpy(xp.asarray([1.5])).tolist()
-    [1.5]
-    """
-    if is_dask(array):
-        return np.asarray(array.compute())
-    if array_api_compat.is_cupy_array(array):
-        return np.asarray(array.get())
-    if array_api_compat.is_torch_array(array):
-        return np.asarray(array.detach().cpu().numpy())
-    if isinstance(array, np.ndarray) or array_api_compat.is_jax_array(array):
-        return np.asarray(array)
-    return np.from_dlpack(array)
 
 
 class ArrayApiBackend(Backend):
@@ -144,10 +129,15 @@ class ArrayApiBackend(Backend):
 
     def asarray(self, array: Any, device: str | None = None) -> Any:
         """``array`` as an array of the namespace ``device`` names: "cpu" array-api-strict (or
-        NumPy), "cpu:dask" Dask in uneven chunks along the first axis, "cuda:N" CuPy."""
+        NumPy, see ``devices``), "cpu:dask" Dask in uneven chunks along the first axis,
+        "cuda:N" CuPy."""
         array = np.asarray(array)
         if device in (None, "cpu"):
-            if "array_api_strict" not in operands.found_namespaces():
+            # float16 and bfloat16 are not in the standard: those stay NumPy arrays.
+            if "array_api_strict" not in operands.found_namespaces() or array.dtype.name in (
+                "float16",
+                "bfloat16",
+            ):
                 return array
             import array_api_strict
 

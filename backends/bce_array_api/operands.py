@@ -31,6 +31,9 @@ from bce_core.spec import check_float_dtype, check_mask_dtype, check_operand_dty
 
 from .plugin import found_namespaces
 
+#: NumPy's standard namespace (array-api-compat's wrapper of NumPy).
+_NUMPY = array_api_compat.array_namespace(np.zeros(0))
+
 __all__ = ["OPS", "NamespaceConverter", "found_namespaces", "prepare"]
 
 #: The dtype names the spec's checks know, looked up in a namespace by name (the standard names
@@ -43,7 +46,10 @@ _REAL = frozenset(_DTYPE_NAMES[:-2])
 
 
 def namespace_of(array: Any) -> ModuleType:
-    """The standard namespace of an array (``array_api_compat.array_namespace``)."""
+    """The standard namespace of an array (``array_api_compat.array_namespace``); NumPy's for a
+    NumPy scalar (NumPy's arithmetic on 0-d arrays returns those)."""
+    if isinstance(array, np.generic):
+        return _NUMPY
     return array_api_compat.array_namespace(array)
 
 
@@ -61,6 +67,24 @@ def is_lazy(array: Any) -> bool:
 def is_dask(array: Any) -> bool:
     """Whether ``array`` is a Dask array (``chunked`` computes those)."""
     return bool(array_api_compat.is_dask_array(array))
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A NumPy copy of an array of any namespace.
+
+    >>> import array_api_strict as xp
+    >>> to_numpy(xp.asarray([1.5])).tolist()
+    [1.5]
+    """
+    if is_dask(array):
+        return np.asarray(array.compute())
+    if array_api_compat.is_cupy_array(array):
+        return np.asarray(array.get())
+    if array_api_compat.is_torch_array(array):
+        return np.asarray(array.detach().cpu().numpy())
+    if isinstance(array, np.ndarray) or array_api_compat.is_jax_array(array):
+        return np.asarray(array)
+    return np.from_dlpack(array)
 
 
 def dtype_name(dtype: Any) -> str:
@@ -81,6 +105,17 @@ def dtype_name(dtype: Any) -> str:
 
 def _namespace_name(xp: ModuleType) -> str:
     return xp.__name__.removeprefix("array_api_compat.")
+
+
+def _readable_by_numpy(value: Any) -> bool:
+    """Whether an operand of another namespace joins a NumPy input as a NumPy copy: NumPy is
+    the interchange format, and an eager CPU array converts without a device transfer (torch
+    and JAX arrays are left to the error: a copy would cut them off from autodiff)."""
+    if is_lazy(value) or array_api_compat.is_torch_array(value):
+        return False
+    return not array_api_compat.is_jax_array(value) and "cpu" in str(
+        array_api_compat.device(value)
+    ).lower()
 
 
 def _same_namespace(name: str, value: Any, like: Any) -> None:
@@ -139,6 +174,9 @@ class NamespaceConverter:
     def as_operand(name: str, value: Any, like: Any) -> Any:
         xp = namespace_of(like)
         if is_array(value) and not isinstance(value, np.ndarray):
+            if isinstance(like, np.ndarray) and _readable_by_numpy(value):
+                value = to_numpy(value)
+        if is_array(value) and not isinstance(value, np.ndarray):
             _same_namespace(name, value, like)
             own = dtype_name(value.dtype)
             check_operand_dtype(name, own, is_real=own in _REAL)
@@ -153,6 +191,9 @@ class NamespaceConverter:
     @staticmethod
     def as_mask(value: Any, like: Any) -> Any:
         xp = namespace_of(like)
+        if is_array(value) and not isinstance(value, np.ndarray):
+            if isinstance(like, np.ndarray) and _readable_by_numpy(value):
+                value = to_numpy(value)
         if is_array(value) and not isinstance(value, np.ndarray):
             _same_namespace("mask", value, like)
             check_mask_dtype(dtype_name(value.dtype))
@@ -186,10 +227,16 @@ class NamespaceConverter:
 
 
 def _xp(*values: Any) -> ModuleType:
-    """The namespace of the arrays among ``values`` (Python numbers are left out)."""
-    return array_api_compat.array_namespace(
-        *(v for v in values if not isinstance(v, (bool, int, float)))
-    )
+    """The namespace of the arrays among ``values`` (Python numbers are left out, NumPy scalars
+    are NumPy's)."""
+    arrays = [v for v in values if not isinstance(v, (bool, int, float, np.generic))]
+    return array_api_compat.array_namespace(*arrays) if arrays else _NUMPY
+
+
+def _array(value: Any) -> Any:
+    """A 0-d NumPy array for a NumPy scalar: the rules take a Python float (which NumPy's
+    float64 scalar is) for a denominator known without the data."""
+    return np.asarray(value) if isinstance(value, np.generic) else value
 
 
 class NamespaceOps:
@@ -213,12 +260,12 @@ class NamespaceOps:
 
     @staticmethod
     def total(array: Any) -> Any:
-        return _xp(array).sum(array)
+        return _array(_xp(array).sum(array))
 
     @staticmethod
     def count(keep: Any, shape: tuple[int, ...], like: Any) -> Any:
         xp = _xp(keep)
-        return xp.astype(xp.count_nonzero(xp.broadcast_to(keep, shape)), like.dtype)
+        return _array(xp.astype(xp.count_nonzero(xp.broadcast_to(keep, shape)), like.dtype))
 
     @staticmethod
     def sum_axes(array: Any, axes: tuple[int, ...]) -> Any:
@@ -229,7 +276,7 @@ class NamespaceOps:
         xp = _xp(like)
         if isinstance(array, (bool, int, float)):
             return xp.asarray(array, dtype=like.dtype, device=array_api_compat.device(like))
-        return xp.astype(array, like.dtype)
+        return _array(xp.astype(array, like.dtype))
 
     @staticmethod
     def unless_finite(
