@@ -113,9 +113,10 @@ def _readable_by_numpy(value: Any) -> bool:
     and JAX arrays are left to the error: a copy would cut them off from autodiff)."""
     if is_lazy(value) or array_api_compat.is_torch_array(value):
         return False
-    return not array_api_compat.is_jax_array(value) and "cpu" in str(
-        array_api_compat.device(value)
-    ).lower()
+    return (
+        not array_api_compat.is_jax_array(value)
+        and "cpu" in str(array_api_compat.device(value)).lower()
+    )
 
 
 def _same_namespace(name: str, value: Any, like: Any) -> None:
@@ -131,7 +132,7 @@ def _same_namespace(name: str, value: Any, like: Any) -> None:
 
 def _on_device(name: str, array: Any, like: Any) -> Any:
     where, wanted = array_api_compat.device(array), array_api_compat.device(like)
-    if where == wanted:
+    if where == wanted or where is None or wanted is None:  # None: not known while tracing
         return array
     if array.ndim == 0:  # a scalar goes anywhere, as in torch and CuPy
         return array_api_compat.to_device(array, wanted)
