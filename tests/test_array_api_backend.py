@@ -7,6 +7,8 @@ hold it to the spec on array-api-strict; the Dask path has tests/test_array_api_
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 from typing import Any
 
 import numpy as np
