@@ -101,12 +101,10 @@ def test_bce_backends_lists_the_namespaces_found(capsys: pytest.CaptureFixture[s
     from bce_core.cli import main
 
     assert main(["backends", "--json"]) == 0
-    import json
 
     (info,) = [
         b for b in json.loads(capsys.readouterr().out)["backends"] if b["name"] == "array_api"
     ]
-    import importlib.metadata
 
     assert f"array_api_strict {importlib.metadata.version('array-api-strict')}" in info["detail"]
     assert info["detail"].startswith("namespaces: ")
