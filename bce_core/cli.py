@@ -291,7 +291,7 @@ def _backends_command(args: argparse.Namespace) -> int:
     for column in columns:
         table.add_column(column, overflow="fold")
     for info in infos:
-        detail = info.error or ""
+        detail = info.error or info.detail or ""
         if info.status == "not installed" and info.extra:
             detail = f"pip install 'bce-core[{info.extra}]'"
         style = STATUS_STYLE.get(info.status, "")

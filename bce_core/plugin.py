@@ -87,6 +87,12 @@ class BackendSpec:
     description: str = ""
     #: Higher wins when two backends claim one array type (never for one name).
     priority: int = 0
+    #: Attributes (such as the Array API's ``__array_namespace__``) that make an array type this
+    #: backend's when no backend claims the type by module and name.
+    array_protocols: tuple[str, ...] = ()
+    #: What ``bce backends`` shows of an installed backend (the libraries it found, say),
+    #: computed without importing a framework; None for nothing.
+    details: Callable[[], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,11 @@ def backend_spec_problems(spec: object) -> list[str]:
         problems.append(_field("description", spec.description, "a str"))
     if isinstance(spec.priority, bool) or not isinstance(spec.priority, int):
         problems.append(_field("priority", spec.priority, "an int"))
+    problems += _tuple_problems(
+        "array_protocols", spec.array_protocols, _is_dotted, "attribute names as str"
+    )
+    if spec.details is not None and not callable(spec.details):
+        problems.append(_field("details", spec.details, "a callable returning a str, or None"))
     return problems
 
 

@@ -83,6 +83,8 @@ class BackendInfo:
     version: str | None = None
     devices: tuple[str, ...] = ()
     error: str | None = None
+    #: What the backend says of itself (``BackendSpec.details``), for an installed one.
+    detail: str | None = None
     extra: str | None = None
     plugin: str | None = None
     distribution: str | None = None
@@ -358,7 +360,14 @@ class Registry:
                 # Highest priority first; on a tie the backend shipped with bce-core, then by name.
                 claims.sort(key=lambda claim: (-claim[0], not claim[1], claim[2]))
                 return claims[0][2]
-        return None
+        # No claim by name: a backend that serves a protocol the type speaks.
+        speakers = sorted(
+            (-record.spec.priority, record.distribution != CORE_DISTRIBUTION, name)
+            for name, records in self.records.items()
+            for record in records
+            if any(hasattr(array_type, attr) for attr in record.spec.array_protocols)
+        )
+        return speakers[0][2] if speakers else None
 
     def _base_info(self, name: str) -> dict[str, Any]:
         records = self.records.get(name, [])
@@ -413,7 +422,23 @@ class Registry:
             return BackendInfo(
                 status="not installed", error=f"needs {missing!r}, which is not installed", **base
             )
-        return BackendInfo(status="installed", version=self.framework_version(name), **base)
+        return BackendInfo(
+            status="installed",
+            version=self.framework_version(name),
+            detail=self._details(name),
+            **base,
+        )
+
+    def _details(self, name: str) -> str | None:
+        """The backend's ``details()``, or why it failed (a broken plugin reports, never
+        raises)."""
+        details = self.record(name).spec.details
+        if details is None:
+            return None
+        try:
+            return str(details())
+        except Exception as exc:
+            return f"details failed: {_short_error(exc)}"
 
     def info(self, name: str) -> BackendInfo:
         """Status, version and devices of ``name``; loads it if installed."""
@@ -430,7 +455,11 @@ class Registry:
         try:
             backend = self.get(name)
             return BackendInfo(
-                status="ok", version=backend.version(), devices=tuple(backend.devices()), **base
+                status="ok",
+                version=backend.version(),
+                devices=tuple(backend.devices()),
+                detail=self._details(name),
+                **base,
             )
         except Exception as exc:
             detail = str(exc) if isinstance(exc, BackendUnavailableError) else _short_error(exc)

@@ -21,7 +21,13 @@ import bce_core
 from bce_core.plugin import Backend
 
 #: The built-in backends and the framework each needs.
-BACKEND_FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
+BACKEND_FRAMEWORKS = {
+    "numpy": "numpy",
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "jax": "jax",
+    "array_api": "array_api_compat",
+}
 #: Where a backend disagrees with the specification today, by (test function, backend): what
 #: differs. Those tests are marked xfail(strict=True), so a fix shows up as a failure here.
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}

@@ -116,7 +116,7 @@ KNOWN: dict[tuple[str, str], str] = {
 
 
 #: Calls drawn per backend, form and dtype: fewer where each new structure compiles.
-EXAMPLES = {"numpy": 40, "torch": 40, "jax": 8, "tensorflow": 8}
+EXAMPLES = {"numpy": 40, "torch": 40, "jax": 8, "tensorflow": 8, "array_api": 40}
 SETTINGS = settings(
     derandomize=True,
     deadline=None,
