@@ -20,11 +20,11 @@ import dask.array as da
 import numpy as np
 import psutil
 import pytest
-from bce_array_api import chunked
 from distributed import Client, LocalCluster, wait
 from test_array_api_dask import assert_parity
 
 import bce_core
+from bce_array_api import chunked
 from bce_core.rules import Operands
 
 SHAPE = (250_007, 40)  # 10,000,280 elements

@@ -12,9 +12,9 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from bce_array_api import chunked
 
 import bce_core
+from bce_array_api import chunked
 from bce_core.arrays import sum_to_shape
 from bce_core.rules import Operands
 
@@ -408,3 +408,70 @@ def test_validate_raises_the_numpy_backends_error(case: str) -> None:
     expected = numpy_error(arrays, probs)
     assert dask_error(arrays, probs) == expected
     assert (expected is None) == (case in ("clean", "masked_out"))
+
+
+# -- through the public API -----------------------------------------------------------------
+
+ALL_NAMES = ("logits", "targets", "weight", "pos_weight")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_the_public_api_takes_dask_arrays_to_the_array_api_backend(reduction: str) -> None:
+    arrays = data("float32", "columns")
+    ops = lazy(arrays)
+    lazy_operands = dict(weight=ops.weight, pos_weight=ops.pos_weight, mask=ops.mask)
+    options = dict(label_smoothing=0.1, reduction=reduction)
+    x, y = ops.inputs, ops.targets
+    assert bce_core.dispatch.resolve_backend(None, (x, y)).name == "array_api"
+    loss, grads = bce_core.value_and_grad(x, y, **lazy_operands, **options, wrt=ALL_NAMES)
+    alone = bce_core.binary_cross_entropy_with_logits(x, y, **lazy_operands, **options)
+    assert all(isinstance(a, da.Array) for a in (loss, alone, *grads))
+    assert grads[0].chunks == grads[1].chunks == CHUNKS
+    got_loss, got_alone, got = dask.compute(loss, alone, grads)
+    expected_loss, expected = in_memory(arrays, reduction, 0.1, ALL_NAMES)
+    assert_parity(got_loss, expected_loss, ulps=2)
+    assert_parity(got_alone, expected_loss, ulps=2)
+    for name, g, e in zip(ALL_NAMES, got, expected):
+        own = None if name in ("logits", "targets") else summed_scale(arrays, reduction, 0.1, name)
+        assert_parity(g, e, ulps=2, scale=own)
+
+
+def test_the_public_api_probs_grad_hess_and_validate() -> None:
+    arrays = data("float64", "full")
+    ops = lazy(arrays)
+    p = da.clip(1 / (1 + da.exp(-ops.inputs)), 0, 1)
+    got = bce_core.binary_cross_entropy(p, ops.targets, weight=ops.weight, mask=ops.mask)
+    expected = numpy_backend().binary_cross_entropy(
+        1 / (1 + np.exp(-arrays["x"])), arrays["y"], weight=arrays["w"], mask=arrays["m"]
+    )
+    assert_parity(got.compute(), expected, ulps=16)
+    grad, hess = bce_core.grad_hess(ops.inputs, ops.targets, pos_weight=ops.pos_weight)
+    e_grad, e_hess = numpy_backend().grad_hess(arrays["x"], arrays["y"], pos_weight=arrays["q"])
+    assert grad.chunks == CHUNKS
+    assert_parity(grad.compute(), e_grad, ulps=16)
+    assert_parity(hess.compute(), e_hess, ulps=16)
+    bad = ops.targets * 1.5
+    with pytest.raises(ValueError) as error:
+        bce_core.binary_cross_entropy_with_logits(ops.inputs, bad, mask=ops.mask, validate=True)
+    with pytest.raises(ValueError) as expected_error:
+        numpy_backend().binary_cross_entropy_with_logits(
+            arrays["x"], arrays["y"] * 1.5, mask=arrays["m"], validate=True
+        )
+    assert str(error.value) == str(expected_error.value)
+
+
+def test_the_public_api_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counted(monkeypatch)
+    arrays = data("float32", "full")
+    ops = lazy(arrays)
+    loss, (grad, grad_w) = bce_core.value_and_grad(
+        ops.inputs,
+        ops.targets,
+        weight=ops.weight,
+        mask=ops.mask,
+        reduction="weighted_mean",
+        wrt=("logits", "weight"),
+    )
+    assert calls == []
+    dask.compute(loss, grad, grad_w)
+    assert len(calls) == 6
