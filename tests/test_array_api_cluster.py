@@ -1,6 +1,7 @@
 """The Dask path on a real distributed cluster: a LocalCluster of two worker processes,
 started and stopped here, on 10^7 elements in uneven chunks with weight, pos_weight, mask
-and label smoothing, every reduction equal to the in-memory NumPy result within parity.
+and label smoothing, every reduction equal to the in-memory NumPy result within parity,
+through the public API (Dask arrays go to the array_api backend's blockwise path).
 
 The data are generated on the workers (``dask.array.random``, seeded: nothing is shipped
 from here); the in-memory reference computes the same arrays in this process. The workers
@@ -24,8 +25,6 @@ from distributed import Client, LocalCluster, wait
 from test_array_api_dask import assert_parity
 
 import bce_core
-from bce_array_api import chunked
-from bce_core.rules import Operands
 
 SHAPE = (250_007, 40)  # 10,000,280 elements
 ROWS = (30_000, 45_001, 40_000, 35_000, 50_000, 25_006, 25_000)
@@ -116,10 +115,19 @@ def test_every_reduction_equals_the_in_memory_result(
     cluster: tuple[Client, dict[str, da.Array]], in_memory: dict[str, np.ndarray], reduction: str
 ) -> None:
     client, data = cluster
-    ops = Operands(data["x"], data["y"], data["w"], data["q"], data["m"], SHAPE)
-    assert ops.inputs.chunks == (ROWS, COLUMNS) and ops.inputs.size >= 10**7
-    loss, grads = chunked.value_and_grad(ops, EPS, reduction, NAMES)
-    assert grads[0].chunks == grads[1].chunks == (ROWS, COLUMNS)
+    x = data["x"]
+    assert x.chunks == (ROWS, COLUMNS) and x.size >= 10**7
+    loss, grads = bce_core.value_and_grad(
+        x,
+        data["y"],
+        weight=data["w"],
+        pos_weight=data["q"],
+        mask=data["m"],
+        label_smoothing=EPS,
+        reduction=reduction,
+        wrt=NAMES,
+    )
+    assert isinstance(loss, da.Array) and grads[0].chunks == grads[1].chunks == (ROWS, COLUMNS)
     futures = client.compute([loss, *grads])
     wait(futures, timeout=TIMEOUT)
     got_loss, *got = client.gather(futures)
