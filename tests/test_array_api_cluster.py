@@ -16,15 +16,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import psutil
 import pytest
-from distributed import Client, LocalCluster, wait
-from test_array_api_dask import assert_parity
 
-import bce_core
+pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+from distributed import Client, LocalCluster, wait  # noqa: E402
+from test_array_api_dask import assert_parity  # noqa: E402
+
+import bce_core  # noqa: E402
 
 SHAPE = (250_007, 40)  # 10,000,280 elements
 ROWS = (30_000, 45_001, 40_000, 35_000, 50_000, 25_006, 25_000)

@@ -8,15 +8,18 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import pytest
 
-import bce_core
-from bce_array_api import chunked
-from bce_core.arrays import sum_to_shape
-from bce_core.rules import Operands
+pytest.importorskip("dask.array")
+
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+
+import bce_core  # noqa: E402
+from bce_array_api import chunked  # noqa: E402
+from bce_core.arrays import sum_to_shape  # noqa: E402
+from bce_core.rules import Operands  # noqa: E402
 
 SHAPE = (37, 11)
 #: Uneven chunks of the logits; the other operands get chunks of their own.
