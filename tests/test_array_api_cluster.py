@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 
 pytest.importorskip("distributed")
 
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
+import psutil  # noqa: E402
 from distributed import Client, LocalCluster, wait  # noqa: E402
 from test_array_api_dask import assert_parity  # noqa: E402
 
