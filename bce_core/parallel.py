@@ -47,12 +47,7 @@ from .registry import get_registry
 from .rules import ArrayOps, Converter
 from .spec import HALF_DTYPES, _dims, _dtype_name, check_options, check_shapes
 
-__all__ = [
-    "GLOBAL_REDUCTIONS",
-    "local_denominator",
-    "shard_loss",
-    "shard_value_and_grad",
-]
+__all__ = ["GLOBAL_REDUCTIONS", "local_denominator", "shard_loss", "shard_value_and_grad"]
 
 #: The reductions that divide by a denominator, and so have a global form.
 GLOBAL_REDUCTIONS: tuple[str, ...] = ("mean", "weighted_mean", "batch_mean")
@@ -273,11 +268,7 @@ def shard_loss(
 
 
 def shard_value_and_grad(
-    backend: Backend,
-    logits: Any,
-    targets: Any,
-    denominator: Any,
-    options: dict[str, Any],
+    backend: Backend, logits: Any, targets: Any, denominator: Any, options: dict[str, Any]
 ) -> tuple[Any, Any]:
     """``value_and_grad`` with ``denominator=``: the sum's loss and gradients over the global
     ``denominator`` (0 where it is 0).
@@ -304,9 +295,7 @@ def shard_value_and_grad(
             "which one shard does not have; take the gradient with respect to the weights of "
             "the global loss (on one device), or use reduction='mean' or 'batch_mean'."
         )
-    total, grads = backend.value_and_grad(
-        shard.inputs, targets, **{**options, "reduction": "sum"}
-    )
+    total, grads = backend.value_and_grad(shard.inputs, targets, **{**options, "reduction": "sum"})
     loss, scale = shard.divide(total)
     if isinstance(grads, tuple):
         return loss, tuple(shard.scale(g, scale) for g in grads)
