@@ -30,9 +30,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+from parallel_data import REDUCTIONS, make_batch  # noqa: E402
 
 import bce_core  # noqa: E402
-from parallel_data import REDUCTIONS, make_batch  # noqa: E402
 
 SIZES = (4, 4, 4, 4)
 AXIS = "batch"

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from parallel_data import FEATURES, OUTPUTS, REDUCTIONS, make_batch
 from torch.nn.parallel import DistributedDataParallel
 
 import bce_core
 from bce_core.torch import BCEWithLogitsLoss, global_denominator
-from parallel_data import FEATURES, OUTPUTS, REDUCTIONS, make_batch
 
 
 def _linear(w0: Any) -> torch.nn.Linear:

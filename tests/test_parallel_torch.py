@@ -21,8 +21,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import bce_core  # noqa: E402
 from parallel_data import REDUCTIONS, make_batch, relative_error  # noqa: E402
+
+import bce_core  # noqa: E402
 
 WORKER = Path(__file__).with_name("parallel_torch_worker.py")
 #: Shards of uneven sizes (shard 1 entirely masked out).
