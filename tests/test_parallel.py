@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from parallel_data import REDUCTIONS, make_batch, relative_error
 
 import bce_core
 from bce_core.dispatch import get_backend
-from parallel_data import REDUCTIONS, make_batch, relative_error
 
 GLOBAL = ("mean", "weighted_mean", "batch_mean")
 #: float32 summation in a different order: a few units in the last place.
