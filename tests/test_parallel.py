@@ -257,3 +257,20 @@ def test_accumulation_jax() -> None:
         )
         got = sum(jax.grad(loss)(batch.w0, *part, reduction, d) for part in parts)
         assert relative_error(got, want) < TOLERANCE, reduction
+
+
+def test_the_example_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "parallel_naive_error.py"
+    spec = importlib.util.spec_from_file_location("parallel_naive_error", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert len(rows) == 9
+    for _, reduction, naive, _, global_loss, global_grad in rows:
+        assert float(global_loss) < TOLERANCE and float(global_grad) < TOLERANCE
+    assert max(float(row[2].strip(" %")) for row in rows) > 10.0  # naive is off
