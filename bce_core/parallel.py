@@ -17,6 +17,25 @@ sum over the shards (and whose gradients' sum) is the loss (and gradient) of
 one call on the whole batch. A denominator of 0 (every element of every shard
 masked out) gives a loss of 0 and a zero gradient, as the spec's reductions do.
 
+How each framework combines the shards decides the recipe:
+
+- PyTorch ``DistributedDataParallel`` averages the ranks' gradients:
+  ``D = bce_core.torch.global_denominator(logits, mask=m)`` (the all-reduced sum over the
+  world size), then ``loss = ...(logits, y, mask=m, denominator=D)``; without DDP, with the
+  gradients summed by ``all_reduce``, ``global_denominator(..., averaged=False)``.
+- JAX ``shard_map``: ``D = jax.lax.psum(local_denominator(logits, mask=m), axis)``; the
+  ``psum`` of the shards' losses is the global loss, and its gradient (taken outside
+  ``shard_map``, or inside, where with ``check_vma`` JAX sums a replicated parameter's
+  gradient over the axis itself) the global gradient. ``jax.jit`` on sharded arrays needs
+  nothing: the plain call is already over the whole batch.
+- TensorFlow ``MirroredStrategy`` sums the replicas' gradients:
+  ``D = tf.distribute.get_replica_context().all_reduce("sum", local_denominator(...))``.
+- Gradient accumulation: D is the sum of every micro-batch's local denominator, up front;
+  each micro-batch's ``loss = ...(..., denominator=D)`` is then backpropagated as it is.
+
+``reduction="sum"`` needs none of this where the shards are summed (under DDP's average,
+multiply each rank's loss by the world size).
+
 Two micro-batches of uneven valid counts give the full batch's mean:
 
 >>> import numpy as np
