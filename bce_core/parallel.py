@@ -72,28 +72,35 @@ __all__ = ["GLOBAL_REDUCTIONS", "local_denominator", "shard_loss", "shard_value_
 GLOBAL_REDUCTIONS: tuple[str, ...] = ("mean", "weighted_mean", "batch_mean")
 
 
-def _global_reduction(reduction: object, argument: str) -> str:
-    """``reduction`` checked as the loss checks it, then refused unless it has a denominator
-    (``argument`` names what was called, for the error).
+def _global_reduction(reduction: object, caller: str) -> str:
+    """``reduction`` checked as the loss checks it, then refused unless it has a denominator;
+    ``caller`` is "denominator=" or "local_denominator", for the error.
 
     >>> _global_reduction("sum", "denominator=")
     Traceback (most recent call last):
-    ValueError: denominator= is given with reduction='sum', which divides by no denominator: a \
-shard's sum is already its share of the global sum; drop denominator= (or use reduction='mean', \
-'weighted_mean' or 'batch_mean').
+    ValueError: denominator= is given with reduction='sum', which divides by no denominator (a \
+shard's sum is already its share of the global sum); drop denominator=, or use reduction='mean', \
+'weighted_mean' or 'batch_mean'.
     """
     checked = check_options(reduction=reduction).reduction
-    if checked not in GLOBAL_REDUCTIONS:
-        why = (
-            "a shard's sum is already its share of the global sum"
-            if checked == "sum"
-            else "each element's loss is already the global one"
-        )
+    if checked in GLOBAL_REDUCTIONS:
+        return checked
+    why = (
+        "a shard's sum is already its share of the global sum"
+        if checked == "sum"
+        else "each element's loss is already the whole batch's"
+    )
+    others = "reduction='mean', 'weighted_mean' or 'batch_mean'"
+    if caller == "local_denominator":
         raise ValueError(
-            f"{argument} is given with reduction={checked!r}, which divides by no denominator: "
-            f"{why}; drop {argument} (or use reduction='mean', 'weighted_mean' or 'batch_mean')."
+            f"local_denominator(reduction={checked!r}) has nothing to count: reduction="
+            f"{checked!r} divides by no denominator ({why}); combine the shards' losses as "
+            f"they are, or pass {others}."
         )
-    return checked
+    raise ValueError(
+        f"{caller} is given with reduction={checked!r}, which divides by no denominator "
+        f"({why}); drop {caller}, or use {others}."
+    )
 
 
 def _array_ops(backend: Backend) -> tuple[ArrayOps, Converter]:
@@ -146,9 +153,9 @@ def local_denominator(
     10.5
     >>> local_denominator(np.zeros(3), reduction="sum")
     Traceback (most recent call last):
-    ValueError: local_denominator is given with reduction='sum', which divides by no \
-denominator: a shard's sum is already its share of the global sum; drop local_denominator (or \
-use reduction='mean', 'weighted_mean' or 'batch_mean').
+    ValueError: local_denominator(reduction='sum') has nothing to count: reduction='sum' divides \
+by no denominator (a shard's sum is already its share of the global sum); combine the shards' \
+losses as they are, or pass reduction='mean', 'weighted_mean' or 'batch_mean'.
     """
     impl = resolve_backend(backend, (logits, mask, weight))
     checked = _global_reduction(reduction, "local_denominator")

@@ -147,7 +147,9 @@ def test_zero_denominator_gives_zero_loss_and_gradient(zero: Any) -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match=r"reduction='sum'.*drop local_denominator"):
+    with pytest.raises(
+        ValueError, match=r"local_denominator\(reduction='sum'\) has nothing to count"
+    ):
         bce_core.local_denominator(X, reduction="sum")
     with pytest.raises(ValueError, match=r"reduction='none'.*drop denominator="):
         bce_core.binary_cross_entropy_with_logits(X, Y, reduction="none", denominator=4)
