@@ -276,3 +276,17 @@ def test_the_example_prints_its_table(capsys: pytest.CaptureFixture[str]) -> Non
     for *_, global_loss, global_grad in rows:
         assert float(global_loss) < TOLERANCE and float(global_grad) < TOLERANCE
     assert max(float(row[2].strip(" %")) for row in rows) > 10.0  # naive is off
+
+
+def test_torch_modules_take_a_denominator() -> None:
+    torch = pytest.importorskip("torch")
+    from bce_core.torch import BCELoss, BCEWithLogitsLoss
+
+    x, y, m = torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(MASK)
+    w = torch.from_numpy(WEIGHT)
+    for module, inputs in ((BCEWithLogitsLoss, x), (BCELoss, torch.sigmoid(x))):
+        loss_fn = module(weight=w, reduction="weighted_mean")
+        d = bce_core.local_denominator(inputs, reduction="weighted_mean", mask=m, weight=w)
+        want = loss_fn(inputs, y, m).item()
+        assert loss_fn(inputs, y, m, denominator=d).item() == pytest.approx(want, rel=1e-6)
+        assert loss_fn(inputs, y, m, denominator=2 * d).item() == pytest.approx(want / 2, rel=1e-6)
