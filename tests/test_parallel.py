@@ -36,6 +36,9 @@ def _native(name: str) -> tuple[Any, Any]:
     if name == "torch":
         torch = pytest.importorskip("torch")
         return torch.from_numpy, lambda t: t.detach().numpy()
+    if name == "array_api":
+        strict = pytest.importorskip("array_api_strict")
+        return strict.asarray, np.from_dlpack
     if name == "jax":
         jnp = pytest.importorskip("jax.numpy")
         return jnp.asarray, np.asarray
@@ -43,7 +46,7 @@ def _native(name: str) -> tuple[Any, Any]:
     return tf.constant, lambda t: t.numpy()
 
 
-BACKENDS = ["numpy", "torch", "jax", "tensorflow"]
+BACKENDS = ["numpy", "torch", "jax", "tensorflow", "array_api"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
