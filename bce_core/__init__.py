@@ -19,6 +19,7 @@ from .errors import (
     MixedFrameworksError,
     UnknownBackendError,
 )
+from .parallel import local_denominator
 from .registry import BackendInfo, get_registry
 from .spec import REDUCTIONS, SPEC_VERSION
 
@@ -55,6 +56,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "get_backend",
     "grad_hess",
+    "local_denominator",
     "set_default_backend",
     "use_backend",
     "value_and_grad",

@@ -257,6 +257,15 @@ class Backend(Protocol):
 
     The conformance suite calls every method here; ``isinstance(obj, Backend)``
     checks that an object has them all.
+
+    Optional attributes (read with ``getattr``, not part of the protocol check):
+
+    - ``ops``: the backend's ``bce_core.rules.ArrayOps``, and
+    - ``converter``: its ``bce_core.rules.Converter`` (which may also have a
+      ``dynamic_shape(array)`` giving traced dimensions as 0-d arrays).
+
+    ``bce_core.local_denominator`` and the ``denominator=`` argument of the public
+    functions (``bce_core.parallel``) need both; the built-in backends have them.
     """
 
     name: str

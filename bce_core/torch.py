@@ -16,6 +16,11 @@ and ``"weighted_mean"`` (the sum over the sum of the weights) and ``"batch_mean"
 sum over ``shape[0]``). ``mask`` drops elements from the loss, its gradient and the counts.
 The deprecated ``size_average`` and ``reduce`` are refused with the ``reduction`` to use.
 
+Under ``torch.distributed`` (with or without ``DistributedDataParallel``), a rank's mean is not
+the mean of the whole batch when the ranks keep different numbers of elements;
+:func:`global_denominator` gives the denominator whose ``forward(..., denominator=D)`` makes
+DDP's averaged gradient the whole batch's (see its docstring for the two-line recipe).
+
 At logit 30 with target 1, ``torch.nn.BCEWithLogitsLoss`` gives a gradient of 0; the
 exact one is -q sigma(-30) / n:
 
@@ -40,9 +45,53 @@ import torch
 
 from .api import binary_cross_entropy, binary_cross_entropy_with_logits
 from .dispatch import get_backend
+from .parallel import local_denominator
 from .spec import DEFAULT_LOG_CLAMP, check_label_smoothing, check_log_clamp, check_reduction
 
-__all__ = ["BCELoss", "BCEWithLogitsLoss"]
+__all__ = ["BCELoss", "BCEWithLogitsLoss", "global_denominator"]
+
+
+def global_denominator(
+    logits: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    mask: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    group: Any = None,
+    averaged: bool = True,
+) -> torch.Tensor:
+    """The denominator of ``reduction`` over every rank's batch, for ``denominator=``.
+
+    Each rank's :func:`bce_core.local_denominator`, summed over the ranks of ``group`` (the
+    default group when None) with ``torch.distributed.all_reduce``; with ``averaged=True``
+    divided by the group's size, because ``DistributedDataParallel`` averages the gradients
+    of the ranks: each rank's loss is then ``world_size * its sum / D``, the ranks' average
+    gradient is that of the whole batch, and so is the average of their losses. Pass
+    ``averaged=False`` where the gradients (or the losses) are summed over the ranks, as an
+    ``all_reduce`` of SUM does. Without an initialised process group, the local denominator
+    (one process). The result is a detached 0-d tensor on the logits' device: the weights of
+    ``weighted_mean`` are constants of the gradient.
+
+    The recipe, on each rank (``model`` wrapped in DDP or not)::
+
+        D = global_denominator(logits, mask=mask)
+        loss = bce_core.binary_cross_entropy_with_logits(logits, y, mask=mask, denominator=D)
+
+    >>> x = torch.zeros(2, 3)
+    >>> global_denominator(x, mask=torch.tensor([True, False, True]))  # one process
+    tensor(4.)
+    """
+    local: torch.Tensor = local_denominator(
+        logits, reduction=reduction, mask=mask, weight=weight, backend="torch"
+    )
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()):
+        return local.detach()
+    total = local.detach().clone()
+    distributed.all_reduce(total, op=distributed.ReduceOp.SUM, group=group)
+    if averaged:
+        total = total / distributed.get_world_size(group)
+    return total
 
 
 def _legacy_reduction(size_average: Any, reduce: Any) -> str:
@@ -166,10 +215,16 @@ class BCEWithLogitsLoss(_BCEModule):
         super().__init__(weight, size_average, reduce, reduction, pos_weight, label_smoothing)
 
     def forward(
-        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        denominator: Any = None,
     ) -> torch.Tensor:
         """The loss of the logits ``input`` against ``target`` (of the same shape); ``mask``,
-        if given, broadcasts to that shape and keeps the elements where it is True."""
+        if given, broadcasts to that shape and keeps the elements where it is True.
+        ``denominator``: the global denominator of a shard's reduction
+        (:func:`global_denominator`), or None for this batch's own."""
         loss: torch.Tensor = binary_cross_entropy_with_logits(
             input,
             target,
@@ -179,6 +234,7 @@ class BCEWithLogitsLoss(_BCEModule):
             mask=mask,
             reduction=self.reduction,
             backend="torch",
+            denominator=denominator,
         )
         return loss
 
@@ -220,10 +276,16 @@ class BCELoss(_BCEModule):
         return options
 
     def forward(
-        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        denominator: Any = None,
     ) -> torch.Tensor:
         """The loss of the probabilities ``input`` against ``target`` (of the same shape);
-        ``mask``, if given, broadcasts to that shape and keeps the elements where it is True."""
+        ``mask``, if given, broadcasts to that shape and keeps the elements where it is True.
+        ``denominator``: the global denominator of a shard's reduction
+        (:func:`global_denominator`), or None for this batch's own."""
         loss: torch.Tensor = binary_cross_entropy(
             input,
             target,
@@ -234,5 +296,6 @@ class BCELoss(_BCEModule):
             reduction=self.reduction,
             log_clamp=self.log_clamp,
             backend="torch",
+            denominator=denominator,
         )
         return loss

@@ -109,7 +109,10 @@ def test_masked_out_elements_hold_nan_and_infinities_and_kept_ones_are_finite() 
 
 def test_every_documented_option_and_value_is_exercised() -> None:
     """Each keyword of the public functions takes a non-default value in some case, every
-    reduction meets every operand in both forms, and every log_clamp regime is run."""
+    reduction meets every operand in both forms, and every log_clamp regime is run.
+
+    ``denominator`` is not a backend's option: the public functions divide a backend's sum
+    by it (``bce_core.parallel``), which ``test_parallel*.py`` checks on every backend."""
     for function in (
         bce_core.binary_cross_entropy_with_logits,
         bce_core.binary_cross_entropy,
@@ -118,7 +121,7 @@ def test_every_documented_option_and_value_is_exercised() -> None:
         keywords = [
             p
             for p in inspect.signature(function).parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.name not in ("backend", "wrt")
+            if p.kind is p.KEYWORD_ONLY and p.name not in ("backend", "wrt", "denominator")
         ]
         for parameter in keywords:
             name = parameter.name

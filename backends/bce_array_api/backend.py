@@ -99,6 +99,8 @@ class ArrayApiBackend(Backend):
     """
 
     name = "array_api"
+    #: The rules' array operations: one object for every namespace (found from the arrays).
+    ops = OPS
 
     def __init__(self, namespace: ModuleType | str | None = None) -> None:
         if isinstance(namespace, str):
@@ -106,6 +108,8 @@ class ArrayApiBackend(Backend):
                 importlib.import_module(namespace).asarray([0.0])
             )
         self.namespace = namespace
+        #: The rules' conversion of arguments, into ``namespace`` for those that are not arrays.
+        self.converter = operands.NamespaceConverter(namespace)
 
     def version(self) -> str:
         """array-api-compat's version (the namespaces' own: ``operands.found_namespaces``)."""

@@ -40,7 +40,7 @@ from bce_core.rules import Operands
 from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
 from . import autodiff, chunks, fused
-from .operands import check_x64, prepare_operands, validate_data
+from .operands import CONVERTER, OPS, check_x64, prepare_operands, validate_data
 
 #: Spellings of device platforms that JAX calls "gpu".
 _PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
@@ -79,6 +79,9 @@ class JaxBackend:
     """bce-core's specification on JAX arrays."""
 
     name = "jax"
+    #: The rules' array operations and argument conversion, for ``bce_core.parallel``.
+    ops = OPS
+    converter = CONVERTER
 
     def __init__(self) -> None:
         self._devices: tuple[str, ...] | None = None

@@ -33,6 +33,7 @@ import numpy as np
 
 from bce_core import rules
 from bce_core.arrays import (
+    NUMPY_CONVERTER,
     NUMPY_OPS,
     Operands,
     gradients_of_reduction,
@@ -119,6 +120,9 @@ class NumpyBackend(FrameworkLossBackend):
     ``FrameworkLossBackend``), subclassed so that the contract is checked where it is written."""
 
     name = "numpy"
+    #: The rules' array operations and argument conversion, for ``bce_core.parallel``.
+    ops = NUMPY_OPS
+    converter = NUMPY_CONVERTER
 
     def version(self) -> str:
         """NumPy's version."""

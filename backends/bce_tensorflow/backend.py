@@ -24,7 +24,7 @@ from bce_core.rules import Operands, pack_gradients
 from bce_core.spec import DEFAULT_LOG_CLAMP, check_options
 
 from . import autodiff, fused, kernels
-from .operands import is_native, on_device_of, prepare, validate
+from .operands import CONVERTER, OPS, is_native, on_device_of, prepare, validate
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -66,6 +66,9 @@ class TensorFlowBackend:
     """bce-core's specification on TensorFlow tensors."""
 
     name = "tensorflow"
+    #: The rules' array operations and argument conversion, for ``bce_core.parallel``.
+    ops = OPS
+    converter = CONVERTER
 
     def __init__(self) -> None:
         self._autodiff = autodiff.Autodiff(self)

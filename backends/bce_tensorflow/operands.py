@@ -110,6 +110,12 @@ class TensorFlowConverter:
         return tuple(-1 if d is None else int(d) for d in array.shape.as_list())
 
     @staticmethod
+    def dynamic_shape(array: tf.Tensor) -> tuple[Any, ...]:
+        """The shape with a scalar tensor for each dimension unknown while tracing (the
+        denominators of ``bce_core.parallel`` are computed from it)."""
+        return dynamic_shape(array)
+
+    @staticmethod
     def isfinite(array: tf.Tensor) -> tf.Tensor:
         return tf.math.is_finite(array)
 

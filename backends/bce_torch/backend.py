@@ -64,8 +64,16 @@ from .fused import (
 from .kernels import LogitParts, logit_grad, logit_hessian, logit_loss, logit_partials
 from .lean import applies as lean_applies
 from .lean import lean_loss, lean_value_and_grad
+from .operands import (
+    TORCH_CONVERTER,
+    as_input,
+    numpy_to_tensor,
+    prepare,
+    tensor_to_numpy,
+    validate,
+    working_dtype,
+)
 from .operands import TORCH_OPS as OPS
-from .operands import as_input, numpy_to_tensor, prepare, tensor_to_numpy, validate, working_dtype
 
 if TYPE_CHECKING:  # Unpack is in typing from Python 3.11
     from typing_extensions import Unpack
@@ -133,6 +141,9 @@ class TorchBackend:
     """bce-core's specification on torch tensors."""
 
     name = "torch"
+    #: The rules' array operations and argument conversion, for ``bce_core.parallel``.
+    ops = OPS
+    converter = TORCH_CONVERTER
 
     def __init__(self, *, one_pass_min_elements: int | None = DEFAULT_MIN_ELEMENTS) -> None:
         """``one_pass_min_elements``: calls on inputs this large use the compiled one-pass
