@@ -67,6 +67,7 @@ def cluster() -> Iterator[tuple[Client, dict[str, da.Array]]]:
     """Two worker processes with one thread each, and the data generated and kept on them;
     torn down at the end, and no worker process left behind."""
     start = time.perf_counter()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     local = LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -91,6 +92,22 @@ def cluster() -> Iterator[tuple[Client, dict[str, da.Array]]]:
         local.close(timeout=30)
         _, alive = psutil.wait_procs(workers, timeout=30)
         assert alive == [], f"worker processes left behind: {alive}"
+        assert new_children(before) == []
+
+
+def new_children(before: set[int]) -> list[str]:
+    """The command lines of this process's descendants not in ``before``, but for
+    multiprocessing's resource tracker (started once per process by the first spawn, it
+    ends with this process)."""
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.Error:  # ended meanwhile
+            continue
+        if child.pid not in before and "resource_tracker" not in line:
+            left.append(line)
+    return left
 
 
 @pytest.fixture(scope="module")

@@ -478,3 +478,32 @@ def test_the_public_api_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == []
     dask.compute(loss, grad, grad_w)
     assert len(calls) == 6
+
+
+def test_micro_batches_with_the_global_denominator_add_up_to_the_whole_batch() -> None:
+    arrays = data("float32", "full")
+    ops = lazy(arrays)
+    x, y, w, q, m = ops.inputs, ops.targets, ops.weight, ops.pos_weight, ops.mask
+    parts = [slice(0, 10), slice(10, 30), slice(30, None)]  # along the logits' chunks
+    for reduction in ("mean", "weighted_mean"):
+        total = sum(
+            bce_core.local_denominator(x[s], reduction=reduction, mask=m[s], weight=w[s])
+            for s in parts
+        )
+        shards = [
+            bce_core.value_and_grad(
+                x[s],
+                y[s],
+                weight=w[s],
+                pos_weight=q,
+                mask=m[s],
+                reduction=reduction,
+                denominator=total,
+            )
+            for s in parts
+        ]
+        assert all(isinstance(loss, da.Array) for loss, _ in shards)
+        (losses, grads) = zip(*dask.compute(shards)[0])
+        expected_loss, expected = in_memory(arrays, reduction)
+        assert_parity(np.float32(sum(losses)), expected_loss, ulps=4)
+        assert_parity(np.concatenate(grads), expected[0], ulps=4)
