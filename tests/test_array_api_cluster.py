@@ -158,3 +158,28 @@ def test_every_reduction_equals_the_in_memory_result(
         if name in ("weight", "pos_weight"):  # sums of many terms: allow for cancellation
             scale = scale + 2.0**-20 * scale.max()
         assert_parity(g, e, ulps=2, scale=scale)
+
+
+def test_validate_on_the_cluster_names_the_first_bad_element_in_c_order(
+    cluster: tuple[Client, dict[str, da.Array]], in_memory: dict[str, np.ndarray]
+) -> None:
+    """NaN is checked first; then of the targets outside [0, 1], (160000, 30) comes first in C
+    order, though its block follows (170000, 2)'s."""
+    _, data = cluster
+    y, m = data["y"].copy(), data["m"].copy()
+    ys, ms = in_memory["y"].copy(), in_memory["m"].copy()
+    for index, value in (((170_000, 2), -0.25), ((160_000, 30), 1.5), ((180_000, 1), np.nan)):
+        y[index], ys[index] = value, value
+        m[index] = ms[index] = True
+    with pytest.raises(ValueError) as got:
+        bce_core.binary_cross_entropy_with_logits(data["x"], y, mask=m, validate=True)
+    with pytest.raises(ValueError) as expected:
+        bce_core.get_backend("numpy").binary_cross_entropy_with_logits(
+            in_memory["x"], ys, mask=ms, validate=True
+        )
+    assert str(got.value) == str(expected.value)
+    assert str(got.value).startswith("targets[180000, 1] = nan is NaN")
+    m[180_000, 1] = ms[180_000, 1] = False  # masked out: not checked
+    with pytest.raises(ValueError) as got:
+        bce_core.binary_cross_entropy_with_logits(data["x"], y, mask=m, validate=True)
+    assert str(got.value).startswith("targets[160000, 30] = 1.5 is outside [0, 1]")

@@ -64,7 +64,7 @@ import numpy as np
 from bce_core import get_backend, rules
 from bce_core.arrays import NUMPY_OPS, quiet_float_errors
 from bce_core.rules import Operands
-from bce_core.spec import check_batch_mean
+from bce_core.spec import WRT_NAMES, check_batch_mean
 
 __all__ = ["grad_hess", "logits_loss", "probs_loss", "validate", "value_and_grad"]
 
@@ -322,7 +322,7 @@ def _stage(task: _Task, aligned: list[Any], ndim: int, denominator: Any = None) 
         *_pairs(aligned, ndim),
         *([] if denominator is None else [denominator, ()]),
         meta=_meta(ndim, task.dtype),
-        token=f"bce-{task.form}",
+        token=f"bce-{task.form}-blocks",
     )
 
 
@@ -345,7 +345,7 @@ def _take(
         _index(ndim),
         adjust_chunks=dict.fromkeys(summed, 1),
         meta=_meta(ndim + (new_axis is not None), dtype),
-        token=f"bce-{key}",
+        token=f"bce-grad-{key}" if key in WRT_NAMES else f"bce-{key}",
         **extra,
     )
 
