@@ -24,16 +24,22 @@ comes out finite; then it rounds once to the inputs' dtype.
 
 Gradients. The gradient of a reduced loss is the blocks' gradient of the sum times the
 reduction's factor 1/denominator. Where the denominator does not depend on the data ("sum",
-"none", "batch_mean", "mean" or "weighted_mean" without mask and weight) the factor is a
-Python number and each block's gradient is final in the task that computes its loss. Where
-it does ("mean" with a mask, "weighted_mean" with weights) it is summed first from the mask
-and the weights alone (not from the inputs), so the inputs' chunks still stream through one
-task each. Only the gradient of a weighted mean with respect to its weights,
-(B_i - loss) / denominator (``rules.weight_partial``), needs the loss first: those blocks
-keep their brackets (summed over the broadcast axes, for a broadcast weight) until it is
-known. A weight's or pos_weight's gradient is summed over its broadcast axes within each
-block and then across blocks, in float64, and rounded once. The logits' and targets'
-gradients have the logits' chunks; ``dask.compute(loss, grad)`` runs each block's task once.
+"none", "batch_mean", and "mean" or "weighted_mean" without a mask, "weighted_mean" without a
+weight either) the factor is a Python number and each block's gradient is final in the task
+that computes its loss. Where it does (the count of a mask, the sum of weighted_mean's
+weights) it is summed first from the mask and the weights alone, not from the inputs, so the
+inputs' chunks still stream through one task each. Only the gradient of a weighted mean
+with respect to its weights, (B_i - loss) / denominator (``rules.weight_partial``), needs
+the loss first: those blocks keep their brackets (summed over the broadcast axes, for a
+broadcast weight) until it is known. A weight's or pos_weight's gradient is summed over its
+broadcast axes within each block and then across blocks, in float64, and rounded once. The
+logits' and targets' gradients have the logits' chunks; ``dask.compute(loss, grad)`` runs
+each block's task once.
+
+``validate`` computes at once: one pass finds, per block, the C-order index of the first bad
+kept element of each check; one element is then read for the message, which is
+``bce_core.arrays.validate_operands``'s. The chunks are NumPy arrays (a Dask array of another
+chunk type is read through NumPy).
 
 >>> import dask, dask.array as da, numpy as np
 >>> from bce_core.rules import Operands
