@@ -38,8 +38,8 @@ each block's task once.
 
 ``validate`` computes at once: one pass finds, per block, the C-order index of the first bad
 kept element of each check; one element is then read for the message, which is
-``bce_core.arrays.validate_operands``'s. The chunks are NumPy arrays (a Dask array of another
-chunk type is read through NumPy).
+``bce_core.arrays.validate_operands``'s. The chunks are taken to be NumPy arrays (Dask's
+default chunk type).
 
 >>> import dask, dask.array as da, numpy as np
 >>> from bce_core.rules import Operands
