@@ -646,8 +646,11 @@ def _first_bad_block(
     operands, m = (blocks[:-1], blocks[-1]) if has_mask else (blocks, None)
     first = np.full(len(checks), -1, np.int64)
     offset = tuple(start[i] for start, i in zip(starts, block_id))  # (block_id has the new axis)
+    converted: dict[int, np.ndarray] = {}
     for k, (at, why) in enumerate(checks):
-        values = np.asarray(operands[at], _F64)
+        if at not in converted:  # each operand once, for all of its checks
+            converted[at] = np.asarray(operands[at], _F64)
+        values = converted[at]
         if why == "is NaN":
             bad = np.isnan(values)
         elif why == "is infinite":
