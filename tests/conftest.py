@@ -14,6 +14,10 @@ from bce_core.registry import set_registry
 
 CONFORMANCE = Path(__file__).resolve().parents[1] / "conformance"
 
+#: Scripts that tests run in subprocesses: collecting their doctests would import them here,
+#: setting up their framework in the test process (4 JAX host devices through XLA_FLAGS).
+collect_ignore_glob = ["*_worker.py"]
+
 
 @pytest.fixture
 def fresh_registry() -> Iterator[None]:

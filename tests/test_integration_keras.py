@@ -356,7 +356,8 @@ def start_workers_first(request: pytest.FixtureRequest) -> None:
     if any(
         "trained" in item.fixturenames
         for item in request.session.items
-        if item.module is request.module
+        # Doctest items (of helper modules next to the tests) have no module attribute.
+        if getattr(item, "module", None) is request.module
     ):
         request.getfixturevalue("workers")
 

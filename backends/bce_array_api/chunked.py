@@ -59,7 +59,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +66,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from bce_core import get_backend, rules
+from bce_core import rules
 from bce_core.arrays import NUMPY_OPS, quiet_float_errors
 from bce_core.rules import Operands
 from bce_core.spec import WRT_NAMES, check_batch_mean
+from bce_numpy.backend import NumpyBackend
 
 __all__ = ["grad_hess", "logits_loss", "probs_loss", "validate", "value_and_grad"]
 
@@ -80,18 +80,14 @@ _F64 = np.dtype(np.float64)
 _TOTAL, _SCALED, _COUNT, _WEIGHTS = range(4)
 _PARTIALS = 4
 
-_backend_lock = threading.Lock()
-_backend: Any = None
+#: The NumPy backend, whose exact eager math each block runs: stateless, so one object serves
+#: every thread of a scheduler.
+_NUMPY_BACKEND = NumpyBackend()
 
 
-def _numpy() -> Any:
-    """The NumPy backend, looked up once per process (a scheduler runs tasks in threads)."""
-    global _backend
-    if _backend is None:
-        with _backend_lock:
-            if _backend is None:
-                _backend = get_backend("numpy")
-    return _backend
+def _numpy() -> NumpyBackend:
+    """The NumPy backend of the blocks."""
+    return _NUMPY_BACKEND
 
 
 # -- the operands, aligned to the inputs' chunks ------------------------------------------
