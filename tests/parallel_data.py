@@ -9,9 +9,18 @@ divides by a different count and the naive average of the shards' means is wrong
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+#: float32 summation in a different order: a few units in the last place.
+TOLERANCE = 1e-6
+#: The naive per-shard mean is off by far more than rounding.
+NAIVE_OFF_BY = 1e-2
 
 FEATURES, OUTPUTS = 3, 2
 #: The reductions the tests combine: "sum" needs no denominator, the others the global one.
@@ -70,3 +79,13 @@ def relative_error(got: Any, want: Any) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     scale = max(float(np.abs(want).max()), 1e-30) if want.size else 1.0
     return float(np.abs(got - want).max() / scale) if want.size else 0.0
+
+
+def run_worker(script: str, timeout: float) -> dict[str, Any]:
+    """Run ``tests/<script>`` in a fresh interpreter (its devices need set-up before its
+    framework starts) and return the JSON object of its last line of output."""
+    worker = Path(__file__).with_name(script)
+    done = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]

@@ -8,31 +8,18 @@ in a subprocess (``parallel_jax_worker.py``), every reduction in one go.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("jax")
 
-from parallel_data import REDUCTIONS, relative_error  # noqa: E402
-
-WORKER = Path(__file__).with_name("parallel_jax_worker.py")
-#: float32 summation in a different order: a few units in the last place.
-TOLERANCE = 1e-6
-NAIVE_OFF_BY = 1e-2
+from parallel_data import NAIVE_OFF_BY, REDUCTIONS, TOLERANCE, relative_error, run_worker  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(WORKER)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_worker("parallel_jax_worker.py", timeout=120)
 
 
 @pytest.mark.parametrize("way", ["outer", "inner", "inner_psum", "jit"])

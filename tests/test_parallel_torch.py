@@ -21,17 +21,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from parallel_data import REDUCTIONS, make_batch, relative_error  # noqa: E402
+from parallel_data import NAIVE_OFF_BY, REDUCTIONS, TOLERANCE, make_batch, relative_error  # noqa: E402
 
 import bce_core  # noqa: E402
 
 WORKER = Path(__file__).with_name("parallel_torch_worker.py")
 #: Shards of uneven sizes (shard 1 entirely masked out).
 SIZES = {2: (5, 3), 3: (4, 6, 3)}
-#: float32 summation in a different order: a few units in the last place.
-TOLERANCE = 1e-6
-#: The naive per-rank mean is off by far more than rounding.
-NAIVE_OFF_BY = 1e-2
 
 
 def _free_port() -> int:
