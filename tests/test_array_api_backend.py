@@ -1,5 +1,5 @@
-"""The array_api backend on whole arrays: which arrays it owns, its namespaces, and its results
-against the NumPy backend's on Hypothesis-drawn shapes and options.
+"""The array_api backend: which arrays it owns, its namespaces, and its results against the
+NumPy backend's on Hypothesis-drawn shapes, options and (Dask) chunks.
 
 The shared backend tests (``native_backends.BACKEND_FRAMEWORKS``) and the conformance suite
 hold it to the spec on array-api-strict; the Dask path has tests/test_array_api_dask.py.
@@ -25,6 +25,7 @@ pytest.importorskip("array_api_compat")
 
 from bce_array_api import plugin  # noqa: E402
 from bce_array_api.backend import ArrayApiBackend  # noqa: E402
+from bce_array_api.operands import to_numpy  # noqa: E402
 
 NUMPY = bce_core.get_backend("numpy")
 DTYPES = {"float32": xp.float32, "float64": xp.float64}
@@ -35,7 +36,7 @@ def strict(array: Any, dtype: Any = None) -> Any:
 
 
 def numpy_of(array: Any) -> np.ndarray:
-    return np.from_dlpack(array) if not isinstance(array, np.ndarray) else array
+    return to_numpy(array)
 
 
 # -- which arrays are its own ---------------------------------------------------------------
@@ -197,48 +198,82 @@ def calls(draw: st.DrawFn) -> dict[str, Any]:
         call["pos_weight"] = rng.uniform(0.5, 4.0, size=broadcastable())
     if draw(st.booleans()):
         call["mask"] = rng.random(broadcastable()) < 0.7
+    # Dask's chunks of the logits and targets: each axis cut at random places.
+    call["chunks"] = tuple(_pieces(d, rng) for d in shape)
     return call
 
 
-def assert_parity(got: Any, expected: np.ndarray, dtype: str, what: str) -> None:
+def _pieces(size: int, rng: np.random.Generator) -> tuple[int, ...]:
+    cuts = sorted({int(c) for c in rng.integers(1, size, size=2)}) if size > 1 else []
+    bounds = [0, *cuts, size]
+    return tuple(b - a for a, b in zip(bounds, bounds[1:]))
+
+
+def converter(namespace: str, chunks: tuple[tuple[int, ...], ...]) -> Any:
+    """NumPy arrays into ``namespace``: array-api-strict, or Dask in ``chunks`` (operands of
+    another shape in one chunk)."""
+    if namespace == "array_api_strict":
+        return strict
+    dask = pytest.importorskip("dask.array")
+
+    def to_dask(array: Any) -> Any:
+        array = np.asarray(array)
+        same = len(chunks) == array.ndim and all(sum(c) == d for c, d in zip(chunks, array.shape))
+        return dask.from_array(array, chunks=chunks if same else array.shape)
+
+    return to_dask
+
+
+def assert_parity(
+    got: Any, expected: np.ndarray, dtype: str, what: str, terms: float = 0.0
+) -> None:
     """Within 8 eps of the dtype relative to the larger of the two, and a floor of the
-    smallest normal number (NumPy's backend is within 4 ULP of exact, as is this one)."""
+    smallest normal number (NumPy's backend is within 4 ULP of exact, as is this one);
+    ``terms``: the size of terms that cancel in the value (then 8 eps of it is allowed)."""
     got = numpy_of(got)
     assert got.dtype == np.dtype(dtype), what
     eps, tiny = np.finfo(dtype).eps, np.finfo(dtype).tiny
     scale = np.maximum(np.abs(got.astype(np.float64)), np.abs(expected.astype(np.float64)))
+    scale = np.maximum(scale, terms)
     error = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     assert np.all(error <= 8 * eps * scale + tiny), f"{what}: {got} != {expected}"
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
-@given(calls())
-def test_results_agree_with_the_numpy_backend(call: dict[str, Any]) -> None:
+@pytest.mark.parametrize("namespace", ["array_api_strict", "dask"])
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(call=calls())
+def test_results_agree_with_the_numpy_backend(namespace: str, call: dict[str, Any]) -> None:
     dtype = call.pop("dtype")
+    to = converter(namespace, call.pop("chunks"))
     options = dict(call)
     x, y = options.pop("logits").astype(dtype), options.pop("targets").astype(dtype)
     for name in ("weight", "pos_weight"):
         if name in options:
             options[name] = options[name].astype(dtype)
-    ours = {k: strict(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    ours = {k: to(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
     if options["reduction"] == "batch_mean" and x.ndim == 0:
         return
     wrt = ("logits", "targets") + tuple(n for n in ("weight", "pos_weight") if n in options)
-    loss, grads = bce_core.value_and_grad(strict(x), strict(y), wrt=wrt, **ours)
+    loss, grads = bce_core.value_and_grad(to(x), to(y), wrt=wrt, **ours)
     expected_loss, expected_grads = NUMPY.value_and_grad(x, y, wrt=wrt, **options)
     assert_parity(loss, expected_loss, dtype, "loss")
+    # d/dweight of a weighted mean is (B - loss) / sum(w), summed over a broadcast weight: terms
+    # of the size of the brackets B (at most |x| + log 2) over the weights' sum cancel there.
+    weights = np.broadcast_to(options.get("weight", 1.0), x.shape)
+    cancelling = (np.abs(x).max(initial=0.0) + 1.0) * x.size / max(np.abs(weights).sum(), 1e-30)
     for name, grad, expected in zip(wrt, grads, expected_grads):
         assert tuple(grad.shape) == expected.shape, name
-        assert_parity(grad, expected, dtype, f"d/d{name}")
+        terms = cancelling if name == "weight" and options["reduction"] == "weighted_mean" else 0
+        assert_parity(grad, expected, dtype, f"d/d{name}", terms)
     probs = (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(dtype)
     assert_parity(
-        bce_core.binary_cross_entropy(strict(probs), strict(y), **ours),
+        bce_core.binary_cross_entropy(to(probs), to(y), **ours),
         NUMPY.binary_cross_entropy(probs, y, **options),
         dtype,
         "probability form",
     )
     no_smoothing = {k: v for k, v in ours.items() if k in ("weight", "pos_weight")}
-    grad, hess = bce_core.grad_hess(strict(x), strict(y), **no_smoothing)
+    grad, hess = bce_core.grad_hess(to(x), to(y), **no_smoothing)
     expected_grad, expected_hess = NUMPY.grad_hess(
         x, y, **{k: v for k, v in options.items() if k in ("weight", "pos_weight")}
     )
