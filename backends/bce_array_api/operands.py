@@ -34,7 +34,19 @@ from .plugin import found_namespaces
 #: NumPy's standard namespace (array-api-compat's wrapper of NumPy).
 _NUMPY = array_api_compat.array_namespace(np.zeros(0))
 
-__all__ = ["OPS", "NamespaceConverter", "found_namespaces", "prepare"]
+__all__ = [
+    "OPS",
+    "NamespaceConverter",
+    "NamespaceOps",
+    "dtype_name",
+    "found_namespaces",
+    "is_array",
+    "is_dask",
+    "is_lazy",
+    "namespace_of",
+    "prepare",
+    "to_numpy",
+]
 
 #: The dtype names the spec's checks know, looked up in a namespace by name (the standard names
 #: its dtypes; float16 and bfloat16 exist only in some namespaces).
