@@ -20,12 +20,13 @@ True
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,25 +350,24 @@ class Registry:
 
     def _find_owner(self, array_type: type) -> str | None:
         for cls in array_type.__mro__:
-            module, cls_name = cls.__module__, cls.__name__
-            claims = [
-                (record.spec.priority, record.distribution == CORE_DISTRIBUTION, name)
-                for name, records in self.records.items()
-                for record in records
-                if any(t.matches(module, cls_name) for t in record.spec.array_types)
-            ]
-            if claims:
-                # Highest priority first; on a tie the backend shipped with bce-core, then by name.
-                claims.sort(key=lambda claim: (-claim[0], not claim[1], claim[2]))
-                return claims[0][2]
+            owner = self._first_claim(functools.partial(_claims_by_name, cls))
+            if owner is not None:
+                return owner
         # No claim by name: a backend that serves a protocol the type speaks.
-        speakers = sorted(
+        return self._first_claim(
+            lambda spec: any(hasattr(array_type, attr) for attr in spec.array_protocols)
+        )
+
+    def _first_claim(self, claims: Callable[[BackendSpec], bool]) -> str | None:
+        """The backend whose spec ``claims`` the type: the highest priority first; on a tie
+        the backend shipped with bce-core, then by name."""
+        ranked = sorted(
             (-record.spec.priority, record.distribution != CORE_DISTRIBUTION, name)
             for name, records in self.records.items()
             for record in records
-            if any(hasattr(array_type, attr) for attr in record.spec.array_protocols)
+            if claims(record.spec)
         )
-        return speakers[0][2] if speakers else None
+        return ranked[0][2] if ranked else None
 
     def _base_info(self, name: str) -> dict[str, Any]:
         records = self.records.get(name, [])
@@ -464,6 +464,11 @@ class Registry:
         except Exception as exc:
             detail = str(exc) if isinstance(exc, BackendUnavailableError) else _short_error(exc)
             return BackendInfo(status="failed", error=detail, **base)
+
+
+def _claims_by_name(cls: type, spec: BackendSpec) -> bool:
+    """Whether ``spec`` names ``cls`` (by module and class name) among its array types."""
+    return any(t.matches(cls.__module__, cls.__name__) for t in spec.array_types)
 
 
 _registry: Registry | None = None

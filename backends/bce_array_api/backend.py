@@ -186,13 +186,13 @@ class ArrayApiBackend(Backend):
         validate: bool,
     ) -> Operands[Any]:
         ops = operands.prepare(
+            self.converter,
             input_name,
             inputs,
             targets,
             weight=weight,
             pos_weight=pos_weight,
             mask=mask,
-            default=self.namespace,
         )
         if validate:
             unit = input_name == "probs"

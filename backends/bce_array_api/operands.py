@@ -8,8 +8,8 @@ Python numbers and nested lists are read through NumPy with the core's checks
 exactly as the NumPy backend's. Nothing here is outside the standard.
 
 >>> import array_api_strict as xp
->>> ops = prepare("logits", xp.zeros((2, 3)), [[0, 1, 1]] * 2, weight=None,
-...               pos_weight=[1.0, 2.0, 3.0], mask=None)
+>>> ops = prepare(NamespaceConverter(), "logits", xp.zeros((2, 3)), [[0, 1, 1]] * 2,
+...               weight=None, pos_weight=[1.0, 2.0, 3.0], mask=None)
 >>> dtype_name(ops.targets.dtype), dtype_name(ops.pos_weight.dtype), ops.shape
 ('float64', 'float64', (2, 3))
 """
@@ -173,6 +173,8 @@ class NamespaceConverter:
 
     def __init__(self, default: ModuleType | None = None) -> None:
         self.default = default
+        #: Whether inputs that are not arrays become Dask arrays (then ``chunked`` computes).
+        self.makes_dask = default is not None and bool(array_api_compat.is_dask_namespace(default))
 
     def as_input(self, name: str, value: Any) -> Any:
         if is_array(value) and not isinstance(value, np.ndarray):
@@ -313,6 +315,7 @@ OPS = NamespaceOps()
 
 
 def prepare(
+    converter: NamespaceConverter,
     input_name: str,
     inputs: Any,
     targets: Any,
@@ -320,19 +323,16 @@ def prepare(
     weight: Any,
     pos_weight: Any,
     mask: Any,
-    default: ModuleType | None = None,
 ) -> Operands[Any]:
     """``rules.prepare_operands`` in the input's namespace; the rule for non-finite data is left
     to ``chunked`` on Dask arrays (it applies it block by block)."""
-    converter = NamespaceConverter(default)
-    x = converter.as_input(input_name, inputs)
     return rules.prepare_operands(
         converter,
         input_name,
-        x,
+        inputs,
         targets,
         weight=weight,
         pos_weight=pos_weight,
         mask=mask,
-        data_rule=not is_dask(x),
+        data_rule=not (is_dask(inputs) or converter.makes_dask),
     )
